@@ -15,7 +15,7 @@ ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 RATING_MIN, RATING_MAX = 1.0, 5.0
 
 _ANSWER_BLOCK = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.DOTALL)
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)")
 
 
 @dataclass(frozen=True)

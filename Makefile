@@ -1,0 +1,40 @@
+# `make demo` and `make test` set themselves up on a fresh machine: they create .venv, install
+# requirements-cpu.txt (torch first) and this package. The install is redone only when
+# requirements-cpu.txt or setup.py change.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.siren-installed
+TINY := ckpt/tiny-qwen3
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo lint tiny-model clean-demo
+
+install: $(STAMP)
+
+$(STAMP): requirements-cpu.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0 setuptools wheel
+	DS_BUILD_OPS=0 $(PIP) install --quiet --no-build-isolation -r requirements-cpu.txt
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PIP) check
+	touch $(STAMP)
+
+tiny-model: $(TINY)/model.safetensors
+
+$(TINY)/model.safetensors: $(STAMP) siren/tiny_model.py
+	$(PY) scripts/make_tiny_model.py --out_dir $(TINY)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+demo: install tiny-model
+	bash scripts/demo.sh

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Fill data/<Category>/ with the rating-prediction split files (formats: data/README.md).
+#
+#   bash scripts/get_data.sh Movies                    # download from the authors' public repository
+#   bash scripts/get_data.sh Movies --from /path/data  # copy from a local directory instead
+#   SIREN_DATA_DIR=/path/data bash scripts/get_data.sh Movies
+#
+# --from DIR accepts either DIR/<Category>/ or a DIR that holds the files itself.
+# --dest DIR changes the target (default: data/<Category> in this repository).
+# Files are checked against scripts/checksums/<Category>.sha256 when that file exists; nothing is
+# left in the target unless every file arrived and verified.
+set -euo pipefail
+
+usage() { echo "usage: bash scripts/get_data.sh <Category> [--from DIR] [--dest DIR]" >&2; exit 2; }
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BASE_URL="${SIREN_DATA_URL:-https://raw.githubusercontent.com/TommyDzh/LLM4Rec/main/data}"
+REQUIRED=(train.jsonl.gz valid.jsonl.gz test.jsonl.gz history.jsonl.gz)
+OPTIONAL=(user_feature.jsonl)
+
+[ $# -ge 1 ] || usage
+CATEGORY="$1"; shift
+case "$CATEGORY" in -*|"") usage ;; esac
+FROM="${SIREN_DATA_DIR:-}"
+DEST="$REPO_DIR/data/$CATEGORY"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --from) [ $# -ge 2 ] || usage; FROM="$2"; shift 2 ;;
+    --dest) [ $# -ge 2 ] || usage; DEST="$2"; shift 2 ;;
+    *) usage ;;
+  esac
+done
+
+SUMS="$REPO_DIR/scripts/checksums/$CATEGORY.sha256"
+STAGE="$(mktemp -d "${TMPDIR:-/tmp}/siren-data.XXXXXX")"
+trap 'rm -rf "$STAGE"' EXIT
+
+if [ -n "$FROM" ]; then
+  SRC="$FROM/$CATEGORY"
+  [ -f "$SRC/train.jsonl.gz" ] || SRC="$FROM"
+  if [ ! -f "$SRC/train.jsonl.gz" ]; then
+    echo "error: no $CATEGORY split files in $FROM (looked for $FROM/$CATEGORY/train.jsonl.gz and $FROM/train.jsonl.gz)" >&2
+    exit 1
+  fi
+  for f in "${REQUIRED[@]}"; do
+    [ -f "$SRC/$f" ] || { echo "error: $SRC/$f is missing" >&2; exit 1; }
+    cp "$SRC/$f" "$STAGE/$f"
+  done
+  for f in "${OPTIONAL[@]}"; do [ -f "$SRC/$f" ] && cp "$SRC/$f" "$STAGE/$f"; done
+  echo "copied $CATEGORY from $SRC"
+else
+  command -v curl >/dev/null || { echo "error: curl is needed to download (or pass --from DIR)" >&2; exit 1; }
+  for f in "${REQUIRED[@]}"; do
+    echo "downloading $BASE_URL/$CATEGORY/$f"
+    curl -fsSL --retry 2 -o "$STAGE/$f" "$BASE_URL/$CATEGORY/$f" \
+      || { echo "error: could not download $BASE_URL/$CATEGORY/$f (offline? use --from DIR)" >&2; exit 1; }
+  done
+  for f in "${OPTIONAL[@]}"; do curl -fsSL -o "$STAGE/$f" "$BASE_URL/$CATEGORY/$f" 2>/dev/null || rm -f "$STAGE/$f"; done
+fi
+
+if [ -f "$SUMS" ]; then
+  # Verify only the files that arrived; a required file is always there by now.
+  (cd "$STAGE" && grep -E "  ($(ls | paste -sd'|'))\$" "$SUMS" | sha256sum --check --quiet) \
+    || { echo "error: checksum mismatch against $SUMS; nothing was written to $DEST" >&2; exit 1; }
+  echo "verified against $SUMS"
+else
+  echo "note: no checksums for $CATEGORY in scripts/checksums/; files not verified"
+fi
+
+mkdir -p "$DEST"
+for f in "$STAGE"/*; do mv -f "$f" "$DEST/"; done
+[ -f "$SUMS" ] && cp "$SUMS" "$DEST/SHA256SUMS"
+echo "wrote $(ls "$DEST" | wc -l) files to $DEST"

