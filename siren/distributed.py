@@ -8,16 +8,27 @@ dataset order. The same code runs under `python script.py` (one process) and
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 T = TypeVar("T")
 
 
-def process_state():
-    """accelerate's PartialState: process_index, num_processes, device, wait_for_everyone()."""
+def process_state(cpu: bool | None = None):
+    """accelerate's PartialState: process_index, num_processes, device, wait_for_everyone().
+
+    Without CUDA, PartialState() ignores the launcher's LOCAL_RANK/WORLD_SIZE and every process
+    believes it is alone; `cpu=True` makes it join the launched processes over gloo instead
+    (`accelerate launch --multi_gpu --num_processes K` on a CPU-only machine). `cpu=None` picks
+    that whenever CUDA is unavailable.
+    """
     from accelerate import PartialState
 
-    return PartialState()
+    if cpu is None:
+        import torch
+
+        cpu = not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
 
 
 def shard_positions(n_rows: int, rank: int, world: int) -> list[int]:

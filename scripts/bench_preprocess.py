@@ -1,0 +1,81 @@
+"""Time stage 2 end to end: preprocess_grpo.py on a whole category with Qwen-token statistics.
+
+    python scripts/bench_preprocess.py --category Movies --tokenizer ckpt/tiny-qwen3 --repeats 3
+
+Each repeat runs `preprocess_grpo.py --tokenizer ... --overwrite` as a fresh process (imports
+included) into a temporary folder and measures its wall time. Build the tokenizer first with
+`python scripts/make_tiny_model.py --out_dir ckpt/tiny-qwen3` (it has the real Qwen3 vocabulary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from siren.cli import run_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--category", default="Movies", help="category to preprocess (default: %(default)s)")
+    parser.add_argument("--data_root", default=None, help="folder holding <category>/ (default: the usual search)")
+    parser.add_argument("--tokenizer", default="ckpt/tiny-qwen3", help="tokenizer folder (default: %(default)s)")
+    parser.add_argument("--max_history", type=int, default=10, help="passed on (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs (default: %(default)s)")
+    parser.add_argument("--out_json", default=None, help="also write the timings here (default: print only)")
+    args = parser.parse_args()
+
+    from siren import SirenError
+    from siren.io import atomic_write_json
+
+    if not Path(args.tokenizer).exists():
+        raise SirenError(f"--tokenizer {args.tokenizer} not found; build it: python scripts/make_tiny_model.py "
+                         f"--out_dir {args.tokenizer}")
+    if args.repeats < 1:
+        raise SirenError("--repeats must be >= 1")
+
+    seconds = []
+    with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp:
+        command = [sys.executable, str(REPO / "preprocess_grpo.py"), "--category", args.category,
+                   "--max_history", str(args.max_history), "--tokenizer", str(args.tokenizer),
+                   "--out_dir", str(Path(tmp) / "out"), "--overwrite"]
+        if args.data_root:
+            command += ["--data_root", args.data_root]
+        for repeat in range(args.repeats):
+            start = time.perf_counter()
+            proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            elapsed = time.perf_counter() - start
+            if proc.returncode != 0:
+                raise SirenError(f"preprocess_grpo.py failed: {proc.stderr.strip().splitlines()[-1]}")
+            seconds.append(round(elapsed, 2))
+            print(f"run {repeat + 1}/{args.repeats}: {elapsed:.1f}s")
+        manifest = json.loads((Path(tmp) / "out" / "manifest.json").read_text())
+
+    result = {
+        "what": "preprocess_grpo.py end to end (process start to exit) with prompt-token statistics",
+        "category": args.category,
+        "rows": manifest["counts"]["rows"],
+        "token_counting": manifest["counts"]["token_counting"],
+        "seconds": seconds,
+        "median_s": statistics.median(seconds),
+        "min_s": min(seconds),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(json.dumps(result, indent=2))
+    if args.out_json:
+        atomic_write_json(args.out_json, result)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

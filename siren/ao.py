@@ -1,0 +1,265 @@
+"""Stage 6, answer-only (AO) inference: the model reads prompt + empty think + `<answer>` and the
+next token is the rating.
+
+Two decodings of that one next-token distribution:
+  constrained  argmax over the tokens "1".."5" (ids from the tokenizer); cannot be invalid.
+  greedy       argmax over the whole vocabulary, decoded and parsed (the authors' way); a token that
+               is not a rating 1-5 is invalid and counted.
+Both also give the expected rating sum_r p(r) * r, with p the next-token distribution renormalised
+over the five rating tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from siren import SirenError
+from siren.answer import ANSWER_OPEN, RATING_MAX, RATING_MIN, parse_rating
+
+if TYPE_CHECKING:
+    import torch
+
+DECODES = ("constrained", "greedy")
+
+
+# --------------------------------------------------------------------------------------------------
+# From next-token logits to ratings
+
+
+def rating_probabilities(next_logits: torch.Tensor, rating_token_ids: dict[int, int]) -> torch.Tensor:
+    """`[B, V]` logits -> `[B, 5]` probabilities of ratings 1..5, renormalised over those tokens."""
+    import torch
+
+    ids = torch.tensor([rating_token_ids[r] for r in sorted(rating_token_ids)], device=next_logits.device)
+    return torch.softmax(next_logits[:, ids].float(), dim=-1)
+
+
+def constrained_ratings(probs: torch.Tensor, ratings=(1, 2, 3, 4, 5)) -> torch.Tensor:
+    """The most probable rating of each row (float)."""
+    import torch
+
+    values = torch.tensor([float(r) for r in ratings], device=probs.device)
+    return values[probs.argmax(-1)]
+
+
+def expected_ratings(probs: torch.Tensor, ratings=(1, 2, 3, 4, 5)) -> torch.Tensor:
+    """sum_r p(r) * r per row: a continuous prediction that hedges between neighbouring stars."""
+    import torch
+
+    values = torch.tensor([float(r) for r in ratings], device=probs.device)
+    return (probs * values).sum(-1)
+
+
+def parse_greedy_token(text: str) -> float | None:
+    """The rating a one-token greedy answer stands for, or None (not a number, or outside 1-5)."""
+    rating = parse_rating(text)
+    if rating is None or not RATING_MIN <= rating <= RATING_MAX:
+        return None
+    return rating
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _resolve_split_name(split: str, available: list[str]) -> str:
+    aliases = {"val": "valid", "valid": "val"}
+    if split in available:
+        return split
+    if aliases.get(split) in available:
+        return aliases[split]
+    raise SirenError(f"split {split!r} not found; available: {', '.join(available)}")
+
+
+def check_data_path(data_path: str | os.PathLike, split: str) -> str:
+    """Which kind `data_path` is ("datasetdict" or "parquet"), and that it has `split`; file checks only."""
+    from siren.verl_data import parquet_path
+
+    data_path = Path(data_path)
+    if not data_path.exists():
+        raise SirenError(f"--data_path does not exist: {data_path}")
+    if (data_path / "dataset_dict.json").is_file():
+        splits = json.loads((data_path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+        _resolve_split_name(split, splits)
+        return "datasetdict"
+    if any(data_path.glob("*.parquet")):
+        path = parquet_path(data_path, split)
+        if not path.is_file():
+            raise SirenError(f"split {split!r} not found: no {path}")
+        return "parquet"
+    raise SirenError(
+        f"{data_path} is neither a stage-4c DatasetDict (no dataset_dict.json) nor a verl parquet directory"
+    )
+
+
+def load_ao_rows(data_path: str | os.PathLike, split: str, tokenizer, limit: int | None = None) -> list[dict]:
+    """Rows `{index, label, prompt, user_id, parent_asin}` from a 4c DatasetDict or a verl parquet dir.
+
+    For the parquet the answer-only prompt is built here with `siren.prompts`, the same way stage 4c
+    builds it, so both sources give the model identical inputs.
+    """
+    data_path = Path(data_path)
+    if check_data_path(data_path, split) == "datasetdict":
+        from datasets import load_from_disk
+
+        dataset_dict = load_from_disk(str(data_path))
+        split_name = _resolve_split_name(split, list(dataset_dict.keys()))
+        dataset = dataset_dict[split_name]
+        missing = [c for c in ("prompt", "label", "index") if c not in dataset.column_names]
+        if missing:
+            raise SirenError(f"{data_path}/{split_name}: missing column(s) {', '.join(missing)}")
+        if limit is not None:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        rows = [
+            {
+                "index": int(r["index"]),
+                "label": float(r["label"]),
+                "prompt": r["prompt"],
+                "user_id": r.get("user_id"),
+                "parent_asin": r.get("parent_asin"),
+            }
+            for r in dataset
+        ]
+    else:
+        from siren.prompts import answer_only_context, chat_prompt_text
+        from siren.verl_data import load_split_rows
+
+        rows = [
+            {
+                "index": int(r["extra_info"]["index"]),
+                "label": r["label"],
+                "prompt": answer_only_context(chat_prompt_text(tokenizer, r["prompt"])),
+                "user_id": r["extra_info"].get("user_id"),
+                "parent_asin": r["extra_info"].get("parent_asin"),
+            }
+            for r in load_split_rows(data_path, split, limit=limit)
+        ]
+    if not rows:
+        raise SirenError(f"{data_path}: split {split!r} is empty")
+    bad = [r["index"] for r in rows if not r["prompt"].endswith(ANSWER_OPEN)]
+    if bad:
+        raise SirenError(f"{data_path}: prompt of row {bad[0]} does not end with {ANSWER_OPEN}, so it is not an AO prompt")
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+
+
+def check_adapter_matches(base_model, adapter_dir: str | os.PathLike) -> None:
+    """Refuse an adapter trained on another base: recorded fingerprint and every LoRA weight's shape."""
+    from safetensors import safe_open
+
+    from siren.alignment import base_fingerprint
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise SirenError(f"{adapter_dir} is not a LoRA adapter (no adapter_config.json)")
+    fingerprint_path = adapter_dir / "base_model.json"
+    if fingerprint_path.is_file():
+        recorded = json.loads(fingerprint_path.read_text(encoding="utf-8"))
+        actual = base_fingerprint(base_model.config)
+        differing = [k for k in recorded if recorded[k] != actual.get(k)]
+        if differing:
+            key = differing[0]
+            raise SirenError(
+                f"adapter {adapter_dir} was trained on a different base model: {key} {recorded[key]} in the "
+                f"adapter's base, {actual.get(key)} in this model"
+            )
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    modules = dict(base_model.named_modules())
+    with safe_open(str(weights), framework="pt") as handle:
+        for key in handle.keys():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+            module = modules.get(module_name)
+            if module is None:
+                raise SirenError(f"adapter {adapter_dir} has weights for {module_name}, which this base model lacks")
+            shape = handle.get_slice(key).get_shape()
+            in_features, out_features = getattr(module, "in_features", None), getattr(module, "out_features", None)
+            expected = shape[1] if ".lora_A." in key else shape[0]
+            actual = in_features if ".lora_A." in key else out_features
+            if expected != actual:
+                raise SirenError(
+                    f"adapter {adapter_dir} does not fit this base model: {module_name} has "
+                    f"{'in' if '.lora_A.' in key else 'out'}_features {actual} here but {expected} in the adapter"
+                )
+
+
+def pick_dtype(name: str, device) -> torch.dtype:
+    """auto: bf16 on a GPU that supports it, else float32 (CPU bf16 matmuls are slow and lossy)."""
+    import torch
+
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def load_ao_model(model_path: str | os.PathLike, adapter_path: str | os.PathLike | None, dtype: torch.dtype, device):
+    """A causal LM ready for AO inference: a merged model, or a base with a LoRA adapter merged in."""
+    from transformers import AutoModelForCausalLM
+
+    model_path = Path(model_path)
+    if not (model_path / "config.json").is_file():
+        raise SirenError(f"--model {model_path} holds no model (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise SirenError(f"cannot load a model from {model_path}: {str(err).splitlines()[0]}") from None
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        check_adapter_matches(model, adapter_path)
+        model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+    return model.to(device).eval()
+
+
+def next_token_logits(model, tokenizer, prompts: list[str], device) -> torch.Tensor:
+    """Logits `[B, V]` of the token after each prompt (float32), one forward pass, left padding.
+
+    Position ids are counted from each row's first real token, so a row gives the same logits
+    whatever it is batched with (the multi-process test relies on it).
+    """
+    import torch
+
+    encoded = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt", padding_side="left")
+    input_ids = encoded["input_ids"].to(device)
+    attention_mask = encoded["attention_mask"].to(device)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        use_cache=False, logits_to_keep=1)
+    return outputs.logits[:, -1, :].float()
+
+
+def model_label(model_path: str | os.PathLike, adapter_path: str | os.PathLike | None = None) -> str:
+    """A short name for a model directory; `<run>/merged` is named after `<run>`."""
+    def name_of(path) -> str:
+        path = Path(path).resolve()
+        return path.parent.name if path.name in ("merged", "adapter") else path.name
+
+    label = name_of(model_path)
+    return f"{label}+{name_of(adapter_path)}" if adapter_path else label
+
+
+def default_out_dir(model_path, adapter_path, split: str, decode: str) -> Path:
+    """`results_ao/<model>/<split>-<decode>`: the path says which model, split and decoding made it."""
+    return Path("results_ao") / model_label(model_path, adapter_path) / f"{split}-{decode}"
+
+
+def prediction_metrics(predictions, expected, labels, invalid_fill: float | None = None) -> dict:
+    """metrics.json's "predictions": `ao` (decoded ratings; None = invalid) and `ao_expected`."""
+    from siren.metrics import rating_metrics
+
+    return {
+        "ao": rating_metrics(predictions, labels, invalid_fill=invalid_fill),
+        "ao_expected": rating_metrics(expected, labels),
+    }

@@ -1,0 +1,402 @@
+"""Paper-style tables of one run: accuracy, token efficiency and latency, plus one figure.
+
+A run directory (what `make demo` writes under results/<run>/) holds:
+
+  baselines/metrics.json     scripts/baselines.py: {"methods": {name: {"label", "metrics", "n_fallback"}}}
+  prompt_stats.json          stage 2: {"splits": {split: {variant: {"n", "mean", "p50", "p95", "max"}}}}
+  prompt_tokens_test.npz     stage 2 (optional): one int array of per-row prompt tokens per variant
+  cot_test/metrics.json      stage 4a --split test: {"predictions": {"cot": metrics}, "latency": {...}}
+  ao_before/metrics.json     stage 6 on the GRPO model: {"predictions": {"ao", "ao_expected"}, "latency"}
+  ao_after/metrics.json      stage 6 on the aligned model: same keys
+  bench_latency/latency.json scripts/bench_latency.py (optional): {"cot": latency, "ao": latency}
+
+`metrics` dicts come from siren.metrics.rating_metrics; `latency` dicts hold "ms_per_sample",
+"samples_per_s", "generated_tokens_per_sample", "device" and "n". Every input is optional: a
+missing one gives rows that say "not run" instead of numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from siren import SirenError
+from siren.baselines import METHOD_LABELS, METHODS
+
+NOT_RUN = "not run"
+
+# (row label, input key, key under "predictions") for the LLM rows of the accuracy table.
+LLM_ROWS = (
+    ("GRPO, CoT decoding", "cot_test", "cot"),
+    ("Answer-only before alignment (constrained)", "ao_before", "ao"),
+    ("Answer-only before alignment (probability-weighted)", "ao_before", "ao_expected"),
+    ("Answer-only after alignment (constrained)", "ao_after", "ao"),
+    ("Answer-only after alignment (probability-weighted)", "ao_after", "ao_expected"),
+)
+
+# Prompt variants of prompt_stats.json, raw history first: it is what the reductions compare to.
+RAW_VARIANT = "raw_history"
+VARIANTS = ("raw_history", "recent_only", "sketch_recent", "as_built")
+VARIANT_LABELS = {
+    "raw_history": "Raw history (every interaction)",
+    "recent_only": "Recent N only",
+    "sketch_recent": "Sketch + recent N (SIREN)",
+    "as_built": "As built (this run's parquet)",
+}
+
+# (row label, input key, key of the latency dict, reference row for the speedup)
+LATENCY_ROWS = (
+    ("CoT decoding (stage 4a, test)", "cot_test", None, "cot_test"),
+    ("Answer-only before alignment (stage 6)", "ao_before", None, "cot_test"),
+    ("Answer-only after alignment (stage 6)", "ao_after", None, "cot_test"),
+    ("Benchmark: CoT, same prompts", "bench_latency", "cot", "bench_latency:cot"),
+    ("Benchmark: answer-only, same prompts", "bench_latency", "ao", "bench_latency:cot"),
+)
+
+ACCURACY_COLUMNS = ("method", "mae", "rmse", "acc", "acc_rounded", "n_invalid", "n_fallback", "n", "status")
+TOKEN_COLUMNS = ("variant", "n", "mean", "p50", "p95", "max", "mean_reduction_pct", "p95_reduction_pct", "status")
+LATENCY_COLUMNS = ("decoding", "device", "n", "ms_per_sample", "samples_per_s", "generated_tokens_per_sample",
+                   "speedup_vs_cot", "status")
+
+
+@dataclass
+class RunInputs:
+    """Paths of a run's input files; `default(run_dir)` gives the documented layout."""
+
+    baselines: Path
+    prompt_stats: Path
+    prompt_tokens: Path
+    cot_test: Path
+    ao_before: Path
+    ao_after: Path
+    bench_latency: Path
+
+    @classmethod
+    def default(cls, run_dir: str | os.PathLike) -> RunInputs:
+        run = Path(run_dir)
+        return cls(
+            baselines=run / "baselines" / "metrics.json",
+            prompt_stats=run / "prompt_stats.json",
+            prompt_tokens=run / "prompt_tokens_test.npz",
+            cot_test=run / "cot_test" / "metrics.json",
+            ao_before=run / "ao_before" / "metrics.json",
+            ao_after=run / "ao_after" / "metrics.json",
+            bench_latency=run / "bench_latency" / "latency.json",
+        )
+
+    def as_dict(self) -> dict[str, Path]:
+        return dict(vars(self))
+
+
+@dataclass
+class Tables:
+    accuracy: list[dict]
+    tokens: list[dict]
+    latency: list[dict]
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    token_split: str = "test"
+    prompt_meta: dict = field(default_factory=dict)
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from `path`; None when the file does not exist; SirenError when it is broken."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SirenError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise SirenError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def _accuracy_row(label: str, metrics, n_fallback, status: str) -> dict:
+    if not isinstance(metrics, dict):
+        return {"method": label, **{c: None for c in ACCURACY_COLUMNS[1:-1]}, "status": status}
+    row = {"method": label}
+    for key in ("mae", "rmse", "acc", "acc_rounded"):
+        row[key] = _number(metrics.get(key))
+    row["n_invalid"] = metrics.get("n_invalid")
+    row["n_fallback"] = n_fallback
+    row["n"] = metrics.get("n")
+    row["status"] = "ok" if metrics.get("scored_on") in (None, "all rows") else str(metrics["scored_on"])
+    return row
+
+
+def accuracy_rows(inputs: RunInputs) -> tuple[list[dict], list[str]]:
+    """One row per baseline and per LLM decoding mode; absent results give "not run" rows."""
+    rows, notes = [], []
+    baselines = read_json(inputs.baselines)
+    methods = (baselines or {}).get("methods", {})
+    for method in METHODS:
+        label = METHOD_LABELS[method]
+        entry = methods.get(method) if isinstance(methods, dict) else None
+        if entry is None:
+            reason = f"no {inputs.baselines}" if baselines is None else f"no {method} in {inputs.baselines}"
+            rows.append(_accuracy_row(label, None, None, f"{NOT_RUN} ({reason})"))
+        else:
+            rows.append(_accuracy_row(label, entry.get("metrics"), entry.get("n_fallback"), ""))
+    if baselines is not None:
+        unknown = baselines.get("unknown", {})
+        notes.append(
+            f"Baselines fitted on {baselines.get('fit_on', '?')}; {unknown.get('rows_fallback', '?')} test rows "
+            f"had an unseen user or item and were predicted as the global mean (the fallback column)."
+        )
+    loaded = {key: read_json(getattr(inputs, key)) for key in ("cot_test", "ao_before", "ao_after")}
+    for label, key, prediction_key in LLM_ROWS:
+        result = loaded[key]
+        predictions = (result or {}).get("predictions", {})
+        metrics = predictions.get(prediction_key) if isinstance(predictions, dict) else None
+        if metrics is None:
+            where = getattr(inputs, key)
+            reason = f"no {where}" if result is None else f"no predictions.{prediction_key} in {where}"
+            rows.append(_accuracy_row(label, None, None, f"{NOT_RUN} ({reason})"))
+        else:
+            rows.append(_accuracy_row(label, metrics, None, ""))
+    sizes = sorted({row["n"] for row in rows if row["n"] is not None})
+    if len(sizes) > 1:
+        notes.append(f"Rows were scored on different numbers of test rows ({', '.join(map(str, sizes))}); "
+                     "compare them with care.")
+    notes.append("acc is exact match; acc_rounded rounds a prediction to the nearest star first (the fair "
+                 "accuracy for continuous predictions such as the baselines and probability-weighted rows).")
+    return rows, notes
+
+
+def token_rows(inputs: RunInputs, split: str = "test") -> tuple[list[dict], list[str], dict]:
+    """Prompt-token statistics per variant of `split`, with reductions against the raw-history prompt."""
+    stats = read_json(inputs.prompt_stats)
+    if stats is None:
+        return ([{"variant": VARIANT_LABELS[v], **{c: None for c in TOKEN_COLUMNS[1:-1]},
+                  "status": f"{NOT_RUN} (no {inputs.prompt_stats})"} for v in VARIANTS], [], {})
+    split_stats = stats.get("splits", {}).get(split) if isinstance(stats.get("splits"), dict) else None
+    if not isinstance(split_stats, dict):
+        raise SirenError(f"{inputs.prompt_stats}: no splits.{split} (expected keys splits -> {split} -> variant)")
+    meta = {key: stats.get(key) for key in ("tokenizer", "max_history", "use_long_history")}
+    raw = split_stats.get(RAW_VARIANT) if isinstance(split_stats.get(RAW_VARIANT), dict) else {}
+    rows = []
+    for variant in VARIANTS:
+        entry = split_stats.get(variant)
+        if not isinstance(entry, dict) or _number(entry.get("mean")) is None:
+            rows.append({"variant": VARIANT_LABELS[variant], **{c: None for c in TOKEN_COLUMNS[1:-1]},
+                         "status": f"missing (no splits.{split}.{variant}.mean in {inputs.prompt_stats})"})
+            continue
+        row = {"variant": VARIANT_LABELS[variant], "n": entry.get("n")}
+        for key in ("mean", "p50", "p95", "max"):
+            row[key] = _number(entry.get(key))
+        # A variant longer than the raw-history prompt gets a negative reduction, shown as is.
+        for key in ("mean", "p95"):
+            reference, value = _number(raw.get(key)), row[key]
+            row[f"{key}_reduction_pct"] = (
+                100.0 * (1.0 - value / reference) if reference and value is not None else None
+            )
+        row["status"] = ""
+        rows.append(row)
+    notes = [f"Prompt tokens of the {split} split, counted with {meta.get('tokenizer') or 'the run tokenizer'} "
+             f"(max_history={meta.get('max_history')}); reductions are against the raw-history prompt."]
+    return rows, notes, meta
+
+
+def _latency_dict(data: dict | None, key: str | None):
+    if data is None:
+        return None
+    latency = data.get(key) if key else data.get("latency")
+    return latency if isinstance(latency, dict) and _number(latency.get("ms_per_sample")) else None
+
+
+def _row_key(key: str, sub: str | None) -> str:
+    """Name of a latency row's source: the input key, plus the sub-key inside bench_latency."""
+    return f"{key}:{sub}" if sub else key
+
+
+def _same_device(first, second) -> bool:
+    # Stage 4a writes "cuda (<name>)" and stage 6 the bare card name; either contains the other.
+    first, second = str(first), str(second)
+    return first in second or second in first
+
+
+def latency_rows(inputs: RunInputs) -> tuple[list[dict], list[str]]:
+    """ms/sample, samples/s and generated tokens/sample of CoT and AO, with AO's speedup over CoT."""
+    loaded = {key: read_json(getattr(inputs, key)) for key in ("cot_test", "ao_before", "ao_after", "bench_latency")}
+    latencies = {_row_key(key, sub): _latency_dict(loaded[key], sub) for _label, key, sub, _ref in LATENCY_ROWS}
+    rows, notes = [], []
+    for label, key, sub, reference_key in LATENCY_ROWS:
+        latency = latencies[_row_key(key, sub)]
+        if latency is None:
+            where = getattr(inputs, key)
+            rows.append({"decoding": label, **{c: None for c in LATENCY_COLUMNS[1:-1]},
+                         "status": f"{NOT_RUN} (no latency in {where})"})
+            continue
+        reference = latencies.get(reference_key)
+        ms = _number(latency.get("ms_per_sample"))
+        speedup = None
+        if reference is not None and ms:
+            speedup = _number(reference.get("ms_per_sample")) / ms
+            if not _same_device(reference.get("device"), latency.get("device")):
+                notes.append(f"{label}: timed on {latency.get('device')}, its CoT reference on "
+                             f"{reference.get('device')}; the speedup mixes devices.")
+        rows.append({
+            "decoding": label,
+            "device": latency.get("device"),
+            "n": latency.get("n"),
+            "ms_per_sample": ms,
+            "samples_per_s": _number(latency.get("samples_per_s")),
+            "generated_tokens_per_sample": _number(latency.get("generated_tokens_per_sample")),
+            "speedup_vs_cot": speedup,
+            "status": "",
+        })
+    batched = [f"{label}: batch size {lat['batch_size']}" for label, key, sub, _ref in LATENCY_ROWS
+               if (lat := latencies[_row_key(key, sub)]) and lat.get("batch_size") not in (None, 1)]
+    if batched:
+        notes.append("Stage rows are per-process throughput at their own batch size (" + "; ".join(batched)
+                     + "), not one-sample latency; the benchmark rows time one sample at a time.")
+    bench = loaded["bench_latency"]
+    if bench is not None and bench.get("cot_tokens"):
+        notes.append(f"The benchmark forces {bench['cot_tokens']} CoT tokens (the paper's average) on "
+                     f"{bench.get('model', 'its model')}.")
+    return rows, notes
+
+
+def build_tables(inputs: RunInputs, token_split: str = "test") -> Tables:
+    accuracy, accuracy_notes = accuracy_rows(inputs)
+    tokens, token_notes, meta = token_rows(inputs, token_split)
+    latency, latency_notes = latency_rows(inputs)
+    return Tables(accuracy, tokens, latency,
+                  notes={"accuracy": accuracy_notes, "tokens": token_notes, "latency": latency_notes},
+                  token_split=token_split, prompt_meta=meta)
+
+
+def _cell(value, column: str) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if column == "max" and value.is_integer():
+            return str(int(value))
+        if column.endswith("_pct"):
+            return f"{value:.1f}"
+        if column in ("mean", "p50", "p95", "max", "ms_per_sample", "generated_tokens_per_sample"):
+            return f"{value:.1f}"
+        if column in ("speedup_vs_cot", "samples_per_s"):
+            return f"{value:.2f}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+HEADERS = {
+    "method": "method", "mae": "MAE", "rmse": "RMSE", "acc": "acc", "acc_rounded": "acc (rounded)",
+    "n_invalid": "invalid", "n_fallback": "fallback rows", "n": "n", "status": "note",
+    "variant": "prompt", "mean": "mean tokens", "p50": "p50", "p95": "p95", "max": "max",
+    "mean_reduction_pct": "mean vs raw (%)", "p95_reduction_pct": "p95 vs raw (%)",
+    "decoding": "decoding", "device": "device", "ms_per_sample": "ms/sample", "samples_per_s": "samples/s",
+    "generated_tokens_per_sample": "generated tokens/sample", "speedup_vs_cot": "speedup vs CoT",
+}
+
+
+def markdown_table(rows: list[dict], columns: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(HEADERS[c] for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c), c) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(tables: Tables, run_dir: str | os.PathLike, figure_name: str | None) -> str:
+    sections = [f"# Results of {run_dir}", ""]
+    parts = (
+        ("1. Accuracy (test)", tables.accuracy, ACCURACY_COLUMNS, "accuracy"),
+        (f"2. Token efficiency ({tables.token_split} prompts)", tables.tokens, TOKEN_COLUMNS, "tokens"),
+        ("3. Latency", tables.latency, LATENCY_COLUMNS, "latency"),
+    )
+    for title, rows, columns, note_key in parts:
+        sections += [f"## {title}", "", markdown_table(rows, columns), ""]
+        sections += [f"- {note}" for note in tables.notes.get(note_key, [])]
+        sections.append("")
+    if figure_name:
+        sections += [f"![prompt tokens and latency]({figure_name})", ""]
+    return "\n".join(sections)
+
+
+def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    import csv
+    import io
+
+    from siren.io import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def load_token_counts(path: Path) -> dict[str, list[int]] | None:
+    """Per-row prompt-token counts per variant from the optional npz; None when absent."""
+    if not path.is_file():
+        return None
+    import numpy as np
+
+    try:
+        with np.load(path) as archive:
+            return {name: archive[name].astype(int).tolist() for name in archive.files}
+    except (OSError, ValueError) as err:
+        raise SirenError(f"{path}: cannot read ({err})") from None
+
+
+def draw_figure(path: Path, tables: Tables, token_counts: dict[str, list[int]] | None) -> None:
+    """Left: prompt tokens per variant (distribution, or mean with p50/p95 marks); right: latency bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from siren.io import atomic_path
+
+    fig, (ax_tokens, ax_latency) = plt.subplots(1, 2, figsize=(12, 4.5))
+    variants = [v for v in VARIANTS if token_counts and token_counts.get(v)]
+    if variants:
+        # Whiskers at p5/p95 so the top whisker is the table's p95; the raw-history tail goes far beyond.
+        ax_tokens.boxplot([token_counts[v] for v in variants], whis=(5, 95), showfliers=False, showmeans=True)
+        ax_tokens.set_xticks(range(1, len(variants) + 1), [VARIANT_LABELS[v] for v in variants],
+                             rotation=15, fontsize=8)
+        ax_tokens.set_title(f"Prompt tokens per row ({tables.token_split}): quartiles, p5-p95, mean (triangle)",
+                            fontsize=10)
+    else:
+        present = [row for row in tables.tokens if row["mean"] is not None]
+        if present:
+            positions = range(len(present))
+            ax_tokens.bar(positions, [row["mean"] for row in present], color="tab:blue", label="mean")
+            ax_tokens.scatter(positions, [row["p95"] or 0 for row in present], color="black", marker="_",
+                              s=400, label="p95", zorder=3)
+            ax_tokens.set_xticks(list(positions), [row["variant"] for row in present], rotation=15, fontsize=8)
+            ax_tokens.legend()
+            ax_tokens.set_title(f"Prompt tokens, mean and p95 ({tables.token_split})")
+        else:
+            ax_tokens.text(0.5, 0.5, "prompt stats: not run", ha="center", va="center")
+    ax_tokens.set_ylabel("tokens")
+
+    timed = [row for row in tables.latency if row["ms_per_sample"] is not None]
+    if timed:
+        positions = range(len(timed))
+        bars = ax_latency.bar(positions, [row["ms_per_sample"] for row in timed], color="tab:orange")
+        ax_latency.bar_label(bars, labels=[f"{row['ms_per_sample']:.1f} ms" for row in timed], fontsize=8)
+        ax_latency.set_xticks(list(positions), [row["decoding"] for row in timed], rotation=20, fontsize=7,
+                              ha="right")
+        ax_latency.set_yscale("log")
+        ax_latency.set_ylabel("ms / sample (log)")
+        ax_latency.set_title("Latency")
+    else:
+        ax_latency.text(0.5, 0.5, "latency: not run", ha="center", va="center")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,410 @@
+"""siren.alignment: losses on literal tensors, the aligned position, teacher lookup, row selection,
+LoRA targets, row-index pairing under a shuffled loader, and overfitting one batch.
+
+`build_stage5_inputs` (also used by the stage 5/6 script tests) writes the 4a/4b/4c files the
+way data/README.md specifies them, from the `verl_dir` fixture and the tiny model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from siren import SirenError
+from siren.alignment import (
+    IGNORE_INDEX,
+    ROW_INDEX,
+    RowIndexCollator,
+    TeacherStates,
+    alignment_loss,
+    answer_positions,
+    build_trainer_class,
+    completion_lm_loss,
+    load_mask,
+    lora_target_modules,
+    mix_losses,
+    per_layer_alignment_loss,
+    select_training_rows,
+    tokenize_ao_example,
+    tokenize_ao_split,
+)
+
+SYNTHETIC_REASONING = "<think>\nThe user rates films like this one highly, so a high rating fits.\n</think>"
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs of stage 5, built as stages 4a/4b/4c write them
+
+
+def build_ao_dataset(verl_dir: Path, tokenizer, out: Path, limits=(16, 6, 6)):
+    """The stage 4c DatasetDict from the verl parquet (first rows of each split)."""
+    from datasets import Dataset, DatasetDict
+
+    from siren.prompts import answer_only_context, chat_prompt_text
+    from siren.verl_data import load_split_rows
+
+    splits = {}
+    for split, limit in zip(("train", "valid", "test"), limits, strict=True):
+        rows = load_split_rows(verl_dir, split, limit=limit)
+        splits[split] = Dataset.from_list([
+            {
+                "prompt": answer_only_context(chat_prompt_text(tokenizer, r["prompt"])),
+                "completion": f"{int(r['label'])}</answer>",
+                "label": r["label"],
+                "index": int(r["extra_info"]["index"]),
+                "user_id": r["extra_info"]["user_id"],
+                "parent_asin": r["extra_info"]["parent_asin"],
+            }
+            for r in rows
+        ])
+    DatasetDict(splits).save_to_disk(str(out))
+    return out
+
+
+@torch.no_grad()
+def teacher_states_for(model, tokenizer, verl_dir: Path, n_rows: int) -> np.ndarray:
+    """[n, L, H] hidden states at the last token of the teacher context (prompt + reasoning + <answer>)."""
+    from siren.prompts import chat_prompt_text, teacher_context
+    from siren.verl_data import load_split_rows
+
+    states = []
+    for row in load_split_rows(verl_dir, "train", limit=n_rows):
+        text = teacher_context(chat_prompt_text(tokenizer, row["prompt"]), SYNTHETIC_REASONING)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[1:]
+        states.append(torch.stack([h[0, -1] for h in hidden]).float().numpy())
+    return np.stack(states)
+
+
+def build_stage5_inputs(verl_dir: Path, model_dir: Path, root: Path, n_train: int = 16, mask_every: int = 1,
+                        n_valid: int = 6, n_test: int = 6) -> dict[str, Path]:
+    """4c DatasetDict, 4b teacher_hidden.npy + teacher_index.npy, 4a mask.pt under `root`."""
+    from transformers import AutoModelForCausalLM
+
+    from siren.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir, padding_side="right")
+    instructions = build_ao_dataset(verl_dir, tokenizer, root / "hidden", (n_train, n_valid, n_test))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    teacher_dir = root / "teacher"
+    teacher_dir.mkdir(parents=True)
+    np.save(teacher_dir / "teacher_hidden.npy", teacher_states_for(model, tokenizer, verl_dir, n_train))
+    np.save(teacher_dir / "teacher_index.npy", np.arange(n_train, dtype=np.int64))
+    mask = torch.tensor([i % mask_every == 0 for i in range(n_train)], dtype=torch.bool)
+    torch.save(mask, root / "mask.pt")
+    return {"instructions": instructions, "teacher": teacher_dir, "mask": root / "mask.pt"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses
+
+
+def test_cosine_identical_is_zero_and_opposite_is_two():
+    vectors = torch.tensor([[[1.0, 2.0, -3.0], [0.5, 0.0, 4.0]]])  # [B=1, L=2, H=3]
+    assert torch.allclose(per_layer_alignment_loss(vectors, vectors.clone(), "cosine"), torch.zeros(1, 2), atol=1e-6)
+    assert torch.allclose(per_layer_alignment_loss(vectors, -vectors, "cosine"), torch.full((1, 2), 2.0), atol=1e-6)
+    orthogonal = per_layer_alignment_loss(torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.0, 3.0]]]), "cosine")
+    assert torch.allclose(orthogonal, torch.ones(1, 1))
+
+
+def test_mse_and_mae_by_hand_and_the_layer_average():
+    student = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]])
+    teacher = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
+    # layer 1: diffs (0, 2, 3); layer 2: diffs (-1, -1, -1)
+    assert torch.allclose(per_layer_alignment_loss(student, teacher, "mse"), torch.tensor([[13 / 3, 1.0]]))
+    assert torch.allclose(per_layer_alignment_loss(student, teacher, "mae"), torch.tensor([[5 / 3, 1.0]]))
+    assert math.isclose(alignment_loss(student, teacher, "mse").item(), (13 / 3 + 1.0) / 2, rel_tol=1e-6)
+
+
+def test_zscore_losses_by_hand():
+    teacher = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])
+    # An affine copy with positive scale standardises to the same vector.
+    assert per_layer_alignment_loss(3 * teacher + 7, teacher, "mse_zscore").abs().max() < 1e-6
+    assert per_layer_alignment_loss(3 * teacher + 7, teacher, "std_mae").abs().max() < 1e-6
+    # A flipped copy: z(s) = -z(t), so mse = mean (2 z)^2 = 4 * (n-1)/n with the unbiased std (n=4).
+    assert math.isclose(per_layer_alignment_loss(-teacher, teacher, "mse_zscore").item(), 4 * 3 / 4, rel_tol=1e-4)
+    z = (teacher - 2.5) / teacher.std()
+    assert math.isclose(per_layer_alignment_loss(-teacher, teacher, "std_mae").item(), (2 * z).abs().mean().item(),
+                        rel_tol=1e-4)
+    # mse_zscore_t divides the plain mse by the teacher's variance: shift by 1 -> 1 / var(t).
+    assert math.isclose(per_layer_alignment_loss(teacher + 1, teacher, "mse_zscore_t").item(),
+                        1 / teacher.var().item(), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("loss_type", ["cosine", "mse", "mae", "mse_zscore", "mse_zscore_t", "std_mae"])
+def test_teacher_is_stop_gradient(loss_type):
+    student = torch.randn(2, 3, 8, requires_grad=True)
+    teacher = torch.randn(2, 3, 8, requires_grad=True)
+    alignment_loss(student, teacher, loss_type).backward()
+    assert teacher.grad is None
+    assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_unknown_loss_and_shape_mismatch():
+    with pytest.raises(ValueError, match="unknown loss_type"):
+        alignment_loss(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), "kl")
+    with pytest.raises(ValueError, match="shapes differ"):
+        alignment_loss(torch.zeros(1, 2, 2), torch.zeros(1, 1, 2))
+
+
+def test_mix_losses():
+    align, lm = torch.tensor(2.0), torch.tensor(10.0)
+    assert mix_losses(align, lm, 1.0).item() == 2.0
+    assert mix_losses(align, lm, 0.0).item() == 10.0
+    assert math.isclose(mix_losses(align, lm, 0.25).item(), 0.25 * 2 + 0.75 * 10)
+    assert mix_losses(align, torch.tensor(float("nan")), 1.0).item() == 2.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Aligned position
+
+
+def test_answer_positions_right_and_left_padding():
+    right = torch.tensor([[-100, -100, -100, 7, 8, -100], [-100, 5, 6, -100, -100, -100]])
+    left = torch.tensor([[-100, -100, -100, -100, 7, 8], [-100, -100, -100, -100, 5, 6]])
+    assert answer_positions(right).tolist() == [2, 0]
+    assert answer_positions(left).tolist() == [3, 3]
+    with pytest.raises(ValueError, match="no completion"):
+        answer_positions(torch.full((1, 3), IGNORE_INDEX))
+
+
+def test_aligned_position_is_the_end_of_answer_tag(tiny_model_dir, verl_dir):
+    from siren.prompts import answer_only_context, chat_prompt_text
+    from siren.tokenization import load_tokenizer
+    from siren.verl_data import load_split_rows
+
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="right")
+    rows = load_split_rows(verl_dir, "train", limit=3)
+    examples = [
+        {**tokenize_ao_example(answer_only_context(chat_prompt_text(tokenizer, r["prompt"])), f"{int(r['label'])}</answer>",
+                               tokenizer, None), ROW_INDEX: i, "rating_label": r["label"]}
+        for i, r in enumerate(rows)
+    ]
+    batch = RowIndexCollator(pad_token_id=tokenizer.pad_token_id)(examples)
+    positions = answer_positions(batch["labels"])
+    answer_token = tokenizer.encode("<answer>", add_special_tokens=False)[-1]
+    rating_ids = {tokenizer.encode(str(r), add_special_tokens=False)[0] for r in range(1, 6)}
+    for b, (row, example) in enumerate(zip(rows, examples, strict=True)):
+        p = int(positions[b])
+        prompt_ids = tokenizer(answer_only_context(chat_prompt_text(tokenizer, row["prompt"])),
+                               add_special_tokens=False)["input_ids"]
+        assert p == len(prompt_ids) - 1  # the inference input ends exactly here
+        assert batch["input_ids"][b, p].item() == answer_token
+        assert batch["input_ids"][b, p + 1].item() in rating_ids
+        assert batch["input_ids"][b, : p + 1].tolist() == prompt_ids
+        assert batch["attention_mask"][b, : len(example["input_ids"])].all()
+    assert batch[ROW_INDEX].tolist() == [0, 1, 2]
+
+
+def test_completion_lm_loss_matches_full_logits(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    input_ids = torch.randint(0, 1000, (2, 9))
+    labels = input_ids.clone()
+    labels[:, :6] = IGNORE_INDEX
+    labels[1, 8] = IGNORE_INDEX  # right padding on row 1
+    with torch.no_grad():
+        out = model(input_ids=input_ids, output_hidden_states=True)
+        expected = torch.nn.functional.cross_entropy(
+            out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        ours = completion_lm_loss(out.hidden_states[-1], labels, model.get_output_embeddings())
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Teacher, mask, rows
+
+
+def _write_teacher(directory: Path, hidden: np.ndarray, index: np.ndarray | None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / "teacher_hidden.npy", hidden)
+    if index is not None:
+        np.save(directory / "teacher_index.npy", index)
+    return directory
+
+
+def test_teacher_lookup_follows_the_index_file(tmp_path):
+    row_ids = np.array([7, 2, 5], dtype=np.int64)
+    hidden = np.stack([np.full((2, 4), r, dtype=np.float32) for r in row_ids])
+    teacher = TeacherStates(_write_teacher(tmp_path / "t", hidden, row_ids))
+    got = teacher.lookup([5, 7, 2, 5])
+    assert got.shape == (4, 2, 4)
+    assert got[:, 0, 0].tolist() == [5.0, 7.0, 2.0, 5.0]
+    teacher.check_against(n_layers=2, hidden_size=4, n_dataset_rows=8)
+    with pytest.raises(SirenError, match="no teacher hidden state for dataset row 3"):
+        teacher.lookup([3])
+
+
+def test_teacher_mismatches_give_both_numbers(tmp_path):
+    hidden = np.zeros((4, 2, 8), dtype=np.float32)
+    teacher = TeacherStates(_write_teacher(tmp_path / "a", hidden, None))
+    with pytest.raises(SirenError, match=r"hidden size 8.*hidden size 64"):
+        teacher.check_against(n_layers=2, hidden_size=64, n_dataset_rows=4)
+    with pytest.raises(SirenError, match=r"2 layers.*3 layers"):
+        teacher.check_against(n_layers=3, hidden_size=8, n_dataset_rows=4)
+    with pytest.raises(SirenError, match=r"has 4 rows but the training split has 10 rows"):
+        teacher.check_against(n_layers=2, hidden_size=8, n_dataset_rows=10)
+    with pytest.raises(SirenError, match=r"3 entries but .* has 4 rows"):
+        TeacherStates(_write_teacher(tmp_path / "b", hidden, np.arange(3)))
+    out_of_range = TeacherStates(_write_teacher(tmp_path / "c", hidden, np.array([0, 1, 2, 9])))
+    with pytest.raises(SirenError, match="names row 9, but the training split has 5 rows"):
+        out_of_range.check_against(n_layers=2, hidden_size=8, n_dataset_rows=5)
+    with pytest.raises(SirenError, match="missing teacher hidden states"):
+        TeacherStates(tmp_path / "nowhere")
+
+
+def test_mask_checks_and_row_selection(tmp_path):
+    torch.save(torch.tensor([True, False, True]), tmp_path / "mask.pt")
+    with pytest.raises(SirenError, match="3 entries but the training split has 5 rows"):
+        load_mask(tmp_path / "mask.pt", 5)
+    mask = torch.tensor([i % 2 == 0 for i in range(20)])
+    teacher = TeacherStates(_write_teacher(tmp_path / "t", np.zeros((20, 1, 2), dtype=np.float32), None))
+    everything = select_training_rows(mask, teacher, 1.0, seed=0)
+    assert everything == list(range(0, 20, 2))
+    half = select_training_rows(mask, teacher, 0.5, seed=42)
+    assert len(half) == 5 and set(half) <= set(everything) and half == sorted(half)
+    assert half == select_training_rows(mask, teacher, 0.5, seed=42)
+    partial = TeacherStates(_write_teacher(tmp_path / "p", np.zeros((2, 1, 2), dtype=np.float32), np.array([0, 2])))
+    with pytest.raises(SirenError, match="8 of the 10 masked-in rows have no teacher hidden state"):
+        select_training_rows(mask, partial, 1.0, seed=0)
+    with pytest.raises(SirenError, match="selects no rows"):
+        select_training_rows(torch.zeros(20, dtype=torch.bool), teacher, 1.0, seed=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# LoRA targets
+
+
+def test_lora_targets_come_from_the_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    assert lora_target_modules(model, "KV") == ["k_proj", "v_proj"]
+    assert lora_target_modules(model, "QV") == ["q_proj", "v_proj"]
+    assert lora_target_modules(model, "FFN") == ["gate_proj", "up_proj", "down_proj"]
+    assert lora_target_modules(model, "all-linear") == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+    class FusedAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn = torch.nn.Linear(4, 12)
+            self.head = torch.nn.Linear(4, 10)
+
+        def get_output_embeddings(self):
+            return self.head
+
+    with pytest.raises(SirenError, match=r"no k_proj, v_proj \(its linear layers: c_attn\)"):
+        lora_target_modules(FusedAttention(), "KV")
+
+
+# --------------------------------------------------------------------------------------------------
+# Trainer: row/teacher pairing under shuffling, and overfitting one batch
+
+
+def _make_trainer(model_dir: Path, inputs: dict[str, Path], out: Path, teacher: TeacherStates, rows: list[int], **overrides):
+    from datasets import load_from_disk
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig
+
+    from siren.tokenization import load_tokenizer, rating_token_ids
+
+    tokenizer = load_tokenizer(model_dir, padding_side="right")
+    dataset_dict = load_from_disk(str(inputs["instructions"]))
+    train, _ = tokenize_ao_split(dataset_dict["train"].select(rows), tokenizer, None)
+    valid, _ = tokenize_ao_split(dataset_dict["valid"], tokenizer, None)
+    settings = dict(
+        output_dir=str(out), max_steps=4, per_device_train_batch_size=3, learning_rate=1e-2, warmup_steps=0,
+        lr_scheduler_type="constant", use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
+        eval_strategy="no", max_length=None, dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False, seed=3,
+    )
+    settings.update(overrides)
+    trainer_class = build_trainer_class()
+    return trainer_class(
+        model=AutoModelForCausalLM.from_pretrained(str(model_dir)),
+        args=SFTConfig(**settings),
+        train_dataset=train,
+        eval_dataset=valid,
+        processing_class=tokenizer,
+        data_collator=RowIndexCollator(pad_token_id=tokenizer.pad_token_id),
+        peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["k_proj", "v_proj"],
+                               task_type="CAUSAL_LM"),
+        teacher=teacher, kd_ratio=1.0, loss_type="cosine", rating_token_ids=rating_token_ids(tokenizer),
+    ), train
+
+
+@pytest.fixture(scope="module")
+def stage5_inputs(verl_dir, tiny_model_dir, tmp_path_factory):
+    return build_stage5_inputs(verl_dir, tiny_model_dir, tmp_path_factory.mktemp("stage5"), n_train=12)
+
+
+@pytest.mark.slow
+def test_shuffled_loader_pairs_every_row_with_its_own_teacher(stage5_inputs, tiny_model_dir, tmp_path):
+    n_rows = 12
+    # Teacher rows stored in reverse order, each filled with its dataset row id, so a wrong pairing shows.
+    row_ids = np.arange(n_rows, dtype=np.int64)[::-1].copy()
+    hidden = np.stack([np.full((2, 64), r, dtype=np.float32) for r in row_ids])
+    teacher = TeacherStates(_write_teacher(tmp_path / "teacher", hidden, row_ids))
+    rows = list(range(n_rows))
+    # 4 steps of 3 rows: one shuffled pass over the 12 rows.
+    trainer, train = _make_trainer(tiny_model_dir, stage5_inputs, tmp_path / "run", teacher, rows, max_steps=4)
+    ids_of_row = {int(r): list(ids) for r, ids in zip(train[ROW_INDEX], train["input_ids"], strict=True)}
+
+    seen_batches: list[tuple[list[int], torch.Tensor]] = []
+    collator = trainer.data_collator
+
+    def recording_collator(examples):
+        batch = collator(examples)
+        seen_batches.append((batch[ROW_INDEX].tolist(), batch["input_ids"].clone()))
+        return batch
+
+    looked_up: list[tuple[list[int], torch.Tensor]] = []
+    lookup = teacher.lookup
+
+    def recording_lookup(row_indices):
+        states = lookup(row_indices)
+        looked_up.append((list(row_indices), states.clone()))
+        return states
+
+    trainer.data_collator = recording_collator
+    teacher.lookup = recording_lookup
+    trainer.train()
+
+    assert len(looked_up) == 4
+    order = [r for row_batch, _ in seen_batches for r in row_batch]
+    assert sorted(order) == rows and order != rows, "the training loader did not shuffle"
+    for (row_batch, input_ids), (teacher_rows, states) in zip(seen_batches, looked_up, strict=False):
+        assert teacher_rows == row_batch
+        for b, row in enumerate(row_batch):
+            assert input_ids[b, : len(ids_of_row[row])].tolist() == ids_of_row[row]  # the row's own text
+            assert torch.all(states[b] == row)  # and its own teacher state
+
+
+@pytest.mark.slow
+def test_overfitting_one_batch_halves_the_alignment_loss(stage5_inputs, tiny_model_dir, tmp_path):
+    teacher = TeacherStates(stage5_inputs["teacher"])
+    trainer, _ = _make_trainer(tiny_model_dir, stage5_inputs, tmp_path / "run", teacher, [0, 1],
+                               max_steps=30, per_device_train_batch_size=2)
+    trainer.train()
+    align = [entry["align_loss"] for entry in trainer.state.log_history if "align_loss" in entry]
+    assert len(align) == 30
+    assert align[-1] <= 0.5 * align[0], align
+    assert any(key.startswith("cos_layer_") for key in trainer.state.log_history[0])
+    assert "lm_loss" in trainer.state.log_history[0]
+
+
+def test_eval_reports_rating_metrics(stage5_inputs, tiny_model_dir, tmp_path):
+    teacher = TeacherStates(stage5_inputs["teacher"])
+    trainer, _ = _make_trainer(tiny_model_dir, stage5_inputs, tmp_path / "run", teacher, [0, 1, 2],
+                               per_device_eval_batch_size=4)
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_rating_mae", "eval_rating_rmse", "eval_rating_acc", "eval_lm_loss"} <= set(metrics)
+    assert 0.0 <= metrics["eval_rating_mae"] <= 4.0
+    assert metrics["eval_rating_rmse"] >= metrics["eval_rating_mae"] - 1e-9

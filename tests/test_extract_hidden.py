@@ -1,0 +1,256 @@
+"""Stage 4b (extract_last_hidden_ddp.py): teacher contexts, left padding, streaming shards, merge."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, run_script
+
+from siren import SirenError
+from siren.generation import result_row
+from siren.hidden import (
+    ALIGNED_TAIL,
+    NpyRows,
+    aligned_tail_ids,
+    check_context_tail,
+    encode_left_padded,
+    last_token_hidden,
+    merge_hidden_shards,
+    shard_paths,
+    teacher_text,
+)
+from siren.verl_data import load_split_rows
+
+N_ROWS = 14
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic_response(position: int, label: float) -> str:
+    """Reasoning of very different lengths; every third answer wrong; row 5 has no </think>."""
+    if position == 5:
+        return "the model rambled and never closed its thought"
+    reasoning = " ".join(["The user rated similar dramas highly."] * (1 + 7 * (position % 4)))
+    answer = label if position % 3 else 1.0 + label % 5
+    return f"<think>\n{reasoning}\n</think>\n\n<answer>{answer:.1f}</answer>"
+
+
+@pytest.fixture(scope="module")
+def thinking_dir(verl_dir, tmp_path_factory) -> Path:
+    """A stage 4a output written by hand, since the random tiny model never writes reasoning."""
+    rows = load_split_rows(verl_dir, "train", N_ROWS)
+    out = tmp_path_factory.mktemp("thinking")
+    results = [result_row(row, synthetic_response(i, row["label"]), 20) for i, row in enumerate(rows)]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    torch.save(torch.tensor([r["correct"] for r in results], dtype=torch.bool), out / "mask.pt")
+    return out
+
+
+def test_left_padding_puts_answer_last_for_mixed_lengths(tiny_model_dir, verl_dir):
+    from siren.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = load_split_rows(verl_dir, "train", 4)
+    texts = [teacher_text(tokenizer, row, synthetic_response(i, row["label"])) for i, row in enumerate(rows)]
+    input_ids, attention_mask, position_ids = encode_left_padded(tokenizer, texts)
+    lengths = attention_mask.sum(1).tolist()
+    assert len(set(lengths)) == 4  # really mixed
+    tail = aligned_tail_ids(tokenizer)
+    for row in range(4):
+        last_real = int(attention_mask[row].nonzero().max())
+        assert last_real == input_ids.shape[1] - 1
+        assert input_ids[row, -len(tail):].tolist() == tail
+        assert position_ids[row, -1].item() == lengths[row] - 1
+    assert tokenizer.decode(tail) == ALIGNED_TAIL
+
+
+def test_padded_batch_gives_each_row_its_unpadded_hidden_state(tiny_model_dir, verl_dir, one_thread):
+    from siren.generation import load_causal_lm
+    from siren.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    rows = load_split_rows(verl_dir, "train", 3)
+    texts = [teacher_text(tokenizer, row, synthetic_response(i + 1, row["label"])) for i, row in enumerate(rows)]
+    batched = last_token_hidden(model, *encode_left_padded(tokenizer, texts))
+    assert batched.shape == (3, model.config.num_hidden_layers, model.config.hidden_size)
+    for i, text in enumerate(texts):
+        alone = last_token_hidden(model, *encode_left_padded(tokenizer, [text]))
+        torch.testing.assert_close(batched[i], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_context_tail_mismatch_names_the_row():
+    check_context_tail(7, [1, 2, 3, 4], [9, 3, 4], [3, 4])
+    with pytest.raises(SirenError, match="row 7: the teacher and answer-only contexts"):
+        check_context_tail(7, [1, 2, 3, 5], [9, 3, 4], [3, 4])
+
+
+def test_shards_merge_in_dataset_order(tmp_path):
+    selected = [0, 2, 3, 5, 8, 9, 11]
+    world, row_shape = 3, (2, 5)
+    expected = np.stack([np.full(row_shape, float(i), dtype=np.float32) for i in selected])
+    for rank in range(world):
+        hidden, index = shard_paths(tmp_path, rank)
+        mine = selected[rank::world]
+        np.save(index, np.asarray(mine, dtype=np.int64))
+        shard = NpyRows(hidden, len(mine), row_shape, np.float32, create=True)
+        for slot in reversed(range(len(mine))):  # out of order, as the length sort writes them
+            shard.write(slot, np.full((1, *row_shape), float(mine[slot]), dtype=np.float32))
+        shard.close()
+    out = tmp_path / "merged.npy"
+    # 40 bytes per row: chunks of 3 rows exercise the chunk boundaries.
+    merge_hidden_shards(tmp_path, world, selected, row_shape, np.float32, out, chunk_bytes=3 * 40)
+    merged = np.load(out, mmap_mode="r")
+    assert merged.shape == (7, 2, 5)
+    np.testing.assert_array_equal(merged, expected)
+
+
+def extract_argv(model: Path, verl_dir: Path, thinking: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(model), "--data_path", str(verl_dir), "--thinking_path", str(thinking),
+            "--limit", str(N_ROWS), "--out_dir", str(out), "--batch_size", "4", *extra]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tiny_model_dir, verl_dir, thinking_dir, tmp_path_factory) -> Path:
+    """The script's main() in this process (saves an interpreter start-up; the 2-process test and
+    stage 4a's test run it as a subprocess)."""
+    import contextlib
+    import io
+
+    from siren.cli import run_main
+
+    out = tmp_path_factory.mktemp("hidden") / "one"
+    script = load_script("extract_last_hidden_ddp.py")
+    stdout = io.StringIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(stdout):
+            assert run_main(lambda: script.main(extract_argv(tiny_model_dir, verl_dir, thinking_dir, out))) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "1 without reasoning" in stdout.getvalue()
+    return out
+
+
+def test_end_to_end_single_process(one_process_run, tiny_model_dir, verl_dir, thinking_dir, one_thread):
+    from siren.generation import load_causal_lm
+    from siren.tokenization import load_tokenizer
+
+    hidden = np.load(one_process_run / "teacher_hidden.npy", mmap_mode="r")
+    index = np.load(one_process_run / "teacher_index.npy")
+    assert index.dtype == np.int64 and index.tolist() == [i for i in range(N_ROWS) if i != 5]
+    assert hidden.shape == (N_ROWS - 1, 2, 64) and hidden.dtype == np.float32
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    rows = load_split_rows(verl_dir, "train", N_ROWS)
+    thinking = [json.loads(line) for line in (thinking_dir / "results.jsonl").read_text().splitlines()]
+    for k in (0, 6, len(index) - 1):
+        position = int(index[k])
+        text = teacher_text(tokenizer, rows[position], thinking[position]["reasoning"])
+        alone = last_token_hidden(model, *encode_left_padded(tokenizer, [text]))[0].numpy()
+        np.testing.assert_allclose(hidden[k], alone, rtol=1e-4, atol=1e-5)
+
+    counts = json.loads((one_process_run / "manifest.json").read_text())["counts"]
+    assert counts["extracted"] == N_ROWS - 1 and counts["no_reasoning"] == 1 and counts["layers"] == 2
+    assert not (one_process_run / ".hidden_parts").exists()
+
+
+def test_only_correct_keeps_the_masked_rows(tiny_model_dir, verl_dir, thinking_dir, tmp_path, one_thread):
+    script = load_script("extract_last_hidden_ddp.py")
+    out = tmp_path / "correct"
+    script.main(extract_argv(tiny_model_dir, verl_dir, thinking_dir, out, "--only_correct", "--save_dtype", "float16"))
+    mask = torch.load(thinking_dir / "mask.pt").tolist()
+    index = np.load(out / "teacher_index.npy").tolist()
+    assert index == [i for i, keep in enumerate(mask) if keep] and 5 not in index and 3 not in index
+    assert np.load(out / "teacher_hidden.npy").dtype == np.float16
+
+
+def test_thinking_that_does_not_match_the_parquet_is_an_error(tiny_model_dir, verl_dir, thinking_dir, tmp_path):
+    script = load_script("extract_last_hidden_ddp.py")
+    lines = (thinking_dir / "results.jsonl").read_text().splitlines()
+
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(SirenError, match=f"has {N_ROWS - 1} rows but the parquet split has {N_ROWS}"):
+        script.main(extract_argv(tiny_model_dir, verl_dir, short, tmp_path / "o1"))
+
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    (swapped / "results.jsonl").write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    with pytest.raises(SirenError, match="row 0 is"):
+        script.main(extract_argv(tiny_model_dir, verl_dir, swapped, tmp_path / "o2"))
+
+    no_mask = tmp_path / "no_mask"
+    no_mask.mkdir()
+    (no_mask / "results.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SirenError, match="needs the correctness mask"):
+        script.main(extract_argv(tiny_model_dir, verl_dir, no_mask, tmp_path / "o3", "--only_correct"))
+
+    no_tokenizer = tmp_path / "weights_only"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    with pytest.raises(SirenError, match="holds no tokenizer"):
+        script.main(extract_argv(no_tokenizer, verl_dir, thinking_dir, tmp_path / "o4"))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+
+
+def test_refuses_to_overwrite_finished_outputs(one_process_run, tiny_model_dir, verl_dir, thinking_dir, capsys):
+    from siren.cli import run_main
+
+    script = load_script("extract_last_hidden_ddp.py")
+    argv = extract_argv(tiny_model_dir, verl_dir, thinking_dir, one_process_run)
+    assert run_main(lambda: script.main(argv)) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(one_process_run, tiny_model_dir, verl_dir, thinking_dir, tmp_path):
+    out = tmp_path / "two"
+    run_script("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "extract_last_hidden_ddp.py",
+               *extract_argv(tiny_model_dir, verl_dir, thinking_dir, out), env=ONE_THREAD)
+    assert json.loads((out / "manifest.json").read_text())["counts"]["processes"] == 2
+    np.testing.assert_array_equal(np.load(out / "teacher_index.npy"), np.load(one_process_run / "teacher_index.npy"))
+    np.testing.assert_allclose(np.load(out / "teacher_hidden.npy"), np.load(one_process_run / "teacher_hidden.npy"),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_disk_full_during_the_merge_leaves_no_finished_looking_file(tiny_model_dir, verl_dir, thinking_dir, tmp_path,
+                                                                    monkeypatch, one_thread):
+    import siren.hidden
+
+    real_merge = siren.hidden.merge_hidden_shards
+
+    def merge_then_fail(*args, **kwargs):
+        real_merge(*args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(siren.hidden, "merge_hidden_shards", merge_then_fail)
+    script = load_script("extract_last_hidden_ddp.py")
+    out = tmp_path / "full"
+    with pytest.raises(OSError, match="No space left"):
+        script.main(extract_argv(tiny_model_dir, verl_dir, thinking_dir, out))
+    leftovers = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert leftovers == [], leftovers  # no teacher_hidden.npy, no temporary file, no manifest

@@ -1,0 +1,230 @@
+"""inference_ao_ddp.py and siren.ao: decoding on literal logits, metrics on literal arrays, end to
+end on the tiny model from a 4c DatasetDict and from a parquet directory, 2 processes = 1 process,
+and the refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_script
+from test_alignment import build_ao_dataset
+
+from siren.ao import (
+    constrained_ratings,
+    default_out_dir,
+    expected_ratings,
+    parse_greedy_token,
+    prediction_metrics,
+    rating_probabilities,
+)
+
+SCRIPT = "inference_ao_ddp.py"
+RATING_IDS = {1: 10, 2: 11, 3: 12, 4: 13, 5: 14}  # a made-up vocabulary of 20 tokens
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding and metrics on literal values
+
+
+def test_constrained_and_expected_on_literal_logits():
+    logits = torch.full((2, 20), -1e4)
+    logits[0, 19] = 50.0  # a non-rating token is the overall argmax: ignored by constrained decoding
+    logits[0, 13] = 3.0   # "4"
+    logits[1, 10] = logits[1, 14] = 0.0  # "1" and "5" equally likely
+    probs = rating_probabilities(logits, RATING_IDS)
+    assert torch.allclose(probs.sum(-1), torch.ones(2))
+    assert constrained_ratings(probs).tolist() == [4.0, 1.0]  # ties go to the first maximum
+    assert torch.allclose(expected_ratings(probs), torch.tensor([4.0, 3.0]), atol=1e-4)
+
+
+def test_constrained_decoding_is_never_invalid():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 20, generator=generator) * 30
+    predictions = constrained_ratings(rating_probabilities(logits, RATING_IDS))
+    assert set(predictions.tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    expected = expected_ratings(rating_probabilities(logits, RATING_IDS))
+    assert bool(((expected >= 1.0) & (expected <= 5.0)).all())
+
+
+@pytest.mark.parametrize("text, rating", [
+    ("4", 4.0), (" 5", 5.0), ("1", 1.0), ("3.", 3.0),
+    ("0", None), ("7", None), ("<", None), ("</", None), ("five", None), ("", None), ("\n", None),
+])
+def test_greedy_token_parsing(text, rating):
+    assert parse_greedy_token(text) == rating
+
+
+def test_metrics_on_literal_arrays():
+    labels = [5.0, 4.0, 1.0, 5.0]
+    predictions = [5.0, None, 2.0, 4.0]  # one invalid
+    expected = [4.5, 4.0, 1.5, 5.0]
+    filled = prediction_metrics(predictions, expected, labels, invalid_fill=5.0)
+    ao = filled["ao"]
+    assert ao["n_invalid"] == 1 and ao["invalid_fill"] == 5.0
+    assert ao["mae"] == pytest.approx((0 + 1 + 1 + 1) / 4)
+    assert ao["rmse"] == pytest.approx((3 / 4) ** 0.5)
+    assert ao["acc"] == pytest.approx(0.25)
+    assert ao["per_label"]["5.0"]["mae"] == pytest.approx(0.5) and ao["per_label"]["4.0"]["n_invalid"] == 1
+    row = filled["ao_expected"]
+    assert row["n_invalid"] == 0
+    assert row["mae"] == pytest.approx((0.5 + 0 + 0.5 + 0) / 4)
+    assert row["rmse"] == pytest.approx((0.5 / 4) ** 0.5)
+    dropped = prediction_metrics(predictions, expected, labels, invalid_fill=None)["ao"]
+    assert dropped["mae"] == pytest.approx(2 / 3) and dropped["n_invalid"] == 1
+
+
+def test_default_out_dir_follows_model_and_split():
+    assert default_out_dir("ckpt/AO_Movies_HA/merged", None, "test", "constrained") == Path(
+        "results_ao/AO_Movies_HA/test-constrained")
+    assert default_out_dir("ckpt/GRPO_Movies_step100", "ckpt/AO_x/adapter", "valid", "greedy") == Path(
+        "results_ao/GRPO_Movies_step100+AO_x/valid-greedy")
+
+
+# --------------------------------------------------------------------------------------------------
+# The script
+
+
+@pytest.fixture(scope="module")
+def ao_data(verl_dir, tiny_model_dir, tmp_path_factory):
+    from siren.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    return build_ao_dataset(verl_dir, tokenizer, tmp_path_factory.mktemp("ao") / "hidden", (4, 4, 10))
+
+
+def _predictions(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def one_process(ao_data, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ao-out") / "one"
+    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
+                      "--batch_size", "4")
+    return out, proc
+
+
+def test_end_to_end_constrained(one_process):
+    out, proc = one_process
+    predictions = _predictions(out)
+    assert len(predictions) == 10
+    assert [p["index"] for p in predictions] == list(range(10))
+    assert all(p["valid"] and p["prediction"] in (1.0, 2.0, 3.0, 4.0, 5.0) for p in predictions)
+    assert all(1.0 <= p["expected_rating"] <= 5.0 and abs(sum(p["probs"].values()) - 1) < 1e-4 for p in predictions)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["predictions"]) == {"ao", "ao_expected"}
+    assert metrics["predictions"]["ao"]["n_invalid"] == 0 and metrics["predictions"]["ao"]["n"] == 10
+    assert {"mae", "rmse", "acc", "per_label"} <= set(metrics["predictions"]["ao_expected"])
+    latency = metrics["latency"]
+    assert {"ms_per_sample", "samples_per_s", "generated_tokens_per_sample", "device", "n"} <= set(latency)
+    assert latency["generated_tokens_per_sample"] == 1 and latency["n"] == 10 and latency["device"] == "cpu"
+    assert json.loads((out / "manifest.json").read_text())["counts"]["rows"] == 10
+    assert "MAE" in proc.stdout and "wrote" in proc.stdout
+
+
+@pytest.mark.slow
+def test_parquet_directory_gives_the_same_predictions(one_process, verl_dir, tiny_model_dir, tmp_path):
+    out, _ = one_process
+    run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(tmp_path / "pq"),
+               "--max_samples", "10", "--batch_size", "3")
+    ours, theirs = _predictions(out), _predictions(tmp_path / "pq")
+    assert [p["prediction"] for p in ours] == [p["prediction"] for p in theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["expected_rating"] == pytest.approx(b["expected_rating"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_greedy_counts_invalid_outputs(ao_data, tiny_model_dir, tmp_path):
+    out = tmp_path / "greedy"
+    run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
+               "--decode", "greedy", "--invalid_fill", "5.0")
+    predictions = _predictions(out)
+    ao = json.loads((out / "metrics.json").read_text())["predictions"]["ao"]
+    invalid = [p for p in predictions if not p["valid"]]
+    assert ao["n_invalid"] == len(invalid) and ao["invalid_fill"] == 5.0
+    assert all(p["prediction"] is None and "generated_text" in p for p in invalid)
+    assert all(p["prediction"] == parse_greedy_token(p["generated_text"]) for p in predictions)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(one_process, ao_data, tiny_model_dir, tmp_path):
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:  # a free port, so parallel test runs do not collide
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    out, _ = one_process
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    proc = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", port, SCRIPT, "--model", str(tiny_model_dir),
+         "--data_path", str(ao_data), "--out_dir", str(tmp_path / "two"), "--batch_size", "3"],
+        cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = _predictions(out), _predictions(tmp_path / "two")
+    assert [p["index"] for p in two] == [p["index"] for p in one]
+    assert [p["prediction"] for p in two] == [p["prediction"] for p in one]
+    for a, b in zip(one, two, strict=True):
+        assert a["expected_rating"] == pytest.approx(b["expected_rating"], abs=1e-5)
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["latency"]["num_processes"] == 2
+
+
+def test_refuses_to_overwrite(one_process, ao_data, tiny_model_dir):
+    out, _ = one_process
+    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
+                      check=False)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+
+
+def _fails(args: list[str], pattern: str, out: Path):
+    proc = run_script(SCRIPT, *args, "--out_dir", str(out), check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and pattern in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_tokenizer_without_single_token_ratings(ao_data, tiny_model_dir, tmp_path):
+    """A SentencePiece-style tokenizer that writes "3" as "▁" + "3" must be refused, naming "3"."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, "▁": 2, "3": 3, **{f"▁{d}": 3 + d for d in (1, 2, 4, 5)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    backend.pre_tokenizer = pre_tokenizers.Sequence([backend.pre_tokenizer, pre_tokenizers.Split("▁", "isolated")])
+    weird = tmp_path / "weird"
+    shutil.copytree(tiny_model_dir, weird)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (weird / name).unlink(missing_ok=True)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tokenizer.save_pretrained(weird)
+    _fails(["--model", str(weird), "--data_path", str(ao_data)], "rating strings 1, 2, 3, 4, 5 are not single tokens",
+           tmp_path / "out")
+
+
+def test_adapter_for_a_different_base(ao_data, tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    other = Qwen3ForCausalLM(Qwen3Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    adapter = get_peft_model(other, LoraConfig(r=2, target_modules=["k_proj", "v_proj"], task_type="CAUSAL_LM"))
+    adapter.save_pretrained(str(tmp_path / "adapter"))
+    _fails(["--model", str(tiny_model_dir), "--adapter", str(tmp_path / "adapter"), "--data_path", str(ao_data)],
+           "does not fit this base model", tmp_path / "out")
+
+
+def test_bad_data_path_and_split(ao_data, tiny_model_dir, tmp_path):
+    _fails(["--model", str(tiny_model_dir), "--data_path", str(tmp_path)], "neither a stage-4c DatasetDict",
+           tmp_path / "out")
+    _fails(["--model", str(tiny_model_dir), "--data_path", str(ao_data), "--split", "holdout"],
+           "split 'holdout' not found", tmp_path / "out")

@@ -1,0 +1,215 @@
+"""Stage 2 (preprocess_grpo.py) on a 40-user slice of the real Movies data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, run_script
+
+from siren import SirenError
+from siren.data import history_lines, load_split
+from siren.prompts import format_sketch
+from siren.verl_data import PROMPT_VARIANTS, PromptTokenCounter, load_split_rows
+
+sys.path.insert(0, str(REPO))
+import preprocess_grpo  # noqa: E402
+
+SCRIPT = str(REPO / "preprocess_grpo.py")
+
+
+def _write_sketches(path: Path, users: list[str]) -> dict[str, str]:
+    """A stage-1 style user_feature.jsonl; every third user gets an empty sketch."""
+    sketches = {}
+    with open(path, "w", encoding="utf-8") as handle:
+        for n, user in enumerate(users):
+            text = "" if n % 3 == 2 else format_sketch([f"Topic L{n}", "Space opera"], [f"Topic D{n}"], "Movies")
+            sketches[user] = text
+            handle.write(json.dumps({"user_id": user, "user_profile_prompt": text}) + "\n")
+    return sketches
+
+
+@pytest.fixture(scope="module")
+def sketch_file(small_movies_root, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    users = sorted({r["user_id"] for split in ("train", "valid", "test")
+                    for r in load_split(small_movies_root / "Movies" / f"{split}.jsonl.gz")})
+    path = tmp_path_factory.mktemp("sketch") / "user_feature.jsonl"
+    return path, _write_sketches(path, users)
+
+
+@pytest.fixture(scope="module")
+def built(small_movies_root, sketch_file, tiny_model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stage2") / "max@3-long@True"
+    preprocess_grpo.main([
+        "--data_root", str(small_movies_root), "--max_history", "3", "--use_long_history", "true",
+        "--sketch_path", str(sketch_file[0]), "--out_dir", str(out), "--tokenizer", str(tiny_model_dir),
+    ])
+    return out
+
+
+def test_parquet_schema_and_values(built, small_movies_root, sketch_file):
+    sketches = sketch_file[1]
+    for split, stem in (("train", "train"), ("valid", "val"), ("test", "test")):
+        records = load_split(small_movies_root / "Movies" / f"{split}.jsonl.gz")
+        frame = pd.read_parquet(built / f"{stem}.parquet")
+        assert list(frame.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
+        assert len(frame) == len(records)
+        rows = load_split_rows(built, stem)  # also checks extra_info.index == position
+        for row, record in zip(rows, records, strict=True):
+            assert row["data_source"] == "AmazonReviews/Movies"
+            assert row["ability"] == "rating_prediction"
+            assert row["reward_model"] == {"style": "rule", "ground_truth": f"{record['label']:.1f}"}
+            info = row["extra_info"]
+            assert (info["split"], info["user_id"], info["parent_asin"]) == (stem, record["user_id"], record["parent_asin"])
+            assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+            user_text = row["prompt"][1]["content"]
+            recent = history_lines(record["history"])[-3:]
+            positions = [user_text.index(line) for line in recent]
+            assert positions == sorted(positions), "recent history lines must appear oldest first"
+            older = history_lines(record["history"])[:-3]
+            assert all(line not in user_text for line in older if line not in recent)
+            assert record["target"] in user_text
+            sketch = sketches[record["user_id"]]
+            if sketch:
+                assert sketch in user_text and user_text.index(sketch) < user_text.index(recent[0] if recent else record["target"])
+            else:
+                assert "Long-term interests" not in user_text
+
+
+def test_prompt_stats_contract(built, small_movies_root, sketch_file):
+    stats = json.loads((built / "prompt_stats.json").read_text())
+    assert set(stats) == {"tokenizer", "max_history", "use_long_history", "splits", "counts"}
+    assert stats["max_history"] == 3 and stats["use_long_history"] is True
+    assert set(stats["splits"]) == {"train", "val", "test"}
+    for per_variant in stats["splits"].values():
+        assert set(per_variant) == set(PROMPT_VARIANTS)
+        for summary in per_variant.values():
+            assert set(summary) == {"n", "mean", "p50", "p95", "max"}
+            assert summary["p50"] <= summary["p95"] <= summary["max"]
+        # the sketch is in the prompt, so the stored prompt is the sketch + recent variant
+        assert per_variant["as_built"] == per_variant["sketch_recent"]
+        assert per_variant["recent_only"]["mean"] < per_variant["sketch_recent"]["mean"]
+        assert per_variant["recent_only"]["mean"] <= per_variant["raw_history"]["mean"]
+    sketches = sketch_file[1]
+    test_records = load_split(small_movies_root / "Movies" / "test.jsonl.gz")
+    assert stats["counts"]["rows_without_sketch"]["test"] == sum(not sketches[r["user_id"]] for r in test_records)
+    assert stats["counts"]["rows_over_max_prompt_tokens"] == {"train": 0, "val": 0, "test": 0}
+    per_row = np.load(built / "prompt_tokens_test.npz")
+    assert set(per_row.files) == set(PROMPT_VARIANTS)
+    assert all(len(per_row[v]) == len(test_records) for v in PROMPT_VARIANTS)
+    assert float(per_row["raw_history"].max()) == stats["splits"]["test"]["raw_history"]["max"]
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["counts"]["rows"]["test"] == len(test_records)
+    assert manifest["counts"]["token_counting"] == "chunked"
+
+
+def test_token_counts_equal_whole_prompt_tokenization(built, tiny_model_dir):
+    from siren.prompts import chat_prompt_text
+    from siren.tokenization import count_tokens, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)  # the loader later stages use, not the counting shortcut
+    prompts = [row["prompt"] for row in load_split_rows(built, "test")]
+    exact = count_tokens(tokenizer, [chat_prompt_text(tokenizer, p) for p in prompts])
+    per_row = np.load(built / "prompt_tokens_test.npz")
+    assert per_row["as_built"].tolist() == exact
+
+
+class _CharPairTokenizer:
+    """Counts one token per two characters: chunk counts do not add up to whole-text counts."""
+
+    chat_template = "stub"
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "".join(f"[{m['role']}]{m['content']}\n" for m in messages) + "[assistant]"
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[0] * (len(t) // 2) for t in texts]}
+
+
+def test_counter_falls_back_to_whole_text_when_chunks_do_not_add_up():
+    counter = PromptTokenCounter(_CharPairTokenizer())
+    prompts = [[{"role": "system", "content": "s"}, {"role": "user", "content": "a\nbb\nc" * k}] for k in range(1, 6)]
+    assert counter.verify(prompts) is False and counter.whole_text
+    texts = [_CharPairTokenizer().apply_chat_template(p) for p in prompts]
+    assert counter.count(prompts).tolist() == [len(t) // 2 for t in texts]
+
+
+@pytest.mark.parametrize("text,expected", [("False", False), ("false", False), ("0", False), ("no", False),
+                                           ("True", True), ("true", True), ("1", True), ("yes", True)])
+def test_use_long_history_flag_parses_booleans(text, expected):
+    assert preprocess_grpo.parse_args(["--use_long_history", text]).use_long_history is expected
+
+
+def test_use_long_history_rejects_non_boolean(capsys):
+    with pytest.raises(SystemExit):
+        preprocess_grpo.parse_args(["--use_long_history", "maybe"])
+    assert "expected a boolean" in capsys.readouterr().err
+
+
+def test_long_history_false_default_dir_no_sketch_made_up_category(small_movies_root, sketch_file, tmp_path):
+    """--use_long_history False really means False; a made-up category gets its own noun."""
+    root = tmp_path / "root"
+    shutil.copytree(small_movies_root / "Movies", root / "Films")
+    proc = run_script(SCRIPT, "--category", "Films", "--data_root", str(root), "--use_long_history", "False",
+                      "--sketch_path", str(sketch_file[0]), "--limit", "5", cwd=tmp_path)
+    out = tmp_path / "data" / "Films" / "verl" / "max@10-long@False"
+    rows = load_split_rows(out, "train")
+    assert len(rows) == 5 and len(load_split_rows(out, "test")) == 5
+    for row in rows:
+        assert row["data_source"] == "AmazonReviews/Films"
+        system, user = row["prompt"][0]["content"], row["prompt"][1]["content"]
+        assert "candidate film" in system and "Candidate film:" in user
+        assert "Long-term interests" not in user and "Space opera" not in user
+    assert "no --tokenizer" in proc.stdout
+    assert not (out / "prompt_stats.json").exists()
+    # finished outputs are not replaced without --overwrite
+    again = run_script(SCRIPT, "--category", "Films", "--data_root", str(root), "--use_long_history", "False",
+                       "--limit", "5", cwd=tmp_path, check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
+
+
+def test_no_sketch_file_runs_without_sketch_and_says_so(small_movies_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    preprocess_grpo.main(["--data_root", str(small_movies_root), "--out_dir", str(out), "--limit", "4"])
+    captured = capsys.readouterr()
+    assert "no sketch file" in captured.err and "--use_long_history is true" in captured.err
+    assert all("Long-term interests" not in r["prompt"][1]["content"] for r in load_split_rows(out, "train"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["rows_without_sketch"] == {"train": 4, "val": 4, "test": 4}
+
+
+def test_sketch_users_not_in_data_warns_with_counts(small_movies_root, tmp_path, capsys):
+    sketch = tmp_path / "user_feature.jsonl"
+    _write_sketches(sketch, ["SOMEONE_ELSE_1", "SOMEONE_ELSE_2"])
+    preprocess_grpo.main(["--data_root", str(small_movies_root), "--out_dir", str(tmp_path / "out"),
+                          "--sketch_path", str(sketch), "--limit", "3"])
+    err = capsys.readouterr().err
+    assert "covers 0 of the" in err and "(2 users in the sketch file)" in err
+
+
+def test_missing_split_file_is_named(small_movies_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(small_movies_root / "Movies", root / "Movies")
+    (root / "Movies" / "valid.jsonl.gz").unlink()
+    proc = run_script(SCRIPT, "--data_root", str(root), "--out_dir", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: missing split file") and "valid.jsonl.gz" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_sketch_file_and_flags_are_errors(small_movies_root, tmp_path):
+    sketch = tmp_path / "user_feature.jsonl"
+    sketch.write_text('{"user_id": "u1"}\n')
+    with pytest.raises(SirenError, match="missing field"):
+        preprocess_grpo.main(["--data_root", str(small_movies_root), "--out_dir", str(tmp_path / "o"),
+                              "--sketch_path", str(sketch)])
+    with pytest.raises(SirenError, match="--sketch_path does not exist"):
+        preprocess_grpo.main(["--data_root", str(small_movies_root), "--sketch_path", str(tmp_path / "nope.jsonl")])
+    with pytest.raises(SirenError, match="--max_history"):
+        preprocess_grpo.main(["--data_root", str(small_movies_root), "--max_history", "-1"])
+    assert not (tmp_path / "o").exists()

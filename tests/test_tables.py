@@ -1,0 +1,178 @@
+"""scripts/make_tables.py and siren.tables on a synthetic run directory with literal metrics files."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import run_script
+
+from siren.metrics import rating_metrics
+from siren.tables import LLM_ROWS, VARIANT_LABELS, VARIANTS, RunInputs, build_tables
+
+BASELINE_LABELS = ["Constant 5.0", "Global mean", "User + item bias", "MF with biases", "PMF"]
+EXPECTED_ROWS = BASELINE_LABELS + [label for label, _key, _pred in LLM_ROWS]
+
+PROMPT_STATS = {
+    "tokenizer": "ckpt/tiny-qwen3",
+    "max_history": 10,
+    "use_long_history": True,
+    "splits": {
+        "test": {
+            "as_built": {"n": 4, "mean": 365.75, "p50": 346.0, "p95": 522.0, "max": 625},
+            "recent_only": {"n": 4, "mean": 297.5, "p50": 284.0, "p95": 411.0, "max": 479},
+            "sketch_recent": {"n": 4, "mean": 365.75, "p50": 346.0, "p95": 522.0, "max": 625},
+            "raw_history": {"n": 4, "mean": 423.25, "p50": 284.0, "p95": 1005.6, "max": 11012},
+        },
+    },
+    "counts": {"rows_without_sketch": {"test": 1}, "rows_over_max_prompt_tokens": {"test": 0}},
+}
+LABELS = [5.0, 4.0, 5.0, 1.0]
+
+
+def _latency(ms: float, tokens: float, device: str = "cpu (2 threads)") -> dict:
+    return {"ms_per_sample": ms, "samples_per_s": 1000.0 / ms, "generated_tokens_per_sample": tokens,
+            "device": device, "n": len(LABELS)}
+
+
+def _write(path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _read_csv(path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    """A run with every input except ao_after; the CoT row has one invalid prediction."""
+    run = tmp_path / "run"
+    _write(run / "prompt_stats.json", PROMPT_STATS)
+    np.savez(run / "prompt_tokens_test.npz", **{v: np.array([300, 350, 400, 500]) for v in VARIANTS})
+    _write(run / "cot_test" / "metrics.json", {
+        "predictions": {"cot": rating_metrics([5.0, None, 4.0, 2.0], LABELS)},
+        "latency": _latency(2000.0, 238.0),
+    })
+    _write(run / "ao_before" / "metrics.json", {
+        "predictions": {"ao": rating_metrics([5.0, 5.0, 5.0, 5.0], LABELS),
+                        "ao_expected": rating_metrics([4.5, 4.4, 4.6, 4.1], LABELS)},
+        "latency": _latency(25.0, 1.0),
+    })
+    return run
+
+
+def test_tables_from_literal_files(run_dir, small_movies_root):
+    limit = 30
+    run_script("scripts/baselines.py", "--data_root", str(small_movies_root), "--out_dir",
+               str(run_dir / "baselines"), "--limit", str(limit))
+    proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir))
+    assert "## 1. Accuracy" in proc.stdout and "not run: ao_after, bench_latency" in proc.stdout
+
+    accuracy = _read_csv(run_dir / "accuracy.csv")
+    assert [row["method"] for row in accuracy] == EXPECTED_ROWS
+    by_method = {row["method"]: row for row in accuracy}
+
+    with gzip.open(small_movies_root / "Movies" / "test.jsonl.gz", "rt") as handle:
+        labels = [float(json.loads(line)["label"]) for line in handle][:limit]
+    constant = by_method["Constant 5.0"]
+    assert float(constant["mae"]) == pytest.approx(sum(5.0 - y for y in labels) / len(labels))
+    assert float(constant["rmse"]) == pytest.approx(math.sqrt(sum((5.0 - y) ** 2 for y in labels) / len(labels)))
+    assert int(constant["n"]) == limit
+
+    cot = by_method["GRPO, CoT decoding"]
+    assert cot["n_invalid"] == "1" and float(cot["mae"]) == pytest.approx((0 + 1 + 1) / 3)
+    assert "1 invalid rows left out" in cot["status"]
+    assert float(by_method["Answer-only before alignment (probability-weighted)"]["rmse"]) == pytest.approx(
+        rating_metrics([4.5, 4.4, 4.6, 4.1], LABELS)["rmse"])
+    for row in accuracy:
+        ran = not row["status"].startswith("not run")
+        # Every method that ran reports its invalid count; the rest say "not run" and hold no numbers.
+        assert (row["n_invalid"] != "") == ran
+        assert ran or row["mae"] == row["rmse"] == ""
+    assert by_method["Answer-only after alignment (constrained)"]["status"].startswith("not run")
+
+    tokens = _read_csv(run_dir / "token_efficiency.csv")
+    assert [row["variant"] for row in tokens] == [VARIANT_LABELS[v] for v in VARIANTS]
+    raw = PROMPT_STATS["splits"]["test"]["raw_history"]
+    for variant, row in zip(VARIANTS, tokens, strict=True):
+        stats = PROMPT_STATS["splits"]["test"][variant]
+        for key in ("mean", "p50", "p95", "max"):
+            assert float(row[key]) == pytest.approx(stats[key])
+        assert float(row["mean_reduction_pct"]) == pytest.approx(100 * (1 - stats["mean"] / raw["mean"]))
+        assert float(row["p95_reduction_pct"]) == pytest.approx(100 * (1 - stats["p95"] / raw["p95"]))
+
+    latency = {row["decoding"]: row for row in _read_csv(run_dir / "latency.csv")}
+    assert float(latency["Answer-only before alignment (stage 6)"]["speedup_vs_cot"]) == pytest.approx(80.0)
+    assert float(latency["CoT decoding (stage 4a, test)"]["generated_tokens_per_sample"]) == 238.0
+    assert latency["Answer-only after alignment (stage 6)"]["status"].startswith("not run")
+
+    markdown = (run_dir / "tables.md").read_text()
+    assert "| Sketch + recent N (SIREN) | 4 | 365.8 |" in markdown and "(tables.png)" in markdown
+    assert (run_dir / "tables.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["counts"]["inputs_missing"] == ["ao_after", "bench_latency"]
+
+    refused = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), check=False)
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+
+
+def test_empty_run_gives_not_run_rows_and_summary_figure(tmp_path):
+    run = tmp_path / "empty"
+    run.mkdir()
+    tables = build_tables(RunInputs.default(run))
+    assert [row["method"] for row in tables.accuracy] == EXPECTED_ROWS
+    assert all(row["status"].startswith("not run") and row["mae"] is None for row in tables.accuracy)
+    assert all(row["status"].startswith("not run") for row in tables.tokens + tables.latency)
+
+    # prompt stats without the per-row npz: the figure falls back to mean / p95 bars.
+    _write(run / "prompt_stats.json", PROMPT_STATS)
+    _write(run / "bench_latency" / "latency.json", {"cot_tokens": 238, "model": "tiny",
+                                                    "cot": _latency(900.0, 238.0), "ao": _latency(30.0, 1.0)})
+    out = tmp_path / "tables"
+    proc = run_script("scripts/make_tables.py", "--run_dir", str(run), "--out_dir", str(out))
+    assert "read 2 of 7 inputs" in proc.stdout
+    latency = {row["decoding"]: row for row in _read_csv(out / "latency.csv")}
+    assert float(latency["Benchmark: answer-only, same prompts"]["speedup_vs_cot"]) == pytest.approx(30.0)
+    assert (out / "tables.png").stat().st_size > 0
+
+
+def test_missing_variant_and_mixed_devices_are_flagged(tmp_path):
+    run = tmp_path / "run"
+    stats = json.loads(json.dumps(PROMPT_STATS))
+    del stats["splits"]["test"]["recent_only"]
+    _write(run / "prompt_stats.json", stats)
+    _write(run / "cot_test" / "metrics.json", {"predictions": {}, "latency": _latency(2000.0, 238.0, "NVIDIA H100")})
+    _write(run / "ao_after" / "metrics.json",
+           {"predictions": {}, "latency": {**_latency(20.0, 1.0, "cuda (NVIDIA H100)"), "batch_size": 8}})
+    _write(run / "ao_before" / "metrics.json", {"predictions": {}, "latency": _latency(20.0, 1.0, "cpu")})
+    tables = build_tables(RunInputs.default(run))
+    recent = next(row for row in tables.tokens if row["variant"] == VARIANT_LABELS["recent_only"])
+    assert recent["mean"] is None and recent["status"].startswith("missing")
+    mixed = [note for note in tables.notes["latency"] if "mixes devices" in note]
+    assert len(mixed) == 1 and mixed[0].startswith("Answer-only before alignment")
+    assert any("batch size 8" in note for note in tables.notes["latency"])
+    cot = next(row for row in tables.accuracy if row["method"] == "GRPO, CoT decoding")
+    assert "no predictions.cot" in cot["status"]
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    missing = run_script("scripts/make_tables.py", "--run_dir", str(tmp_path / "nope"), check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+    run = tmp_path / "run"
+    (run / "cot_test").mkdir(parents=True)
+    (run / "cot_test" / "metrics.json").write_text("{not json")
+    broken = run_script("scripts/make_tables.py", "--run_dir", str(run), check=False)
+    assert broken.returncode == 2 and "cot_test/metrics.json: not valid JSON" in broken.stderr
+    assert not (run / "tables.md").exists() and not (run / "accuracy.csv").exists()
+
+    (run / "cot_test" / "metrics.json").unlink()
+    _write(run / "prompt_stats.json", {"splits": {"train": {}}})
+    no_split = run_script("scripts/make_tables.py", "--run_dir", str(run), check=False)
+    assert no_split.returncode == 2 and "no splits.test" in no_split.stderr
