@@ -79,12 +79,11 @@ def main() -> None:
         load_ao_rows,
         next_token_logits,
         parse_greedy_token,
-        pick_dtype,
         prediction_metrics,
         rating_probabilities,
     )
     from siren.distributed import process_state, shard_positions
-    from siren.generation import device_name, latency_summary
+    from siren.generation import device_name, latency_summary, resolve_dtype
     from siren.io import atomic_write_json, atomic_write_jsonl, write_manifest
     from siren.tokenization import load_tokenizer, rating_token_ids
 
@@ -92,7 +91,7 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model, padding_side="left")
     ratings = rating_token_ids(tokenizer)
     rows = load_ao_rows(args.data_path, args.split, tokenizer, limit=args.max_samples)
-    model = load_ao_model(args.model, args.adapter, pick_dtype(args.dtype, state.device), state.device)
+    model = load_ao_model(args.model, args.adapter, resolve_dtype(args.dtype, state.device.type), state.device)
 
     positions = shard_positions(len(rows), state.process_index, state.num_processes)
     batches = [positions[i:i + args.batch_size] for i in range(0, len(positions), args.batch_size)]

@@ -1,7 +1,7 @@
 r"""Stage 2: turn a category's split files into the verl GRPO parquet files (+ prompt-token report).
 
     python preprocess_grpo.py --category Movies --max_history 10 --use_long_history True \
-        --sketch_path ../shared/data/Movies/user_feature.jsonl --tokenizer ckpt/tiny-qwen3
+        --sketch_path data/Movies/sketch/minilm-K20-mean@4/user_feature.jsonl --tokenizer ckpt/tiny-qwen3
 
 Reads train/valid/test.jsonl.gz of the category and stage 1's user_feature.jsonl; writes
 train.parquet, val.parquet, test.parquet (schema: data/README.md) and manifest.json to
@@ -29,8 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--use_long_history", type=str2bool, default=True,
                         help="put the long-term interest sketch in the prompt: true/false (default: %(default)s)")
     parser.add_argument("--sketch_path", default=None,
-                        help="stage 1's user_feature.jsonl (default: <category dir>/user_feature.jsonl if it exists; "
-                             "without one the prompts carry no sketch)")
+                        help="stage 1's user_feature.jsonl (no default: the user_feature.jsonl shipped beside the "
+                             "authors' data is their own sketch, not ours; without one the prompts carry no sketch)")
     parser.add_argument("--out_dir", default=None,
                         help="output folder (default: data/{category}/verl/max@{N}-long@{True|False})")
     parser.add_argument("--tokenizer", default=None,
@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> None:
     from siren.verl_data import (
         PARQUET_SPLITS,
         PROMPT_VARIANTS,
-        SKETCH_FILE,
         PromptTokenCounter,
         build_split_rows,
         default_verl_dir,
@@ -98,16 +97,14 @@ def main(argv: list[str] | None = None) -> None:
     outputs = parquet_files + ([stats_file, test_counts_file] if args.tokenizer else [])
     check_outputs_free(outputs, args.overwrite)
 
-    sketch_path = Path(args.sketch_path) if args.sketch_path else category_dir / SKETCH_FILE
+    sketch_path = Path(args.sketch_path) if args.sketch_path else None
     sketches: dict[str, str] = {}
-    if sketch_path.is_file():
+    if sketch_path is not None:
         sketches = load_sketches(sketch_path)
         print(f"read {len(sketches)} user sketches from {sketch_path}")
     else:
-        sketch_path = None
-        print(f"no sketch file ({category_dir / SKETCH_FILE} does not exist): "
-              f"prompts carry no sketch{' although --use_long_history is true' if args.use_long_history else ''}",
-              file=sys.stderr)
+        print("no --sketch_path given: prompts carry no sketch"
+              f"{' although --use_long_history is true' if args.use_long_history else ''}", file=sys.stderr)
 
     records_by_split = {}
     for split in PARQUET_SPLITS:

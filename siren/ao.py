@@ -192,34 +192,17 @@ def check_adapter_matches(base_model, adapter_dir: str | os.PathLike) -> None:
                 )
 
 
-def pick_dtype(name: str, device) -> torch.dtype:
-    """auto: bf16 on a GPU that supports it, else float32 (CPU bf16 matmuls are slow and lossy)."""
-    import torch
-
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-
-
 def load_ao_model(model_path: str | os.PathLike, adapter_path: str | os.PathLike | None, dtype: torch.dtype, device):
     """A causal LM ready for AO inference: a merged model, or a base with a LoRA adapter merged in."""
-    from transformers import AutoModelForCausalLM
+    from siren.generation import load_causal_lm
 
-    model_path = Path(model_path)
-    if not (model_path / "config.json").is_file():
-        raise SirenError(f"--model {model_path} holds no model (no config.json)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise SirenError(f"cannot load a model from {model_path}: {str(err).splitlines()[0]}") from None
+    model = load_causal_lm(model_path, dtype, device)
     if adapter_path is not None:
         from peft import PeftModel
 
         check_adapter_matches(model, adapter_path)
-        model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
-    return model.to(device).eval()
+        model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload().eval()
+    return model
 
 
 def next_token_logits(model, tokenizer, prompts: list[str], device) -> torch.Tensor:

@@ -11,9 +11,9 @@ import gzip
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from siren import SirenError
 

@@ -240,11 +240,12 @@ def stop_after_batches() -> int | None:
 
 
 def resolve_dtype(name: str, device_type: str):
-    """torch dtype for --dtype; `auto` is bfloat16 on CUDA and float32 elsewhere."""
+    """torch dtype for --dtype; `auto` is bfloat16 on a CUDA device that supports it, else float32
+    (bf16 matmuls on a CPU are slow and lossy)."""
     import torch
 
     if name == "auto":
-        return torch.bfloat16 if device_type == "cuda" else torch.float32
+        return torch.bfloat16 if device_type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
         raise SirenError(f"unknown dtype {name!r}; expected auto, float32, bfloat16 or float16")

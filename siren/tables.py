@@ -261,8 +261,8 @@ def latency_rows(inputs: RunInputs) -> tuple[list[dict], list[str]]:
                      + "), not one-sample latency; the benchmark rows time one sample at a time.")
     bench = loaded["bench_latency"]
     if bench is not None and bench.get("cot_tokens"):
-        notes.append(f"The benchmark forces {bench['cot_tokens']} CoT tokens (the paper's average) on "
-                     f"{bench.get('model', 'its model')}.")
+        notes.append(f"The benchmark forces every CoT to {bench['cot_tokens']} generated tokens (the paper reports "
+                     f"238 on average) on {bench.get('model', 'its model')}.")
     return rows, notes
 
 

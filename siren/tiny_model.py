@@ -103,7 +103,7 @@ def build_fast_tokenizer():
         splits.sort(key=lambda lr: (ranks[lr[0]], ranks[lr[1]]))
         merges.extend((rank, left, right) for left, right in splits)
     merges.sort(key=lambda m: m[0])
-    bpe = models.BPE(vocab=vocab, merges=[(to_str(l), to_str(r)) for _, l, r in merges], fuse_unk=False, ignore_merges=True)
+    bpe = models.BPE(vocab=vocab, merges=[(to_str(left), to_str(right)) for _, left, right in merges], fuse_unk=False, ignore_merges=True)
     tokenizer = Tokenizer(bpe)
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([

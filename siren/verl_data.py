@@ -84,7 +84,6 @@ def load_split_rows(parquet_dir: str | os.PathLike, split: str, limit: int | Non
 # Stage 2 (preprocess_grpo.py): sketches, the parquet rows of a split, prompt-token statistics.
 # --------------------------------------------------------------------------------------------
 
-SKETCH_FILE = "user_feature.jsonl"
 # Prompt variants compared in prompt_stats.json (the paper's token-efficiency table):
 #   as_built       the prompt stored in the parquet
 #   recent_only    the N most recent history lines, no sketch

@@ -17,9 +17,18 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores: one thread each (and in the scripts they
+    # start) avoids oversubscription, which slows torch on CPU several-fold.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still run by make test)")
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped elsewhere")
 
@@ -79,6 +88,22 @@ def small_movies_root(movies_dir, tmp_path_factory) -> Path:
         rows = [r for r in _read_jsonl_gz(movies_dir / f"{split}.jsonl.gz") if r["user_id"] in users]
         _write_jsonl_gz(out / f"{split}.jsonl.gz", rows)
     return root
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, so concurrent multi-process launches do not collide."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def accelerate_launch(num_processes: int = 2) -> list[str]:
+    """`python -m accelerate.commands.launch ...` args for K CPU processes over gloo, on a free port."""
+    return ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port())]
 
 
 def run_script(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:

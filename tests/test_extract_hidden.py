@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_script
+from conftest import REPO, accelerate_launch, run_script
 
 from siren import SirenError
 from siren.generation import result_row
@@ -228,8 +228,7 @@ def test_refuses_to_overwrite_finished_outputs(one_process_run, tiny_model_dir, 
 @pytest.mark.slow
 def test_two_processes_equal_one(one_process_run, tiny_model_dir, verl_dir, thinking_dir, tmp_path):
     out = tmp_path / "two"
-    run_script("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "extract_last_hidden_ddp.py",
+    run_script(*accelerate_launch(2), "extract_last_hidden_ddp.py",
                *extract_argv(tiny_model_dir, verl_dir, thinking_dir, out), env=ONE_THREAD)
     assert json.loads((out / "manifest.json").read_text())["counts"]["processes"] == 2
     np.testing.assert_array_equal(np.load(out / "teacher_index.npy"), np.load(one_process_run / "teacher_index.npy"))

@@ -5,14 +5,12 @@ and the refusals of bad input."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_script
+from conftest import accelerate_launch, run_script
 from test_alignment import build_ao_dataset
 
 from siren.ao import (
@@ -154,20 +152,10 @@ def test_greedy_counts_invalid_outputs(ao_data, tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_equal_one(one_process, ao_data, tiny_model_dir, tmp_path):
-    import socket
-    import subprocess
-
-    with socket.socket() as probe:  # a free port, so parallel test runs do not collide
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
     out, _ = one_process
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    proc = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", port, SCRIPT, "--model", str(tiny_model_dir),
-         "--data_path", str(ao_data), "--out_dir", str(tmp_path / "two"), "--batch_size", "3"],
-        cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=600,
-    )
+    proc = run_script(*accelerate_launch(2), SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data),
+                      "--out_dir", str(tmp_path / "two"), "--batch_size", "3",
+                      env={"CUDA_VISIBLE_DEVICES": ""}, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _predictions(out), _predictions(tmp_path / "two")
     assert [p["index"] for p in two] == [p["index"] for p in one]

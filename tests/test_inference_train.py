@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, run_script
+from conftest import REPO, accelerate_launch, run_script
 
 from siren import SirenError
 from siren.generation import (
@@ -184,8 +184,7 @@ def test_bad_inputs_are_one_line_errors(tiny_model_dir, verl_dir, tmp_path):
 @pytest.mark.slow
 def test_two_processes_equal_one(reference_run, tiny_model_dir, verl_dir, tmp_path):
     out = tmp_path / "two"
-    run_script("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "inference_train_ddp.py",
+    run_script(*accelerate_launch(2), "inference_train_ddp.py",
                "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(out), *GEN_FLAGS,
                env=ONE_THREAD)
     assert json.loads((out / "manifest.json").read_text())["counts"]["processes"] == 2

@@ -177,7 +177,7 @@ def test_no_sketch_file_runs_without_sketch_and_says_so(small_movies_root, tmp_p
     out = tmp_path / "out"
     preprocess_grpo.main(["--data_root", str(small_movies_root), "--out_dir", str(out), "--limit", "4"])
     captured = capsys.readouterr()
-    assert "no sketch file" in captured.err and "--use_long_history is true" in captured.err
+    assert "no --sketch_path given" in captured.err and "--use_long_history is true" in captured.err
     assert all("Long-term interests" not in r["prompt"][1]["content"] for r in load_split_rows(out, "train"))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["rows_without_sketch"] == {"train": 4, "val": 4, "test": 4}

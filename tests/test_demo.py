@@ -1,0 +1,76 @@
+"""A reduced `make demo` (30 users) end to end: stages 1-6, baselines, latency, tables."""
+
+import csv
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ACCURACY_ROWS = [
+    "Constant 5.0", "Global mean", "User + item bias", "MF with biases", "PMF", "GRPO, CoT decoding",
+    "Answer-only before alignment (constrained)", "Answer-only before alignment (probability-weighted)",
+    "Answer-only after alignment (constrained)", "Answer-only after alignment (probability-weighted)",
+]
+VARIANTS = {"Raw history (every interaction)": "raw_history", "Recent N only": "recent_only",
+            "Sketch + recent N (SIREN)": "sketch_recent", "As built (this run's parquet)": "as_built"}
+
+
+def demo(env: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable, **env}, timeout=900)
+
+
+def read_csv(path: Path) -> dict[str, dict]:
+    with open(path, newline="") as handle:
+        return {row.get("method") or row["variant"]: row for row in csv.DictReader(handle)}
+
+
+@pytest.mark.slow
+def test_reduced_demo_end_to_end(tiny_model_dir, movies_dir, tmp_path):
+    run = tmp_path / "demo"
+    proc = demo({"MODEL": str(tiny_model_dir), "RUN": str(run), "DATA_ROOT": str(movies_dir.parent),
+                 "NUM_USERS": "30", "LIMIT": "30", "MAX_NEW_TOKENS": "40", "CACHE_DIR": str(tmp_path / "cache"),
+                 "BENCH_SAMPLES": "2", "BENCH_COT_TOKENS": "8"}, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "[13/13]" in proc.stdout and "tables.md" in proc.stdout
+    for name in ("tables.md", "accuracy.csv", "token_efficiency.csv", "latency.csv", "tables.png"):
+        assert (run / name).is_file(), name
+
+    accuracy = read_csv(run / "accuracy.csv")
+    assert list(accuracy) == ACCURACY_ROWS
+    for method, row in accuracy.items():
+        assert row["n_invalid"] != "", f"{method} has no invalid count"
+        assert "not run" not in row["status"], f"{method}: {row['status']}"
+
+    # The constant-5 row equals MAE/RMSE computed directly from the slice's test labels.
+    with gzip.open(run / "data" / "Movies" / "test.jsonl.gz", "rt") as handle:
+        labels = [json.loads(line)["label"] for line in handle][:30]
+    assert len(labels) == 30
+    constant = accuracy["Constant 5.0"]
+    assert float(constant["mae"]) == pytest.approx(sum(5 - y for y in labels) / len(labels))
+    assert float(constant["rmse"]) == pytest.approx(math.sqrt(sum((5 - y) ** 2 for y in labels) / len(labels)))
+    assert int(constant["n"]) == len(labels)
+
+    # The token-efficiency table's numbers are prompt_stats.json's.
+    stats = json.loads((run / "prompt_stats.json").read_text())["splits"]["test"]
+    tokens = read_csv(run / "token_efficiency.csv")
+    assert set(tokens) == set(VARIANTS)
+    for label, variant in VARIANTS.items():
+        for key in ("n", "mean", "p50", "p95", "max"):
+            assert float(tokens[label][key]) == pytest.approx(stats[variant][key]), (label, key)
+
+    tables = (run / "tables.md").read_text()
+    assert "## 3. Latency" in tables and "Benchmark: answer-only, same prompts" in tables
+
+
+def test_demo_without_data_names_get_data(tmp_path):
+    proc = demo({"DATA_ROOT": str(tmp_path / "nowhere"), "RUN": str(tmp_path / "run")}, tmp_path)
+    assert proc.returncode == 2
+    assert "scripts/get_data.sh" in proc.stderr
+    assert not (tmp_path / "run").exists()
