@@ -55,6 +55,19 @@ class ItemTable:
     def index(self) -> dict[str, int]:
         return {item_id: i for i, item_id in enumerate(self.item_ids)}
 
+    @classmethod
+    def from_found(cls, found: dict[str, tuple], source: str, conflicting_texts: int) -> ItemTable:
+        """Build from {item_id: (text, title, categories)}, items sorted by id."""
+        ids = sorted(found)
+        return cls(
+            item_ids=ids,
+            texts=[found[i][0] for i in ids],
+            titles=[found[i][1] for i in ids],
+            categories=[found[i][2] for i in ids],
+            source=source,
+            conflicting_texts=conflicting_texts,
+        )
+
 
 def _split_categories(categories: str) -> list[str]:
     return [c.strip() for c in categories.split("|") if c.strip()]
@@ -96,15 +109,7 @@ def items_from_data(history_rows: list[dict], split_rows: Iterable[dict], histor
         title, categories = split_item_text(row["target"])
         add(str(row["parent_asin"]), title, categories)
 
-    ids = sorted(found)
-    return ItemTable(
-        item_ids=ids,
-        texts=[found[i][0] for i in ids],
-        titles=[found[i][1] for i in ids],
-        categories=[found[i][2] for i in ids],
-        source="data files (history lines + split targets)",
-        conflicting_texts=conflicts,
-    )
+    return ItemTable.from_found(found, "data files (history lines + split targets)", conflicts)
 
 
 def _as_text_list(value) -> list[str]:
@@ -145,15 +150,7 @@ def items_from_meta(meta_path: str | os.PathLike, keep_ids: set[str] | None = No
         found[item_id] = (text, title, categories)
     if not found:
         raise SirenError(f"{meta_path}: no usable item (none with a title or text{' among the data items' if keep_ids else ''})")
-    ids = sorted(found)
-    return ItemTable(
-        item_ids=ids,
-        texts=[found[i][0] for i in ids],
-        titles=[found[i][1] for i in ids],
-        categories=[found[i][2] for i in ids],
-        source=f"meta file {meta_path}",
-        conflicting_texts=conflicts,
-    )
+    return ItemTable.from_found(found, f"meta file {meta_path}", conflicts)
 
 
 def distinct_texts(texts: list[str]) -> tuple[list[str], np.ndarray]:
