@@ -31,7 +31,7 @@ $(TINY)/model.safetensors: $(STAMP) siren/tiny_model.py
 	$(PY) scripts/make_tiny_model.py --out_dir $(TINY)
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(VENV)/bin/ruff check .

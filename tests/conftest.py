@@ -34,8 +34,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    # The reduced demo is the longest test file: collect it first so that `pytest -n 2 --dist
-    # loadfile` starts it on one worker while the other works through the rest.
+    # The reduced demo is the longest test file: collect it first so that `make test` (pytest -n 2
+    # --dist loadfile --no-loadscope-reorder) starts it on one worker while the other works
+    # through the rest.
     items.sort(key=lambda item: item.path.name != "test_demo.py")
     import torch
 
