@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-# Qwen3's added tokens in id order starting at 151643, and whether each is "special" (skipped by
+# Qwen3's added tokens in id order, right after the BPE ranks, and whether each is "special" (skipped by
 # decode(skip_special_tokens=True)). <think>/</think> are not special in Qwen3, so reward code
 # sees them in decoded responses.
 QWEN3_ADDED_TOKENS = (

@@ -48,6 +48,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test's in-process torch work on one thread (no oversubscription of the 2 cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """ckpt-style directory with the tiny Qwen3: real Qwen3 tokenizer, random 2-layer model."""

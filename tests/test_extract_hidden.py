@@ -37,14 +37,6 @@ def load_script(name: str):
     return module
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def synthetic_response(position: int, label: float) -> str:
     """Reasoning of very different lengths; every third answer wrong; row 5 has no </think>."""
     if position == 5:

@@ -27,14 +27,6 @@ GEN_FLAGS = ["--limit", "12", "--max_new_tokens", "8", "--batch_size", "4"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / name)
     module = importlib.util.module_from_spec(spec)
