@@ -1,10 +1,13 @@
-"""Small helpers every stage script uses for its command line."""
+"""Small helpers every stage script uses for its command line and its process."""
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from siren import SirenError
 
@@ -21,8 +24,40 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while importing a framework or loading a model.
+
+    Importing torch + transformers creates about half a million long-lived objects, and every
+    full collection the import triggers scans all of them again: on 2 cores that is about 1.2 s of
+    a 7 s import + MiniLM load. Nothing created there is cyclic garbage worth collecting early,
+    and the collector is back on (with everything still collectable) when the block ends.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+_FAST_EXIT_REGISTERED = False
+
+
+def _freeze_heap_at_exit() -> None:
+    # Registered before main() imports anything heavy, so it runs after the exit handlers those
+    # imports add: what remains is interpreter shutdown, whose collections of the frozen heap
+    # (~1.3 s with torch loaded) are skipped. Outputs are written and closed before main() returns.
+    gc.freeze()
+
+
 def run_main(main: Callable[[], object]) -> int:
     """Run a script's main(); a SirenError becomes a one-line message and exit status 2."""
+    global _FAST_EXIT_REGISTERED
+    if not _FAST_EXIT_REGISTERED:
+        atexit.register(_freeze_heap_at_exit)
+        _FAST_EXIT_REGISTERED = True
     try:
         main()
     except SirenError as err:

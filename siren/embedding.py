@@ -112,17 +112,20 @@ def load_encoder(spec: EncoderSpec, device: str = "auto", max_len: int | None = 
                 f"encoder {spec.name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {OFFLINE_HINT}"
             ) from None
 
-    from sentence_transformers import SentenceTransformer
+    from siren.cli import gc_paused
 
-    if threads > 0:
-        import torch
+    with gc_paused():
+        from sentence_transformers import SentenceTransformer
 
-        torch.set_num_threads(threads)
-    try:
-        model = SentenceTransformer(spec.source, device=resolve_device(device))
-    except Exception as err:  # noqa: BLE001 - any loader failure is the same user-facing problem
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise SirenError(f"cannot load encoder {spec.name!r} ({first_line[:200]}); {OFFLINE_HINT}") from None
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
+        try:
+            model = SentenceTransformer(spec.source, device=resolve_device(device))
+        except Exception as err:  # noqa: BLE001 - any loader failure is the same user-facing problem
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise SirenError(f"cannot load encoder {spec.name!r} ({first_line[:200]}); {OFFLINE_HINT}") from None
     if max_len is not None and model.max_seq_length is not None:
         # The model's own limit is where its position embeddings were trained; never go beyond it.
         model.max_seq_length = min(int(max_len), int(model.max_seq_length))

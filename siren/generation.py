@@ -254,15 +254,18 @@ def resolve_dtype(name: str, device_type: str):
 
 def load_causal_lm(model_path: str | os.PathLike, dtype, device):
     """A causal LM in eval mode on `device`, with a one-line error for a path that holds no model."""
-    from transformers import AutoModelForCausalLM
+    from siren.cli import gc_paused
 
     path = Path(model_path)
     if not (path / "config.json").is_file():
         raise SirenError(f"{path} holds no model (no config.json)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise SirenError(f"cannot load a model from {path}: {str(err).splitlines()[0]}") from None
+    with gc_paused():
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        except (OSError, ValueError) as err:
+            raise SirenError(f"cannot load a model from {path}: {str(err).splitlines()[0]}") from None
     return model.to(device).eval()
 
 

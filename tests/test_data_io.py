@@ -160,3 +160,36 @@ def test_get_data_unknown_source(tmp_path):
     proc = _get_data("Movies", "--from", str(tmp_path), "--dest", str(tmp_path / "d"))
     assert proc.returncode != 0 and "no Movies split files" in proc.stderr
     assert _get_data().returncode == 2
+
+
+def test_gc_paused_restores_the_collector_even_after_an_error():
+    import gc
+
+    from siren.cli import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a collector the caller had turned off stays off
+    finally:
+        gc.enable()
+
+
+def test_run_main_exit_codes_and_one_exit_handler():
+    import gc
+
+    from siren import SirenError
+    from siren.cli import run_main
+
+    def fails():
+        raise SirenError("bad input")
+
+    assert run_main(lambda: None) == 0
+    assert run_main(fails) == 2
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # the heap is frozen only at interpreter exit
