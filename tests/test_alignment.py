@@ -1,9 +1,5 @@
 """siren.alignment: losses on literal tensors, the aligned position, teacher lookup, row selection,
-LoRA targets, row-index pairing under a shuffled loader, and overfitting one batch.
-
-`build_stage5_inputs` (also used by the stage 5/6 script tests) writes the 4a/4b/4c files the
-way data/README.md specifies them, from the `verl_dir` fixture and the tiny model.
-"""
+LoRA targets, row-index pairing under a shuffled loader, and overfitting one batch."""
 
 from __future__ import annotations
 
@@ -13,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stage_inputs import build_stage5_inputs
 
 from siren import SirenError
 from siren.alignment import (
@@ -32,72 +29,6 @@ from siren.alignment import (
     tokenize_ao_example,
     tokenize_ao_split,
 )
-
-SYNTHETIC_REASONING = "<think>\nThe user rates films like this one highly, so a high rating fits.\n</think>"
-
-
-# --------------------------------------------------------------------------------------------------
-# Inputs of stage 5, built as stages 4a/4b/4c write them
-
-
-def build_ao_dataset(verl_dir: Path, tokenizer, out: Path, limits=(16, 6, 6)):
-    """The stage 4c DatasetDict from the verl parquet (first rows of each split)."""
-    from datasets import Dataset, DatasetDict
-
-    from siren.prompts import answer_only_context, chat_prompt_text
-    from siren.verl_data import load_split_rows
-
-    splits = {}
-    for split, limit in zip(("train", "valid", "test"), limits, strict=True):
-        rows = load_split_rows(verl_dir, split, limit=limit)
-        splits[split] = Dataset.from_list([
-            {
-                "prompt": answer_only_context(chat_prompt_text(tokenizer, r["prompt"])),
-                "completion": f"{int(r['label'])}</answer>",
-                "label": r["label"],
-                "index": int(r["extra_info"]["index"]),
-                "user_id": r["extra_info"]["user_id"],
-                "parent_asin": r["extra_info"]["parent_asin"],
-            }
-            for r in rows
-        ])
-    DatasetDict(splits).save_to_disk(str(out))
-    return out
-
-
-@torch.no_grad()
-def teacher_states_for(model, tokenizer, verl_dir: Path, n_rows: int) -> np.ndarray:
-    """[n, L, H] hidden states at the last token of the teacher context (prompt + reasoning + <answer>)."""
-    from siren.prompts import chat_prompt_text, teacher_context
-    from siren.verl_data import load_split_rows
-
-    states = []
-    for row in load_split_rows(verl_dir, "train", limit=n_rows):
-        text = teacher_context(chat_prompt_text(tokenizer, row["prompt"]), SYNTHETIC_REASONING)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[1:]
-        states.append(torch.stack([h[0, -1] for h in hidden]).float().numpy())
-    return np.stack(states)
-
-
-def build_stage5_inputs(verl_dir: Path, model_dir: Path, root: Path, n_train: int = 16, mask_every: int = 1,
-                        n_valid: int = 6, n_test: int = 6) -> dict[str, Path]:
-    """4c DatasetDict, 4b teacher_hidden.npy + teacher_index.npy, 4a mask.pt under `root`."""
-    from transformers import AutoModelForCausalLM
-
-    from siren.tokenization import load_tokenizer
-
-    tokenizer = load_tokenizer(model_dir, padding_side="right")
-    instructions = build_ao_dataset(verl_dir, tokenizer, root / "hidden", (n_train, n_valid, n_test))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-    teacher_dir = root / "teacher"
-    teacher_dir.mkdir(parents=True)
-    np.save(teacher_dir / "teacher_hidden.npy", teacher_states_for(model, tokenizer, verl_dir, n_train))
-    np.save(teacher_dir / "teacher_index.npy", np.arange(n_train, dtype=np.int64))
-    mask = torch.tensor([i % mask_every == 0 for i in range(n_train)], dtype=torch.bool)
-    torch.save(mask, root / "mask.pt")
-    return {"instructions": instructions, "teacher": teacher_dir, "mask": root / "mask.pt"}
-
 
 # --------------------------------------------------------------------------------------------------
 # Losses

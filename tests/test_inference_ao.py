@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import accelerate_launch, run_script
-from test_alignment import build_ao_dataset
+from stage_inputs import build_ao_dataset
 
 from siren.ao import (
     constrained_ratings,

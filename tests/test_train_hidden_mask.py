@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_script
-from test_alignment import build_stage5_inputs
+from stage_inputs import build_stage5_inputs
 
 SCRIPT = "train_hidden_mask.py"
 FAST = ["--max_steps", "4", "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1",
