@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import run_script
+from conftest import load_script, run_script
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_sketch", REPO / "scripts" / "bench_sketch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cold(wall, load, encode):
@@ -29,7 +21,7 @@ def test_summary_medians_and_ratios():
               for e in (50.0, 40.0, 60.0)]
     colds = [_cold(70.0, 7.0, 55.0), _cold(60.0, 7.0, 48.0), _cold(66.0, 8.0, 52.0)]
     warms = [{"wall_seconds": w} for w in (5.0, 4.0, 9.0)]
-    summary = _bench_module().summarize(floors, colds, warms)
+    summary = load_script("scripts/bench_sketch.py").summarize(floors, colds, warms)
     assert summary["encode_seconds"] == 50.0 and summary["cold_seconds"] == 66.0 and summary["warm_seconds"] == 5.0
     assert summary["cold_over_encode"] == round(66.0 / 50.0, 3)
     assert summary["cold_over_encode_per_repeat"] == [1.4, 1.5, 1.1]

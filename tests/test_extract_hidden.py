@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, accelerate_launch, run_script
+from conftest import accelerate_launch, load_script, run_script
 
 from siren import SirenError
 from siren.generation import result_row
@@ -28,13 +27,6 @@ from siren.verl_data import load_split_rows
 
 N_ROWS = 14
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def synthetic_response(position: int, label: float) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, accelerate_launch, run_script
+from conftest import accelerate_launch, load_script, run_script
 
 from siren import SirenError
 from siren.generation import (
@@ -25,13 +25,6 @@ from siren.generation import (
 GEN_FLAGS = ["--limit", "12", "--max_new_tokens", "8", "--batch_size", "4"]
 # The CPU is shared with other jobs; one thread per process avoids oversubscription (10x slower).
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parquet_row(index: int, label: float) -> dict:

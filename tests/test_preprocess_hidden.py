@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import load_script
 
 from siren import SirenError
 from siren.hidden import completion_text, default_hidden_dir
 from siren.prompts import EMPTY_THINK
 
 STUDENT_TAIL = EMPTY_THINK + "<answer>"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_completion_is_the_whole_star_rating():

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_script
+from conftest import load_script, run_script
 
 SCRIPT = "scripts/warm_start_format.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("warm_start_format", REPO / SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _messages(user: str) -> list[dict]:
@@ -24,7 +16,7 @@ def _messages(user: str) -> list[dict]:
 
 
 def test_completion_is_built_from_history_not_label():
-    ws = _load_script()
+    ws = load_script(SCRIPT)
     user = (
         "The user's 2 most recent ratings, oldest first (title, categories, rating):\n"
         "Heat, Movies & TV|Drama, 4.0\n"
@@ -48,7 +40,7 @@ def test_completion_is_built_from_history_not_label():
 def test_completion_is_well_formed():
     from siren.answer import parse_response
 
-    ws = _load_script()
+    ws = load_script(SCRIPT)
     parsed = parse_response(ws.warm_start_completion(_messages("A, Drama, 1.0\nB, Drama, 2.0\nC, Drama, 2.0")))
     assert parsed.format_ok and parsed.rating == 2.0
 
