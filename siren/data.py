@@ -177,3 +177,16 @@ def parse_history_line(line: str) -> HistoryItem:
 def history_lines(history: str) -> list[str]:
     """The non-empty lines of a newline-joined history string, oldest first."""
     return [line for line in history.split("\n") if line.strip()]
+
+
+# Split names on the command line and in every file but the verl parquet ("val.parquet", verl's
+# convention; `siren.verl_data.PARQUET_STEMS` maps to it).
+SPLIT_ALIASES = {"val": "valid", "validation": "valid"}
+
+
+def canonical_split(name: str) -> str:
+    """train, valid or test; `val` and `validation` mean valid."""
+    split = SPLIT_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    if split not in SPLITS:
+        raise SirenError(f"unknown split {name!r}; expected train, valid (or val) or test")
+    return split
