@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         progress = tqdm(total=len(PARQUET_SPLITS) * len(PROMPT_VARIANTS), desc="prompt tokens", unit="variant")
         for stem, by_variant in messages_by_split.items():
             counted: dict[str, np.ndarray] = {}
-            for variant in PROMPT_VARIANTS:  # as_built comes first
+            for variant in sorted(PROMPT_VARIANTS, key=lambda v: v != "as_built"):  # as_built first
                 prompts = by_variant[variant]
                 if variant != "as_built" and prompts == by_variant["as_built"]:
                     counted[variant] = counted["as_built"]  # e.g. sketch_recent when the sketch is in the prompt

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from siren import SirenError
 from siren.baselines import METHOD_LABELS, METHODS
+from siren.verl_data import PROMPT_VARIANTS, RAW_VARIANT
 
 NOT_RUN = "not run"
 
@@ -37,15 +38,8 @@ LLM_ROWS = (
     ("Answer-only after alignment (probability-weighted)", "ao_after", "ao_expected"),
 )
 
-# Prompt variants of prompt_stats.json, raw history first: it is what the reductions compare to.
-RAW_VARIANT = "raw_history"
-VARIANTS = ("raw_history", "recent_only", "sketch_recent", "as_built")
-VARIANT_LABELS = {
-    "raw_history": "Raw history (every interaction)",
-    "recent_only": "Recent N only",
-    "sketch_recent": "Sketch + recent N (SIREN)",
-    "as_built": "As built (this run's parquet)",
-}
+# Prompt variants of prompt_stats.json and their labels, owned by the stage that writes them.
+VARIANTS, VARIANT_LABELS = tuple(PROMPT_VARIANTS), PROMPT_VARIANTS
 
 # (row label, input key, key of the latency dict, reference row for the speedup)
 LATENCY_ROWS = (

@@ -16,12 +16,10 @@ from siren.alignment import (
     IGNORE_INDEX,
     ROW_INDEX,
     RowIndexCollator,
-    TeacherStates,
     alignment_loss,
     answer_positions,
     build_trainer_class,
     completion_lm_loss,
-    load_mask,
     lora_target_modules,
     mix_losses,
     per_layer_alignment_loss,
@@ -29,6 +27,8 @@ from siren.alignment import (
     tokenize_ao_example,
     tokenize_ao_split,
 )
+from siren.cot import load_mask
+from siren.hidden import TeacherStates
 
 # --------------------------------------------------------------------------------------------------
 # Losses

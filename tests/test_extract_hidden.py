@@ -11,11 +11,9 @@ import torch
 from conftest import accelerate_launch, load_script, run_script
 
 from siren import SirenError
-from siren.generation import result_row
+from siren.cot import result_row
 from siren.hidden import (
-    ALIGNED_TAIL,
     NpyRows,
-    aligned_tail_ids,
     check_context_tail,
     encode_left_padded,
     last_token_hidden,
@@ -23,6 +21,7 @@ from siren.hidden import (
     shard_paths,
     teacher_text,
 )
+from siren.prompts import ALIGNED_TAIL, aligned_tail_ids
 from siren.verl_data import load_split_rows
 
 N_ROWS = 14
@@ -68,7 +67,7 @@ def test_left_padding_puts_answer_last_for_mixed_lengths(tiny_model_dir, verl_di
 
 
 def test_padded_batch_gives_each_row_its_unpadded_hidden_state(tiny_model_dir, verl_dir, one_thread):
-    from siren.generation import load_causal_lm
+    from siren.modeling import load_causal_lm
     from siren.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -137,7 +136,7 @@ def one_process_run(tiny_model_dir, verl_dir, thinking_dir, tmp_path_factory) ->
 
 
 def test_end_to_end_single_process(one_process_run, tiny_model_dir, verl_dir, thinking_dir, one_thread):
-    from siren.generation import load_causal_lm
+    from siren.modeling import load_causal_lm
     from siren.tokenization import load_tokenizer
 
     hidden = np.load(one_process_run / "teacher_hidden.npy", mmap_mode="r")
@@ -189,7 +188,7 @@ def test_thinking_that_does_not_match_the_parquet_is_an_error(tiny_model_dir, ve
     no_mask = tmp_path / "no_mask"
     no_mask.mkdir()
     (no_mask / "results.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(SirenError, match="needs the correctness mask"):
+    with pytest.raises(SirenError, match="missing correctness mask"):
         script.main(extract_argv(tiny_model_dir, verl_dir, no_mask, tmp_path / "o3", "--only_correct"))
 
     no_tokenizer = tmp_path / "weights_only"

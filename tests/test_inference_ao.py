@@ -13,14 +13,8 @@ import torch
 from conftest import accelerate_launch, run_script
 from stage_inputs import build_ao_dataset
 
-from siren.ao import (
-    constrained_ratings,
-    default_out_dir,
-    expected_ratings,
-    parse_greedy_token,
-    prediction_metrics,
-    rating_probabilities,
-)
+from siren.ao import default_out_dir, parse_greedy_token, prediction_metrics
+from siren.modeling import constrained_ratings, expected_ratings, rating_probabilities
 
 SCRIPT = "inference_ao_ddp.py"
 RATING_IDS = {1: 10, 2: 11, 3: 12, 4: 13, 5: 14}  # a made-up vocabulary of 20 tokens
@@ -215,4 +209,4 @@ def test_bad_data_path_and_split(ao_data, tiny_model_dir, tmp_path):
     _fails(["--model", str(tiny_model_dir), "--data_path", str(tmp_path)], "neither a stage-4c DatasetDict",
            tmp_path / "out")
     _fails(["--model", str(tiny_model_dir), "--data_path", str(ao_data), "--split", "holdout"],
-           "split 'holdout' not found", tmp_path / "out")
+           "unknown split 'holdout'", tmp_path / "out")

@@ -13,14 +13,7 @@ import torch
 from conftest import accelerate_launch, load_script, run_script
 
 from siren import SirenError
-from siren.generation import (
-    RESULT_FIELDS,
-    PartWriter,
-    check_resume_settings,
-    merge_parts,
-    read_parts,
-    result_row,
-)
+from siren.cot import RESULT_FIELDS, PartWriter, check_resume_settings, merge_parts, read_parts, result_row
 
 GEN_FLAGS = ["--limit", "12", "--max_new_tokens", "8", "--batch_size", "4"]
 # The CPU is shared with other jobs; one thread per process avoids oversubscription (10x slower).
