@@ -7,8 +7,6 @@ Files of a category live in one directory:
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -16,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from siren import SirenError
+from siren.io import iter_jsonl as _io_iter_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "valid", "test")
@@ -60,25 +59,13 @@ def require_file(path: str | os.PathLike, what: str = "data file") -> Path:
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield (line_number, record) from a .jsonl or .jsonl.gz file; a bad line is a SirenError."""
-    path = require_file(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise SirenError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-                if not isinstance(record, dict):
-                    raise SirenError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-                yield lineno, record
-    except (OSError, EOFError) as err:
-        if isinstance(err, SirenError):
-            raise
-        raise SirenError(f"{path}: cannot read ({err})") from None
+    """Yield (line_number, record) from a .jsonl or .jsonl.gz file (siren.io.iter_jsonl).
+
+    Every problem is a one-line SirenError naming the file (and the line where known): a missing
+    file, a line that is not JSON or not an object, bytes that are not UTF-8, a corrupt or
+    truncated gzip stream.
+    """
+    yield from _io_iter_jsonl(require_file(path))
 
 
 def _check_fields(path: Path, lineno: int, record: dict, fields: tuple[str, ...]) -> None:

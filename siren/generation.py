@@ -149,7 +149,7 @@ def check_resume_settings(part_dir: Path, settings: dict) -> bool:
         return False
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise SirenError(f"{path} is not valid JSON; delete {part_dir} or pass --resume false") from None
     differing = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
     if differing:
@@ -172,7 +172,7 @@ def read_part_file(path: Path) -> list[dict]:
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise SirenError(f"{path}:{lineno}: not valid JSON; delete {path.parent} or pass --resume false") from None
     return rows
 

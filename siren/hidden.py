@@ -13,7 +13,6 @@ dataset order, a bounded chunk at a time.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -60,19 +59,14 @@ def thinking_file(path: str | os.PathLike) -> Path:
 
 
 def load_thinking(path: Path) -> list[dict]:
+    from siren.io import iter_jsonl
+
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SirenError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            missing = [f for f in ("index", "user_id", "parent_asin", "label", "reasoning", "correct") if f not in row]
-            if missing:
-                raise SirenError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        missing = [f for f in ("index", "user_id", "parent_asin", "label", "reasoning", "correct") if f not in row]
+        if missing:
+            raise SirenError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+        rows.append(row)
     if not rows:
         raise SirenError(f"{path}: the thinking file is empty")
     return rows

@@ -1,12 +1,19 @@
-"""Atomic file output and the run manifest every stage writes next to its outputs.
+"""Reading and writing the stages' files: one-line errors, atomic outputs, the run manifest.
 
-Every output file is first written to a temporary sibling and then renamed into place, so an
-interrupted run (crash, full disk, Ctrl-C) never leaves a file that looks finished.
+Reading: `iter_text_lines`, `iter_jsonl`, `read_text` and `read_json` open plain or gzip (`.gz`)
+files and turn every way a file can be unreadable (missing, not UTF-8, a gzip stream that is
+corrupt or truncated, a permission error) into a one-line `SirenError` naming the file and, where
+known, the line.
+
+Writing: every output file is first written to a temporary sibling and then renamed into place
+(`atomic_path`), so an interrupted run (crash, full disk, Ctrl-C) never leaves a file that looks
+finished.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import platform
@@ -14,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +34,109 @@ _TRACKED_PACKAGES = (
     "torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "verl", "vllm", "datasets",
     "sentence-transformers", "faiss-cpu", "scikit-learn", "numpy", "pandas", "pyarrow", "siren",
 )
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (pyarrow and zlib messages can span several)."""
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return " ".join(str(text).split())
+
+
+# --------------------------------------------------------------------------------------------
+# Reading text, JSON Lines and JSON files (plain or .gz)
+# --------------------------------------------------------------------------------------------
+
+
+def _read_failure(path: Path, err: BaseException, after_line: int | None = None) -> SirenError:
+    """The one-line SirenError for a file that could not be read (after `after_line` good lines)."""
+    where = "" if after_line is None else (f" after line {after_line}" if after_line else " at its start")
+    if isinstance(err, FileNotFoundError):
+        return SirenError(f"missing file: {path}")
+    if isinstance(err, IsADirectoryError):
+        return SirenError(f"{path} is a folder, not a file")
+    if isinstance(err, gzip.BadGzipFile) and "Not a gzipped file" in str(err):
+        return SirenError(f"{path}: not a gzip file, although its name ends in .gz")
+    if isinstance(err, (gzip.BadGzipFile, zlib.error)):
+        return SirenError(f"{path}: corrupt gzip data{where} ({_one_line(err)})")
+    if isinstance(err, EOFError):
+        return SirenError(f"{path}: truncated gzip file, the stream ends{where}")
+    return SirenError(f"{path}: cannot read ({_one_line(err)})")
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _not_utf8(path: Path, lineno: int, byte: int, column: int) -> SirenError:
+    return SirenError(f"{path}:{lineno}: not UTF-8 text (byte 0x{byte:02x} at column {column}); the file must be UTF-8")
+
+
+def iter_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield (line_number, line) of a UTF-8 text file, decompressing `.gz`; lines keep their newline.
+
+    Lines are split on b"\\n" and decoded one by one, so an undecodable byte is reported with its
+    line. Every failure is a one-line SirenError naming the file: missing, a folder, not UTF-8,
+    not gzip, a corrupt (zlib.error, CRC) or truncated (EOFError) gzip stream, a read error.
+    """
+    path = Path(path)
+    lineno = 0
+    try:
+        with _open_binary(path) as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise _not_utf8(path, lineno, raw[err.start], err.start + 1) from None
+                yield lineno, line
+    except (OSError, EOFError, zlib.error) as err:
+        raise _read_failure(path, err, after_line=lineno if path.suffix == ".gz" else None) from None
+
+
+def parse_jsonl_line(path: str | os.PathLike, lineno: int, line: str) -> dict:
+    """One JSON Lines record: a JSON object, else a SirenError naming `path:lineno`."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise SirenError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+    except (ValueError, RecursionError) as err:  # an integer over 4300 digits; nesting too deep
+        raise SirenError(f"{path}:{lineno}: not usable JSON ({_one_line(err)})") from None
+    if not isinstance(record, dict):
+        raise SirenError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line_number, record) of a .jsonl or .jsonl.gz file; blank lines are skipped."""
+    for lineno, line in iter_text_lines(path):
+        if line.strip():
+            yield lineno, parse_jsonl_line(path, lineno, line)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole UTF-8 text file (`.gz` decompressed); one-line SirenError when it cannot be read."""
+    path = Path(path)
+    try:
+        with _open_binary(path) as handle:
+            raw = handle.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise _read_failure(path, err) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        lineno = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - raw.rfind(b"\n", 0, err.start)
+        raise _not_utf8(path, lineno, raw[err.start], column) from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in `path`; one-line SirenError (file, line) when it is unreadable or not JSON."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SirenError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except (ValueError, RecursionError) as err:
+        raise SirenError(f"{path}: not usable JSON ({_one_line(err)})") from None
 
 
 @contextlib.contextmanager
@@ -179,7 +290,4 @@ def read_manifest(directory: str | os.PathLike, name: str = MANIFEST_NAME) -> di
     path = Path(directory) / name
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SirenError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    return read_json(path)

@@ -16,7 +16,17 @@ from siren.data import (
     resolve_category_dir,
     split_item_text,
 )
-from siren.io import atomic_path, atomic_write_json, check_outputs_free, read_manifest, write_manifest
+from siren.io import (
+    atomic_path,
+    atomic_write_json,
+    check_outputs_free,
+    iter_jsonl,
+    iter_text_lines,
+    read_json,
+    read_manifest,
+    read_text,
+    write_manifest,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT_ROW = {"user_id": "u1", "parent_asin": "a1", "timestamp": 1, "label": 4.0, "target": "T, C", "history": "A, B, 3.0"}
@@ -193,3 +203,109 @@ def test_run_main_exit_codes_and_one_exit_handler():
     assert run_main(lambda: None) == 0
     assert run_main(fails) == 2
     assert gc.isenabled() and gc.get_freeze_count() == 0  # the heap is frozen only at interpreter exit
+
+
+# ---- unreadable files: one line naming the file, in every reader ---------------------------
+
+
+def _gzip_bytes(text: str) -> bytes:
+    return gzip.compress(text.encode("utf-8"), mtime=0)
+
+
+def corrupt_gzip(path: Path, good_lines: list[str]) -> Path:
+    """`good_lines`, then a gzip member whose deflate stream is broken (zlib.error 'invalid block type')."""
+    broken = bytearray(_gzip_bytes(json.dumps(SPLIT_ROW) + "\n"))
+    broken[10] = 0xFF  # the first deflate block header: reserved block type 3
+    path.write_bytes(_gzip_bytes("".join(line + "\n" for line in good_lines)) + bytes(broken))
+    return path
+
+
+def truncated_gzip(path: Path, n_lines: int = 2000) -> Path:
+    rows = [json.dumps({**SPLIT_ROW, "parent_asin": f"a{i}", "history": "x" * (i % 97)}) for i in range(n_lines)]
+    data = _gzip_bytes("".join(row + "\n" for row in rows))
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_non_utf8_line_is_named(tmp_path):
+    bad = json.dumps({**SPLIT_ROW, "target": "Caf\u00e9"}, ensure_ascii=False).encode("latin-1")
+    path = tmp_path / "train.jsonl.gz"
+    path.write_bytes(gzip.compress(json.dumps(SPLIT_ROW).encode() + b"\n" + bad + b"\n"))
+    with pytest.raises(SirenError, match=r"train\.jsonl\.gz:2: not UTF-8 text \(byte 0xe9 at column \d+\)"):
+        load_split(path)
+    plain = tmp_path / "results.jsonl"
+    plain.write_bytes(b'{"a": 1}\n' + bad + b"\n")
+    with pytest.raises(SirenError, match=r"results\.jsonl:2: not UTF-8"):
+        list(iter_jsonl(plain))
+
+
+def test_corrupt_and_truncated_gzip_give_one_line(tmp_path):
+    path = corrupt_gzip(tmp_path / "train.jsonl.gz", [json.dumps(SPLIT_ROW)] * 2)
+    with pytest.raises(SirenError, match=r"train\.jsonl\.gz: corrupt gzip data after line 2 \(.*invalid block type\)"):
+        load_split(path)
+    path = truncated_gzip(tmp_path / "valid.jsonl.gz")
+    with pytest.raises(SirenError, match=r"valid\.jsonl\.gz: truncated gzip file, the stream ends after line \d+$"):
+        load_split(path)
+    path = tmp_path / "test.jsonl.gz"
+    path.write_text(json.dumps(SPLIT_ROW) + "\n")
+    with pytest.raises(SirenError, match=r"test\.jsonl\.gz: not a gzip file"):
+        load_split(path)
+    crc = bytearray(_gzip_bytes(json.dumps(SPLIT_ROW) + "\n"))
+    crc[-8] ^= 1
+    (tmp_path / "h.jsonl.gz").write_bytes(bytes(crc))
+    with pytest.raises(SirenError, match=r"h\.jsonl\.gz: corrupt gzip data after line 1 \(CRC check failed"):
+        list(iter_text_lines(tmp_path / "h.jsonl.gz"))
+
+
+def test_read_text_and_read_json(tmp_path):
+    (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
+    assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+    (tmp_path / "latin.json").write_bytes(b'{"a": 1,\n "b": "caf\xe9"}')
+    with pytest.raises(SirenError, match=r"latin\.json:2: not UTF-8 text \(byte 0xe9 at column 11\)"):
+        read_json(tmp_path / "latin.json")
+    (tmp_path / "broken.json").write_text('{"a": 1,\n')
+    with pytest.raises(SirenError, match=r"broken\.json: not valid JSON \(.* at line 2\)"):
+        read_json(tmp_path / "broken.json")
+    with pytest.raises(SirenError, match=r"missing file: .*nope\.json"):
+        read_text(tmp_path / "nope.json")
+    with pytest.raises(SirenError, match=r"is a folder, not a file"):
+        read_text(tmp_path)
+    (tmp_path / "manifest.json").write_bytes(b'{"x": "\xff"}')
+    with pytest.raises(SirenError, match=r"manifest\.json:1: not UTF-8"):
+        read_manifest(tmp_path)
+
+
+def test_other_readers_use_the_shared_helpers(tmp_path):
+    """results.jsonl (stage 4b), --namer files (stage 1), make_tables inputs: one line, not a traceback."""
+    from siren.hidden import load_thinking
+    from siren.sketch import names_from_file
+    from siren.tables import read_json as tables_read_json
+
+    results = tmp_path / "results.jsonl"
+    results.write_bytes(b'{"index": 0, "reasoning": "caf\xe9"}\n')
+    with pytest.raises(SirenError, match=r"results\.jsonl:1: not UTF-8"):
+        load_thinking(results)
+    names = tmp_path / "names.json"
+    names.write_bytes(b'["caf\xe9"]')
+    with pytest.raises(SirenError, match=r"names\.json:1: not UTF-8"):
+        names_from_file(names, 1)
+    with pytest.raises(SirenError, match=r"names\.json:1: not UTF-8"):
+        tables_read_json(names)
+
+
+def test_load_split_rows_refuses_a_file_that_is_not_parquet(tmp_path):
+    from siren.verl_data import load_split_rows
+
+    (tmp_path / "train.parquet").write_text("user_id,label\nu1,4\n")
+    with pytest.raises(SirenError, match=r"train\.parquet: not a readable parquet file \(Parquet magic bytes"):
+        load_split_rows(tmp_path, "train")
+    (tmp_path / "val.parquet").write_bytes(b"")
+    with pytest.raises(SirenError, match=r"val\.parquet: not a readable parquet file \(Parquet file size is 0"):
+        load_split_rows(tmp_path, "val")
+
+
+def test_json_that_python_cannot_load_is_one_line(tmp_path):
+    path = tmp_path / "user_feature.jsonl"
+    path.write_text('{"user_id": "u1"}\n{"n": ' + "9" * 5000 + "}\n")
+    with pytest.raises(SirenError, match=r"user_feature\.jsonl:2: not usable JSON \(Exceeds the limit"):
+        list(iter_jsonl(path))
