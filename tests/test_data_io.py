@@ -205,6 +205,81 @@ def test_run_main_exit_codes_and_one_exit_handler():
     assert gc.isenabled() and gc.get_freeze_count() == 0  # the heap is frozen only at interpreter exit
 
 
+# ---- field types (data/README.md), checked once in the loaders -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("label", True, r":1: label true is not a number \(it is a boolean\)"),
+        ("label", "4", r':1: label "4" is not a number \(it is a string\)'),
+        pytest.param("label", 10**400, r":1: label 1000.*\.\.\. is outside 1-5", id="label-huge-int"),
+        ("user_id", None, r":1: user_id must be a non-empty string, got null"),
+        ("user_id", 17, r":1: user_id must be a non-empty string, got a number 17"),
+        ("user_id", "", r":1: user_id must be a non-empty string"),
+        ("parent_asin", None, r":1: parent_asin must be a non-empty string, got null"),
+        ("parent_asin", 42, r":1: parent_asin must be a non-empty string, got a number 42"),
+        ("history", ["A, B, 3"], r":1: history must be a string, got a list"),
+        ("target", None, r":1: target must be a string, got null"),
+        ("timestamp", "1700000000", r":1: timestamp must be a finite number, got a string"),
+        ("timestamp", False, r":1: timestamp must be a finite number, got a boolean"),
+    ],
+)
+def test_split_field_types_are_checked(tmp_path, field, value, message):
+    path = write_gz(tmp_path / "test.jsonl.gz", [json.dumps({**SPLIT_ROW, field: value})])
+    with pytest.raises(SirenError, match=r"test\.jsonl\.gz" + message):
+        load_split(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("user_id", 5, r"user_id must be a non-empty string"),
+        ("history", None, r"history must be a string, got null"),
+        ("history_asins", [3], r"history_asins\[0\] must be a non-empty string, got a number 3"),
+        ("history_ratings", [True], r"history_ratings\[0\] true is not a number \(it is a boolean\)"),
+        ("history_ratings", ["3"], r'history_ratings\[0\] "3" is not a number \(it is a string\)'),
+    ],
+)
+def test_history_field_types_are_checked(tmp_path, field, value, message):
+    path = write_gz(tmp_path / "history.jsonl.gz", [json.dumps({**HISTORY_ROW, field: value})])
+    with pytest.raises(SirenError, match=r"history\.jsonl\.gz:1: " + message):
+        load_history(path)
+
+
+def test_valid_rows_keep_their_values(tmp_path):
+    rows = load_split(write_gz(tmp_path / "t.jsonl.gz", [json.dumps({**SPLIT_ROW, "label": 5})]))
+    assert rows[0]["label"] == 5.0 and isinstance(rows[0]["label"], float)
+    history = load_history(write_gz(tmp_path / "h.jsonl.gz", [json.dumps(HISTORY_ROW)]))
+    assert history[0]["history_ratings"] == [3.0]
+
+
+def test_duplicate_split_rows_are_kept_and_reported(tmp_path, capsys):
+    lines = [json.dumps(SPLIT_ROW), json.dumps({**SPLIT_ROW, "parent_asin": "a2"}),
+             json.dumps({**SPLIT_ROW, "label": 2.0}), json.dumps(SPLIT_ROW)]
+    path = write_gz(tmp_path / "train.jsonl.gz", lines)
+    rows = load_split(path)
+    assert len(rows) == 4  # every row stays: each has its own parquet index downstream
+    assert rows.duplicates.count == 2
+    assert rows.duplicates.example == ("u1", "a1") and rows.duplicates.lines == (1, 3)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"warning: {path}: 2 row(s) repeat an earlier (user_id, parent_asin), "
+                          "first ('u1', 'a1') at lines 1 and 3; all rows are kept")
+    clean = load_split(write_gz(tmp_path / "valid.jsonl.gz", [json.dumps(SPLIT_ROW)]))
+    assert clean.duplicates.count == 0 and capsys.readouterr().err == ""
+    load_split(path, warn=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_duplicate_history_users_are_refused(tmp_path):
+    lines = [json.dumps(HISTORY_ROW), json.dumps({**HISTORY_ROW, "user_id": "u2"}),
+             json.dumps({**HISTORY_ROW, "history_ratings": [5]}), json.dumps({**HISTORY_ROW, "user_id": "u2"})]
+    with pytest.raises(SirenError, match=r"history\.jsonl\.gz: 2 row\(s\) repeat an earlier \(user_id\), "
+                                         r"first 'u1' at lines 1 and 3; .*one row per user"):
+        load_history(write_gz(tmp_path / "history.jsonl.gz", lines))
+
+
 # ---- unreadable files: one line naming the file, in every reader ---------------------------
 
 
