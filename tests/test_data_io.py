@@ -17,11 +17,14 @@ from siren.data import (
     split_item_text,
 )
 from siren.io import (
+    atomic_outputs,
     atomic_path,
     atomic_write_json,
+    check_output_dir,
     check_outputs_free,
     iter_jsonl,
     iter_text_lines,
+    prepare_output_dir,
     read_json,
     read_manifest,
     read_text,
@@ -377,6 +380,123 @@ def test_load_split_rows_refuses_a_file_that_is_not_parquet(tmp_path):
     (tmp_path / "val.parquet").write_bytes(b"")
     with pytest.raises(SirenError, match=r"val\.parquet: not a readable parquet file \(Parquet file size is 0"):
         load_split_rows(tmp_path, "val")
+
+
+# ---- output folders ------------------------------------------------------------------------
+
+
+def test_output_dir_that_is_a_file_or_under_a_file(tmp_path):
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    with pytest.raises(SirenError, match=r"output folder .*taken is an existing file, not a folder"):
+        check_output_dir(a_file)
+    # A parent that is a regular file cannot be written into, for root too (CI runs as root).
+    with pytest.raises(SirenError, match=r"cannot create output folder .*taken/out/deeper: .*taken is a file"):
+        prepare_output_dir(a_file / "out" / "deeper")
+    with pytest.raises(SirenError, match=r"taken is an existing file, not a folder"):
+        check_outputs_free([a_file / "train.parquet"], overwrite=True)
+    assert a_file.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # the checks left nothing behind
+
+
+def test_prepare_output_dir_creates_and_probes(tmp_path):
+    out = prepare_output_dir(tmp_path / "a" / "b")
+    assert out.is_dir() and list(out.iterdir()) == []
+    check_output_dir(tmp_path / "x" / "y")
+    assert not (tmp_path / "x").exists()  # check_output_dir changes nothing
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into folders without write permission")
+def test_output_dir_without_write_permission(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(SirenError, match=r"cannot write output folder .*locked/out: .*locked is not writable"):
+            check_outputs_free([locked / "out" / "metrics.json"], overwrite=False)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_atomic_path_reports_a_full_disk_in_one_line(tmp_path):
+    import errno
+
+    with pytest.raises(SirenError, match=r"cannot write .*out\.json: No space left on device; nothing was kept"):
+        with atomic_path(tmp_path / "out.json") as tmp:
+            tmp.write_text("partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- several outputs: all or nothing -------------------------------------------------------
+
+NAMES = ["train.parquet", "val.parquet", "test.parquet", "manifest.json"]
+
+
+def test_atomic_outputs_leave_nothing_when_the_block_fails(tmp_path):
+    out = tmp_path / "results" / "verl" / "max@10-long@False"
+    with pytest.raises(SirenError, match="integer user_id"):
+        with atomic_outputs(out, NAMES) as staged:
+            staged.path("train.parquet").write_text("train")
+            staged.path("val.parquet").write_text("val")
+            raise SirenError("test.jsonl.gz:3: integer user_id")
+    assert list(tmp_path.iterdir()) == []  # no outputs, no staging folder, no parents it made
+
+    with atomic_outputs(out, NAMES) as staged:  # the rerun is not refused as "already exists"
+        for name in NAMES:
+            staged.path(name).write_text(name)
+        assert not out.exists()  # nothing visible until the block ends
+    assert sorted(p.name for p in out.iterdir()) == sorted(NAMES)
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+def test_atomic_outputs_refuse_missing_outputs_and_finished_ones(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SirenError, match=r"did not write val\.parquet"):
+        with atomic_outputs(out, ["train.parquet", "val.parquet"]) as staged:
+            staged.path("train.parquet").write_text("t")
+    assert list(tmp_path.iterdir()) == []
+    out.mkdir()
+    (out / "train.parquet").write_text("old")
+    with pytest.raises(SirenError, match=r"output already exists: .*train\.parquet \(pass --overwrite"):
+        with atomic_outputs(out, ["train.parquet"]):
+            raise AssertionError("the block must not run")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SirenError, match=r"is an existing file, not a folder"):
+        with atomic_outputs(tmp_path / "file", ["a"]):
+            raise AssertionError("the block must not run")
+    with pytest.raises(SirenError, match="one file or folder name"):
+        with atomic_outputs(out, ["sub/train.parquet"]):
+            pass
+
+
+def test_atomic_outputs_overwrite_replaces_only_their_own_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.parquet").write_text("old train")
+    (out / "notes.txt").write_text("the user's")
+    (out / "adapter").mkdir()
+    (out / "adapter" / "old.bin").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_outputs(out, ["train.parquet", "adapter"], overwrite=True) as staged:
+            staged.path("train.parquet").write_text("new train")
+            raise RuntimeError("killed")
+    assert (out / "train.parquet").read_text() == "old train"  # a failed rerun keeps the old outputs
+    with atomic_outputs(out, ["train.parquet", "adapter"], overwrite=True) as staged:
+        staged.path("train.parquet").write_text("new train")
+        staged.path("adapter").mkdir()
+        (staged.path("adapter") / "new.bin").write_text("new")
+    assert (out / "train.parquet").read_text() == "new train"
+    assert [p.name for p in (out / "adapter").iterdir()] == ["new.bin"]
+    assert (out / "notes.txt").read_text() == "the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_outputs_new_folder_gets_the_usual_mode(tmp_path):
+    with atomic_outputs(tmp_path / "out", ["a"]) as staged:
+        staged.path("a").write_text("a")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_json_that_python_cannot_load_is_one_line(tmp_path):
