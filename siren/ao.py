@@ -11,7 +11,6 @@ over the five rating tokens.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +47,9 @@ def check_adapter_matches(base_model, adapter_dir: str | os.PathLike) -> None:
         raise SirenError(f"{adapter_dir} is not a LoRA adapter (no adapter_config.json)")
     fingerprint_path = adapter_dir / "base_model.json"
     if fingerprint_path.is_file():
-        recorded = json.loads(fingerprint_path.read_text(encoding="utf-8"))
+        from siren.io import read_json
+
+        recorded = read_json(fingerprint_path)
         actual = base_fingerprint(base_model.config)
         differing = [k for k in recorded if recorded[k] != actual.get(k)]
         if differing:

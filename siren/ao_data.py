@@ -7,7 +7,6 @@ next. The teacher context of stage 4b ends in the same tokens (`siren.prompts.AL
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from siren import SirenError
 from siren.answer import ANSWER_OPEN
 from siren.data import canonical_split
+from siren.io import read_json
 from siren.prompts import answer_only_context, chat_prompt_text
 from siren.verl_data import load_split_rows, parquet_path, parse_verl_dir_name
 
@@ -72,7 +72,7 @@ def check_data_path(data_path: str | os.PathLike, split: str) -> str:
     if not data_path.exists():
         raise SirenError(f"--data_path does not exist: {data_path}")
     if is_ao_dataset(data_path):
-        splits = json.loads((data_path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+        splits = read_json(data_path / "dataset_dict.json").get("splits", [])
         if split not in splits:
             raise SirenError(f"{data_path}: no {split!r} split (has {', '.join(splits)})")
         return "datasetdict"

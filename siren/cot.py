@@ -100,7 +100,7 @@ def check_resume_settings(part_dir: Path, settings: dict) -> bool:
         return False
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise SirenError(f"{path} is not valid JSON; delete {part_dir} or pass --resume false") from None
     differing = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
     if differing:
@@ -123,7 +123,7 @@ def read_part_file(path: Path) -> list[dict]:
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise SirenError(f"{path}:{lineno}: not valid JSON; delete {path.parent} or pass --resume false") from None
     return rows
 
@@ -210,19 +210,14 @@ def thinking_file(path: str | os.PathLike) -> Path:
 
 
 def load_thinking(path: Path) -> list[dict]:
+    from siren.io import iter_jsonl
+
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SirenError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            missing = [f for f in ("index", "user_id", "parent_asin", "label", "reasoning", "correct") if f not in row]
-            if missing:
-                raise SirenError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        missing = [f for f in ("index", "user_id", "parent_asin", "label", "reasoning", "correct") if f not in row]
+        if missing:
+            raise SirenError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+        rows.append(row)
     if not rows:
         raise SirenError(f"{path}: the thinking file is empty")
     return rows

@@ -467,10 +467,9 @@ def names_from_file(path: str | os.PathLike, k: int) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise SirenError(f"--namer file: {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SirenError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    from siren.io import read_json
+
+    data = read_json(path)
     if isinstance(data, list):
         data = {str(i): v for i, v in enumerate(data)}
     if not isinstance(data, dict):

@@ -17,7 +17,6 @@ missing one gives rows that say "not run" instead of numbers.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -99,10 +98,9 @@ def read_json(path: Path) -> dict | None:
     """A JSON object from `path`; None when the file does not exist; SirenError when it is broken."""
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SirenError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    from siren.io import read_json as read_json_value
+
+    data = read_json_value(path)
     if not isinstance(data, dict):
         raise SirenError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

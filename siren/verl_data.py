@@ -64,14 +64,25 @@ def parquet_path(parquet_dir: str | os.PathLike, split: str) -> Path:
     return Path(parquet_dir) / f"{PARQUET_SPLITS[canonical_split(split)]}.parquet"
 
 
+def read_parquet_frame(path: Path):
+    """pandas.read_parquet, with a file that is not (valid) parquet as a one-line SirenError."""
+    import pandas as pd
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as err:
+        # pyarrow repeats the path ("Could not open Parquet input source '<path>': ..."); keep the reason.
+        reason = " ".join(str(err).split()).split(f"{path}': ", 1)[-1]
+        raise SirenError(f"{path}: not a readable parquet file ({reason})") from None
+
+
 def load_split_rows(parquet_dir: str | os.PathLike, split: str, limit: int | None = None) -> list[dict]:
     """Read a verl parquet split as a list of row dicts, checking the schema and row order."""
-    import pandas as pd
-
     path = parquet_path(parquet_dir, split)
     if not path.is_file():
         raise SirenError(f"missing parquet split: {path} (run preprocess_grpo.py first)")
-    frame = pd.read_parquet(path)
+    frame = read_parquet_frame(path)
     missing = [c for c in ("data_source", "prompt", "reward_model", "extra_info") if c not in frame.columns]
     if missing:
         raise SirenError(f"{path}: missing column(s) {', '.join(missing)}")
