@@ -232,7 +232,7 @@ def test_disk_full_during_the_merge_leaves_no_finished_looking_file(tiny_model_d
     monkeypatch.setattr(siren.hidden, "merge_hidden_shards", merge_then_fail)
     script = load_script("extract_last_hidden_ddp.py")
     out = tmp_path / "full"
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(SirenError, match="No space left on device; nothing was kept"):
         script.main(extract_argv(tiny_model_dir, verl_dir, thinking_dir, out))
     leftovers = sorted(p.name for p in out.iterdir() if p.is_file())
     assert leftovers == [], leftovers  # no teacher_hidden.npy, no temporary file, no manifest
