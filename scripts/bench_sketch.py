@@ -52,12 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def stage_texts(args: argparse.Namespace) -> list[str]:
     """The distinct texts the stage encodes (same item table code as the stage)."""
     from siren.data import load_history, load_split, resolve_category_dir
-    from siren.sketch import distinct_texts, items_from_data
+    from siren.items import distinct_texts
+    from siren.sketch import load_items
 
     category_dir = resolve_category_dir(args.data_category, args.data_root)
-    history = load_history(category_dir / "history.jsonl.gz")
+    history_path = category_dir / "history.jsonl.gz"
     splits = [row for s in ("train", "valid", "test") for row in load_split(category_dir / f"{s}.jsonl.gz")]
-    return distinct_texts(items_from_data(history, splits).texts)[0]
+    return distinct_texts(load_items(load_history(history_path), splits, history_path).texts)[0]
 
 
 def encode_only(args: argparse.Namespace) -> None:
