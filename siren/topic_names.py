@@ -113,7 +113,10 @@ def keyword_scores(
     for i, (title, categories) in enumerate(zip(items.titles, items.categories, strict=True)):
         item_terms = {(("cat:" if _is_topic_label(c) else "shelf:") + c.lower(), c) for c in categories}
         item_terms.update(("w:" + key, surface) for key, surface in _title_terms(title))
-        for key, surface in item_terms:
+        # Term ids follow this loop and break ties in the ranking, so its order is fixed here (a set
+        # of strings iterates in an order that changes with the per-process hash seed): longer terms
+        # first, so a bigram that always occurs with its words ("Charlie Brown") wins the tie.
+        for key, surface in sorted(item_terms, key=lambda term: (-len(term[0].split()), term)):
             term_id = vocabulary.get(key)
             if term_id is None:
                 term_id = vocabulary[key] = len(vocabulary)

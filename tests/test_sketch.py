@@ -562,3 +562,22 @@ def test_embedding_cache_round_trip(tmp_path):
     other = EmbeddingCache(tmp_path, spec, max_len=128)  # another max length is another cache
     assert len(other) == 0 and other.folder != reread.folder
 
+
+
+_NAMES_IN_A_CHILD = """
+import json
+import numpy as np
+from siren.items import ItemTable
+from siren.topic_names import keyword_topic_names
+titles = [f"Charlie Brown Christmas {i}" for i in range(6)] + [f"Los Angeles Nights {i}" for i in range(6)]
+cats = [["Movies & TV", "Peanuts"]] * 6 + [["Movies & TV", "NCIS"]] * 6
+items = ItemTable(item_ids=[str(i) for i in range(12)], texts=titles, titles=titles, categories=cats, source="test")
+print(json.dumps(keyword_topic_names(np.repeat([0, 1], 6), items, 2)))
+"""
+
+
+def test_keyword_names_do_not_depend_on_the_string_hash_seed():
+    # Words that always occur together tie on every score; their order must come from the data,
+    # not from iterating a set of strings (which Python orders by a per-process hash seed).
+    names = {run_script("-c", _NAMES_IN_A_CHILD, env={"PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
+    assert len(names) == 1, names
