@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shlex
 import threading
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -35,6 +36,7 @@ from siren.topic_names import (
 from siren.topics import kmeans
 
 SCRIPT = "generate_interest_sketch.py"
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +258,26 @@ def test_the_authors_flags_parse_like_the_canonical_ones():
                             "--out_dir", "out", "--n_clusters", "20", "--top_k", "100"])
     assert vars(authors) == vars(canonical)
     assert authors.category == "Books" and authors.output_dir == "out" and authors.n_clusters == 20
+
+
+def _documented_commands(script: str) -> list[list[str]]:
+    """The argv of every `python <script> ...` line in the README's and docs/'s bash blocks."""
+    commands = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh)\n(.*?)```", doc.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                if words[:2] == ["python", script]:
+                    commands.append(words[2:])
+    return commands
+
+
+def test_every_documented_stage_1_command_parses():
+    parse_args = load_script(SCRIPT).parse_args
+    commands = _documented_commands(SCRIPT)
+    assert len(commands) >= 6
+    for argv in commands:
+        parse_args(argv)  # argparse exits on an unknown flag or a bad value
 
 
 @pytest.mark.parametrize("flag, value", [("--n_clusters", "0"), ("--top_k", "-1"), ("--threads", "-1"),
