@@ -25,8 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from siren import SirenError
-from siren.items import ItemTable
-from siren.topics import KMeansResult
+from siren.data import load_history, load_split
+from siren.embedding import embed_texts, resolve_encoder
+from siren.items import ItemTable, distinct_texts, items_from_data, items_from_meta
+from siren.prompts import format_sketch, item_noun
+from siren.topic_names import name_topics
+from siren.topics import KMeansResult, cluster_exemplars, kmeans
 
 SKETCH_RULES = ("mean", "count")
 FEATURE_FILE = "user_feature.jsonl"  # what preprocess_grpo.py --sketch_path reads
@@ -280,8 +284,6 @@ class SketchResult:
 def load_items(history_rows: list[dict], split_rows: list[dict], history_path: str | os.PathLike,
                meta_path: str | os.PathLike | None = None) -> ItemTable:
     """The item table: from the meta file (cut to the items the data uses) or from the data files."""
-    from siren.items import items_from_data, items_from_meta
-
     if meta_path:
         wanted = {str(a) for r in history_rows for a in r["history_asins"]} | {str(r["parent_asin"]) for r in split_rows}
         return items_from_meta(meta_path, keep_ids=wanted)
@@ -296,13 +298,6 @@ def build_sketch(
     log: Callable[[str], None] = print,
 ) -> SketchResult:
     """Stage 1 from its input files to the result (nothing is written but the embedding cache)."""
-    from siren.data import load_history, load_split
-    from siren.embedding import embed_texts, resolve_encoder
-    from siren.items import distinct_texts
-    from siren.prompts import format_sketch, item_noun
-    from siren.topic_names import name_topics
-    from siren.topics import cluster_exemplars, kmeans
-
     cfg, k = config, config.n_clusters
     timings: dict[str, float] = {}
 
