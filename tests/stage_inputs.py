@@ -18,6 +18,7 @@ def build_ao_dataset(verl_dir: Path, tokenizer, out: Path, limits=(16, 6, 6)):
     """The stage 4c DatasetDict from the verl parquet (first rows of each split)."""
     from datasets import Dataset, DatasetDict
 
+    from siren.hidden import completion_text
     from siren.prompts import answer_only_context, chat_prompt_text
     from siren.verl_data import load_split_rows
 
@@ -27,7 +28,7 @@ def build_ao_dataset(verl_dir: Path, tokenizer, out: Path, limits=(16, 6, 6)):
         splits[split] = Dataset.from_list([
             {
                 "prompt": answer_only_context(chat_prompt_text(tokenizer, r["prompt"])),
-                "completion": f"{int(r['label'])}</answer>",
+                "completion": completion_text(r["label"]),
                 "label": r["label"],
                 "index": int(r["extra_info"]["index"]),
                 "user_id": r["extra_info"]["user_id"],
