@@ -3,9 +3,9 @@
     python preprocess_hidden.py --data_path data/Movies/verl/max@10-long@True --tokenizer ckpt/GRPO_Movies_step100
 
 Each prompt is the chat-templated parquet prompt + an empty think block + `<answer>`; each
-completion is the rating and `</answer>`. Writes a `datasets` DatasetDict (save_to_disk) with
-manifest.json to data/{category}/hidden/max@{N}-long@{bool}, the folder named after the parquet
-directory, unless --out_dir says otherwise. Takes seconds; no model weights are loaded.
+completion is what the GRPO teacher writes after `<answer>`, e.g. "4.0</answer>". Writes a
+`datasets` DatasetDict (save_to_disk) with manifest.json to data/{category}/hidden/max@{N}-long@{bool},
+the folder named after the parquet directory, unless --out_dir says otherwise. Takes seconds; no model weights are loaded.
 """
 
 import argparse

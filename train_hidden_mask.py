@@ -152,11 +152,12 @@ def main() -> None:
     selected = select_training_rows(mask, teacher, args.training_ratio, args.dataset_seed)
 
     train_dataset, dropped_train = tokenize_ao_split(
-        dataset_dict["train"].select(selected), tokenizer, args.max_length, desc="tokenizing train")
+        dataset_dict["train"].select(selected), tokenizer, args.max_length, desc="tokenizing train", rating_ids=ratings)
     valid = dataset_dict["valid"]
     if args.max_eval_samples is not None:
         valid = valid.select(range(min(args.max_eval_samples, len(valid))))
-    eval_dataset, dropped_eval = tokenize_ao_split(valid, tokenizer, args.max_length, desc="tokenizing valid")
+    eval_dataset, dropped_eval = tokenize_ao_split(valid, tokenizer, args.max_length, desc="tokenizing valid",
+                                                   rating_ids=ratings)
     if len(train_dataset) == 0 or len(eval_dataset) == 0:
         raise SirenError(f"no rows fit --max_length {args.max_length} (train {len(train_dataset)}, valid {len(eval_dataset)})")
 

@@ -8,8 +8,9 @@ that position the student's hidden state of every layer is pulled towards the te
 
 `align` is the per-layer distance (`--loss_type`) averaged over layers and over the rows of the
 batch, with the teacher treated as a constant; `lm` is the cross-entropy of the completion tokens
-(the rating, `</answer>` and EOS) averaged over those tokens. kd_ratio 1.0 is pure alignment, the
-paper's "HA" setting.
+(what the teacher writes after `<answer>`, e.g. "4.0</answer>", then EOS) averaged over those
+tokens. kd_ratio 1.0 is pure alignment, the paper's "HA" setting; the first completion token is
+the rating digit, so the aligned position and answer-only decoding read the same token either way.
 
 Teacher rows are looked up by the dataset row index that travels with each example through the
 collator, never by position in the batch, so shuffling and multi-process sharding cannot pair a
@@ -191,11 +192,14 @@ def tokenize_ao_example(prompt: str, completion: str, tokenizer, max_length: int
     return {"input_ids": input_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids}
 
 
-def tokenize_ao_split(dataset, tokenizer, max_length: int | None, desc: str = "tokenizing"):
+def tokenize_ao_split(dataset, tokenizer, max_length: int | None, desc: str = "tokenizing",
+                      rating_ids: dict[int, int] | None = None):
     """A 4c split -> `datasets.Dataset` with input_ids, labels, row_index, rating_label.
 
     Returns (dataset, n_dropped); rows longer than max_length are dropped (truncating would cut the
-    aligned position or the rating) and counted.
+    aligned position or the rating) and counted. With `rating_ids` (rating -> token id), a row whose
+    completion does not start with its label's rating token is an error: the cross-entropy and the
+    rating accuracy both read that token at the aligned position.
     """
     from datasets import Dataset
     from tqdm.auto import tqdm
@@ -207,6 +211,11 @@ def tokenize_ao_split(dataset, tokenizer, max_length: int | None, desc: str = "t
         if example is None:
             dropped += 1
             continue
+        if rating_ids is not None:
+            first = example["labels"][example["labels"].count(IGNORE_INDEX)]  # labels: prompt masked, then completion
+            if first != rating_ids.get(int(row["label"])):
+                raise SirenError(f"row {row['index']}: completion {row['completion']!r} does not start with the "
+                                 f"rating token of label {row['label']} (rebuild the 4c dataset with preprocess_hidden.py)")
         columns["input_ids"].append(example["input_ids"])
         columns["labels"].append(example["labels"])
         columns[ROW_INDEX].append(int(row["index"]))

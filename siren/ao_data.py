@@ -28,10 +28,16 @@ def student_text(tokenizer, row: dict) -> str:
 
 
 def completion_text(label: float) -> str:
-    """The AO target: the whole-star rating then `</answer>` (AO decoding picks one rating token)."""
+    """The AO completion, what the GRPO teacher writes after `<answer>`: "4.0</answer>" for a 4.
+
+    The teacher's prompt shows `<answer>4.0</answer>` and the reward's ground truth is the label
+    with one decimal, so the teacher writes "4.0". Qwen's tokenizer splits digits, so the first
+    completion token is the rating digit alone ("4", ".", "0", "</", "answer", ">"): the token the
+    aligned position (the end of `<answer>`) predicts and answer-only decoding reads.
+    """
     if not float(label).is_integer():
-        raise SirenError(f"label {label} is not a whole star; the answer-only target must be one rating token")
-    return f"{int(label)}</answer>"
+        raise SirenError(f"label {label} is not a whole star; the answer-only target must start with one rating token")
+    return f"{float(label):.1f}</answer>"
 
 
 def answer_only_record(tokenizer, row: dict) -> dict:

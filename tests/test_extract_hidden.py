@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import accelerate_launch, load_script, run_script
+from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
 
 from siren import SirenError
 from siren.cot import result_row
@@ -25,7 +25,9 @@ from siren.prompts import ALIGNED_TAIL, aligned_tail_ids
 from siren.verl_data import load_split_rows
 
 N_ROWS = 14
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+# The runs compared with each other and with the in-test CPU model are pinned to the CPU, also on a
+# machine with CUDA; one thread per process avoids oversubscription of the shared CPU.
+CPU_ONE_THREAD = {"OMP_NUM_THREADS": "1", **CPU_ONLY}
 
 
 def synthetic_response(position: int, label: float) -> str:
@@ -114,24 +116,11 @@ def extract_argv(model: Path, verl_dir: Path, thinking: Path, out: Path, *extra:
 
 @pytest.fixture(scope="module")
 def one_process_run(tiny_model_dir, verl_dir, thinking_dir, tmp_path_factory) -> Path:
-    """The script's main() in this process (saves an interpreter start-up; the 2-process test and
-    stage 4a's test run it as a subprocess)."""
-    import contextlib
-    import io
-
-    from siren.cli import run_main
-
+    """One process on the CPU: the reference for the end-to-end checks and the 2-process test."""
     out = tmp_path_factory.mktemp("hidden") / "one"
-    script = load_script("extract_last_hidden_ddp.py")
-    stdout = io.StringIO()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with contextlib.redirect_stdout(stdout):
-            assert run_main(lambda: script.main(extract_argv(tiny_model_dir, verl_dir, thinking_dir, out))) == 0
-    finally:
-        torch.set_num_threads(threads)
-    assert "1 without reasoning" in stdout.getvalue()
+    proc = run_script("extract_last_hidden_ddp.py", *extract_argv(tiny_model_dir, verl_dir, thinking_dir, out),
+                      env=CPU_ONE_THREAD)
+    assert "1 without reasoning" in proc.stdout
     return out
 
 
@@ -212,7 +201,7 @@ def test_refuses_to_overwrite_finished_outputs(one_process_run, tiny_model_dir, 
 def test_two_processes_equal_one(one_process_run, tiny_model_dir, verl_dir, thinking_dir, tmp_path):
     out = tmp_path / "two"
     run_script(*accelerate_launch(2), "extract_last_hidden_ddp.py",
-               *extract_argv(tiny_model_dir, verl_dir, thinking_dir, out), env=ONE_THREAD)
+               *extract_argv(tiny_model_dir, verl_dir, thinking_dir, out), env=CPU_ONE_THREAD)
     assert json.loads((out / "manifest.json").read_text())["counts"]["processes"] == 2
     np.testing.assert_array_equal(np.load(out / "teacher_index.npy"), np.load(one_process_run / "teacher_index.npy"))
     np.testing.assert_allclose(np.load(out / "teacher_hidden.npy"), np.load(one_process_run / "teacher_hidden.npy"),
