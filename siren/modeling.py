@@ -89,6 +89,96 @@ def base_fingerprint(config) -> dict:
     return {k: getattr(config, k, None) for k in keys}
 
 
+# --------------------------------------------------------------------------------------------------
+# Identity of a model folder, recorded in manifests and compared by later stages
+
+
+_SAMPLES_PER_FILE, _SAMPLE_BYTES = 1024, 4096
+
+
+def weights_digest(model_path: str | os.PathLike) -> str | None:
+    """A fingerprint of a model folder's weights without reading them whole.
+
+    SHA-256 over each weight file's name and size and 1,024 evenly spaced 4 KiB samples of it
+    (4 MiB per file whatever its size, milliseconds for Qwen3-4B's 8 GB). A merged LoRA on K/V, about
+    5% of Qwen3-4B's bytes spread over every layer, is hit by about 50 samples per file, so two
+    folders whose weights differ anywhere substantial get different digests; identical files get
+    identical ones. None when the folder holds no .safetensors/.bin files.
+    """
+    folder = Path(model_path)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}:".encode())
+        step = max(1, size // _SAMPLES_PER_FILE)
+        with open(path, "rb") as handle:
+            for offset in range(0, size, step):
+                handle.seek(offset)
+                digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def tokenizer_files_record(model_path: str | os.PathLike) -> dict:
+    """What identifies a folder's tokenizer, from its files (no tokenizer is loaded)."""
+    folder = Path(model_path)
+    return {
+        "tokenizer_json_sha256": _file_sha256(folder / "tokenizer.json"),
+        "tokenizer_config_sha256": _file_sha256(folder / "tokenizer_config.json"),
+        "chat_template_sha256": _file_sha256(folder / "chat_template.jinja"),
+    }
+
+
+def model_record(model_path: str | os.PathLike) -> dict:
+    """What identifies a model folder for the manifests: its path, architecture and shapes (from
+    config.json), a weights fingerprint and its tokenizer files. Later stages compare the parts
+    that matter to them with `check_same_model`."""
+    import json
+
+    folder = Path(model_path)
+    config = {}
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            config = {}
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "vocab_size")
+    return {
+        "path": str(folder.resolve()),
+        "architecture": {k: config.get(k) for k in keys},
+        "weights_digest": weights_digest(folder) if folder.is_dir() else None,
+        "tokenizer": tokenizer_files_record(folder) if folder.is_dir() else None,
+    }
+
+
+def check_same_model(recorded: dict | None, actual: dict, *, what: str, parts=("architecture", "weights_digest")) -> None:
+    """Refuse (one line) when `recorded` (a `model_record` from an upstream manifest) and `actual`
+    differ in any of `parts`; a record that lacks a part (an older manifest) is not compared on it.
+
+        check_same_model(manifest["model"], model_record(args.model),
+                         what="the teacher states in results_hidden/Movies were extracted with")
+    """
+    if not recorded:
+        return
+    for part in parts:
+        old, new = recorded.get(part), actual.get(part)
+        if old is None or new is None or old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            detail = f"{part}.{key}: {old.get(key)} there, {new.get(key)} here"
+        else:
+            detail = f"{part} differs"
+        raise SirenError(f"{what} {recorded.get('path')}, not {actual.get('path')} ({detail})")
+
+
 def tokenizer_record(tokenizer, path: str | os.PathLike) -> dict:
     """What identifies the tokenizer, for the manifest (stage 5 can compare it with its model's)."""
     path = Path(path)
