@@ -91,19 +91,24 @@ class EagerAO:
         logits = logits.float()
         return AOScores(rating_probabilities(logits, self.rating_token_ids).cpu(), logits.argmax(-1).cpu())
 
-    def _run(self, forward, input_ids, attention_mask, position_ids):
+    def _run(self, forward, prompts: Sequence[str], width: int | None = None, rows: int | None = None):
+        """`forward` on `prompts` left-padded to [rows, width]. The inputs are made and the forward
+        run in inference mode whatever the caller's mode: a compiled graph is guarded on the grad
+        mode and on its inputs' dispatch keys, and anything else would recompile every shape
+        inside the timed loop."""
         import torch
 
         device = self.model.device
-        with torch.no_grad():
-            return forward(input_ids.to(device), attention_mask.to(device), position_ids.to(device))
+        with torch.inference_mode():
+            tensors = left_padded(self.tokenizer, prompts, width, rows)
+            return forward(*(t.to(device) for t in tensors))
 
     def prepare(self, prompts: Sequence[str]) -> float:
         """Nothing to compile; returns the warm-up seconds (0)."""
         return 0.0
 
     def score(self, prompts: Sequence[str]) -> AOScores:
-        return self._scores(self._run(self._forward, *left_padded(self.tokenizer, prompts)))
+        return self._scores(self._run(self._forward, prompts))
 
     def report(self) -> dict:
         return {"engine": self.name, "warmup_seconds": round(self.warmup_seconds, 3), "fallback_rows": self.fallback_rows}
@@ -150,7 +155,7 @@ class CompiledAO(EagerAO):
         if hasattr(torch.compiler, "cudagraph_mark_step_begin"):
             torch.compiler.cudagraph_mark_step_begin()
         # clone: a CUDA-graph replay reuses its output buffer on the next call
-        logits = self._run(self._compiled, *left_padded(self.tokenizer, prompts, bucket, self.batch_size)).clone()
+        logits = self._run(self._compiled, prompts, bucket, self.batch_size).clone()
         if shape not in self.shapes:
             if self.model.device.type == "cuda":
                 torch.cuda.synchronize(self.model.device)
@@ -184,7 +189,7 @@ class CompiledAO(EagerAO):
                 texts = [prompts[p] for p in chunk]
                 if bucket is None:
                     self.fallback_rows += len(chunk)
-                    out = self._run(self._forward, *left_padded(self.tokenizer, texts))
+                    out = self._run(self._forward, texts)
                 else:
                     out = self._call(texts, bucket)
                 for p, row in zip(chunk, out, strict=True):
