@@ -105,7 +105,8 @@ def load_grpo_split(data_dir, split: str, tokenizer, max_prompt_length: int, lim
     """
     from datasets import Dataset
 
-    from siren.verl_data import PromptTokenCounter, load_split_rows
+    from siren.prompt_tokens import PromptTokenCounter
+    from siren.verl_data import load_split_rows
 
     rows = load_split_rows(data_dir, split, limit=limit)
     prompts = [row["prompt"] for row in rows]
