@@ -339,3 +339,15 @@ def test_overwrite_replaces_the_stage_files_only_and_flags_a_stale_token_report(
     assert (out / "notes.txt").read_text() == "mine"
     assert len(pd.read_parquet(out / "train.parquet")) == 3
     assert "prompt_stats.json is from an earlier run" in capsys.readouterr().err
+
+
+def test_bench_preprocess_times_the_stage_and_keeps_its_report(small_movies_root, tiny_model_dir, tmp_path):
+    report = tmp_path / "bench.json"
+    args = ["scripts/bench_preprocess.py", "--data_root", str(small_movies_root), "--tokenizer", str(tiny_model_dir),
+            "--limit", "3", "--repeats", "1", "--out_json", str(report)]
+    proc = run_script(*args)
+    assert "run 1/1:" in proc.stdout
+    figures = json.loads(report.read_text())
+    assert figures["rows"] == {"train": 3, "val": 3, "test": 3} and figures["token_counting"] == "chunked"
+    again = run_script(*args, check=False)  # refused before any run
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "run 1/1" not in again.stdout
