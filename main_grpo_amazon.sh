@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage 3: GRPO on the stage-2 parquet files, then a merged Hugging Face model in
-# ${CKPT_DIR}/GRPO_${DATA_NAME}_step${STEP}.
+# ${CKPT_DIR}/GRPO_${DATA_NAME}_step${STEP}. Every setting is checked before anything starts.
 #
 #   MODEL_PATH=ckpt/Qwen3-4B CATEGORY=Movies bash main_grpo_amazon.sh              # verl 0.9.1, all GPUs
 #   DRY_RUN=1 MODEL_PATH=ckpt/tiny-qwen3 bash main_grpo_amazon.sh                 # print verl's composed config
@@ -10,7 +10,8 @@
 # Settings (environment variables, defaults in the block below):
 #   BACKEND            verl (Ray + vLLM + FSDP, needs GPUs) or trl (TRL GRPOTrainer, one process, CPU or 1 GPU)
 #   MODEL_PATH         local base model folder (required)
-#   CATEGORY, MAX_HISTORY, USE_LONG_HISTORY   pick DATA_DIR = data/$CATEGORY/verl/max@N-long@BOOL
+#   CATEGORY, MAX_HISTORY, USE_LONG_HISTORY   pick the default DATA_DIR, data/$CATEGORY/verl/max@N-long@{True|False}
+#                      (named by siren.verl_data, as preprocess_grpo.py names it; USE_LONG_HISTORY takes true/false)
 #   DATA_DIR           folder with train.parquet and val.parquet from preprocess_grpo.py
 #   DATA_NAME          names the output: $CKPT_DIR/GRPO_${DATA_NAME}_step$STEP (default: $CATEGORY)
 #   CKPT_DIR           where the merged model goes (default: ckpt)
@@ -20,8 +21,8 @@
 #   ROLLOUT_N          responses sampled per prompt (GRPO group size)
 #   LR, KL_COEF        actor learning rate; low_var_kl KL-loss coefficient (TRL: beta)
 #   MAX_PROMPT_LENGTH, MAX_RESPONSE_LENGTH    tokens
-#   EPOCHS, MAX_STEPS  passes over train.parquet; MAX_STEPS > 0 stops earlier
-#   SAVE_FREQ, TEST_FREQ   steps between checkpoints / validation runs on val.parquet
+#   EPOCHS, MAX_STEPS  passes over train.parquet; MAX_STEPS > 0 stops earlier (0 = run the epochs)
+#   SAVE_FREQ, TEST_FREQ   steps between checkpoints / validation runs on val.parquet (0 = none)
 #   LORA_RANK, LORA_ALPHA  0 = full fine-tuning; with verl the adapter is merged into the saved model
 #   ATTN_IMPLEMENTATION    verl only: attention of the actor/ref models: sdpa (default; needs no flash-attn) or
 #                      flash_attention_2 (only where flash-attn is installed; turns remove-padding on)
@@ -35,7 +36,7 @@
 #   DRY_RUN=1          print the config verl would run (python -m verl.trainer.main_ppo ... --cfg job) and exit;
 #                      with BACKEND=trl, print the python -m siren.grpo_trl command and exit
 # Arguments after the script name are passed on: Hydra overrides for verl, flags of
-# `python -m siren.grpo_trl` for BACKEND=trl.
+# `python -m siren.grpo_trl` for BACKEND=trl (any GRPOConfig field, e.g. --temperature 0.8).
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,7 +51,7 @@ MODEL_PATH=${MODEL_PATH:-}
 CATEGORY=${CATEGORY:-Movies}
 MAX_HISTORY=${MAX_HISTORY:-10}
 USE_LONG_HISTORY=${USE_LONG_HISTORY:-True}
-DATA_DIR=${DATA_DIR:-data/${CATEGORY}/verl/max@${MAX_HISTORY}-long@${USE_LONG_HISTORY}}
+DATA_DIR=${DATA_DIR:-}   # unset: data/$CATEGORY/verl/max@$MAX_HISTORY-long@..., below
 DATA_NAME=${DATA_NAME:-${CATEGORY}}
 CKPT_DIR=${CKPT_DIR:-ckpt}
 BATCH_SIZE=${BATCH_SIZE:-32}
@@ -77,18 +78,53 @@ TRAINER_DIR=${TRAINER_DIR:-ckpt/${BACKEND}/${PROJECT_NAME}/${EXPERIMENT_NAME}}
 GPU_MEMORY_UTILIZATION=${GPU_MEMORY_UTILIZATION:-0.6}
 OVERWRITE=${OVERWRITE:-0}
 DRY_RUN=${DRY_RUN:-0}
-if [[ -z "${NUM_GPUS:-}" ]]; then
+NUM_GPUS=${NUM_GPUS:-}   # unset: counted with nvidia-smi -L, below
+
+die() { echo "error: $*" >&2; exit 2; }
+# need_int NAME MIN: the variable NAME holds a whole number >= MIN (at most 9 digits: no overflow in
+# $((...))); it is rewritten in decimal, so "08" cannot be read as octal later.
+need_int() {
+    [[ "${!1}" =~ ^[0-9]{1,9}$ ]] && (( 10#${!1} >= $2 )) || die "$1 must be a whole number >= $2, got '${!1}'"
+    printf -v "$1" '%d' "$((10#${!1}))"
+}
+# need_number NAME positive|non-negative: a decimal number (1e-6, 0.5, 3); positive = not zero.
+need_number() {
+    local value=${!1}
+    [[ "$value" =~ ^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]] || die "$1 must be a $2 number, got '$value'"
+    [[ "$2" != positive || "${value%%[eE]*}" =~ [1-9] ]] || die "$1 must be a positive number, got '$value'"
+}
+
+# Everything a run needs is checked here, before Ray or a trainer starts.
+[[ "$BACKEND" == verl || "$BACKEND" == trl ]] || die "BACKEND must be verl or trl, got '$BACKEND'"
+for flag in OVERWRITE DRY_RUN; do
+    [[ "${!flag}" == 0 || "${!flag}" == 1 ]] || die "$flag must be 0 or 1, got '${!flag}'"
+done
+for name in BATCH_SIZE MICRO_BATCH_SIZE MAX_PROMPT_LENGTH MAX_RESPONSE_LENGTH EPOCHS MAX_HISTORY LORA_ALPHA; do
+    need_int "$name" 1
+done
+need_int ROLLOUT_N 2  # GRPO's advantage compares the responses within a group
+for name in MAX_STEPS SAVE_FREQ TEST_FREQ LORA_RANK; do
+    need_int "$name" 0
+done
+need_number LR positive
+need_number KL_COEF non-negative
+need_number GPU_MEMORY_UTILIZATION positive
+awk -v v="$GPU_MEMORY_UTILIZATION" 'BEGIN { exit !(v + 0 <= 1) }' \
+    || die "GPU_MEMORY_UTILIZATION must be in (0, 1], got '$GPU_MEMORY_UTILIZATION'"
+(( BATCH_SIZE % MICRO_BATCH_SIZE == 0 )) \
+    || die "BATCH_SIZE ($BATCH_SIZE) must be a multiple of MICRO_BATCH_SIZE ($MICRO_BATCH_SIZE)"
+if [[ -z "$NUM_GPUS" ]]; then
     NUM_GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
     if [[ "$DRY_RUN" == 1 && "$NUM_GPUS" == 0 ]]; then
         NUM_GPUS=1  # only composes the config, so a machine without GPUs can check it
         echo "DRY_RUN: no GPU found, composing the config for NUM_GPUS=1" >&2
     fi
 fi
-
-die() { echo "error: $*" >&2; exit 2; }
-
-# Everything a run needs is checked here, before Ray or a trainer starts.
-[[ "$BACKEND" == verl || "$BACKEND" == trl ]] || die "BACKEND must be verl or trl, got '$BACKEND'"
+# The folder name max@N-long@{True|False} is siren.verl_data's (stage 2 writes it); it also checks USE_LONG_HISTORY.
+if [[ -z "$DATA_DIR" ]]; then
+    DATA_DIR=$(PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" \
+        "$PYTHON" -m siren.verl_data "$CATEGORY" "$MAX_HISTORY" "$USE_LONG_HISTORY") || exit 2
+fi
 [[ -n "$MODEL_PATH" ]] || die "set MODEL_PATH to a local model folder (e.g. MODEL_PATH=ckpt/tiny-qwen3)"
 [[ -f "$MODEL_PATH/config.json" ]] || die "MODEL_PATH=$MODEL_PATH is not a model folder (no config.json)"
 for split in train val; do
@@ -125,13 +161,23 @@ OVERWRITE_FLAG=()
 [[ "$OVERWRITE" == 1 ]] && OVERWRITE_FLAG=(--overwrite)
 
 if [[ "$BACKEND" == trl ]]; then
+    # TRL's batch sizes count completions: a micro batch is MICRO_BATCH_SIZE prompts x ROLLOUT_N responses,
+    # and BATCH_SIZE / MICRO_BATCH_SIZE micro batches make one optimizer step of BATCH_SIZE prompts, as in verl.
+    TRL_MAX_STEPS=-1  # TRL's "run the epochs"
+    [[ "$MAX_STEPS" -gt 0 ]] && TRL_MAX_STEPS=$MAX_STEPS
+    TRL_SAVE=(--save_strategy no)
+    [[ "$SAVE_FREQ" -gt 0 ]] && TRL_SAVE=(--save_strategy steps --save_steps "$SAVE_FREQ")
+    TRL_EVAL=(--eval_strategy no)
+    [[ "$TEST_FREQ" -gt 0 ]] && TRL_EVAL=(--eval_strategy steps --eval_steps "$TEST_FREQ")
     TRL_COMMAND=("$PYTHON" -m siren.grpo_trl \
-        --model_path "$MODEL_PATH" --data_dir "$DATA_DIR" --data_name "$DATA_NAME" --ckpt_dir "$CKPT_DIR" \
-        --output_dir "$TRAINER_DIR" --epochs "$EPOCHS" --max_steps "$MAX_STEPS" \
-        --num_generations "$ROLLOUT_N" --prompts_per_step "$BATCH_SIZE" --prompts_per_micro_batch "$MICRO_BATCH_SIZE" \
-        --lr "$LR" --beta "$KL_COEF" --max_prompt_length "$MAX_PROMPT_LENGTH" \
-        --max_completion_length "$MAX_RESPONSE_LENGTH" --save_freq "$SAVE_FREQ" --test_freq "$TEST_FREQ" \
-        --lora_rank "$LORA_RANK" --lora_alpha "$LORA_ALPHA" --report_to "$REPORT_TO" \
+        --model "$MODEL_PATH" --data_path "$DATA_DIR" --data_name "$DATA_NAME" --output_dir "$CKPT_DIR" \
+        --checkpoint_dir "$TRAINER_DIR" --num_train_epochs "$EPOCHS" --max_steps "$TRL_MAX_STEPS" \
+        --num_generations "$ROLLOUT_N" --per_device_train_batch_size "$((MICRO_BATCH_SIZE * ROLLOUT_N))" \
+        --gradient_accumulation_steps "$((BATCH_SIZE / MICRO_BATCH_SIZE))" \
+        --per_device_eval_batch_size "$((MICRO_BATCH_SIZE * ROLLOUT_N))" \
+        --learning_rate "$LR" --beta "$KL_COEF" --max_prompt_length "$MAX_PROMPT_LENGTH" \
+        --max_completion_length "$MAX_RESPONSE_LENGTH" "${TRL_SAVE[@]}" "${TRL_EVAL[@]}" \
+        --lora_r "$LORA_RANK" --lora_alpha "$LORA_ALPHA" --report_to "$REPORT_TO" \
         --run_name "$EXPERIMENT_NAME" "${OVERWRITE_FLAG[@]}" "$@")
     if [[ "$DRY_RUN" == 1 ]]; then
         printf '%q ' "${TRL_COMMAND[@]}"; echo

@@ -1,67 +1,60 @@
-"""Classical rating baselines (constant 5.0, global mean, user+item bias, MF, PMF) with cornac.
+r"""Classical rating baselines (constant 5.0, global mean, user+item bias, MF, PMF) with cornac.
 
-    python scripts/baselines.py --category Movies --out_dir results/demo/baselines
+    python scripts/baselines.py --category Movies --output_dir results/demo/baselines
 
 Fits on train (or train+valid with --fit_on train+valid), scores MAE / RMSE / accuracy on test with
-siren.metrics, and writes <out_dir>/metrics.json and manifest.json. A test row whose user or item
-is not in the fit data is predicted as the global mean; the count is reported. About 10 s on
-2 CPU cores for the full Movies split, most of it reading the files.
+siren.metrics, and writes <output_dir>/metrics.json and manifest.json, both or neither. A test row
+whose user or item is not in the fit data is predicted as the global mean; the count is reported.
+About 10 s on 2 CPU cores for the full Movies split, most of it reading the files.
 """
 
 import argparse
 import sys
 
-from siren.cli import run_main
+from siren import cli
+from siren.cli import positive_int, run_main
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from siren.baselines import FIT_CHOICES, METHODS
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--category", default="Movies", help="dataset category (default: %(default)s)")
-    parser.add_argument("--data_root", default=None,
-                        help="folder holding <category>/ (default: $SIREN_DATA_DIR, ./data, the repo's data/, ../shared/data)")
-    parser.add_argument("--out_dir", default="results/baselines", help="where metrics.json goes (default: %(default)s)")
-    parser.add_argument("--fit_on", choices=sorted(FIT_CHOICES), default="train",
-                        help="split(s) the models are fitted on (default: %(default)s)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="baselines to run (default: all)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="keep only the first LIMIT rows of each split, as preprocess_grpo.py --limit does, "
-                             "so the test rows are those the LLM stages score (default: all rows)")
-    parser.add_argument("--k", type=int, default=10, help="latent factors of MF and PMF (default: %(default)s)")
-    parser.add_argument("--max_iter", type=int, default=20,
-                        help="SGD epochs of the bias model and MF (default: %(default)s)")
-    parser.add_argument("--pmf_max_iter", type=int, default=100, help="epochs of PMF (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of every model (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json")
-    return parser.parse_args()
+    parser = cli.stage_parser(__doc__)
+    cli.add_category(parser)
+    cli.add_data_root(parser)
+    cli.add_output_dir(parser, "where metrics.json and manifest.json go", default="results/baselines")
+    parser.add_argument("--fit_on", choices=sorted(FIT_CHOICES), default="train", help="split(s) the models are fitted on")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="baselines to run (unset: all)")
+    cli.add_limit(parser, help="keep only the first N rows of each split, as preprocess_grpo.py --limit does, so the "
+                               "test rows are those the LLM stages score (unset: all rows)")
+    parser.add_argument("--k", type=positive_int, default=10, help="latent factors of MF and PMF")
+    parser.add_argument("--max_iter", type=positive_int, default=20, help="SGD epochs of the bias model and MF")
+    parser.add_argument("--pmf_max_iter", type=positive_int, default=100, help="epochs of PMF")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of every model")
+    cli.add_overwrite(parser, help="replace an existing metrics.json (other files in the folder stay)")
+    return parser.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
 
     from pathlib import Path
 
-    from siren import SirenError
     from siren.baselines import FIT_CHOICES, ModelSettings, format_table, run_baselines
     from siren.data import load_split, resolve_category_dir, split_path
     from siren.io import MANIFEST_NAME, RunTimer, atomic_outputs, atomic_write_json, check_outputs_free, write_manifest
 
     timer = RunTimer()
-    if args.limit is not None and args.limit < 1:
-        raise SirenError(f"--limit must be at least 1, got {args.limit}")
-    if args.k < 1 or args.max_iter < 1 or args.pmf_max_iter < 1:
-        raise SirenError("--k, --max_iter and --pmf_max_iter must be at least 1")
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.output_dir)
     metrics_path = out_dir / "metrics.json"
-    check_outputs_free([metrics_path, out_dir / MANIFEST_NAME], args.overwrite)  # and a usable out_dir
+    check_outputs_free([metrics_path, out_dir / MANIFEST_NAME], args.overwrite)  # and a usable output folder
 
     category_dir = resolve_category_dir(args.category, args.data_root)
     fit_paths = [split_path(category_dir, split) for split in FIT_CHOICES[args.fit_on]]
     test_path = split_path(category_dir, "test")
-    fit_records = [record for path in fit_paths for record in load_split(path)[: args.limit]]
-    test_records = load_split(test_path)[: args.limit]
+    fit_splits = [load_split(path, warn=False) for path in fit_paths]
+    test_split = load_split(test_path, warn=False)
+    fit_records = [record for rows in fit_splits for record in rows[: args.limit]]
+    test_records = test_split[: args.limit]
 
     settings = ModelSettings(k=args.k, max_iter=args.max_iter, pmf_max_iter=args.pmf_max_iter, seed=args.seed)
     results = run_baselines(fit_records, test_records, tuple(args.methods), settings, progress=True)
@@ -82,6 +75,12 @@ def main() -> None:
             seconds=timer.seconds,
         )
 
+    for rows in fit_splits:
+        if rows.duplicates.count:
+            print(f"warning: {rows.duplicates.describe(rows.path)}; the models fit the first rating of each "
+                  "repeated (user, item)", file=sys.stderr)
+    if test_split.duplicates.count:
+        print(f"warning: {test_split.duplicates.describe(test_path)}; every test row is scored", file=sys.stderr)
     unknown = results["unknown"]
     print(f"read {results['n_fit_rows']} {args.fit_on} rows ({results['n_fit_users']} users, "
           f"{results['n_fit_items']} items) and {results['n_eval_rows']} test rows from {category_dir}")

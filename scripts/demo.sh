@@ -60,7 +60,7 @@ mkdir -p "$RUN"
 echo "SIREN demo: data $DATA_ROOT/$CATEGORY, model $MODEL, $LIMIT rows per split, outputs in $RUN/"
 
 step "slice: the first $NUM_USERS users of $DATA_ROOT/$CATEGORY"
-"$PY" scripts/slice_data.py --category "$CATEGORY" --data_root "$DATA_ROOT" --num_users "$NUM_USERS" --out_root "$SLICE"
+"$PY" scripts/slice_data.py --category "$CATEGORY" --data_root "$DATA_ROOT" --num_users "$NUM_USERS" --output_root "$SLICE"
 
 step "stage 1: interest sketch (MiniLM embeddings, K=20 topics)"
 "$PY" generate_interest_sketch.py --data_category "$CATEGORY" --data_root "$SLICE" \
@@ -69,12 +69,12 @@ step "stage 1: interest sketch (MiniLM embeddings, K=20 topics)"
 step "stage 2: verl parquet files + prompt-token report"
 "$PY" preprocess_grpo.py --category "$CATEGORY" --data_root "$SLICE" --max_history 10 \
     --use_long_history True --sketch_path "$RUN/sketch/user_feature.jsonl" --tokenizer "$MODEL" \
-    --limit "$LIMIT" --out_dir "$VERL"
+    --limit "$LIMIT" --output_dir "$VERL"
 cp "$VERL/prompt_stats.json" "$VERL/prompt_tokens_test.npz" "$RUN/"
 
 step "format warm start (stands in for a pretrained model that writes <think>/<answer>)"
 "$PY" scripts/warm_start_format.py --model "$MODEL" --data_path "$VERL" --max_length 1024 \
-    --out_dir "$RUN/ckpt/warm_start"
+    --output_dir "$RUN/ckpt/warm_start"
 
 step "stage 3: GRPO, TRL backend, 2 steps"
 BACKEND=trl PYTHON="$PY" MODEL_PATH="$RUN/ckpt/warm_start" CATEGORY="$CATEGORY" DATA_DIR="$VERL" \
@@ -109,7 +109,7 @@ step "stage 6 (after alignment): answer-only decoding of the aligned model"
     --split test --out_dir "$RUN/ao_after"
 
 step "baselines (cornac), fitted on the slice's train split, scored on the same test rows"
-"$PY" scripts/baselines.py --category "$CATEGORY" --data_root "$SLICE" --out_dir "$RUN/baselines"
+"$PY" scripts/baselines.py --category "$CATEGORY" --data_root "$SLICE" --output_dir "$RUN/baselines"
 
 step "latency: AO vs CoT on the same prompts (CoT forced to $BENCH_COT_TOKENS tokens)"
 "$PY" scripts/bench_latency.py --model "$GRPO" --data_path "$VERL" --num_samples "$BENCH_SAMPLES" --warmup 1 \

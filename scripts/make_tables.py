@@ -1,96 +1,76 @@
-"""Collect a run's metrics and write the paper-style tables (accuracy, token efficiency, latency) + figure.
+r"""Collect a run's metrics and write the paper-style tables (accuracy, token efficiency, latency) + figure.
 
     python scripts/make_tables.py --run_dir results/demo
 
 Reads <run_dir>/baselines/metrics.json, prompt_stats.json, prompt_tokens_test.npz,
 cot_test/metrics.json, ao_before/metrics.json, ao_after/metrics.json and
 bench_latency/latency.json (each path is a flag; see siren/tables.py for the layout). A missing input
-gives rows that say "not run". Writes tables.md, accuracy.csv, token_efficiency.csv, latency.csv,
-tables.png and manifest.json into --out_dir (default: the run directory). Takes a few seconds.
+gives rows that say "not run"; a file that is not that input's kind (e.g. any JSON as --ao_before) is
+refused with one line. Writes tables.md, accuracy.csv, token_efficiency.csv, latency.csv, tables.png
+and manifest.json into --output_dir (default: the run directory), all of them or none. Takes a few
+seconds.
 """
 
 import argparse
 import sys
 
+from siren import cli
 from siren.cli import run_main
 
-INPUT_FLAGS = {
-    "baselines": "baselines/metrics.json",
-    "prompt_stats": "prompt_stats.json",
-    "prompt_tokens": "prompt_tokens_test.npz",
-    "cot_test": "cot_test/metrics.json",
-    "ao_before": "ao_before/metrics.json",
-    "ao_after": "ao_after/metrics.json",
-    "bench_latency": "bench_latency/latency.json",
-}
 OUTPUT_NAMES = ("tables.md", "accuracy.csv", "token_efficiency.csv", "latency.csv", "tables.png")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run_dir", default="results/demo", help="the run directory (default: %(default)s)")
-    parser.add_argument("--out_dir", default=None, help="where the tables go (default: --run_dir)")
-    for name, relative in INPUT_FLAGS.items():
-        parser.add_argument(f"--{name}", default=None, help=f"input file (default: <run_dir>/{relative})")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from siren.tables import INPUTS
+
+    parser = cli.stage_parser(__doc__)
+    parser.add_argument("--run_dir", default="results/demo", help="the run directory the inputs are read from")
+    cli.add_output_dir(parser, "where the tables go; unset: --run_dir")
+    for spec in INPUTS:
+        parser.add_argument(f"--{spec.key}", default=None,
+                            help=f"{spec.what}; unset: <run_dir>/{spec.relative_path}")
     parser.add_argument("--token_split", default="test", choices=("train", "val", "test"),
-                        help="prompt_stats.json split of the token-efficiency table (default: %(default)s)")
+                        help="prompt_stats.json split of the token-efficiency table")
     parser.add_argument("--no_figure", action="store_true", help="skip tables.png")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing tables")
-    return parser.parse_args()
+    cli.add_overwrite(parser, help="replace existing tables (other files in the folder stay)")
+    return parser.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
 
     from pathlib import Path
 
     from siren import SirenError
-    from siren.io import RunTimer, atomic_write_text, check_outputs_free, write_manifest
-    from siren.tables import (
-        ACCURACY_COLUMNS,
-        LATENCY_COLUMNS,
-        TOKEN_COLUMNS,
-        RunInputs,
-        build_tables,
-        draw_figure,
-        load_token_counts,
-        render_markdown,
-        write_csv,
-    )
+    from siren.io import MANIFEST_NAME, RunTimer, atomic_outputs, check_outputs_free, write_manifest
+    from siren.tables import INPUTS, RunInputs, build_tables, load_token_counts, write_tables
 
     timer = RunTimer()
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise SirenError(f"run directory {run_dir} does not exist")
     inputs = RunInputs.default(run_dir)
-    for name in INPUT_FLAGS:
-        if getattr(args, name):
-            setattr(inputs, name, Path(getattr(args, name)))
-    out_dir = Path(args.out_dir) if args.out_dir else run_dir
-    names = [n for n in OUTPUT_NAMES if not (args.no_figure and n.endswith(".png"))]
-    outputs = [out_dir / n for n in names]
-    check_outputs_free(outputs, args.overwrite)
+    for spec in INPUTS:
+        if getattr(args, spec.key):
+            setattr(inputs, spec.key, Path(getattr(args, spec.key)))
+    out_dir = Path(args.output_dir) if args.output_dir else run_dir
+    names = [n for n in OUTPUT_NAMES if not (args.no_figure and n.endswith(".png"))] + [MANIFEST_NAME]
+    check_outputs_free([out_dir / n for n in names], args.overwrite)
 
-    tables = build_tables(inputs, args.token_split)
-    figure_name = None if args.no_figure else "tables.png"
-    if figure_name:
-        draw_figure(out_dir / figure_name, tables, load_token_counts(inputs.prompt_tokens))
-    write_csv(out_dir / "accuracy.csv", tables.accuracy, ACCURACY_COLUMNS)
-    write_csv(out_dir / "token_efficiency.csv", tables.tokens, TOKEN_COLUMNS)
-    write_csv(out_dir / "latency.csv", tables.latency, LATENCY_COLUMNS)
-    markdown = render_markdown(tables, run_dir, figure_name)
-    # tables.md last: its presence means the whole set is finished.
-    atomic_write_text(out_dir / "tables.md", markdown)
-
+    tables = build_tables(inputs, args.token_split)  # reads and checks every input first
+    token_counts = None if args.no_figure else load_token_counts(inputs.prompt_tokens)
     found = {name: path for name, path in inputs.as_dict().items() if path.is_file()}
-    missing = sorted(set(INPUT_FLAGS) - set(found))
-    write_manifest(out_dir, script="make_tables.py", args=args, inputs=list(found.values()), outputs=outputs,
-                   counts={"inputs_found": len(found), "inputs_missing": missing}, seconds=timer.seconds)
+    missing = [spec.key for spec in INPUTS if spec.key not in found]
+    with atomic_outputs(out_dir, names, overwrite=args.overwrite) as staged:
+        markdown = write_tables(staged.dir, tables, run_dir, token_counts, figure=not args.no_figure)
+        write_manifest(staged.dir, script="make_tables.py", args=args, inputs=list(found.values()),
+                       outputs=[out_dir / n for n in names[:-1]],
+                       counts={"inputs_found": len(found), "inputs_missing": missing}, seconds=timer.seconds)
 
     print(markdown)
-    print(f"read {len(found)} of {len(INPUT_FLAGS)} inputs from {run_dir}"
+    print(f"read {len(found)} of {len(INPUTS)} inputs from {run_dir}"
           + (f" (not run: {', '.join(missing)})" if missing else ""))
-    print(f"wrote {', '.join(str(p) for p in outputs)}")
+    print(f"wrote {', '.join(names)} to {out_dir}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""Cut a category's data down to its first N users (history order), for demos and quick experiments.
+r"""Cut a category's data down to its first N users (history order), for demos and quick experiments.
 
-    python scripts/slice_data.py --category Movies --num_users 200 --out_root results/demo/data
+    python scripts/slice_data.py --category Movies --num_users 200 --output_root results/demo/data
 
-Writes <out_root>/<category>/{history,train,valid,test}.jsonl.gz holding only those users' rows,
-byte for byte as in the source, so every stage runs on the slice exactly as on the full data.
-Every source row is checked as the stages check it (siren.data); the four files appear together
-or not at all (a missing, corrupt or truncated source file leaves nothing behind).
+Writes <output_root>/<category>/{history,train,valid,test}.jsonl.gz holding only those users' rows,
+byte for byte as in the source, so every stage runs on the slice exactly as on the full data (pass
+the same folder as their --data_root). Every source row is checked as the stages check it
+(siren.data); the four files appear together or not at all (a missing, corrupt or truncated source
+file leaves nothing behind).
 """
 
 import argparse
@@ -13,29 +14,33 @@ import gzip
 import sys
 from pathlib import Path
 
-from siren.cli import run_main
+from siren import cli
+from siren.cli import positive_int, run_main
 
 FILES = ("history", "train", "valid", "test")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--category", default="Movies", help="category folder name (default: %(default)s)")
-    parser.add_argument("--data_root", default=None, help="folder holding <category>/ (default: searched as by every stage)")
-    parser.add_argument("--num_users", type=int, default=200, help="users kept, first in history.jsonl.gz (default: %(default)s)")
-    parser.add_argument("--out_root", required=True, help="writes <out_root>/<category>/")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing slice")
-    args = parser.parse_args()
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = cli.stage_parser(__doc__)
+    cli.add_category(parser)
+    cli.add_data_root(parser)
+    parser.add_argument("--num_users", type=positive_int, default=200, help="users kept, first in history.jsonl.gz")
+    # A data root like --data_root (it holds <category>/), not a stage's output folder: hence _root, not _dir.
+    parser.add_argument("--output_root", "--out_root", dest="output_root", required=True,
+                        help="the new data root: writes <output_root>/<category>/")
+    cli.add_overwrite(parser, help="replace the four files of an existing slice (other files stay)")
+    return parser.parse_args(argv)
 
-    from siren import SirenError
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+
     from siren.data import check_history_record, check_split_record, require_file, resolve_category_dir
     from siren.io import atomic_outputs, iter_jsonl, iter_text_lines, parse_jsonl_line
 
-    if args.num_users < 1:
-        raise SirenError("--num_users must be at least 1")
     source = resolve_category_dir(args.category, args.data_root)
     sources = {name: require_file(source / f"{name}.jsonl.gz", f"{name} file") for name in FILES}
-    target = Path(args.out_root) / args.category
+    target = Path(args.output_root) / args.category
     outputs = [f"{name}.jsonl.gz" for name in FILES]
 
     counts = {}

@@ -1,4 +1,4 @@
-"""Format warm start for the CPU demo: teach a tiny random model to write SIREN's response format.
+r"""Format warm start for the CPU demo: teach a tiny random model to write SIREN's response format.
 
 A real run starts GRPO from Qwen3-4B, which already writes `<think>...</think><answer>r</answer>`.
 The demo's tiny random Qwen3 never does, so stage 4a would find no correct rows and stages 4b/5
@@ -21,12 +21,13 @@ under greedy decoding, in under a minute on 2 CPU cores.
 After training it greedy-decodes the same rows (--max_new_tokens, default 32) and reports
 the fraction of well-formed (`siren.answer.parse_response(...).format_ok`) and valid responses.
 
-    .venv/bin/python scripts/warm_start_format.py --model ckpt/tiny-qwen3 \\
-        --data_path data/Movies/verl/max@10-long@False --out_dir ckpt/tiny-qwen3-format
+    python scripts/warm_start_format.py --model ckpt/tiny-qwen3 \
+        --data_path data/Movies/verl/max@10-long@False --output_dir ckpt/tiny-qwen3-format
 
-Writes <out_dir>/ (model + tokenizer via save_pretrained, generations.jsonl, train_log.jsonl,
-manifest.json with the format-check counts),
-atomically: everything goes to a temporary sibling that is renamed into place at the end.
+Writes <output_dir>/ (model + tokenizer via save_pretrained, generations.jsonl, train_log.jsonl,
+manifest.json with the format-check counts), atomically: everything goes to a temporary sibling
+that is renamed into place at the end. Training flags carry the Hugging Face names
+(--max_steps, --learning_rate, --per_device_train_batch_size, --max_length, --seed).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ import math
 import sys
 from pathlib import Path
 
-from siren import SirenError
-from siren.cli import run_main
+from siren import SirenError, cli
+from siren.cli import positive_int, run_main
 
 DEFAULT_RATING = 5.0  # m when the user message holds no rated history line
 
@@ -98,29 +99,27 @@ def _fmt(value: float | None) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("--model", default="ckpt/tiny-qwen3", help="model + tokenizer directory to fine-tune (default: %(default)s)")
-    add("--data_path", required=True, help="verl parquet directory written by preprocess_grpo.py")
-    add("--split", default="train", help="parquet split to train and measure on: train, val or test (default: %(default)s)")
-    add("--limit", type=int, default=64, help="use the first N rows of the split (default: %(default)s)")
-    add("--out_dir", required=True, help="output directory for the fine-tuned model (created atomically)")
-    add("--max_steps", type=int, default=60, help="optimizer steps (default: %(default)s)")
-    add("--learning_rate", type=float, default=1e-2, help="AdamW peak learning rate (default: %(default)s)")
-    add("--batch_size", type=int, default=8, help="rows per optimizer step (default: %(default)s)")
-    add("--max_length", type=int, default=512,
-        help="rows whose prompt + completion exceed this many tokens are left out of training "
-             "(still measured) (default: %(default)s)")
-    add("--max_new_tokens", type=int, default=32, help="greedy decoding length for the format check (default: %(default)s)")
-    add("--seed", type=int, default=0, help="training seed (default: %(default)s)")
-    add("--overwrite", action="store_true", help="replace an existing --out_dir")
+    parser = cli.stage_parser(__doc__)
+    cli.add_model(parser, "model + tokenizer folder to fine-tune", required=False, default="ckpt/tiny-qwen3")
+    cli.add_data_path(parser, "verl parquet folder written by preprocess_grpo.py")
+    cli.add_split(parser, default="train", help="parquet split to train and measure on: train, valid (or val) or test")
+    cli.add_limit(parser, help="use the first N rows of the split")
+    parser.set_defaults(limit=64)
+    cli.add_output_dir(parser, "folder of the fine-tuned model (created atomically)", required=True)
+    parser.add_argument("--max_steps", type=positive_int, default=60, help="optimizer steps")
+    parser.add_argument("--learning_rate", type=float, default=1e-2, help="AdamW peak learning rate")
+    parser.add_argument("--per_device_train_batch_size", "--batch_size", dest="per_device_train_batch_size",
+                        type=positive_int, default=8, help="rows per optimizer step")
+    parser.add_argument("--max_length", type=positive_int, default=512,
+                        help="rows whose prompt + completion exceed this many tokens are left out of training "
+                             "(still measured)")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=32, help="greedy decoding length for the format check")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    cli.add_overwrite(parser, help="replace an existing --output_dir")
     return parser.parse_args(argv)
 
 
 def validate(args: argparse.Namespace) -> None:
-    for name in ("limit", "max_steps", "batch_size", "max_length", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise SirenError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not args.learning_rate > 0:
         raise SirenError(f"--learning_rate must be positive, got {args.learning_rate}")
     if not Path(args.data_path).is_dir():
@@ -129,42 +128,32 @@ def validate(args: argparse.Namespace) -> None:
         raise SirenError(f"--model {args.model} holds no model (no config.json)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    validate(args)
-
-    from siren.io import RunTimer, atomic_path, atomic_write_jsonl, check_outputs_free, write_manifest
-    from siren.verl_data import load_split_rows, parquet_path
-
-    timer = RunTimer()
-    out_dir = Path(args.out_dir)
-    check_outputs_free([out_dir], args.overwrite)
-    rows = load_split_rows(args.data_path, args.split, args.limit)
-
-    import tempfile
-
-    import torch
+def training_pairs(rows: list[dict], tokenizer, max_length: int):
+    """(Dataset of the rows that fit max_length, every row's prompt text, every row's completion, rows left out)."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
 
-    from siren.answer import parse_response
-    from siren.generation import HFGenerator, SamplingSettings
     from siren.prompts import chat_prompt_text
-    from siren.tokenization import load_tokenizer
 
-    tokenizer = load_tokenizer(args.model)
     if tokenizer.eos_token is None:
-        raise SirenError(f"the tokenizer in {args.model} has no eos token")
+        raise SirenError(f"the tokenizer in {tokenizer.name_or_path} has no eos token")
     prompts = [chat_prompt_text(tokenizer, row["prompt"]) for row in rows]
     completions = [warm_start_completion(row["prompt"]) + tokenizer.eos_token for row in rows]
     lengths = [len(ids) for ids in tokenizer([p + c for p, c in zip(prompts, completions)], add_special_tokens=False)["input_ids"]]
-    fits = [n <= args.max_length for n in lengths]
-    too_long = fits.count(False)
+    fits = [n <= max_length for n in lengths]
     if not any(fits):
-        raise SirenError(f"every row is longer than --max_length {args.max_length} tokens (shortest: {min(lengths)})")
+        raise SirenError(f"every row is longer than --max_length {max_length} tokens (shortest: {min(lengths)})")
     dataset = Dataset.from_dict({"prompt": [p for p, ok in zip(prompts, fits) if ok],
                                  "completion": [c for c, ok in zip(completions, fits) if ok]})
+    return dataset, prompts, completions, fits.count(False)
+
+
+def train_format(args: argparse.Namespace, dataset, tokenizer):
+    """A short full fine-tune (SFT, completion-only loss, CPU); returns the trainer."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
 
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -178,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             learning_rate=args.learning_rate,
             lr_scheduler_type="cosine",
             warmup_steps=min(5, args.max_steps // 10),
-            per_device_train_batch_size=args.batch_size,
+            per_device_train_batch_size=args.per_device_train_batch_size,
             gradient_accumulation_steps=1,
             max_length=args.max_length,
             completion_only_loss=True,
@@ -192,13 +181,18 @@ def main(argv: list[str] | None = None) -> None:
         trainer = completion_loss_trainer(SFTTrainer)(
             model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
         trainer.train()
-    model = trainer.model.eval()
-    log_history = list(trainer.state.log_history)
-    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    trainer.model.eval()
+    return trainer
 
-    # The format check: greedy decoding of the same prompts, parsed as stage 4a parses responses.
+
+def format_check(model, tokenizer, rows: list[dict], prompts: list[str], completions: list[str],
+                 max_new_tokens: int) -> tuple[list[dict], dict]:
+    """Greedy decoding of the prompts, parsed as stage 4a parses responses: (generations, counts)."""
+    from siren.answer import parse_response
+    from siren.generation import HFGenerator, SamplingSettings
+
     tokenizer.padding_side = "left"
-    generator = HFGenerator(model, tokenizer, SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=0.0))
+    generator = HFGenerator(model, tokenizer, SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0))
     generations = []
     for start in range(0, len(prompts), 16):
         for offset, (text, n_tokens) in enumerate(generator.generate(prompts[start:start + 16])):
@@ -213,17 +207,38 @@ def main(argv: list[str] | None = None) -> None:
     n_format = sum(g["format_ok"] for g in generations)
     n_valid = sum(g["valid"] for g in generations)
     n_both = sum(g["format_ok"] and g["valid"] for g in generations)
-    n_correct = sum(g["format_ok"] and g["prediction"] == g["label"] for g in generations)
     counts = {
-        "rows": n, "train_rows": len(dataset), "rows_too_long": too_long, "steps": int(trainer.state.global_step),
-        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-        "format_ok": n_format, "valid": n_valid, "format_ok_and_valid": n_both, "correct": n_correct,
+        "rows": n, "format_ok": n_format, "valid": n_valid, "format_ok_and_valid": n_both,
+        "correct": sum(g["format_ok"] and g["prediction"] == g["label"] for g in generations),
         "format_ok_fraction": round(n_format / n, 4), "valid_fraction": round(n_valid / n, 4),
         "format_ok_and_valid_fraction": round(n_both / n, 4),
     }
+    return generations, counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    validate(args)
+
+    from siren.io import RunTimer, atomic_path, atomic_write_jsonl, check_outputs_free, write_manifest
+    from siren.tokenization import load_tokenizer
+    from siren.verl_data import load_split_rows, parquet_path
+
+    timer = RunTimer()
+    out_dir = Path(args.output_dir)
+    check_outputs_free([out_dir], args.overwrite)
+    rows = load_split_rows(args.data_path, args.split, args.limit)
+    tokenizer = load_tokenizer(args.model)
+    dataset, prompts, completions, too_long = training_pairs(rows, tokenizer, args.max_length)
+    trainer = train_format(args, dataset, tokenizer)
+    generations, check = format_check(trainer.model, tokenizer, rows, prompts, completions, args.max_new_tokens)
+    log_history = list(trainer.state.log_history)
+    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    counts = {"train_rows": len(dataset), "rows_too_long": too_long, "steps": int(trainer.state.global_step),
+              "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None, **check}
 
     with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_jsonl(tmp / "generations.jsonl", generations)
         atomic_write_jsonl(tmp / "train_log.jsonl", log_history)
@@ -231,11 +246,13 @@ def main(argv: list[str] | None = None) -> None:
                        inputs=[args.model, parquet_path(args.data_path, args.split)], outputs=[out_dir],
                        counts=counts, seconds=timer.seconds)
 
-    print(f"read {n} {args.split} rows from {args.data_path}; trained {counts['steps']} steps "
-          f"on {len(dataset)} of them "
-          f"(loss {_fmt(counts['first_loss'])} -> {_fmt(counts['final_loss'])}; {too_long} rows over {args.max_length} tokens left out)")
-    print(f"greedy format check: format_ok {n_format}/{n} ({n_format / n:.0%}), valid {n_valid}/{n} "
-          f"({n_valid / n:.0%}), both {n_both}/{n}, exactly correct {n_correct}/{n}")
+    n = counts["rows"]
+    print(f"read {n} {args.split} rows from {args.data_path}; trained {counts['steps']} steps on {len(dataset)} of "
+          f"them (loss {_fmt(counts['first_loss'])} -> {_fmt(counts['final_loss'])}; {too_long} rows over "
+          f"{args.max_length} tokens left out)")
+    print(f"greedy format check: format_ok {counts['format_ok']}/{n} ({counts['format_ok_fraction']:.0%}), valid "
+          f"{counts['valid']}/{n} ({counts['valid_fraction']:.0%}), both {counts['format_ok_and_valid']}/{n}, "
+          f"exactly correct {counts['correct']}/{n}")
     print(f"wrote {out_dir} (model, tokenizer, generations.jsonl, train_log.jsonl, manifest.json) in {timer.seconds:.1f}s")
 
 

@@ -37,7 +37,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False, [], ()) or action.default is argparse.SUPPRESS:
+        # Identity for None and False: `0 in (None, False)` is true, and a default of 0 says something.
+        if action.default is None or action.default is False or action.default in ([], ()) \
+                or action.default is argparse.SUPPRESS:
             return action.help or ""
         return super()._get_help_string(action)
 

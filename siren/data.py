@@ -297,7 +297,7 @@ def history_lines(history: str) -> list[str]:
 
 
 # Split names on the command line and in every file but the verl parquet ("val.parquet", verl's
-# convention; `siren.verl_data.PARQUET_STEMS` maps to it).
+# convention; `siren.verl_data.PARQUET_SPLITS` maps to it).
 SPLIT_ALIASES = {"val": "valid", "validation": "valid"}
 
 

@@ -1,26 +1,40 @@
 r"""Stage 3 on one node: GRPO with TRL's GRPOTrainer on the stage-2 parquet files (CPU or one GPU).
 
-    python -m siren.grpo_trl --model_path ckpt/tiny-qwen3 --data_dir data/Movies/verl/max@10-long@True \
-        --data_name Movies --max_steps 2 --num_generations 2 --prompts_per_step 2 --prompts_per_micro_batch 1 \
-        --max_completion_length 16 --test_freq 0 --save_freq 0
+    python -m siren.grpo_trl --model ckpt/tiny-qwen3 --data_path data/Movies/verl/max@10-long@True \
+        --output_dir ckpt --max_steps 2 --num_generations 2 --per_device_train_batch_size 2 \
+        --gradient_accumulation_steps 1 --max_completion_length 16 --eval_strategy no --save_strategy no
 
-main_grpo_amazon.sh runs this with BACKEND=trl, mapping its settings onto these flags. It reads the
-same train/val parquet files and scores with the same reward (siren.reward) as the verl launcher,
-and writes the trained model (LoRA merged in) with its tokenizer to
-{ckpt_dir}/GRPO_{data_name}_step{S}, with train_log.jsonl (TRL's logs, `reward` among them) and
-manifest.json. The policy keeps float32 weights; on a GPU the passes run under bf16 autocast
-(full fine-tuning at lr 1e-6 on bf16 weights would round most updates away).
+Settings are parsed the way open-r1 parses them, `TrlParser((GRPOScriptArguments, GRPOConfig))`:
+every GRPOConfig / TrainingArguments field is a flag under its own name (--learning_rate,
+--num_train_epochs, --max_steps, --save_steps, --eval_steps, --beta, --num_generations,
+--max_completion_length, --temperature, --report_to, --run_name, --seed, --gradient_checkpointing,
+...), and `--config recipe.yaml` sets any of them from a YAML file (flags given as well win).
+The SIREN settings are GRPOScriptArguments below (--model, --data_path, --data_name, --limit,
+--eval_limit, --lora_r, --checkpoint_dir, --overwrite, ...). TRL's batch sizes count completions:
+the defaults (--per_device_train_batch_size 32, --gradient_accumulation_steps 8, --num_generations 8)
+are 4 prompts per micro batch and 32 prompts per optimizer step, as verl runs BATCH_SIZE=32
+MICRO_BATCH_SIZE=4 ROLLOUT_N=8. main_grpo_amazon.sh runs this with BACKEND=trl and maps its
+settings onto these flags.
+
+Reads the same train/val parquet files and scores with the same reward (siren.reward) as the verl
+launcher. Writes the trained model (LoRA merged in) with its tokenizer to
+{output_dir}/GRPO_{data_name}_step{S}, with train_log.jsonl (TRL's logs, `reward` among them) and
+manifest.json; TRL's own checkpoints go to --checkpoint_dir. The policy keeps float32 weights; on
+a GPU the passes run under bf16 autocast (full fine-tuning at lr 1e-6 on bf16 weights would round
+most updates away).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import functools
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from siren import SirenError
-from siren.cli import run_main, str2bool
+from siren.cli import run_main
 
 
 def output_name(data_name: str, step: int) -> str:
@@ -28,76 +42,129 @@ def output_name(data_name: str, step: int) -> str:
     return f"GRPO_{data_name}_step{step}"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("--model_path", required=True, help="local base model folder (model + tokenizer with a chat template)")
-    add("--data_dir", required=True, help="folder with train.parquet and val.parquet from preprocess_grpo.py")
-    add("--data_name", default="Movies", help="names the output folder GRPO_{data_name}_step{S} (default: %(default)s)")
-    add("--ckpt_dir", default="ckpt", help="where the trained model folder goes (default: %(default)s)")
-    add("--output_dir", default="ckpt/trl/siren_grpo",
-        help="TRL's working folder: intermediate checkpoints (default: %(default)s)")
-    add("--epochs", type=float, default=2, help="passes over train.parquet (default: %(default)s)")
-    add("--max_steps", type=int, default=0, help="stop after this many optimizer steps; 0 = run --epochs (default: %(default)s)")
-    add("--num_generations", type=int, default=8, help="responses per prompt, verl's rollout.n (default: %(default)s)")
-    add("--prompts_per_step", type=int, default=32, help="prompts per optimizer step (default: %(default)s)")
-    add("--prompts_per_micro_batch", type=int, default=4,
-        help="prompts per forward/backward pass; gradients accumulate up to --prompts_per_step (default: %(default)s)")
-    add("--lr", type=float, default=1e-6, help="learning rate (default: %(default)s)")
-    add("--beta", type=float, default=0.001, help="KL coefficient against the reference model (default: %(default)s)")
-    add("--max_prompt_length", type=int, default=2048,
-        help="train/val rows whose chat prompt is longer are dropped and counted (default: %(default)s)")
-    add("--max_completion_length", type=int, default=512, help="generated tokens per response (default: %(default)s)")
-    add("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
-    add("--save_freq", type=int, default=20, help="steps between checkpoints in --output_dir; 0 = none (default: %(default)s)")
-    add("--test_freq", type=int, default=20, help="steps between reward evaluations on val.parquet; 0 = none (default: %(default)s)")
-    add("--val_limit", type=int, default=256, help="val rows used for evaluation (default: %(default)s)")
-    add("--train_limit", type=int, default=None, help="use only the first N train rows (default: all)")
-    add("--lora_rank", type=int, default=0, help="LoRA rank; 0 = full fine-tuning (default: %(default)s)")
-    add("--lora_alpha", type=int, default=32, help="LoRA alpha (default: %(default)s)")
-    add("--gradient_checkpointing", type=str2bool, default=True,
-        help="trade compute for memory: true/false (default: %(default)s)")
-    add("--logging_steps", type=int, default=1, help="steps between log lines (default: %(default)s)")
-    add("--report_to", default="none", help="none or wandb (default: %(default)s)")
-    add("--run_name", default=None, help="run name for the logger (default: the output folder name)")
-    add("--seed", type=int, default=42, help="random seed (default: %(default)s)")
-    add("--overwrite", action="store_true", help="replace an existing output folder")
-    return parser.parse_args(argv)
+@dataclass
+class GRPOScriptArguments:
+    """The SIREN settings of the TRL backend; the training settings are GRPOConfig's own fields."""
+
+    model: str = field(metadata={"help": "local base model folder (model + tokenizer with a chat template)",
+                                 "aliases": ["--model_path"]})
+    data_path: str = field(metadata={"help": "folder with train.parquet and val.parquet from preprocess_grpo.py",
+                                     "aliases": ["--data_dir"]})
+    data_name: str = field(default="Movies", metadata={"help": "names the output folder GRPO_{data_name}_step{S}"})
+    checkpoint_dir: str | None = field(
+        default=None,
+        metadata={"help": "TRL's intermediate checkpoints (--save_steps); unset: <output_dir>/trl/GRPO_{data_name}"})
+    max_prompt_length: int = field(
+        default=2048, metadata={"help": "train/val rows whose chat prompt is longer are dropped and counted"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N train rows (unset: all)",
+                                                      "aliases": ["--train_limit"]})
+    eval_limit: int | None = field(default=256, metadata={"help": "val rows used for evaluation",
+                                                          "aliases": ["--val_limit"]})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (all linear layers); 0 = full fine-tuning",
+                                             "aliases": ["--lora_rank"]})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing GRPO_{data_name}_step{S} folder"})
 
 
-def validate(args: argparse.Namespace) -> None:
+@functools.cache
+def grpo_config_class():
+    """TRL's GRPOConfig with `--output_dir` meaning this stage's output folder (alias `--out_dir`).
+
+    Built on first use, so importing this module does not import TRL.
+    """
+    from trl import GRPOConfig
+
+    @dataclass
+    class SirenGRPOConfig(GRPOConfig):
+        output_dir: str = field(
+            default="ckpt",
+            metadata={"help": "where the trained model folder GRPO_{data_name}_step{S} goes; TRL's own "
+                              "checkpoints go to --checkpoint_dir", "aliases": ["--out_dir"]})
+
+    return SirenGRPOConfig
+
+
+def stage_defaults() -> dict:
+    """This stage's defaults for GRPOConfig fields: the verl launcher's settings, and the device's precision."""
+    import torch
+
+    use_cuda = torch.cuda.is_available()
+    return {
+        "learning_rate": 1e-6,
+        "beta": 0.001,                          # verl's kl_loss_coef (TRL's default is 0: no KL term)
+        "num_train_epochs": 2,
+        "num_generations": 8,
+        "per_device_train_batch_size": 32,      # completions: 4 prompts x 8 generations
+        "gradient_accumulation_steps": 8,       # 8 micro batches: 32 prompts per optimizer step
+        "per_device_eval_batch_size": 32,
+        "eval_strategy": "steps",
+        "eval_steps": 20,
+        "save_steps": 20,
+        "logging_steps": 1,
+        "report_to": "none",
+        "use_cpu": not use_cuda,
+        "bf16": use_cuda and torch.cuda.is_bf16_supported(),  # autocast only: the weights stay float32
+        "dataloader_num_workers": 0,
+    }
+
+
+def build_parser():
+    from trl import TrlParser
+
+    from siren.cli import hf_parser
+
+    return hf_parser((GRPOScriptArguments, grpo_config_class()), __doc__, parser_class=TrlParser, **stage_defaults())
+
+
+def parse_args(argv: list[str] | None = None):
+    """(GRPOScriptArguments, GRPOConfig) from the command line and an optional `--config recipe.yaml`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--config" in argv:
+        position = argv.index("--config")
+        recipe = Path(argv[position + 1]) if position + 1 < len(argv) else None
+        if recipe is None or not recipe.is_file():
+            raise SirenError(f"--config needs a YAML recipe file, got {recipe or 'nothing'}")
+    try:
+        script_args, config = build_parser().parse_args_and_config(argv)
+    except ValueError as err:  # GRPOConfig's own checks (batch divisibility, precision, ...) and recipe errors
+        raise SirenError(" ".join(str(err).split())) from None
+    if script_args.checkpoint_dir is None:
+        script_args.checkpoint_dir = str(Path(config.output_dir) / "trl" / f"GRPO_{script_args.data_name}")
+    if config.run_name is None:
+        config.run_name = f"GRPO_{script_args.data_name}"
+    return script_args, config
+
+
+def validate(script_args: GRPOScriptArguments, config) -> None:
     from siren.verl_data import parquet_path
 
-    if not (Path(args.model_path) / "config.json").is_file():
-        raise SirenError(f"--model_path {args.model_path} is not a model folder (no config.json)")
+    if not (Path(script_args.model) / "config.json").is_file():
+        raise SirenError(f"--model {script_args.model} is not a model folder (no config.json)")
     for split in ("train", "val"):
-        path = parquet_path(args.data_dir, split)
+        path = parquet_path(script_args.data_path, split)
         if not path.is_file():
             raise SirenError(f"missing parquet split: {path} (run preprocess_grpo.py first)")
-    if args.num_generations < 2:
-        raise SirenError(f"--num_generations must be >= 2 (GRPO compares responses within a group), got {args.num_generations}")
-    if args.prompts_per_micro_batch < 1 or args.prompts_per_step % args.prompts_per_micro_batch:
-        raise SirenError(f"--prompts_per_step ({args.prompts_per_step}) must be a positive multiple of "
-                         f"--prompts_per_micro_batch ({args.prompts_per_micro_batch})")
-    if args.max_steps < 0 or args.save_freq < 0 or args.test_freq < 0:
-        raise SirenError("--max_steps, --save_freq and --test_freq must be >= 0")
-    if args.max_steps == 0 and args.epochs <= 0:
-        raise SirenError("give --max_steps > 0 or --epochs > 0")
-    if args.report_to not in {"none", "wandb"}:
-        raise SirenError(f"--report_to must be none or wandb, got {args.report_to!r}")
-    if args.max_steps > 0:
-        _check_target_free(args, args.max_steps)
+    for name in ("limit", "eval_limit", "max_prompt_length", "lora_alpha"):
+        value = getattr(script_args, name)
+        if value is not None and value < 1:
+            raise SirenError(f"--{name} must be at least 1, got {value}")
+    if script_args.lora_r < 0:
+        raise SirenError(f"--lora_r must be >= 0 (0 = full fine-tuning), got {script_args.lora_r}")
+    if config.max_steps <= 0 and config.num_train_epochs <= 0:
+        raise SirenError("give --max_steps > 0 or --num_train_epochs > 0")
+    if config.max_steps > 0:
+        _check_target_free(script_args, config, config.max_steps)
 
 
-def _check_target_free(args: argparse.Namespace, step: int) -> Path:
+def _check_target_free(script_args: GRPOScriptArguments, config, step: int) -> Path:
     from siren.io import check_outputs_free
 
-    target = Path(args.ckpt_dir) / output_name(args.data_name, step)
-    check_outputs_free([target], args.overwrite)
+    target = Path(config.output_dir) / output_name(script_args.data_name, step)
+    check_outputs_free([target], script_args.overwrite)
     return target
 
 
-def load_grpo_split(data_dir, split: str, tokenizer, max_prompt_length: int, limit: int | None = None):
+def load_grpo_split(data_path, split: str, tokenizer, max_prompt_length: int, limit: int | None = None):
     """A `datasets.Dataset` of one parquet split for GRPOTrainer, without prompts over the length limit.
 
     Columns: `prompt` (the chat list), `ground_truth` and `data_source` (read by siren.reward.trl_reward),
@@ -105,9 +172,10 @@ def load_grpo_split(data_dir, split: str, tokenizer, max_prompt_length: int, lim
     """
     from datasets import Dataset
 
-    from siren.verl_data import PromptTokenCounter, load_split_rows
+    from siren.prompt_tokens import PromptTokenCounter
+    from siren.verl_data import load_split_rows
 
-    rows = load_split_rows(data_dir, split, limit=limit)
+    rows = load_split_rows(data_path, split, limit=limit)
     prompts = [row["prompt"] for row in rows]
     counter = PromptTokenCounter(tokenizer)
     counter.verify(prompts)
@@ -139,70 +207,33 @@ def load_policy(model_path: str | Path):
     return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    validate(args)
-
-    import torch
+def train(script_args: GRPOScriptArguments, config):
+    """Run GRPOTrainer; returns (trainer, counts of the rows used and dropped)."""
     from peft import LoraConfig
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
-    from siren.io import RunTimer, atomic_path, atomic_write_jsonl, write_manifest
     from siren.reward import trl_reward
     from siren.tokenization import load_tokenizer
-    from siren.verl_data import parquet_path
 
-    timer = RunTimer()
-    use_cuda = torch.cuda.is_available()
-    use_bf16 = use_cuda and torch.cuda.is_bf16_supported()
-    tokenizer = load_tokenizer(args.model_path)
-    train_set, train_dropped = load_grpo_split(args.data_dir, "train", tokenizer, args.max_prompt_length, args.train_limit)
+    tokenizer = load_tokenizer(script_args.model)
+    train_set, train_dropped = load_grpo_split(script_args.data_path, "train", tokenizer,
+                                               script_args.max_prompt_length, script_args.limit)
     if len(train_set) == 0:
-        raise SirenError(f"no train rows left: all are longer than --max_prompt_length {args.max_prompt_length}")
+        raise SirenError(f"no train rows left: all are longer than --max_prompt_length {script_args.max_prompt_length}")
     eval_set, eval_dropped = None, 0
-    if args.test_freq > 0:
-        eval_set, eval_dropped = load_grpo_split(args.data_dir, "val", tokenizer, args.max_prompt_length, args.val_limit)
+    if config.eval_strategy != "no":
+        eval_set, eval_dropped = load_grpo_split(script_args.data_path, "val", tokenizer,
+                                                 script_args.max_prompt_length, script_args.eval_limit)
     if train_dropped or eval_dropped:
-        print(f"dropped {train_dropped} train and {eval_dropped} val rows longer than {args.max_prompt_length} prompt tokens",
-              file=sys.stderr)
+        print(f"dropped {train_dropped} train and {eval_dropped} val rows longer than "
+              f"{script_args.max_prompt_length} prompt tokens", file=sys.stderr)
 
-    model = load_policy(args.model_path)  # float32; bf16=use_bf16 below only autocasts
     peft_config = None
-    if args.lora_rank > 0:
-        peft_config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules="all-linear",
+    if script_args.lora_r > 0:
+        peft_config = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-
-    # TRL's batch sizes count completions: a micro batch holds prompts_per_micro_batch groups of
-    # num_generations responses, and one generation round (= one optimizer step) covers prompts_per_step prompts.
-    completions_per_micro_batch = args.prompts_per_micro_batch * args.num_generations
-    accumulation = args.prompts_per_step // args.prompts_per_micro_batch
-    config = GRPOConfig(
-        output_dir=args.output_dir,
-        run_name=args.run_name or f"GRPO_{args.data_name}",
-        use_cpu=not use_cuda,
-        bf16=use_bf16,
-        seed=args.seed,
-        learning_rate=args.lr,
-        beta=args.beta,
-        num_generations=args.num_generations,
-        max_completion_length=args.max_completion_length,
-        temperature=args.temperature,
-        per_device_train_batch_size=completions_per_micro_batch,
-        gradient_accumulation_steps=accumulation,
-        per_device_eval_batch_size=completions_per_micro_batch,
-        num_train_epochs=args.epochs,
-        max_steps=args.max_steps if args.max_steps > 0 else -1,
-        gradient_checkpointing=args.gradient_checkpointing,
-        logging_steps=args.logging_steps,
-        save_strategy="steps" if args.save_freq > 0 else "no",
-        save_steps=max(args.save_freq, 1),  # unused when save_strategy is "no"
-        eval_strategy="steps" if eval_set is not None else "no",
-        eval_steps=args.test_freq or None,
-        report_to=args.report_to,
-        dataloader_num_workers=0,
-    )
     trainer = GRPOTrainer(
-        model=model,
+        model=load_policy(script_args.model),  # float32; config.bf16 only autocasts
         reward_funcs=trl_reward,
         args=config,
         train_dataset=train_set,
@@ -210,36 +241,63 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    device = "cuda" if use_cuda else "cpu"
-    print(f"GRPO (TRL) on {device}: {len(train_set)} train prompts, {args.num_generations} responses each, "
-          f"{args.prompts_per_step} prompts per step, lora_rank {args.lora_rank}")
+    prompts_per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps // config.num_generations
+    print(f"GRPO (TRL) on {config.device.type}: {len(train_set)} train prompts, {config.num_generations} responses "
+          f"each, {prompts_per_step} prompts per step, lora_r {script_args.lora_r}")
     trainer.train()
+    counts = {"train_rows": len(train_set), "train_rows_dropped_too_long": train_dropped,
+              "val_rows": 0 if eval_set is None else len(eval_set), "val_rows_dropped_too_long": eval_dropped,
+              "prompts_per_step": prompts_per_step}
+    return trainer, counts
+
+
+def save_trained(trainer, script_args: GRPOScriptArguments, config, counts: dict, seconds: float) -> Path:
+    """Write GRPO_{data_name}_step{S} (model with LoRA merged, tokenizer, train_log.jsonl, manifest.json)."""
+    from siren.io import atomic_path, atomic_write_jsonl, write_manifest
+    from siren.verl_data import parquet_path
 
     step = int(trainer.state.global_step)
-    target = _check_target_free(args, step)
+    target = _check_target_free(script_args, config, step)
     trained = trainer.model
-    if peft_config is not None:
+    if script_args.lora_r > 0:
         trained = trained.merge_and_unload()  # a plain model that AutoModelForCausalLM reloads
     log_history = list(trainer.state.log_history)
     rewards = [entry["reward"] for entry in log_history if "reward" in entry]
+    settings = {**config.to_dict(), **dataclasses.asdict(script_args), "output_dir": config.output_dir}
     with atomic_path(target) as tmp:
         trained.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        trainer.processing_class.save_pretrained(tmp)
         atomic_write_jsonl(tmp / "train_log.jsonl", log_history)
         write_manifest(
-            tmp, script="siren.grpo_trl", args=args,
-            inputs=[parquet_path(args.data_dir, "train"), parquet_path(args.data_dir, "val")],
-            outputs=[target], seconds=timer.seconds,
-            counts={"train_rows": len(train_set), "train_rows_dropped_too_long": train_dropped,
-                    "val_rows": 0 if eval_set is None else len(eval_set), "val_rows_dropped_too_long": eval_dropped,
-                    "steps": step, "reward_first": rewards[0] if rewards else None,
+            tmp, script="siren.grpo_trl", args=settings,
+            inputs=[parquet_path(script_args.data_path, "train"), parquet_path(script_args.data_path, "val")],
+            outputs=[target], seconds=seconds,
+            counts={**counts, "steps": step, "reward_first": rewards[0] if rewards else None,
                     "reward_last": rewards[-1] if rewards else None},
-            extra={"backend": "trl", "device": device},
+            extra={"backend": "trl", "device": config.device.type},
         )
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    script_args, config = parse_args(argv)
+    validate(script_args, config)
+
+    from siren.io import RunTimer, check_output_dir
+
+    timer = RunTimer()
+    output_dir = config.output_dir
+    check_output_dir(script_args.checkpoint_dir)
+    config.output_dir = script_args.checkpoint_dir  # GRPOTrainer writes its checkpoints there
+    trainer, counts = train(script_args, config)
+    config.output_dir = output_dir
+
+    target = save_trained(trainer, script_args, config, counts, timer.seconds)
+    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     summary = ", ".join(f"{r:.3f}" for r in rewards[:3]) + (" ... " + f"{rewards[-1]:.3f}" if len(rewards) > 3 else "")
     print(f"mean reward per logged step: {summary or 'none logged'}")
-    print(f"wrote {target} (step {step}, {'LoRA merged' if peft_config else 'full model'}) in {timer.seconds:.1f}s; "
-          f"logs in {target / 'train_log.jsonl'}")
+    print(f"wrote {target} (step {trainer.state.global_step}, {'LoRA merged' if script_args.lora_r else 'full model'}) "
+          f"in {timer.seconds:.1f}s; logs in {target / 'train_log.jsonl'}")
     if any(not math.isfinite(r) for r in rewards):
         print("warning: non-finite rewards were logged", file=sys.stderr)
 

@@ -1,6 +1,6 @@
 """Paper-style tables of one run: accuracy, token efficiency and latency, plus one figure.
 
-A run directory (what `make demo` writes under results/<run>/) holds:
+A run directory (what `make demo` writes under results/<run>/) holds (`INPUTS`):
 
   baselines/metrics.json     scripts/baselines.py: {"methods": {name: {"label", "metrics", "n_fallback"}}}
   prompt_stats.json          stage 2: {"splits": {split: {variant: {"n", "mean", "p50", "p95", "max"}}}}
@@ -12,7 +12,12 @@ A run directory (what `make demo` writes under results/<run>/) holds:
 
 `metrics` dicts come from siren.metrics.rating_metrics; `latency` dicts hold "ms_per_sample",
 "samples_per_s", "generated_tokens_per_sample", "device" and "n". Every input is optional: a
-missing one gives rows that say "not run" instead of numbers.
+missing one gives rows that say "not run" instead of numbers. A file that is there but is not
+that input's kind (no "predictions" in a stage-6 metrics.json, stage 4a's metrics given as
+--ao_before, ...) is refused with one line naming the file and the key (`load_inputs`).
+
+To add a row: an accuracy row is one entry of LLM_ROWS (input, key under "predictions"), a latency
+row one entry of LATENCY_ROWS; a new input is one InputSpec in INPUTS (and a field of RunInputs).
 """
 
 from __future__ import annotations
@@ -55,9 +60,36 @@ LATENCY_COLUMNS = ("decoding", "device", "n", "ms_per_sample", "samples_per_s", 
                    "speedup_vs_cot", "status")
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of the tables: where it lies in a run directory, who writes it, what it must hold."""
+
+    key: str                                   # RunInputs field and make_tables.py flag
+    relative_path: str                         # under the run directory
+    what: str                                  # the file's kind, for messages
+    required: tuple[str, ...] = ()             # top-level keys that must hold JSON objects
+    json: bool = True
+
+
+INPUTS = (
+    InputSpec("baselines", "baselines/metrics.json", "scripts/baselines.py's metrics.json", ("methods",)),
+    InputSpec("prompt_stats", "prompt_stats.json", "stage 2's prompt_stats.json (preprocess_grpo.py --tokenizer)",
+              ("splits",)),
+    InputSpec("prompt_tokens", "prompt_tokens_test.npz", "stage 2's prompt_tokens_test.npz", json=False),
+    InputSpec("cot_test", "cot_test/metrics.json", "stage 4a's metrics.json (inference_train_ddp.py)",
+              ("predictions", "latency")),
+    InputSpec("ao_before", "ao_before/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
+              ("predictions", "latency")),
+    InputSpec("ao_after", "ao_after/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
+              ("predictions", "latency")),
+    InputSpec("bench_latency", "bench_latency/latency.json", "scripts/bench_latency.py's latency.json", ("cot", "ao")),
+)
+INPUT_SPECS = {spec.key: spec for spec in INPUTS}
+
+
 @dataclass
 class RunInputs:
-    """Paths of a run's input files; `default(run_dir)` gives the documented layout."""
+    """Paths of a run's input files (one per INPUTS entry); `default(run_dir)` gives the documented layout."""
 
     baselines: Path
     prompt_stats: Path
@@ -69,16 +101,7 @@ class RunInputs:
 
     @classmethod
     def default(cls, run_dir: str | os.PathLike) -> RunInputs:
-        run = Path(run_dir)
-        return cls(
-            baselines=run / "baselines" / "metrics.json",
-            prompt_stats=run / "prompt_stats.json",
-            prompt_tokens=run / "prompt_tokens_test.npz",
-            cot_test=run / "cot_test" / "metrics.json",
-            ao_before=run / "ao_before" / "metrics.json",
-            ao_after=run / "ao_after" / "metrics.json",
-            bench_latency=run / "bench_latency" / "latency.json",
-        )
+        return cls(**{spec.key: Path(run_dir) / spec.relative_path for spec in INPUTS})
 
     def as_dict(self) -> dict[str, Path]:
         return dict(vars(self))
@@ -106,6 +129,43 @@ def read_json(path: Path) -> dict | None:
     return data
 
 
+def _prediction_keys(key: str) -> set[str]:
+    """The keys under "predictions" that the accuracy table reads from input `key`."""
+    return {prediction for _label, source, prediction in LLM_ROWS if source == key}
+
+
+def check_input(key: str, path: Path, data: dict) -> dict:
+    """Refuse a file that is not input `key`'s kind: one line naming the file and the key."""
+    spec = INPUT_SPECS[key]
+    for name in spec.required:
+        if name not in data:
+            raise SirenError(f"{path} is not {spec.what}: it has no {name!r} key (given as --{key})")
+        if not isinstance(data[name], dict):
+            raise SirenError(f"{path} is not {spec.what}: {name!r} holds {type(data[name]).__name__}, "
+                             f"not an object (given as --{key})")
+    predictions = data.get("predictions")
+    if isinstance(predictions, dict) and predictions:
+        # Keys the table reads from another input (e.g. stage 4a's "cot" in a file given as --ao_before).
+        other_inputs = {p for k in INPUT_SPECS if k != key for p in _prediction_keys(k)} - _prediction_keys(key)
+        foreign = sorted(set(predictions) & other_inputs)
+        if foreign:
+            raise SirenError(f"{path} is not {spec.what}: its predictions hold {', '.join(foreign)}, not "
+                             f"{' or '.join(sorted(_prediction_keys(key)))} (given as --{key})")
+    return data
+
+
+def load_inputs(inputs: RunInputs) -> dict[str, dict | None]:
+    """Every JSON input of the run, checked against its kind; None for a file that is not there."""
+    loaded = {}
+    for spec in INPUTS:
+        if not spec.json:
+            continue
+        path = getattr(inputs, spec.key)
+        data = read_json(path)
+        loaded[spec.key] = None if data is None else check_input(spec.key, path, data)
+    return loaded
+
+
 def _number(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         return None
@@ -125,10 +185,10 @@ def _accuracy_row(label: str, metrics, n_fallback, status: str) -> dict:
     return row
 
 
-def accuracy_rows(inputs: RunInputs) -> tuple[list[dict], list[str]]:
+def accuracy_rows(inputs: RunInputs, loaded: dict[str, dict | None]) -> tuple[list[dict], list[str]]:
     """One row per baseline and per LLM decoding mode; absent results give "not run" rows."""
     rows, notes = [], []
-    baselines = read_json(inputs.baselines)
+    baselines = loaded["baselines"]
     methods = (baselines or {}).get("methods", {})
     for method in METHODS:
         label = METHOD_LABELS[method]
@@ -144,7 +204,6 @@ def accuracy_rows(inputs: RunInputs) -> tuple[list[dict], list[str]]:
             f"Baselines fitted on {baselines.get('fit_on', '?')}; {unknown.get('rows_fallback', '?')} test rows "
             f"had an unseen user or item and were predicted as the global mean (the fallback column)."
         )
-    loaded = {key: read_json(getattr(inputs, key)) for key in ("cot_test", "ao_before", "ao_after")}
     for label, key, prediction_key in LLM_ROWS:
         result = loaded[key]
         predictions = (result or {}).get("predictions", {})
@@ -164,9 +223,9 @@ def accuracy_rows(inputs: RunInputs) -> tuple[list[dict], list[str]]:
     return rows, notes
 
 
-def token_rows(inputs: RunInputs, split: str = "test") -> tuple[list[dict], list[str], dict]:
+def token_rows(inputs: RunInputs, loaded: dict[str, dict | None], split: str = "test") -> tuple[list[dict], list[str], dict]:
     """Prompt-token statistics per variant of `split`, with reductions against the raw-history prompt."""
-    stats = read_json(inputs.prompt_stats)
+    stats = loaded["prompt_stats"]
     if stats is None:
         return ([{"variant": VARIANT_LABELS[v], **{c: None for c in TOKEN_COLUMNS[1:-1]},
                   "status": f"{NOT_RUN} (no {inputs.prompt_stats})"} for v in VARIANTS], [], {})
@@ -216,9 +275,8 @@ def _same_device(first, second) -> bool:
     return first in second or second in first
 
 
-def latency_rows(inputs: RunInputs) -> tuple[list[dict], list[str]]:
+def latency_rows(inputs: RunInputs, loaded: dict[str, dict | None]) -> tuple[list[dict], list[str]]:
     """ms/sample, samples/s and generated tokens/sample of CoT and AO, with AO's speedup over CoT."""
-    loaded = {key: read_json(getattr(inputs, key)) for key in ("cot_test", "ao_before", "ao_after", "bench_latency")}
     latencies = {_row_key(key, sub): _latency_dict(loaded[key], sub) for _label, key, sub, _ref in LATENCY_ROWS}
     rows, notes = [], []
     for label, key, sub, reference_key in LATENCY_ROWS:
@@ -259,9 +317,11 @@ def latency_rows(inputs: RunInputs) -> tuple[list[dict], list[str]]:
 
 
 def build_tables(inputs: RunInputs, token_split: str = "test") -> Tables:
-    accuracy, accuracy_notes = accuracy_rows(inputs)
-    tokens, token_notes, meta = token_rows(inputs, token_split)
-    latency, latency_notes = latency_rows(inputs)
+    """The three tables of a run; every input is read and checked first (`load_inputs`)."""
+    loaded = load_inputs(inputs)
+    accuracy, accuracy_notes = accuracy_rows(inputs, loaded)
+    tokens, token_notes, meta = token_rows(inputs, loaded, token_split)
+    latency, latency_notes = latency_rows(inputs, loaded)
     return Tables(accuracy, tokens, latency,
                   notes={"accuracy": accuracy_notes, "tokens": token_notes, "latency": latency_notes},
                   token_split=token_split, prompt_meta=meta)
@@ -392,3 +452,20 @@ def draw_figure(path: Path, tables: Tables, token_counts: dict[str, list[int]] |
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def write_tables(folder: str | os.PathLike, tables: Tables, run_dir: str | os.PathLike,
+                 token_counts: dict[str, list[int]] | None, figure: bool = True) -> str:
+    """Write tables.md, the three CSVs and (with `figure`) tables.png into `folder`; returns the markdown."""
+    folder = Path(folder)
+    figure_name = "tables.png" if figure else None
+    if figure_name:
+        draw_figure(folder / figure_name, tables, token_counts)
+    write_csv(folder / "accuracy.csv", tables.accuracy, ACCURACY_COLUMNS)
+    write_csv(folder / "token_efficiency.csv", tables.tokens, TOKEN_COLUMNS)
+    write_csv(folder / "latency.csv", tables.latency, LATENCY_COLUMNS)
+    markdown = render_markdown(tables, run_dir, figure_name)
+    from siren.io import atomic_write_text
+
+    atomic_write_text(folder / "tables.md", markdown)
+    return markdown

@@ -1,21 +1,24 @@
-"""The verl parquet schema (SPEC §2): building rows and reading a parquet directory back.
+r"""The stage-2 files: the verl parquet schema (SPEC §2), its folder name, and building them.
 
-Stage 2 writes it; stages 4a/4b/4c read it. `extra_info.index` is the row's position in its
-parquet file, the key every later stage uses to line rows up.
+Stage 2 (preprocess_grpo.py) writes them with `build_parquets`; stages 3-4c read them with
+`load_split_rows`. `extra_info.index` is the row's position in its parquet file, the key every
+later stage uses to line rows up. The folder name `max@{N}-long@{True|False}` is written and parsed
+here only; main_grpo_amazon.sh asks for its default folder with
+
+    python -m siren.verl_data Movies 10 true      # prints data/Movies/verl/max@10-long@True
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from siren import SirenError
-from siren.prompts import build_messages, chat_prompt_text
-from siren.tokenization import count_tokens
+from siren.prompts import build_messages
 
 # Split name (siren.data.SPLITS) -> parquet file stem: verl's examples call the validation split "val".
 # This is the only place that mapping is written.
@@ -101,9 +104,23 @@ def load_split_rows(parquet_dir: str | os.PathLike, split: str, limit: int | Non
     return rows
 
 
-# --------------------------------------------------------------------------------------------
-# Stage 2 (preprocess_grpo.py): sketches, the parquet rows of a split, prompt-token statistics.
-# --------------------------------------------------------------------------------------------
+def category_of(rows: Sequence[dict], override: str | None = None) -> str:
+    """The category of parquet rows: `override` if given, else from `data_source` ("AmazonReviews/<Category>")."""
+    if override:
+        return override
+    sources = {str(row["data_source"]) for row in rows}
+    if len(sources) != 1:
+        raise SirenError(f"rows come from {len(sources)} data sources ({', '.join(sorted(sources)[:3])}); pass --category")
+    prefix, sep, category = sources.pop().partition("/")
+    if not sep or not category or prefix + sep != data_source(""):
+        raise SirenError(f"cannot read a category from data_source {prefix + sep + category!r}; pass --category")
+    return category
+
+
+def default_verl_dir(category: str, max_history: int, use_long_history: bool) -> Path:
+    """`data/{category}/verl/max@{N}-long@{bool}` (relative to the working directory)."""
+    return Path("data") / category / "verl" / verl_dir_name(max_history, use_long_history)
+
 
 # Prompt variants compared in prompt_stats.json (the paper's token-efficiency table), with their
 # table labels, in table order: raw history first, since the reductions are measured against it.
@@ -116,9 +133,9 @@ PROMPT_VARIANTS = {
 }
 
 
-def default_verl_dir(category: str, max_history: int, use_long_history: bool) -> Path:
-    """`data/{category}/verl/max@{N}-long@{bool}` (relative to the working directory)."""
-    return Path("data") / category / "verl" / verl_dir_name(max_history, use_long_history)
+# --------------------------------------------------------------------------------------------
+# Stage 2 (preprocess_grpo.py): sketches, the rows of each split, the prompt-token report.
+# --------------------------------------------------------------------------------------------
 
 
 def load_sketches(path: str | os.PathLike) -> dict[str, str]:
@@ -179,131 +196,220 @@ def variant_messages(rows: list[dict], records: list[dict], *, category: str, sk
     return variants
 
 
-def load_counting_tokenizer(path: str | os.PathLike):
-    """A tokenizer for counting prompt tokens, loaded the quick way when the folder has tokenizer.json.
+# The token report's files, beside the parquet files (stage 2 writes them with a tokenizer only).
+STATS_NAME = "prompt_stats.json"
+TEST_COUNTS_NAME = "prompt_tokens_test.npz"
 
-    AutoTokenizer imports transformers' model registry (about 10 s on 2 cores); the fast-tokenizer
-    class reads the same tokenizer.json and chat template, so the counts are the same.
+
+def output_names(with_token_report: bool) -> list[str]:
+    """The files stage 2 writes into its folder, manifest.json aside."""
+    names = [f"{stem}.parquet" for stem in PARQUET_SPLITS.values()]
+    return names + ([STATS_NAME, TEST_COUNTS_NAME] if with_token_report else [])
+
+
+@dataclass
+class TokenReport:
+    """Prompt tokens per split and variant (prompt_stats.json) and per test row (prompt_tokens_test.npz)."""
+
+    tokenizer: str
+    max_prompt_tokens: int
+    splits: dict[str, dict[str, dict]]   # parquet stem -> variant -> token_summary
+    test_counts: dict                    # variant -> per-row counts of the test split (numpy arrays)
+    rows_over_limit: dict[str, int]      # parquet stem -> rows whose stored prompt is over max_prompt_tokens
+    counting: str                        # "chunked" or "whole_text" (see PromptTokenCounter)
+
+
+@dataclass
+class ParquetBuild:
+    """What stage 2 built from a category's split files, ready to be written (`write`)."""
+
+    source: Path                         # the category folder read
+    category: str
+    max_history: int
+    use_long_history: bool
+    records: dict[str, list[dict]]       # split -> the source rows used, in file order
+    rows: dict[str, list[dict]]          # parquet stem -> verl rows
+    sketch_users: int
+    sketch_users_in_data: int
+    data_users: int
+    rows_without_sketch: dict[str, int]  # parquet stem -> rows whose user has no (or an empty) sketch
+    duplicates: dict                     # split -> siren.data.Duplicates of the whole split file
+    token_report: TokenReport | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def write(self, folder: str | os.PathLike) -> list[Path]:
+        """Write the parquet files (and the token report) into `folder`; returns their paths."""
+        import numpy as np
+        import pandas as pd
+
+        from siren.io import atomic_write_json
+
+        folder = Path(folder)
+        written = []
+        for stem, rows in self.rows.items():
+            path = folder / f"{stem}.parquet"
+            pd.DataFrame(rows).to_parquet(path, index=False)
+            written.append(path)
+        report = self.token_report
+        if report is not None:
+            written.append(atomic_write_json(folder / STATS_NAME, {
+                "tokenizer": report.tokenizer,
+                "max_history": self.max_history,
+                "use_long_history": bool(self.use_long_history),
+                "splits": report.splits,
+                "counts": {"rows_without_sketch": self.rows_without_sketch,
+                           "rows_over_max_prompt_tokens": report.rows_over_limit},
+            }))
+            with open(folder / TEST_COUNTS_NAME, "wb") as handle:  # np.savez on a bare path would append ".npz"
+                np.savez(handle, **report.test_counts)
+            written.append(folder / TEST_COUNTS_NAME)
+        return written
+
+    def counts(self) -> dict:
+        """The manifest's counts."""
+        report = self.token_report
+        return {
+            "rows": {stem: len(rows) for stem, rows in self.rows.items()},
+            "rows_without_sketch": self.rows_without_sketch,
+            "rows_over_max_prompt_tokens": None if report is None else report.rows_over_limit,
+            "duplicate_rows": {split: found.count for split, found in self.duplicates.items()},
+            "data_users": self.data_users,
+            "sketch_users": self.sketch_users,
+            "sketch_users_in_data": self.sketch_users_in_data,
+            "token_counting": None if report is None else report.counting,
+        }
+
+    def summary(self) -> list[str]:
+        """What was read and built, for the console."""
+        lines = [
+            f"read {self.source}: " + ", ".join(f"{split} {len(rows)} rows" for split, rows in self.records.items()),
+            "built " + ", ".join(f"{stem} {len(rows)}" for stem, rows in self.rows.items())
+            + f" rows, sketch in prompt: {bool(self.use_long_history and self.sketch_users)}",
+            "rows without a sketch: " + ", ".join(f"{k} {v}" for k, v in self.rows_without_sketch.items()),
+        ]
+        report = self.token_report
+        if report is not None:
+            lines.append(f"rows over {report.max_prompt_tokens} prompt tokens: "
+                         + ", ".join(f"{k} {v}" for k, v in report.rows_over_limit.items()))
+            test = report.splits["test"]
+            lines.append("test prompt tokens (mean): " + ", ".join(f"{v} {test[v]['mean']}" for v in PROMPT_VARIANTS))
+        return lines
+
+
+def build_parquets(
+    category_dir: str | os.PathLike,
+    *,
+    category: str,
+    max_history: int,
+    use_long_history: bool,
+    sketch_path: str | os.PathLike | None = None,
+    limit: int | None = None,
+    tokenizer_path: str | os.PathLike | None = None,
+    max_prompt_tokens: int = 2048,
+) -> ParquetBuild:
+    """Read and check the three split files, build their verl rows, and count prompt tokens.
+
+    Every input is read and every row built before anything is written, so a bad row in any split
+    stops the stage with nothing on disk. The sketch goes into the prompt only with
+    `use_long_history`; rows repeating an earlier (user_id, parent_asin) are kept, each as its own
+    parquet row, and reported (`duplicates`, `warnings`).
     """
-    from siren.tokenization import load_tokenizer
+    from siren.data import load_split, split_path
 
-    path = Path(path)
-    if not (path / "tokenizer.json").is_file():
-        return load_tokenizer(path)
-    from transformers import PreTrainedTokenizerFast
+    sketches = load_sketches(sketch_path) if sketch_path is not None else {}
+    records, duplicates = {}, {}
+    for split in PARQUET_SPLITS:
+        split_rows = load_split(split_path(category_dir, split), warn=False)
+        duplicates[split] = split_rows.duplicates
+        records[split] = split_rows[:limit] if limit else list(split_rows)
 
+    data_users = {r["user_id"] for rows in records.values() for r in rows}
+    users_with_sketch = {u for u, text in sketches.items() if text}
+    overlap = len(data_users & set(sketches))
+    warnings = []
+    if sketches and overlap < len(data_users):
+        warnings.append(f"the sketch file covers {overlap} of the {len(data_users)} users in the data "
+                        f"({len(sketches)} users in the sketch file); the others get no sketch")
+    for split, found in duplicates.items():
+        if found.count:
+            warnings.append(f"{found.describe(split_path(category_dir, split))}; all rows are kept, each as its "
+                            "own parquet row")
+
+    rows, rows_without_sketch = {}, {}
+    for split, stem in PARQUET_SPLITS.items():
+        rows[stem] = build_split_rows(records[split], category=category, split=stem, sketches=sketches,
+                                      max_history=max_history, use_long_history=use_long_history)
+        rows_without_sketch[stem] = sum(r["user_id"] not in users_with_sketch for r in records[split])
+
+    build = ParquetBuild(
+        source=Path(category_dir), category=category, max_history=max_history, use_long_history=use_long_history, records=records, rows=rows,
+        sketch_users=len(sketches), sketch_users_in_data=overlap, data_users=len(data_users),
+        rows_without_sketch=rows_without_sketch, duplicates=duplicates, warnings=warnings,
+    )
+    if tokenizer_path is not None:
+        build.token_report = count_prompt_tokens(build, sketches, tokenizer_path, max_prompt_tokens)
+        if build.token_report.counting == "whole_text":
+            warnings.append("chunked token counting disagreed with this tokenizer; counted whole prompts instead")
+    return build
+
+
+def count_prompt_tokens(build: ParquetBuild, sketches: dict[str, str], tokenizer_path: str | os.PathLike,
+                        max_prompt_tokens: int) -> TokenReport:
+    """Prompt tokens of every split under each of PROMPT_VARIANTS, counted with the given tokenizer."""
+    from tqdm import tqdm
+
+    from siren.prompt_tokens import PromptTokenCounter, load_counting_tokenizer, token_summary
+
+    counter = PromptTokenCounter(load_counting_tokenizer(tokenizer_path))
+    splits, test_counts, rows_over_limit = {}, {}, {}
+    progress = tqdm(total=len(PARQUET_SPLITS) * len(PROMPT_VARIANTS), desc="prompt tokens", unit="variant")
+    for split, stem in PARQUET_SPLITS.items():
+        by_variant = variant_messages(build.rows[stem], build.records[split], category=build.category,
+                                      sketches=sketches, max_history=build.max_history)
+        counted = {}
+        for variant in sorted(PROMPT_VARIANTS, key=lambda v: v != "as_built"):  # as_built first
+            prompts = by_variant[variant]
+            if variant != "as_built" and prompts == by_variant["as_built"]:
+                counted[variant] = counted["as_built"]  # e.g. sketch_recent when the sketch is in the prompt
+            else:
+                counter.verify(prompts)
+                counted[variant] = counter.count(prompts)
+            progress.update()
+        splits[stem] = {variant: token_summary(counts) for variant, counts in counted.items()}
+        rows_over_limit[stem] = int((counted["as_built"] > max_prompt_tokens).sum())
+        if stem == "test":
+            test_counts = counted
+    progress.close()
+    return TokenReport(tokenizer=str(tokenizer_path), max_prompt_tokens=max_prompt_tokens, splits=splits,
+                       test_counts=test_counts, rows_over_limit=rows_over_limit,
+                       counting="whole_text" if counter.whole_text else "chunked")
+
+
+# --------------------------------------------------------------------------------------------
+# main_grpo_amazon.sh's default DATA_DIR, so the folder name is built in one place.
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m siren.verl_data CATEGORY MAX_HISTORY USE_LONG_HISTORY`: print the default stage-2 folder."""
+    import argparse
+
+    from siren.cli import str2bool
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3:
+        raise SirenError("usage: python -m siren.verl_data CATEGORY MAX_HISTORY USE_LONG_HISTORY")
+    category, max_history, use_long_history = argv
+    if not re.fullmatch(r"[0-9]+", max_history) or int(max_history) < 1:
+        raise SirenError(f"MAX_HISTORY must be a whole number >= 1, got {max_history!r}")
     try:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
-    except (OSError, ValueError) as err:
-        raise SirenError(f"cannot load a tokenizer from {path}: {str(err).splitlines()[0]}") from None
-    if not getattr(tokenizer, "chat_template", None):
-        raise SirenError(f"the tokenizer in {path} has no chat template; SIREN prompts need one")
-    return tokenizer
+        long_history = str2bool(use_long_history)
+    except argparse.ArgumentTypeError as err:
+        raise SirenError(f"USE_LONG_HISTORY: {err}") from None
+    print(default_verl_dir(category, int(max_history), long_history))
 
 
-class PromptTokenCounter:
-    """Exact token counts of chat-templated prompts (system + user, generation prompt added), fast.
+if __name__ == "__main__":
+    from siren.cli import run_main
 
-    Tokenizing 4 variants of 27k prompts whole (Movies train raw-history prompts average ~1,000
-    tokens) takes about a minute on 2 cores, but
-    the prompts are built from a few tens of thousands of distinct lines, and those from far fewer
-    distinct titles and category strings. Added tokens (`<|im_start|>` ...) split the text before
-    pre-tokenization, and a byte-level BPE pre-token (Qwen, GPT-style regex) neither continues past a
-    run of newlines nor runs from a comma into the space after it. So a prompt's count is the sum
-    of the counts of its "line + trailing newlines" chunks, and a chunk's count the sum over its
-    pieces split after ", "; each piece is tokenized once and cached. `verify` checks that claim
-    against whole-text tokenization; if it fails for a tokenizer, every prompt is tokenized whole.
-    """
-
-    _CHUNK = re.compile(r"[^\n]*\n+|[^\n]+")
-    _PIECE_BOUNDARY = re.compile(r"(?<=,)(?= )")
-    _SENTINEL = "\x00SIREN-USER\x00"
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.chunk_counts: dict[str, int] = {}
-        self.piece_counts: dict[str, int] = {}
-        self.whole_text = False  # set when chunked counting disagreed with the tokenizer
-        self._frames: dict[str, tuple[str, str] | None] = {}
-
-    def _frame(self, system: str) -> tuple[str, str] | None:
-        """The templated text around the user message, for a given system message (rendered once)."""
-        if system not in self._frames:
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": self._SENTINEL}]
-            rendered = chat_prompt_text(self.tokenizer, messages)
-            head, sep, tail = rendered.partition(self._SENTINEL)
-            self._frames[system] = (head, tail) if sep and self._SENTINEL not in tail else None
-        return self._frames[system]
-
-    def render(self, messages: list[dict]) -> str:
-        if len(messages) == 2 and messages[0]["role"] == "system" and messages[1]["role"] == "user":
-            frame = self._frame(messages[0]["content"])
-            if frame is not None:
-                return frame[0] + messages[1]["content"] + frame[1]
-        return chat_prompt_text(self.tokenizer, messages)
-
-    def _count_whole(self, texts: list[str]) -> list[int]:
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None and hasattr(backend, "encode_batch_fast"):
-            # Same ids as tokenizer(texts, add_special_tokens=False) without building offsets and masks.
-            return [len(encoding.ids) for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
-        return count_tokens(self.tokenizer, texts)
-
-    def count_texts(self, texts: list[str]) -> np.ndarray:
-        if self.whole_text:
-            return np.asarray(self._count_whole(texts), dtype=np.int64)
-        chunked = [self._CHUNK.findall(text) for text in texts]
-        new_chunks = list({chunk for chunks in chunked for chunk in chunks if chunk not in self.chunk_counts})
-        pieces_of = [self._PIECE_BOUNDARY.split(chunk) for chunk in new_chunks]
-        new_pieces = list({piece for pieces in pieces_of for piece in pieces if piece not in self.piece_counts})
-        self.piece_counts.update(zip(new_pieces, self._count_whole(new_pieces), strict=True))
-        piece_counts = self.piece_counts
-        self.chunk_counts.update(
-            (chunk, sum(piece_counts[p] for p in pieces)) for chunk, pieces in zip(new_chunks, pieces_of, strict=True)
-        )
-        lookup = self.chunk_counts
-        return np.fromiter((sum(lookup[c] for c in chunks) for chunks in chunked), dtype=np.int64, count=len(texts))
-
-    def count(self, prompts: list[list[dict]]) -> np.ndarray:
-        return self.count_texts([self.render(messages) for messages in prompts])
-
-    def verify(self, prompts: list[list[dict]], sample_size: int = 24) -> bool:
-        """Compare fast counts with whole-text tokenization of chat_prompt_text on a spread sample.
-
-        On disagreement switch to whole-text counting for good and return False.
-        """
-        if self.whole_text or not prompts:
-            return not self.whole_text
-        picks = sorted(set(np.linspace(0, len(prompts) - 1, num=min(sample_size, len(prompts))).astype(int).tolist()))
-        exact_texts = [chat_prompt_text(self.tokenizer, prompts[i]) for i in picks]
-        exact = count_tokens(self.tokenizer, exact_texts)
-        fast = self.count([prompts[i] for i in picks]).tolist()
-        if exact != fast:
-            self.whole_text = True
-        return not self.whole_text
-
-
-def token_summary(counts: np.ndarray) -> dict:
-    """{"n", "mean", "p50", "p95", "max"} of a token-count array (as in prompt_stats.json)."""
-    if len(counts) == 0:
-        return {"n": 0, "mean": None, "p50": None, "p95": None, "max": None}
-    return {
-        "n": int(len(counts)),
-        "mean": round(float(np.mean(counts)), 2),
-        "p50": round(float(np.percentile(counts, 50)), 2),
-        "p95": round(float(np.percentile(counts, 95)), 2),
-        "max": int(np.max(counts)),
-    }
-
-
-def category_of(rows: Sequence[dict], override: str | None = None) -> str:
-    """The category of parquet rows: `override` if given, else from `data_source` ("AmazonReviews/<Category>")."""
-    if override:
-        return override
-    sources = {str(row["data_source"]) for row in rows}
-    if len(sources) != 1:
-        raise SirenError(f"rows come from {len(sources)} data sources ({', '.join(sorted(sources)[:3])}); pass --category")
-    prefix, sep, category = sources.pop().partition("/")
-    if not sep or not category or prefix + sep != data_source(""):
-        raise SirenError(f"cannot read a category from data_source {prefix + sep + category!r}; pass --category")
-    return category
+    sys.exit(run_main(main))

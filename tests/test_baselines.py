@@ -64,7 +64,7 @@ def test_seeded_runs_repeat_and_unknown_method_is_refused():
 def test_script_end_to_end_on_slice(small_movies_root, tmp_path):
     out_dir = tmp_path / "baselines"
     args = ["scripts/baselines.py", "--data_root", str(small_movies_root), "--category", "Movies",
-            "--out_dir", str(out_dir), "--fit_on", "train+valid", "--limit", "25"]
+            "--output_dir", str(out_dir), "--fit_on", "train+valid", "--limit", "25"]
     proc = run_script(*args)
     assert "User + item bias" in proc.stdout and "wrote" in proc.stdout
     report = json.loads((out_dir / "metrics.json").read_text())
@@ -87,7 +87,7 @@ def test_script_end_to_end_on_slice(small_movies_root, tmp_path):
 
 def test_script_errors(tmp_path):
     missing = run_script("scripts/baselines.py", "--data_root", str(tmp_path), "--category", "Nowhere",
-                         "--out_dir", str(tmp_path / "out"), check=False)
+                         "--output_dir", str(tmp_path / "out"), check=False)
     assert missing.returncode == 2 and missing.stderr.startswith("error:") and "get_data.sh" in missing.stderr
     bad_limit = run_script("scripts/baselines.py", "--limit", "0", "--out_dir", str(tmp_path / "out"), check=False)
     assert bad_limit.returncode == 2 and "--limit" in bad_limit.stderr
@@ -161,3 +161,15 @@ def test_script_out_dir_that_is_a_file(tmp_path):
                     "--out_dir", str(tmp_path / "out"), "--methods", "constant_5")
     assert "wrote" in ok.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "metrics.json"]
+
+
+def test_repeated_rows_are_reported_with_what_the_baselines_do(tmp_path):
+    root = _literal_category(tmp_path / "data")
+    row = {"user_id": "u1", "parent_asin": "a1", "timestamp": 1, "label": 4.0, "target": "T, C", "history": ""}
+    with gzip.open(root / "Films" / "train.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n" + json.dumps({**row, "label": 2.0}) + "\n")
+    proc = run_script("scripts/baselines.py", "--data_root", str(root), "--data_category", "Films",
+                      "--out_dir", str(tmp_path / "out"), "--methods", "constant_5")
+    assert "train.jsonl.gz: 1 row(s) repeat an earlier (user_id, parent_asin), first ('u1', 'a1') at lines 1 and 2; " \
+           "the models fit the first rating of each repeated (user, item)" in proc.stderr
+    assert proc.stderr.count("warning:") == 1 and (tmp_path / "out" / "metrics.json").is_file()

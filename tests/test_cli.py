@@ -75,3 +75,12 @@ def test_hf_parser_takes_stage_defaults_for_library_fields(tmp_path):
     assert stage.model == "m" and stage.kd_ratio == 1.0
     assert training.learning_rate == 1e-4 and training.output_dir == str(tmp_path)
     assert "(default: 0.0001)" in " ".join(parser.format_help().split())
+
+
+def test_help_shows_a_default_of_zero():
+    """`0 in (None, False)` is true in Python: a default of 0 (e.g. LoRA rank 0 = full fine-tuning) was hidden."""
+    parser = cli.stage_parser("Example.")
+    parser.add_argument("--lora_r", type=int, default=0, help="LoRA rank; 0 = full fine-tuning")
+    parser.add_argument("--switch", action="store_true", help="a switch")
+    text = " ".join(parser.format_help().split())
+    assert "0 = full fine-tuning (default: 0)" in text and "(default: False)" not in text

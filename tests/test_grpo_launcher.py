@@ -6,6 +6,8 @@ import importlib.util
 import json
 import os
 import re
+import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -327,6 +329,9 @@ def test_an_adapter_that_lost_its_alpha_is_refused(tmp_path):
 
 
 def test_trl_dry_run_maps_the_settings_onto_grpo_trl_flags(tiny_model_dir, verl_dir, tmp_path):
+    """BACKEND=trl: the launcher's settings become GRPOConfig fields under their HF names (TRL counts
+    completions, so a micro batch is MICRO_BATCH_SIZE x ROLLOUT_N and BATCH_SIZE / MICRO_BATCH_SIZE of
+    them make one step) and SIREN's own flags."""
     fake_python, marker = _fake_python(tmp_path)
     env = {"PYTHON": fake_python, "BACKEND": "trl", "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir),
            "DATA_DIR": str(verl_dir), "NUM_GPUS": "0", "LORA_RANK": "8", "LOGGER": "console,wandb"}
@@ -335,10 +340,118 @@ def test_trl_dry_run_maps_the_settings_onto_grpo_trl_flags(tiny_model_dir, verl_
     command = proc.stdout.split()
     flags = dict(zip(command[3::2], command[4::2], strict=False))
     assert command[1:3] == ["-m", "siren.grpo_trl"]
-    assert flags["--num_generations"] == "8" and flags["--prompts_per_step"] == "32"
-    assert flags["--lr"] == "1e-6" and flags["--beta"] == "0.001"
+    assert flags["--num_generations"] == "8"
+    assert flags["--per_device_train_batch_size"] == "32" and flags["--gradient_accumulation_steps"] == "8"
+    assert flags["--per_device_eval_batch_size"] == "32"
+    assert flags["--learning_rate"] == "1e-6" and flags["--beta"] == "0.001"
     assert flags["--max_prompt_length"] == "2048" and flags["--max_completion_length"] == "512"
-    assert flags["--epochs"] == "2" and flags["--save_freq"] == "20" and flags["--test_freq"] == "20"
-    assert flags["--lora_rank"] == "8" and flags["--report_to"] == "wandb" and flags["--val_limit"] == "3"
-    assert flags["--ckpt_dir"] == "ckpt" and flags["--data_name"] == "Movies"
+    assert flags["--num_train_epochs"] == "2" and flags["--max_steps"] == "-1"
+    assert flags["--save_strategy"] == "steps" and flags["--save_steps"] == "20"
+    assert flags["--eval_strategy"] == "steps" and flags["--eval_steps"] == "20"
+    assert flags["--lora_r"] == "8" and flags["--report_to"] == "wandb" and flags["--val_limit"] == "3"
+    assert flags["--output_dir"] == "ckpt" and flags["--data_name"] == "Movies"
+    assert flags["--model"] == str(tiny_model_dir) and flags["--data_path"] == str(verl_dir)
+    assert flags["--checkpoint_dir"] == "ckpt/trl/siren_grpo/GRPO_Movies"
     assert not marker.exists()
+
+    settings = {"BATCH_SIZE": "4", "MICRO_BATCH_SIZE": "2", "ROLLOUT_N": "3", "MAX_STEPS": "5", "SAVE_FREQ": "0",
+                "TEST_FREQ": "0", "CKPT_DIR": "models", "TRAINER_DIR": "raw"}
+    command = run_launcher({**env, **settings}, tmp_path).stdout.split()
+    flags = dict(zip(command[3::2], command[4::2], strict=False))
+    assert flags["--per_device_train_batch_size"] == "6" and flags["--gradient_accumulation_steps"] == "2"
+    assert flags["--max_steps"] == "5" and flags["--save_strategy"] == "no" and flags["--eval_strategy"] == "no"
+    assert "--save_steps" not in flags and "--eval_steps" not in flags
+    assert flags["--output_dir"] == "models" and flags["--checkpoint_dir"] == "raw"
+
+
+def test_the_trl_command_parses_into_grpo_config(tiny_model_dir, verl_dir, tmp_path):
+    """What the launcher passes is what siren.grpo_trl's parser reads (no flag of an older name)."""
+    from siren.grpo_trl import parse_args
+
+    fake_python, _ = _fake_python(tmp_path)
+    env = {"PYTHON": fake_python, "BACKEND": "trl", "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir),
+           "DATA_DIR": str(verl_dir), "NUM_GPUS": "0", "BATCH_SIZE": "4", "MICRO_BATCH_SIZE": "2", "ROLLOUT_N": "2",
+           "LR": "2e-6", "KL_COEF": "0", "EPOCHS": "3", "TEST_FREQ": "5", "LORA_RANK": "4", "OVERWRITE": "1"}
+    command = shlex.split(run_launcher(env, tmp_path).stdout)
+    script, config = parse_args(command[3:])
+    assert (script.model, script.data_path, script.lora_r, script.overwrite) == (str(tiny_model_dir), str(verl_dir), 4, True)
+    assert (config.learning_rate, config.beta, config.num_train_epochs, config.eval_steps) == (2e-6, 0.0, 3, 5)
+    assert config.per_device_train_batch_size * config.gradient_accumulation_steps // config.num_generations == 4
+
+
+BAD_NUMBERS = {
+    "batch_zero": ({"BATCH_SIZE": "0"}, "BATCH_SIZE must be a whole number >= 1, got '0'"),
+    "batch_word": ({"BATCH_SIZE": "abc"}, "BATCH_SIZE must be a whole number >= 1, got 'abc'"),
+    "batch_huge": ({"BATCH_SIZE": "99999999999"}, "BATCH_SIZE must be a whole number >= 1"),
+    "micro_zero": ({"MICRO_BATCH_SIZE": "0"}, "MICRO_BATCH_SIZE must be a whole number >= 1"),
+    "batch_not_multiple": ({"BATCH_SIZE": "6"}, "BATCH_SIZE (6) must be a multiple of MICRO_BATCH_SIZE (4)"),
+    "rollout_one": ({"ROLLOUT_N": "1"}, "ROLLOUT_N must be a whole number >= 2, got '1'"),
+    "prompt_length": ({"MAX_PROMPT_LENGTH": "2k"}, "MAX_PROMPT_LENGTH must be a whole number >= 1"),
+    "response_length": ({"MAX_RESPONSE_LENGTH": "0"}, "MAX_RESPONSE_LENGTH must be a whole number >= 1"),
+    "epochs_fraction": ({"EPOCHS": "1.5"}, "EPOCHS must be a whole number >= 1, got '1.5'"),
+    "max_steps_negative": ({"MAX_STEPS": "-1"}, "MAX_STEPS must be a whole number >= 0"),
+    "save_freq": ({"SAVE_FREQ": "x"}, "SAVE_FREQ must be a whole number >= 0"),
+    "test_freq": ({"TEST_FREQ": "-5"}, "TEST_FREQ must be a whole number >= 0"),
+    "lora_rank": ({"LORA_RANK": "eight"}, "LORA_RANK must be a whole number >= 0"),
+    "lr_zero": ({"LR": "0"}, "LR must be a positive number, got '0'"),
+    "lr_negative": ({"LR": "-1e-6"}, "LR must be a positive number, got '-1e-6'"),
+    "lr_word": ({"LR": "fast"}, "LR must be a positive number, got 'fast'"),
+    "kl_negative": ({"KL_COEF": "-0.1"}, "KL_COEF must be a non-negative number, got '-0.1'"),
+    "gpu_memory_zero": ({"GPU_MEMORY_UTILIZATION": "0"}, "GPU_MEMORY_UTILIZATION must be a positive number"),
+    "gpu_memory_over_one": ({"GPU_MEMORY_UTILIZATION": "1.2"}, "GPU_MEMORY_UTILIZATION must be in (0, 1], got '1.2'"),
+    "overwrite_word": ({"OVERWRITE": "yes"}, "OVERWRITE must be 0 or 1, got 'yes'"),
+    "max_history_zero": ({"MAX_HISTORY": "0"}, "MAX_HISTORY must be a whole number >= 1"),
+}
+
+
+@pytest.mark.parametrize("backend", ["verl", "trl"])
+@pytest.mark.parametrize("case", list(BAD_NUMBERS))
+def test_bad_numbers_stop_before_anything_starts(case, backend, tiny_model_dir, verl_dir, tmp_path):
+    """Issue 14: BATCH_SIZE=0 composed a verl config with batch 0, BATCH_SIZE=abc died on an unbound
+    variable, and TRL with BATCH_SIZE=0 ended in a traceback."""
+    fake_python, marker = _fake_python(tmp_path)
+    settings, expected = BAD_NUMBERS[case]
+    for dry_run in ("1", "0"):
+        env = {"PYTHON": fake_python, "BACKEND": backend, "DRY_RUN": dry_run, "MODEL_PATH": str(tiny_model_dir),
+               "DATA_DIR": str(verl_dir), "NUM_GPUS": "2", **settings}
+        proc = run_launcher(env, tmp_path)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.startswith(f"error: {expected}")
+        assert proc.stderr.count("\n") == 1 and not marker.exists()
+
+
+def test_accepted_numbers_are_passed_on_in_decimal(tiny_model_dir, verl_dir, tmp_path):
+    fake_python, marker = _fake_python(tmp_path)
+    env = {"PYTHON": fake_python, "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir),
+           "NUM_GPUS": "2", "BATCH_SIZE": "08", "MICRO_BATCH_SIZE": "2", "LR": "5e-7", "KL_COEF": "0",
+           "GPU_MEMORY_UTILIZATION": "1", "MAX_STEPS": "010"}
+    assert run_launcher(env, tmp_path).returncode == 0
+    args = marker.read_text().splitlines()
+    assert "data.train_batch_size=16" in args and "actor_rollout_ref.actor.optim.lr=5e-7" in args
+    assert "trainer.total_training_steps=10" in args and "actor_rollout_ref.actor.kl_loss_coef=0" in args
+
+
+@pytest.mark.parametrize("value, folder", [("true", "max@10-long@True"), ("False", "max@10-long@False"),
+                                           ("1", "max@10-long@True")])
+def test_default_data_dir_is_named_by_siren_verl_data(value, folder, tiny_model_dir, verl_dir, tmp_path):
+    """USE_LONG_HISTORY=true gave long@true in bash while stage 2 writes long@True: the launcher now
+    asks siren.verl_data for the folder name."""
+    from siren.verl_data import default_verl_dir
+
+    (tmp_path / "data" / "Movies" / "verl" / folder).mkdir(parents=True)
+    for stem in ("train", "val"):
+        shutil.copy(verl_dir / f"{stem}.parquet", tmp_path / "data" / "Movies" / "verl" / folder)
+    env = {"BACKEND": "trl", "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir), "USE_LONG_HISTORY": value,
+           "NUM_GPUS": "0", "PYTHONPATH": str(REPO)}
+    proc = run_launcher(env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    flags = dict(zip(proc.stdout.split()[3::2], proc.stdout.split()[4::2], strict=False))
+    assert flags["--data_path"] == f"data/Movies/verl/{folder}" == str(default_verl_dir("Movies", 10, value != "False"))
+
+
+def test_a_bad_use_long_history_is_one_line(tiny_model_dir, tmp_path):
+    env = {"BACKEND": "trl", "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir), "USE_LONG_HISTORY": "maybe",
+           "NUM_GPUS": "0", "PYTHONPATH": str(REPO)}
+    proc = run_launcher(env, tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "error: USE_LONG_HISTORY: expected a boolean (true/false), got 'maybe'\n"

@@ -30,7 +30,7 @@ def short_prompt_dir(small_movies_root, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("grpo_data") / "max@1-long@False"
     preprocess_grpo.main(["--data_root", str(small_movies_root), "--max_history", "1", "--use_long_history", "false",
-                          "--limit", "4", "--out_dir", str(out)])
+                          "--limit", "4", "--output_dir", str(out)])
     return out
 
 
@@ -97,22 +97,74 @@ def test_dataset_columns_feed_the_reward(short_prompt_dir, tiny_model_dir):
 
 
 def test_bad_arguments_are_clear_errors(short_prompt_dir, tiny_model_dir, tmp_path):
-    base = ["--model_path", str(tiny_model_dir), "--data_dir", str(short_prompt_dir), "--ckpt_dir", str(tmp_path)]
-    with pytest.raises(SirenError, match="num_generations must be >= 2"):
-        validate(parse_args(base + ["--num_generations", "1"]))
-    with pytest.raises(SirenError, match="multiple of --prompts_per_micro_batch"):
-        validate(parse_args(base + ["--prompts_per_step", "3", "--prompts_per_micro_batch", "2"]))
+    base = ["--model_path", str(tiny_model_dir), "--data_dir", str(short_prompt_dir), "--output_dir", str(tmp_path)]
+    with pytest.raises(SirenError, match="GRPO requires at least 2 generations per prompt"):  # TRL's own check
+        validate(*parse_args(base + ["--num_generations", "1", "--per_device_train_batch_size", "2",
+                                     "--per_device_eval_batch_size", "2"]))
+    # TRL counts completions: a generation batch of 3 cannot hold whole groups of 2 (GRPOConfig's own check)
+    with pytest.raises(SirenError, match=r"generation_batch_size \(3\) must be divisible by num_generations \(2\)"):
+        parse_args(base + ["--per_device_train_batch_size", "3", "--gradient_accumulation_steps", "1",
+                           "--num_generations", "2", "--eval_strategy", "no"])
     only_train = tmp_path / "only_train"
     only_train.mkdir()
     (only_train / "train.parquet").write_bytes((short_prompt_dir / "train.parquet").read_bytes())
     with pytest.raises(SirenError, match="missing parquet split: .*val.parquet"):
-        validate(parse_args(["--model_path", str(tiny_model_dir), "--data_dir", str(only_train)]))
+        validate(*parse_args(["--model_path", str(tiny_model_dir), "--data_dir", str(only_train)]))
     with pytest.raises(SirenError, match="not a model folder"):
-        validate(parse_args(["--model_path", str(tmp_path), "--data_dir", str(short_prompt_dir)]))
+        validate(*parse_args(["--model_path", str(tmp_path), "--data_dir", str(short_prompt_dir)]))
+    with pytest.raises(SirenError, match="--limit must be at least 1"):
+        validate(*parse_args(base + ["--train_limit", "0"]))
     (tmp_path / output_name("Movies", 5)).mkdir()
     with pytest.raises(SirenError, match="already exists"):
-        validate(parse_args(base + ["--max_steps", "5"]))
-    validate(parse_args(base + ["--max_steps", "5", "--overwrite"]))
+        validate(*parse_args(base + ["--max_steps", "5"]))
+    validate(*parse_args(base + ["--max_steps", "5", "--overwrite"]))
+    with pytest.raises(SirenError, match="--config needs a YAML recipe file"):
+        parse_args(base + ["--config", str(tmp_path / "no_recipe.yaml")])
+
+
+def test_training_settings_are_grpo_config_fields_and_the_old_names_are_aliases(tmp_path):
+    """TrlParser((GRPOScriptArguments, GRPOConfig)): HF names for training, SIREN names (with the
+    authors'/old names as aliases) for the rest; --output_dir is where GRPO_{data_name}_step{S} goes."""
+    canonical = parse_args(["--model", "m", "--data_path", "d", "--output_dir", "out", "--limit", "5",
+                            "--eval_limit", "3", "--lora_r", "8", "--learning_rate", "2e-6", "--num_train_epochs", "1",
+                            "--save_steps", "7", "--eval_steps", "9", "--run_name", "r"])
+    aliases = parse_args(["--model_path", "m", "--data_dir", "d", "--out_dir", "out", "--train_limit", "5",
+                          "--val_limit", "3", "--lora_rank", "8", "--learning_rate", "2e-6", "--num_train_epochs", "1",
+                          "--save_steps", "7", "--eval_steps", "9", "--run_name", "r"])
+    assert canonical[0] == aliases[0] and canonical[1].to_dict() == aliases[1].to_dict()
+    script, config = canonical
+    assert (script.model, script.data_path, script.limit, script.eval_limit, script.lora_r) == ("m", "d", 5, 3, 8)
+    assert script.checkpoint_dir == str(Path("out") / "trl" / "GRPO_Movies")
+    assert (config.output_dir, config.learning_rate, config.num_train_epochs) == ("out", 2e-6, 1)
+    assert (config.save_steps, config.eval_steps, config.run_name) == (7, 9, "r")
+    # the stage's defaults: verl's settings, float32 weights with bf16 autocast only on a GPU
+    script, config = parse_args(["--model", "m", "--data_path", "d"])
+    assert (config.learning_rate, config.beta, config.num_generations, config.num_train_epochs) == (1e-6, 0.001, 8, 2)
+    prompts_per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps // config.num_generations
+    assert prompts_per_step == 32 and config.per_device_train_batch_size // config.num_generations == 4
+    assert (config.output_dir, config.run_name, script.checkpoint_dir) == ("ckpt", "GRPO_Movies",
+                                                                           str(Path("ckpt/trl/GRPO_Movies")))
+    assert (script.eval_limit, script.lora_r, script.max_prompt_length) == (256, 0, 2048)
+
+
+def test_a_yaml_recipe_sets_any_field_and_flags_win(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("data_name: Books\nlearning_rate: 3.0e-6\nbeta: 0.01\nlora_r: 4\nmax_completion_length: 64\n")
+    script, config = parse_args(["--model", "m", "--data_path", "d", "--config", str(recipe), "--beta", "0.02"])
+    assert (script.data_name, script.lora_r, script.checkpoint_dir) == ("Books", 4, str(Path("ckpt/trl/GRPO_Books")))
+    assert (config.learning_rate, config.beta, config.max_completion_length) == (3e-6, 0.02, 64)
+
+
+def test_help_shows_the_siren_settings_with_their_defaults(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "\n    python -m siren.grpo_trl --model ckpt/tiny-qwen3 --data_path " in text
+    flat = " ".join(text.split())
+    assert "--model MODEL, --model_path MODEL" in flat and "--data_dir DATA_PATH" in flat
+    assert "--lora_rank LORA_R" in flat and "--out_dir OUTPUT_DIR" in flat and "--val_limit EVAL_LIMIT" in flat
+    assert "LoRA rank (all linear layers); 0 = full fine-tuning (default: 0)" in flat
+    assert "(default: 0.001)" in flat and "%(default)" not in flat
 
 
 def test_one_step_at_the_default_lr_moves_the_policy_weights(tiny_model_dir, one_thread):
@@ -123,7 +175,7 @@ def test_one_step_at_the_default_lr_moves_the_policy_weights(tiny_model_dir, one
 
     from siren.grpo_trl import load_policy
 
-    lr = parse_args(["--model_path", str(tiny_model_dir), "--data_dir", "unused"]).lr
+    lr = parse_args(["--model_path", str(tiny_model_dir), "--data_dir", "unused"])[1].learning_rate
 
     def changed_fraction(model) -> float:
         weight = model.model.layers[0].self_attn.q_proj.weight

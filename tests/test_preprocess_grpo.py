@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ from conftest import REPO, run_script
 
 from siren import SirenError
 from siren.data import history_lines, load_split
+from siren.prompt_tokens import PromptTokenCounter
 from siren.prompts import format_sketch
-from siren.verl_data import PROMPT_VARIANTS, PromptTokenCounter, load_split_rows
+from siren.verl_data import PROMPT_VARIANTS, load_split_rows
 
 sys.path.insert(0, str(REPO))
 import preprocess_grpo  # noqa: E402
@@ -226,3 +228,126 @@ def test_bad_sketch_file_and_flags_are_errors(small_movies_root, tmp_path):
     with pytest.raises(SirenError, match="--max_history"):
         preprocess_grpo.main(["--data_root", str(small_movies_root), "--max_history", "-1"])
     assert not (tmp_path / "o").exists()
+
+
+def _gz_rows(path: Path) -> list[dict]:
+    import gzip
+
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _write_gz_rows(path: Path, rows: list[dict]) -> None:
+    import gzip
+
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def test_a_bad_test_split_leaves_nothing_and_the_rerun_is_not_refused(small_movies_root, tmp_path):
+    """Issue 14: an integer user_id in test only used to leave train/val behind and block the rerun."""
+    root = tmp_path / "root"
+    shutil.copytree(small_movies_root / "Movies", root / "Movies")
+    test_file = root / "Movies" / "test.jsonl.gz"
+    good = _gz_rows(test_file)
+    _write_gz_rows(test_file, [good[0], {**good[1], "user_id": 7}, *good[2:]])
+    out = tmp_path / "verl" / "max@10-long@False"
+    args = ["--data_root", str(root), "--use_long_history", "false", "--limit", "3", "--output_dir", str(out)]
+    proc = run_script(SCRIPT, *args, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert re.search(r"test\.jsonl\.gz:2: user_id must be a non-empty string, got a number 7", proc.stderr)
+    assert not (tmp_path / "verl").exists()  # not even the parent folders
+    _write_gz_rows(test_file, good)
+    again = run_script(SCRIPT, *args, check=False)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test.parquet", "train.parquet", "val.parquet"]
+
+
+def test_a_failed_write_of_the_last_file_keeps_none(small_movies_root, tiny_model_dir, tmp_path, monkeypatch):
+    """A full disk while writing test.parquet: train/val/prompt stats are not left behind either."""
+    import errno
+
+    real_to_parquet = pd.DataFrame.to_parquet
+
+    def full_disk_on_test(frame, path, *args, **kwargs):
+        if Path(path).name == "test.parquet":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_to_parquet(frame, path, *args, **kwargs)
+
+    out = tmp_path / "out"
+    args = ["--data_root", str(small_movies_root), "--use_long_history", "false", "--limit", "3",
+            "--output_dir", str(out), "--tokenizer", str(tiny_model_dir)]
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk_on_test)
+    with pytest.raises(SirenError, match=r"cannot write the outputs in .*out: No space left on device; nothing was kept"):
+        preprocess_grpo.main(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", real_to_parquet)
+    preprocess_grpo.main(args)  # not refused as "already exists"
+    assert (out / "test.parquet").is_file() and (out / "prompt_stats.json").is_file()
+
+
+def test_max_history_zero_is_refused(small_movies_root, tmp_path):
+    """max@N means the N most recent ratings: 0 would write prompts that say the user has none."""
+    proc = run_script(SCRIPT, "--data_root", str(small_movies_root), "--use_long_history", "false",
+                      "--max_history", "0", "--output_dir", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: --max_history must be at least 1, got 0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_rows_are_reported_and_kept(small_movies_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(small_movies_root / "Movies", root / "Movies")
+    train_file = root / "Movies" / "train.jsonl.gz"
+    rows = _gz_rows(train_file)
+    _write_gz_rows(train_file, [rows[0], rows[1], rows[0], *rows[2:]])
+    out = tmp_path / "out"
+    proc = run_script(SCRIPT, "--data_root", str(root), "--use_long_history", "false", "--limit", "4",
+                      "--output_dir", str(out))
+    assert re.search(r"warning: .*train\.jsonl\.gz: 1 row\(s\) repeat an earlier \(user_id, parent_asin\), first "
+                     r".* at lines 1 and 3; all rows are kept, each as its own parquet row", proc.stderr)
+    assert proc.stderr.count("repeat an earlier") == 1
+    frame = pd.read_parquet(out / "train.parquet")
+    assert [info["parent_asin"] for info in frame["extra_info"]][:3] == [rows[0]["parent_asin"], rows[1]["parent_asin"],
+                                                                         rows[0]["parent_asin"]]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["duplicate_rows"] == {"train": 1, "valid": 0, "test": 0}
+
+
+def test_the_authors_and_the_canonical_flags_parse_alike(capsys):
+    authors = preprocess_grpo.parse_args(["--category", "Books", "--data_root", "d", "--max_history", "30",
+                                          "--use_long_history", "False"])
+    assert (authors.category, authors.data_root, authors.max_history, authors.use_long_history) == ("Books", "d", 30, False)
+    canonical = preprocess_grpo.parse_args(["--category", "Books", "--output_dir", "o", "--limit", "5"])
+    aliases = preprocess_grpo.parse_args(["--data_category", "Books", "--out_dir", "o", "--limit", "5"])
+    assert vars(canonical) == vars(aliases)
+    with pytest.raises(SystemExit):
+        preprocess_grpo.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    assert "\n    python preprocess_grpo.py --category Movies --max_history 10 --use_long_history True \\\n" in help_text
+    assert "(default: 10)" in help_text and "%(default)" not in help_text
+
+
+def test_overwrite_replaces_the_stage_files_only_and_flags_a_stale_token_report(small_movies_root, tiny_model_dir,
+                                                                                tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["--data_root", str(small_movies_root), "--use_long_history", "false", "--limit", "2", "--output_dir", str(out)]
+    preprocess_grpo.main([*base, "--tokenizer", str(tiny_model_dir)])
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    preprocess_grpo.main([*base, "--limit", "3", "--overwrite"])
+    assert (out / "notes.txt").read_text() == "mine"
+    assert len(pd.read_parquet(out / "train.parquet")) == 3
+    assert "prompt_stats.json is from an earlier run" in capsys.readouterr().err
+
+
+def test_bench_preprocess_times_the_stage_and_keeps_its_report(small_movies_root, tiny_model_dir, tmp_path):
+    report = tmp_path / "bench.json"
+    args = ["scripts/bench_preprocess.py", "--data_root", str(small_movies_root), "--tokenizer", str(tiny_model_dir),
+            "--limit", "3", "--repeats", "1", "--out_json", str(report)]
+    proc = run_script(*args)
+    assert "run 1/1:" in proc.stdout
+    figures = json.loads(report.read_text())
+    assert figures["rows"] == {"train": 3, "val": 3, "test": 3} and figures["token_counting"] == "chunked"
+    again = run_script(*args, check=False)  # refused before any run
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "run 1/1" not in again.stdout

@@ -46,7 +46,7 @@ def data_root(tmp_path) -> Path:
 
 def _slice(data_root: Path, out_root: Path, *extra: str):
     return run_script("scripts/slice_data.py", "--data_root", str(data_root), "--category", "Films",
-                      "--num_users", "2", "--out_root", str(out_root), *extra, check=False)
+                      "--num_users", "2", "--output_root", str(out_root), *extra, check=False)
 
 
 def test_slice_keeps_the_first_users_byte_for_byte(data_root, tmp_path):
@@ -124,3 +124,14 @@ def test_out_root_that_is_a_file(data_root, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "slice is a file, not a folder" in proc.stderr
     assert (tmp_path / "slice").read_text() == "not a folder"
+
+
+def test_the_old_out_root_flag_still_works(data_root, tmp_path):
+    proc = run_script("scripts/slice_data.py", "--data_root", str(data_root), "--data_category", "Films",
+                      "--num_users", "1", "--out_root", str(tmp_path / "old"), check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "old" / "Films").iterdir()) == sorted(
+        f"{name}.jsonl.gz" for name in ("history", "train", "valid", "test"))
+    zero = _slice(data_root, tmp_path / "none", "--num_users", "0")
+    assert zero.returncode == 2 and "--num_users: must be at least 1, got 0" in zero.stderr
+    assert not (tmp_path / "none").exists()

@@ -176,3 +176,48 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     _write(run / "prompt_stats.json", {"splits": {"train": {}}})
     no_split = run_script("scripts/make_tables.py", "--run_dir", str(run), check=False)
     assert no_split.returncode == 2 and "no splits.test" in no_split.stderr
+
+
+COT_METRICS = {"predictions": {"cot": rating_metrics([5.0, 4.0, 4.0, 2.0], LABELS)}, "latency": _latency(2000.0, 238.0)}
+WRONG_INPUTS = {
+    "any_json_as_ao_before": ("ao_before", {"anything": 1},
+                              r"is not stage 6's metrics\.json \(inference_ao_ddp\.py\): it has no 'predictions' key "
+                              r"\(given as --ao_before\)"),
+    "cot_metrics_as_ao_before": ("ao_before", COT_METRICS,
+                                 r"is not stage 6's metrics\.json .*: its predictions hold cot, not ao or ao_expected"),
+    "ao_metrics_as_cot_test": ("cot_test", {"predictions": {"ao": {}, "ao_expected": {}}, "latency": {}},
+                               r"is not stage 4a's metrics\.json .*: its predictions hold ao, ao_expected, not cot"),
+    "predictions_not_an_object": ("ao_after", {"predictions": [1, 2], "latency": {}},
+                                  r"'predictions' holds list, not an object \(given as --ao_after\)"),
+    "prompt_stats_as_baselines": ("baselines", PROMPT_STATS, r"is not scripts/baselines\.py's metrics\.json: it has no "
+                                                             r"'methods' key"),
+    "metrics_as_prompt_stats": ("prompt_stats", COT_METRICS, r"is not stage 2's prompt_stats\.json .*no 'splits' key"),
+    "latency_without_ao": ("bench_latency", {"cot": _latency(900.0, 238.0)},
+                           r"is not scripts/bench_latency\.py's latency\.json: it has no 'ao' key"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_INPUTS))
+def test_a_file_of_another_kind_is_refused_in_one_line(case, run_dir, tmp_path):
+    """Issue 14: make_tables accepted any JSON as --ao_before and printed "not run"."""
+    import re
+
+    key, content, message = WRONG_INPUTS[case]
+    wrong = tmp_path / "elsewhere" / "wrong.json"
+    _write(wrong, content)
+    out = tmp_path / "tables"
+    proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), f"--{key}", str(wrong),
+                      "--output_dir", str(out), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {wrong} ") and re.search(message, proc.stderr), proc.stderr
+    assert not out.exists()
+
+
+def test_the_tables_appear_together_and_overwrite_keeps_other_files(run_dir, tmp_path):
+    out = tmp_path / "tables"
+    run_script("scripts/make_tables.py", "--run_dir", str(run_dir), "--out_dir", str(out), "--no_figure")
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy.csv", "latency.csv", "manifest.json", "tables.md",
+                                                     "token_efficiency.csv"]
+    (out / "notes.txt").write_text("mine")
+    run_script("scripts/make_tables.py", "--run_dir", str(run_dir), "--output_dir", str(out), "--overwrite")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "tables.png").is_file()

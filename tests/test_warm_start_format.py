@@ -58,7 +58,8 @@ def test_missing_data_path_is_a_one_line_error(tmp_path, tiny_model_dir):
 def test_end_to_end_writes_a_loadable_model(tmp_path, tiny_model_dir, verl_dir):
     out = tmp_path / "warm"
     proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", "8",
-                      "--max_steps", "3", "--batch_size", "4", "--max_new_tokens", "8", "--out_dir", str(out))
+                      "--max_steps", "3", "--per_device_train_batch_size", "4", "--max_new_tokens", "8",
+                      "--output_dir", str(out))
     assert "greedy format check" in proc.stdout
 
     manifest = json.loads((out / "manifest.json").read_text())
@@ -77,3 +78,14 @@ def test_end_to_end_writes_a_loadable_model(tmp_path, tiny_model_dir, verl_dir):
     again = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(out),
                        check=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_canonical_flags_and_their_old_names():
+    ws = load_script(SCRIPT)
+    canonical = ws.parse_args(["--model", "m", "--data_path", "d", "--output_dir", "o", "--split", "valid",
+                               "--per_device_train_batch_size", "4"])
+    old = ws.parse_args(["--model_path", "m", "--data_path", "d", "--out_dir", "o", "--split", "val", "--batch_size", "4"])
+    assert vars(canonical) == vars(old)
+    assert (canonical.split, canonical.limit, canonical.per_device_train_batch_size) == ("valid", 64, 4)
+    with pytest.raises(SystemExit):
+        ws.parse_args(["--data_path", "d", "--output_dir", "o", "--max_steps", "0"])
