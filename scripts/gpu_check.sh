@@ -95,7 +95,7 @@ if wants tiny; then
     VERL_T="$T/verl/max@10-long@False"
     GRPO_T="$T/ckpt/GRPO_${CATEGORY}_step2"
     step tiny-slice -- "$PYTHON" scripts/slice_data.py --category "$CATEGORY" --data_root "$DATA_ROOT" \
-        --num_users 40 --out_root "$T/data"
+        --num_users 40 --output_root "$T/data"
     step tiny-stage2 -- "$PYTHON" preprocess_grpo.py --category "$CATEGORY" --data_root "$T/data" --max_history 10 \
         --use_long_history False --limit 64 --output_dir "$VERL_T"
     step tiny-warm-start -- "$PYTHON" scripts/warm_start_format.py --model "$TINY" --data_path "$VERL_T" \
@@ -180,7 +180,7 @@ if wants verl; then
         V="$OUT/verl_run"
         rm -rf "$V"
         step verl-slice -- "$PYTHON" scripts/slice_data.py --category "$CATEGORY" --data_root "$DATA_ROOT" \
-            --num_users 40 --out_root "$V/data"
+            --num_users 40 --output_root "$V/data"
         step verl-stage2 -- "$PYTHON" preprocess_grpo.py --category "$CATEGORY" --data_root "$V/data" \
             --use_long_history False --limit 64 --output_dir "$V/verl/max@10-long@False"
         step verl-stage3 --steps 2 -- env BACKEND=verl PYTHON="$PYTHON" MODEL_PATH="$TINY" NUM_GPUS=1 \
