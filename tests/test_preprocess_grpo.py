@@ -1,4 +1,4 @@
-"""Stage 2 (preprocess_grpo.py) on a 40-user slice of the real Movies data."""
+"""Stage 2 (preprocess_grpo.py) on the synthetic Movies data (40 users, tests/synthetic_data.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Stage 1 (generate_interest_sketch.py, siren.sketch, siren.embedding).
 
-The script runs on real Movies data (the 40-user slice) with the offline MiniLM encoder once, cold;
+The script runs on the synthetic Movies data (tests/synthetic_data.py) with the offline MiniLM encoder once, cold;
 every later run shares its embedding cache, so it never loads the encoder again. The whole Movies
 category is run by scripts/bench_sketch.py (minutes on 2 cores, too slow for the suite).
 """
@@ -84,7 +84,7 @@ def _features(out_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# end to end on the real Movies slice (one cold run, the rest from the cache)
+# end to end on the synthetic Movies data (one cold run, the rest from the cache)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -161,7 +161,7 @@ def test_warm_rerun_count_rule_is_deterministic_and_recomputes(sketch_run):
         assert np.array_equal(first[key], second[key]), key
     expected = recompute_sketches(out, sketch_run["history"], 8, "count", 4.0, "Movies")
     assert _features(out) == expected
-    # the rules disagree somewhere on real data (ties, and means pulled below 4 by one low rating)
+    # the rules disagree somewhere on the data (ties, and means pulled below 4 by one low rating)
     assert _features(out) != _features(sketch_run["out"])
 
 
