@@ -101,6 +101,7 @@ def sketch_run(small_movies_root, tiny_model_dir, tmp_path_factory):
             "history": small_movies_root / "Movies" / "history.jsonl.gz", "root": small_movies_root}
 
 
+@pytest.mark.slow
 def test_end_to_end_outputs(sketch_run):
     out = sketch_run["out"]
     for name in ("kmeans_results_8.npz", "cluster_exemplars_8.json", "topic_names_8.json", "user_feature.jsonl",
@@ -141,12 +142,14 @@ def test_end_to_end_outputs(sketch_run):
     assert "wrote" in sketch_run["stdout"]
 
 
+@pytest.mark.slow
 def test_sketch_matches_independent_recomputation_mean_rule(sketch_run):
     expected = recompute_sketches(sketch_run["out"], sketch_run["history"], 8, "mean", 4.0, "Movies")
     assert _features(sketch_run["out"]) == expected
     assert any(expected.values())
 
 
+@pytest.mark.slow
 def test_warm_rerun_count_rule_is_deterministic_and_recomputes(sketch_run):
     out = sketch_run["base"] / "count"
     proc = run_script(
@@ -165,6 +168,7 @@ def test_warm_rerun_count_rule_is_deterministic_and_recomputes(sketch_run):
     assert _features(out) != _features(sketch_run["out"])
 
 
+@pytest.mark.slow
 def test_names_from_file_cap_and_sklearn_backend(sketch_run, tmp_path):
     names = [f"Planted name {i}" for i in range(8)]
     (tmp_path / "names.json").write_text(json.dumps(names))
@@ -179,6 +183,7 @@ def test_names_from_file_cap_and_sklearn_backend(sketch_run, tmp_path):
             assert block.count("\n- ") <= 1, text
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_and_bad_k(sketch_run):
     proc = run_script(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
                       "--output_dir", str(sketch_run["out"]), "--cache_dir", str(sketch_run["cache"]),

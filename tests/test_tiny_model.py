@@ -99,6 +99,7 @@ def test_tiny_model_generates_and_returns_every_layer(tiny_model_dir, tokenizer)
     assert generated.shape[1] > batch["input_ids"].shape[1]
 
 
+@pytest.mark.slow
 def test_build_is_deterministic(tmp_path, tiny_model_dir):
     from siren.tiny_model import build_tiny_qwen3
 
