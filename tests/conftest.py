@@ -47,11 +47,15 @@ def pytest_collection_modifyitems(config, items):
     # --dist loadfile --no-loadscope-reorder) starts it on one worker while the other works
     # through the rest.
     items.sort(key=lambda item: item.path.name != "test_demo.py")
+    real_dir, why_not = real_category_dir("Movies")
     for item in items:
         # A test on the real data is marked so however it reaches movies_dir (directly or through
-        # another fixture), and `-m "not real_data"` can leave it out.
+        # another fixture), and `-m "not real_data"` can leave it out. Without the data it is
+        # skipped here, before its other fixtures (the tiny model, ...) are built.
         if "movies_dir" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.real_data)
+            if real_dir is None:
+                item.add_marker(pytest.mark.skip(reason=why_not))
     import torch
 
     if torch.cuda.is_available():
