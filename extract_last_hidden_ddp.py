@@ -46,29 +46,25 @@ def main(argv=None) -> None:
     from tqdm import tqdm
 
     from siren import SirenError
+    from siren.cot import MASK_NAME, check_mask_matches, check_thinking_matches, load_mask, load_thinking, thinking_file
     from siren.distributed import process_state
-    from siren.generation import load_causal_lm, resolve_dtype
     from siren.hidden import (
         HIDDEN_NAME,
         INDEX_NAME,
         NpyRows,
-        category_of,
         check_contexts,
-        check_thinking_matches,
         encode_left_padded,
         last_token_hidden,
-        load_mask,
-        load_thinking,
         merge_hidden_shards,
         peak_rss_mb,
         reset_peak_rss,
         shard_paths,
         teacher_text,
-        thinking_file,
     )
     from siren.io import RunTimer, atomic_path, check_outputs_free, write_manifest
+    from siren.modeling import load_causal_lm, resolve_dtype
     from siren.tokenization import load_tokenizer
-    from siren.verl_data import load_split_rows, parquet_path
+    from siren.verl_data import category_of, load_split_rows, parquet_path
 
     timer = RunTimer()
     if args.batch_size < 1:
@@ -83,7 +79,11 @@ def main(argv=None) -> None:
 
     thinking = load_thinking(thinking_path)
     check_thinking_matches(rows, thinking, thinking_path)
-    mask = load_mask(thinking_path.parent / "mask.pt", thinking) if args.only_correct else [True] * len(rows)
+    if args.only_correct:
+        mask_path = thinking_path.parent / MASK_NAME
+        mask = check_mask_matches(load_mask(mask_path, len(thinking), "the thinking file"), thinking, mask_path)
+    else:
+        mask = [True] * len(rows)
     no_reasoning = sum(t["reasoning"] is None for t in thinking)
     selected = [i for i, t in enumerate(thinking) if t["reasoning"] is not None and mask[i]]
     if not selected:

@@ -49,7 +49,8 @@ def main() -> None:
 
     from siren import SirenError
     from siren.answer import RATING_MAX, RATING_MIN
-    from siren.ao import check_data_path, default_out_dir
+    from siren.ao import default_out_dir
+    from siren.ao_data import check_data_path
     from siren.io import RunTimer, check_outputs_free
 
     timer = RunTimer()
@@ -72,19 +73,12 @@ def main() -> None:
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    from siren.ao import (
-        constrained_ratings,
-        expected_ratings,
-        load_ao_model,
-        load_ao_rows,
-        next_token_logits,
-        parse_greedy_token,
-        prediction_metrics,
-        rating_probabilities,
-    )
+    from siren.ao import load_ao_model, next_token_logits, parse_greedy_token, prediction_metrics
+    from siren.ao_data import load_ao_rows
     from siren.distributed import process_state, shard_positions
-    from siren.generation import device_name, latency_summary, resolve_dtype
     from siren.io import atomic_write_json, atomic_write_jsonl, write_manifest
+    from siren.metrics import latency_summary
+    from siren.modeling import constrained_ratings, device_name, expected_ratings, rating_probabilities, resolve_dtype
     from siren.tokenization import load_tokenizer, rating_token_ids
 
     state = process_state()

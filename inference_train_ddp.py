@@ -49,43 +49,35 @@ def main(argv=None) -> None:
     from tqdm import tqdm
 
     from siren import SirenError
-    from siren.distributed import process_state, shard_positions
-    from siren.generation import (
+    from siren.cot import (
         STOP_AFTER_ENV,
-        HFGenerator,
         PartWriter,
-        SamplingSettings,
-        VLLMGenerator,
-        batches,
-        check_backend,
         check_resume_settings,
-        device_name,
-        latency_summary,
-        load_causal_lm,
         merge_parts,
         part_path,
         partial_dir,
         public_row,
         read_parts,
-        resolve_dtype,
         response_summary,
         result_row,
+        save_mask,
         settings_record,
         stop_after_batches,
     )
-    from siren.hidden import category_of
+    from siren.distributed import process_state, shard_positions
+    from siren.generation import HFGenerator, SamplingSettings, VLLMGenerator, batches, check_backend
     from siren.io import (
         RunTimer,
-        atomic_path,
         atomic_write_json,
         atomic_write_jsonl,
         check_outputs_free,
         write_manifest,
     )
-    from siren.metrics import rating_metrics
+    from siren.metrics import latency_summary, rating_metrics
+    from siren.modeling import device_name, load_causal_lm, resolve_dtype
     from siren.prompts import chat_prompt_text
     from siren.tokenization import load_tokenizer
-    from siren.verl_data import load_split_rows, parquet_path
+    from siren.verl_data import category_of, load_split_rows, parquet_path
 
     timer = RunTimer()
     settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p)
@@ -152,8 +144,7 @@ def main(argv=None) -> None:
         merged = merge_parts(part_dir, len(rows))
         results = [public_row(r) for r in merged]
         atomic_write_jsonl(outputs[0], results)
-        with atomic_path(outputs[1]) as tmp:
-            torch.save(torch.tensor([r["correct"] for r in results], dtype=torch.bool), tmp)
+        save_mask(outputs[1], [r["correct"] for r in results])
         summary = response_summary(results)
         metrics = {
             "predictions": {"cot": rating_metrics([r["prediction"] for r in results], [r["label"] for r in results])},

@@ -22,10 +22,16 @@
 #   MAX_PROMPT_LENGTH, MAX_RESPONSE_LENGTH    tokens
 #   EPOCHS, MAX_STEPS  passes over train.parquet; MAX_STEPS > 0 stops earlier
 #   SAVE_FREQ, TEST_FREQ   steps between checkpoints / validation runs on val.parquet
-#   LORA_RANK, LORA_ALPHA  0 = full fine-tuning
+#   LORA_RANK, LORA_ALPHA  0 = full fine-tuning; with verl the adapter is merged into the saved model
+#   ATTN_IMPLEMENTATION    verl only: attention of the actor/ref models: sdpa (default; needs no flash-attn) or
+#                      flash_attention_2 (only where flash-attn is installed; turns remove-padding on)
+#   RESUME_MODE        verl only: disable (default; refuses a TRAINER_DIR that already holds a checkpoint),
+#                      auto (resume from its latest checkpoint), or resume_path with RESUME_FROM_PATH=.../global_step_S
+#   VAL_BEFORE_TRAIN   verl only: True (verl's default) runs one validation pass before step 1
 #   LOGGER             console, or console,wandb
 #   PROJECT_NAME, EXPERIMENT_NAME, TRAINER_DIR (raw verl/TRL checkpoints; default ckpt/$BACKEND/$PROJECT_NAME/$EXPERIMENT_NAME)
-#   GPU_MEMORY_UTILIZATION (vLLM), PYTHON, OVERWRITE=1 (replace an existing merged model)
+#   GPU_MEMORY_UTILIZATION (vLLM), OVERWRITE=1 (replace an existing merged model)
+#   PYTHON             interpreter (default: the repo's .venv/bin/python when it exists, else python3)
 #   DRY_RUN=1          print the config verl would run (python -m verl.trainer.main_ppo ... --cfg job) and exit;
 #                      with BACKEND=trl, print the python -m siren.grpo_trl command and exit
 # Arguments after the script name are passed on: Hydra overrides for verl, flags of
@@ -35,7 +41,11 @@ set -euo pipefail
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 BACKEND=${BACKEND:-verl}
-PYTHON=${PYTHON:-python3}
+# The project's venv (make install) has verl; the system python3 usually does not.
+if [[ -z "${PYTHON:-}" ]]; then
+    PYTHON=python3
+    [[ -x "$REPO_DIR/.venv/bin/python" ]] && PYTHON="$REPO_DIR/.venv/bin/python"
+fi
 MODEL_PATH=${MODEL_PATH:-}
 CATEGORY=${CATEGORY:-Movies}
 MAX_HISTORY=${MAX_HISTORY:-10}
@@ -56,6 +66,10 @@ SAVE_FREQ=${SAVE_FREQ:-20}
 TEST_FREQ=${TEST_FREQ:-20}
 LORA_RANK=${LORA_RANK:-0}
 LORA_ALPHA=${LORA_ALPHA:-32}
+ATTN_IMPLEMENTATION=${ATTN_IMPLEMENTATION:-sdpa}
+RESUME_MODE=${RESUME_MODE:-disable}
+RESUME_FROM_PATH=${RESUME_FROM_PATH:-}
+VAL_BEFORE_TRAIN=${VAL_BEFORE_TRAIN:-True}
 LOGGER=${LOGGER:-console}
 PROJECT_NAME=${PROJECT_NAME:-siren_grpo}
 EXPERIMENT_NAME=${EXPERIMENT_NAME:-GRPO_${DATA_NAME}}
@@ -84,6 +98,25 @@ done
 if [[ "$BACKEND" == verl && "$NUM_GPUS" == 0 ]]; then
     die "NUM_GPUS=0: verl needs GPUs; use BACKEND=trl to train on CPU or a single device"
 fi
+case "$ATTN_IMPLEMENTATION" in
+    sdpa|eager) REMOVE_PADDING=False ;;
+    flash_attention_2) REMOVE_PADDING=True ;;  # verl's packed (varlen) forward needs flash-attn's kernels
+    *) die "ATTN_IMPLEMENTATION must be sdpa, eager or flash_attention_2, got '$ATTN_IMPLEMENTATION'" ;;
+esac
+case "$RESUME_MODE" in
+    disable|auto) ;;
+    resume_path) [[ "$RESUME_FROM_PATH" == *global_step_* ]] \
+        || die "RESUME_MODE=resume_path needs RESUME_FROM_PATH=<TRAINER_DIR>/global_step_S, got '$RESUME_FROM_PATH'" ;;
+    *) die "RESUME_MODE must be disable, auto or resume_path, got '$RESUME_MODE'" ;;
+esac
+if [[ "$BACKEND" == trl && "$RESUME_MODE" != disable ]]; then
+    die "RESUME_MODE=$RESUME_MODE is read by BACKEND=verl only; the TRL backend always starts from MODEL_PATH"
+fi
+# verl's resume_mode=disable trains from scratch but writes into the same folder, and a run that
+# stops before its first save would leave the old latest_checkpointed_iteration.txt to be merged.
+if [[ "$BACKEND" == verl && "$DRY_RUN" != 1 && "$RESUME_MODE" == disable && -f "$TRAINER_DIR/latest_checkpointed_iteration.txt" ]]; then
+    die "TRAINER_DIR=$TRAINER_DIR already holds a verl checkpoint (step $(tr -d '[:space:]' < "$TRAINER_DIR/latest_checkpointed_iteration.txt")): set RESUME_MODE=auto to resume it, or choose another TRAINER_DIR"
+fi
 REWARD_FILE="$REPO_DIR/siren/reward.py"
 [[ -f "$REWARD_FILE" ]] || die "reward function file not found: $REWARD_FILE"
 REPORT_TO=none
@@ -107,11 +140,20 @@ if [[ "$BACKEND" == trl ]]; then
     exec "${TRL_COMMAND[@]}"
 fi
 
-# verl: every key below exists in verl 0.9.1's ppo_trainer config (Hydra rejects unknown keys).
+# verl: every key below exists in verl 0.9.1's ppo_trainer config (Hydra rejects unknown keys), except
+# the one `+` key: model.override_config is an empty open dict there, so adding to it needs `+`.
+# verl reads override_config.attn_implementation for the actor and the reference model alike
+# (HFModelConfig, verl/workers/config/model.py) and defaults it to flash_attention_2, which needs
+# the flash-attn package; PyPI has only its source, which compiles against CUDA (docs/pipeline.md).
+# sdpa is torch's own kernel. It goes with use_remove_padding=False: verl's remove-padding path packs
+# a micro-batch into one sequence without an attention mask, written for flash-attn's varlen
+# kernels; the padded path passes an explicit attention mask, which every implementation honours.
 # Batch sizes in verl count prompts; ppo_mini_batch_size = the whole batch gives one update per step.
 TRAIN_BATCH_SIZE=$((BATCH_SIZE * NUM_GPUS))
 TOTAL_STEPS=()
 [[ "$MAX_STEPS" -gt 0 ]] && TOTAL_STEPS=(trainer.total_training_steps="$MAX_STEPS")
+RESUME_FROM=()
+[[ "$RESUME_MODE" == resume_path ]] && RESUME_FROM=(trainer.resume_from_path="'$RESUME_FROM_PATH'")
 VERL_ARGS=(
     algorithm.adv_estimator=grpo
     algorithm.use_kl_in_reward=False
@@ -123,7 +165,8 @@ VERL_ARGS=(
     data.filter_overlong_prompts=True
     data.truncation=error
     actor_rollout_ref.model.path="'$MODEL_PATH'"
-    actor_rollout_ref.model.use_remove_padding=True
+    +actor_rollout_ref.model.override_config.attn_implementation="$ATTN_IMPLEMENTATION"
+    actor_rollout_ref.model.use_remove_padding="$REMOVE_PADDING"
     actor_rollout_ref.model.enable_gradient_checkpointing=True
     actor_rollout_ref.model.lora_rank="$LORA_RANK"
     actor_rollout_ref.model.lora_alpha="$LORA_ALPHA"
@@ -151,7 +194,10 @@ VERL_ARGS=(
     trainer.total_epochs="$EPOCHS"
     trainer.save_freq="$SAVE_FREQ"
     trainer.test_freq="$TEST_FREQ"
+    trainer.val_before_train="$VAL_BEFORE_TRAIN"
+    trainer.resume_mode="$RESUME_MODE"
     "${TOTAL_STEPS[@]}"
+    "${RESUME_FROM[@]}"
 )
 
 if [[ "$DRY_RUN" == 1 ]]; then
@@ -172,16 +218,12 @@ PARTIAL="$CKPT_DIR/.GRPO_${DATA_NAME}_step${STEP}.partial"
 rm -rf "$PARTIAL"
 "$PYTHON" -m verl.model_merger merge --backend fsdp \
     --local_dir "$TRAINER_DIR/global_step_$STEP/actor" --target_dir "$PARTIAL"
-"$PYTHON" - "$PARTIAL" backend=verl step="$STEP" model_path="$MODEL_PATH" data_dir="$DATA_DIR" \
+# A LoRA run's adapter is merged into the weights here (verl's merger leaves it beside them).
+"$PYTHON" -m siren.grpo_verl "$PARTIAL" backend=verl step="$STEP" model_path="$MODEL_PATH" data_dir="$DATA_DIR" \
     num_gpus="$NUM_GPUS" batch_size="$BATCH_SIZE" rollout_n="$ROLLOUT_N" lr="$LR" kl_coef="$KL_COEF" \
     max_prompt_length="$MAX_PROMPT_LENGTH" max_response_length="$MAX_RESPONSE_LENGTH" epochs="$EPOCHS" \
-    lora_rank="$LORA_RANK" trainer_dir="$TRAINER_DIR" extra_overrides="$*" <<'PY'
-import sys
-from siren.io import write_manifest
-out, settings = sys.argv[1], dict(arg.split("=", 1) for arg in sys.argv[2:])
-write_manifest(out, script="main_grpo_amazon.sh", args=settings, outputs=[out],
-               inputs=[f"{settings['data_dir']}/train.parquet", f"{settings['data_dir']}/val.parquet"])
-PY
+    lora_rank="$LORA_RANK" lora_alpha="$LORA_ALPHA" attn_implementation="$ATTN_IMPLEMENTATION" \
+    resume_mode="$RESUME_MODE" trainer_dir="$TRAINER_DIR" extra_overrides="$*"
 rm -rf "$TARGET"
 mv "$PARTIAL" "$TARGET"
 echo "merged verl step $STEP into $TARGET"

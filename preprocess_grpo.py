@@ -29,8 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--use_long_history", type=str2bool, default=True,
                         help="put the long-term interest sketch in the prompt: true/false (default: %(default)s)")
     parser.add_argument("--sketch_path", default=None,
-                        help="stage 1's user_feature.jsonl (no default: the user_feature.jsonl shipped beside the "
-                             "authors' data is their own sketch, not ours; without one the prompts carry no sketch)")
+                        help="stage 1's user_feature.jsonl; required with --use_long_history true (no default: the "
+                             "user_feature.jsonl shipped beside the authors' data is their own sketch, not ours)")
     parser.add_argument("--out_dir", default=None,
                         help="output folder (default: data/{category}/verl/max@{N}-long@{True|False})")
     parser.add_argument("--tokenizer", default=None,
@@ -53,6 +53,10 @@ def validate(args: argparse.Namespace):
         raise SirenError(f"--limit must be >= 1, got {args.limit}")
     if args.max_prompt_tokens < 1:
         raise SirenError(f"--max_prompt_tokens must be >= 1, got {args.max_prompt_tokens}")
+    if args.use_long_history and args.sketch_path is None:
+        # The output folder would say long@True while no prompt carries a sketch.
+        raise SirenError("--use_long_history true needs --sketch_path (stage 1's user_feature.jsonl); "
+                         "give --use_long_history false for prompts without a sketch")
     given_dir = Path(args.data_root) / args.category if args.data_root else None
     # An existing category folder is used as is, so a missing split file is named rather than the folder skipped.
     category_dir = given_dir if given_dir is not None and given_dir.is_dir() else resolve_category_dir(args.category, args.data_root)
@@ -103,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         sketches = load_sketches(sketch_path)
         print(f"read {len(sketches)} user sketches from {sketch_path}")
     else:
-        print("no --sketch_path given: prompts carry no sketch"
-              f"{' although --use_long_history is true' if args.use_long_history else ''}", file=sys.stderr)
+        print("no --sketch_path given (--use_long_history false): prompts carry no sketch")
 
     records_by_split = {}
     for split in PARQUET_SPLITS:
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         progress = tqdm(total=len(PARQUET_SPLITS) * len(PROMPT_VARIANTS), desc="prompt tokens", unit="variant")
         for stem, by_variant in messages_by_split.items():
             counted: dict[str, np.ndarray] = {}
-            for variant in PROMPT_VARIANTS:  # as_built comes first
+            for variant in sorted(PROMPT_VARIANTS, key=lambda v: v != "as_built"):  # as_built first
                 prompts = by_variant[variant]
                 if variant != "as_built" and prompts == by_variant["as_built"]:
                     counted[variant] = counted["as_built"]  # e.g. sketch_recent when the sketch is in the prompt

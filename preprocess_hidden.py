@@ -3,18 +3,15 @@
     python preprocess_hidden.py --data_path data/Movies/verl/max@10-long@True --tokenizer ckpt/GRPO_Movies_step100
 
 Each prompt is the chat-templated parquet prompt + an empty think block + `<answer>`; each
-completion is the rating and `</answer>`. Writes a `datasets` DatasetDict (save_to_disk) with
-manifest.json to data/{category}/hidden/max@{N}-long@{bool}, the folder named after the parquet
-directory, unless --out_dir says otherwise. Takes seconds; no model weights are loaded.
+completion is what the GRPO teacher writes after `<answer>`, e.g. "4.0</answer>". Writes a
+`datasets` DatasetDict (save_to_disk) with manifest.json to data/{category}/hidden/max@{N}-long@{bool},
+the folder named after the parquet directory, unless --out_dir says otherwise. Takes seconds; no model weights are loaded.
 """
 
 import argparse
 import sys
 
 from siren.cli import run_main
-
-# DatasetDict split -> parquet split
-SPLITS = {"train": "train", "valid": "val", "test": "test"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,15 +32,16 @@ def main(argv=None) -> None:
     from datasets import Dataset, DatasetDict
 
     from siren import SirenError
-    from siren.hidden import answer_only_records, category_of, default_hidden_dir, tokenizer_record
+    from siren.ao_data import answer_only_records, default_hidden_dir
     from siren.io import RunTimer, atomic_path, check_outputs_free, write_manifest
+    from siren.modeling import tokenizer_record
     from siren.tokenization import count_tokens, load_tokenizer
-    from siren.verl_data import load_split_rows, parquet_path
+    from siren.verl_data import PARQUET_SPLITS, category_of, load_split_rows, parquet_path
 
     timer = RunTimer()
     if args.limit is not None and args.limit < 1:
         raise SirenError(f"--limit must be at least 1, got {args.limit}")
-    rows = {name: load_split_rows(args.data_path, stem, args.limit) for name, stem in SPLITS.items()}
+    rows = {name: load_split_rows(args.data_path, stem, args.limit) for name, stem in PARQUET_SPLITS.items()}
     category = category_of([r for split_rows in rows.values() for r in split_rows], args.category)
     out_dir = Path(args.out_dir) if args.out_dir else default_hidden_dir(args.data_path, category)
     check_outputs_free([out_dir], args.overwrite)
@@ -56,7 +54,7 @@ def main(argv=None) -> None:
     token_stats = {
         name: {"mean": round(sum(t) / len(t), 1), "max": max(t)} for name, t in prompt_tokens.items()
     }
-    inputs = [parquet_path(args.data_path, stem) for stem in SPLITS.values()]
+    inputs = [parquet_path(args.data_path, stem) for stem in PARQUET_SPLITS.values()]
     with atomic_path(out_dir) as tmp:
         dataset.save_to_disk(str(tmp))
         write_manifest(tmp, script="preprocess_hidden.py", args=args, inputs=inputs, outputs=[out_dir],

@@ -101,33 +101,6 @@ def validate_args(args) -> None:
         raise SirenError(f"--max_eval_samples must be at least 1, got {args.max_eval_samples}")
 
 
-def load_instructions(path: str):
-    """The 4c DatasetDict with its train and valid splits checked."""
-    from datasets import DatasetDict, load_from_disk
-
-    from siren import SirenError
-    from siren.answer import ANSWER_OPEN
-
-    if not (Path(path) / "dataset_dict.json").is_file():
-        raise SirenError(f"--instruction_path {path} is not a DatasetDict saved with save_to_disk (run preprocess_hidden.py)")
-    dataset_dict = load_from_disk(path)
-    if not isinstance(dataset_dict, DatasetDict):
-        raise SirenError(f"--instruction_path {path} is not a DatasetDict")
-    for split in ("train", "valid"):
-        if split not in dataset_dict:
-            raise SirenError(f"{path}: no {split!r} split (has {', '.join(dataset_dict)})")
-        missing = [c for c in ("prompt", "completion", "label", "index") if c not in dataset_dict[split].column_names]
-        if missing:
-            raise SirenError(f"{path}/{split}: missing column(s) {', '.join(missing)}")
-    train = dataset_dict["train"]
-    if list(train["index"]) != list(range(len(train))):
-        raise SirenError(f"{path}/train: the index column is not 0..{len(train) - 1} in order, so rows cannot be matched to the mask")
-    first = train[0]["prompt"]
-    if not first.endswith(ANSWER_OPEN):
-        raise SirenError(f"{path}/train: prompts must end with {ANSWER_OPEN} (the aligned position); row 0 does not")
-    return dataset_dict
-
-
 def main() -> None:
     args = build_parser().parse_args()
     validate_args(args)
@@ -149,15 +122,16 @@ def main() -> None:
     from siren import SirenError
     from siren.alignment import (
         RowIndexCollator,
-        TeacherStates,
-        base_fingerprint,
         build_trainer_class,
-        load_mask,
         lora_target_modules,
         select_training_rows,
         tokenize_ao_split,
     )
+    from siren.ao_data import load_ao_dataset
+    from siren.cot import load_mask
+    from siren.hidden import TeacherStates
     from siren.io import atomic_path, atomic_write_json, atomic_write_jsonl, write_manifest
+    from siren.modeling import base_fingerprint
     from siren.tokenization import load_tokenizer, rating_token_ids
 
     if args.overwrite and (output_dir / "checkpoints").is_dir() and int(os.environ.get("RANK", "0")) == 0:
@@ -169,7 +143,7 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model, padding_side="right")
     ratings = rating_token_ids(tokenizer)
 
-    dataset_dict = load_instructions(args.instruction_path)
+    dataset_dict = load_ao_dataset(args.instruction_path)
     n_train_rows = len(dataset_dict["train"])
     mask = load_mask(args.teacher_mask_path, n_train_rows)
     teacher = TeacherStates(args.teacher_hidden_path, args.teacher_index_path)
@@ -178,11 +152,12 @@ def main() -> None:
     selected = select_training_rows(mask, teacher, args.training_ratio, args.dataset_seed)
 
     train_dataset, dropped_train = tokenize_ao_split(
-        dataset_dict["train"].select(selected), tokenizer, args.max_length, desc="tokenizing train")
+        dataset_dict["train"].select(selected), tokenizer, args.max_length, desc="tokenizing train", rating_ids=ratings)
     valid = dataset_dict["valid"]
     if args.max_eval_samples is not None:
         valid = valid.select(range(min(args.max_eval_samples, len(valid))))
-    eval_dataset, dropped_eval = tokenize_ao_split(valid, tokenizer, args.max_length, desc="tokenizing valid")
+    eval_dataset, dropped_eval = tokenize_ao_split(valid, tokenizer, args.max_length, desc="tokenizing valid",
+                                                   rating_ids=ratings)
     if len(train_dataset) == 0 or len(eval_dataset) == 0:
         raise SirenError(f"no rows fit --max_length {args.max_length} (train {len(train_dataset)}, valid {len(eval_dataset)})")
 

@@ -46,7 +46,7 @@ def main() -> None:
     from siren import SirenError
     from siren.baselines import FIT_CHOICES, ModelSettings, format_table, run_baselines
     from siren.data import load_split, resolve_category_dir, split_path
-    from siren.io import RunTimer, atomic_write_json, check_outputs_free, write_manifest
+    from siren.io import MANIFEST_NAME, RunTimer, atomic_outputs, atomic_write_json, check_outputs_free, write_manifest
 
     timer = RunTimer()
     if args.limit is not None and args.limit < 1:
@@ -55,7 +55,7 @@ def main() -> None:
         raise SirenError("--k, --max_iter and --pmf_max_iter must be at least 1")
     out_dir = Path(args.out_dir)
     metrics_path = out_dir / "metrics.json"
-    check_outputs_free([metrics_path], args.overwrite)
+    check_outputs_free([metrics_path, out_dir / MANIFEST_NAME], args.overwrite)  # and a usable out_dir
 
     category_dir = resolve_category_dir(args.category, args.data_root)
     fit_paths = [split_path(category_dir, split) for split in FIT_CHOICES[args.fit_on]]
@@ -74,12 +74,13 @@ def main() -> None:
         "fallback_rule": "a test row whose user or item is not in the fit data is predicted as the fit global mean",
         **results,
     }
-    atomic_write_json(metrics_path, report)
-    write_manifest(
-        out_dir, script="baselines.py", args=args, inputs=[*fit_paths, test_path], outputs=[metrics_path],
-        counts={"fit_rows": results["n_fit_rows"], "test_rows": results["n_eval_rows"], **results["unknown"]},
-        seconds=timer.seconds,
-    )
+    with atomic_outputs(out_dir, [metrics_path.name, MANIFEST_NAME], overwrite=args.overwrite) as staged:
+        atomic_write_json(staged.path(metrics_path.name), report)
+        write_manifest(
+            staged.dir, script="baselines.py", args=args, inputs=[*fit_paths, test_path], outputs=[metrics_path],
+            counts={"fit_rows": results["n_fit_rows"], "test_rows": results["n_eval_rows"], **results["unknown"]},
+            seconds=timer.seconds,
+        )
 
     unknown = results["unknown"]
     print(f"read {results['n_fit_rows']} {args.fit_on} rows ({results['n_fit_users']} users, "

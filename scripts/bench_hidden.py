@@ -77,8 +77,8 @@ def main(argv=None) -> None:
     import pandas as pd
 
     from siren import SirenError
+    from siren.cot import result_row
     from siren.data import load_split, resolve_category_dir
-    from siren.generation import result_row
     from siren.io import atomic_write_json, atomic_write_text, check_outputs_free
     from siren.verl_data import load_split_rows, make_row
 

@@ -86,8 +86,8 @@ def main() -> None:
 
     import torch
 
-    from siren.generation import device_name
     from siren.latency import build_random_model, time_answer_only, time_cot
+    from siren.modeling import device_name
     from siren.prompts import answer_only_context, chat_prompt_text
     from siren.tokenization import load_tokenizer, rating_token_ids
 

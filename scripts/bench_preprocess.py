@@ -2,9 +2,10 @@
 
     python scripts/bench_preprocess.py --category Movies --tokenizer ckpt/tiny-qwen3 --repeats 3
 
-Each repeat runs `preprocess_grpo.py --tokenizer ... --overwrite` as a fresh process (imports
-included) into a temporary folder and measures its wall time. Build the tokenizer first with
-`python scripts/make_tiny_model.py --out_dir ckpt/tiny-qwen3` (it has the real Qwen3 vocabulary).
+Each repeat runs `preprocess_grpo.py --use_long_history false --tokenizer ... --overwrite` (no
+sketch) as a fresh process (imports included) into a temporary folder and measures its wall time.
+Build the tokenizer first with `python scripts/make_tiny_model.py --out_dir ckpt/tiny-qwen3` (it
+has the real Qwen3 vocabulary).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main() -> None:
     seconds = []
     with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp:
         command = [sys.executable, str(REPO / "preprocess_grpo.py"), "--category", args.category,
-                   "--max_history", str(args.max_history), "--tokenizer", str(args.tokenizer),
+                   "--max_history", str(args.max_history), "--use_long_history", "false", "--tokenizer", str(args.tokenizer),
                    "--out_dir", str(Path(tmp) / "out"), "--overwrite"]
         if args.data_root:
             command += ["--data_root", args.data_root]

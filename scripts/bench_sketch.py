@@ -1,6 +1,6 @@
-"""Benchmark stage 1 on a whole category: cold run, warm-cache run, and the pure-encode floor.
+r"""Benchmark stage 1 on a whole category: cold run, warm-cache run, and the pure-encode floor.
 
-    python scripts/bench_sketch.py --data_category Movies --encoder_model minilm --out_json results/bench_sketch.json
+    python scripts/bench_sketch.py --category Movies --encoder_model minilm --out_json results/bench_sketch.json
 
 Each run is a fresh process. --repeats times (default 3), in alternating order:
   - encode only: load the encoder and `encode` the stage's distinct item texts (same batch size,
@@ -26,38 +26,40 @@ import tempfile
 import time
 from pathlib import Path
 
-from siren.cli import run_main
+from siren import cli
+from siren.cli import nonnegative_int, positive_int, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_category", default="Movies", help="category to run on (default: %(default)s)")
-    parser.add_argument("--data_root", default=None, help="folder holding <category>/ (default: the usual search path)")
-    parser.add_argument("--encoder_model", default="minilm", help="encoder (default: %(default)s)")
-    parser.add_argument("--encode_batch_size", type=int, default=64, help="encoder batch size (default: %(default)s)")
-    parser.add_argument("--encode_max_len", type=int, default=512, help="encoder token limit (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=0, help="encoder CPU threads, 0 = torch default (default: %(default)s)")
-    parser.add_argument("--tokenizer", default=None, help="pass --tokenizer to the stage, e.g. ckpt/tiny-qwen3 (default: none)")
-    parser.add_argument("--work_dir", default=None, help="where outputs and the cache go (default: a temporary folder)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="encode-only and cold runs (alternating) and warm runs; medians are reported (default: %(default)s)")
-    parser.add_argument("--out_json", default=None, help="also write the figures here (default: print only)")
+    parser = cli.stage_parser(__doc__)
+    cli.add_category(parser, help="category to run on")
+    cli.add_data_root(parser)
+    parser.add_argument("--encoder_model", default="minilm", help="encoder")
+    parser.add_argument("--encode_batch_size", type=positive_int, default=64, help="encoder batch size")
+    parser.add_argument("--encode_max_len", type=positive_int, default=512, help="encoder token limit")
+    parser.add_argument("--threads", type=nonnegative_int, default=0, help="encoder CPU threads, 0 = torch default")
+    parser.add_argument("--tokenizer", default=None, help="pass --tokenizer to the stage, e.g. ckpt/tiny-qwen3")
+    parser.add_argument("--work_dir", default=None, help="where outputs and the cache go; unset: a temporary folder")
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="encode-only and cold runs (alternating) and warm runs; medians are reported")
+    parser.add_argument("--out_json", default=None, help="also write the figures here; unset: print only")
     parser.add_argument("--encode_only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_json")
+    cli.add_overwrite(parser, help="replace an existing --out_json")
     return parser.parse_args(argv)
 
 
 def stage_texts(args: argparse.Namespace) -> list[str]:
     """The distinct texts the stage encodes (same item table code as the stage)."""
     from siren.data import load_history, load_split, resolve_category_dir
-    from siren.sketch import distinct_texts, items_from_data
+    from siren.items import distinct_texts
+    from siren.sketch import load_items
 
-    category_dir = resolve_category_dir(args.data_category, args.data_root)
-    history = load_history(category_dir / "history.jsonl.gz")
+    category_dir = resolve_category_dir(args.category, args.data_root)
+    history_path = category_dir / "history.jsonl.gz"
     splits = [row for s in ("train", "valid", "test") for row in load_split(category_dir / f"{s}.jsonl.gz")]
-    return distinct_texts(items_from_data(history, splits).texts)[0]
+    return distinct_texts(load_items(load_history(history_path), splits, history_path).texts)[0]
 
 
 def encode_only(args: argparse.Namespace) -> None:
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     from siren import SirenError
 
-    if args.repeats < 1:
-        raise SirenError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.out_json and Path(args.out_json).is_dir():
+        raise SirenError(f"--out_json {args.out_json} is a folder; give a file path")
     if args.out_json and Path(args.out_json).exists() and not args.overwrite:
         raise SirenError(f"output already exists: {args.out_json} (pass --overwrite to replace it)")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_sketch_"))
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     for cache in caches:
         if cache.exists() and any(cache.iterdir()):
             raise SirenError(f"{cache} is not empty; a cold run needs an empty cache (use another --work_dir)")
-    shared = ["--data_category", args.data_category, "--encoder_model", args.encoder_model,
+    shared = ["--category", args.category, "--encoder_model", args.encoder_model,
               "--encode_batch_size", str(args.encode_batch_size), "--encode_max_len", str(args.encode_max_len),
               "--threads", str(args.threads)] + (["--data_root", args.data_root] if args.data_root else [])
     python = sys.executable
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     figures = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {"cpu_cores": os.cpu_count(), "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
-        "category": args.data_category,
+        "category": args.category,
         "encoder": args.encoder_model,
         "texts": floors[0]["texts"],
         "repeats": args.repeats,

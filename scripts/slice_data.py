@@ -4,11 +4,12 @@
 
 Writes <out_root>/<category>/{history,train,valid,test}.jsonl.gz holding only those users' rows,
 byte for byte as in the source, so every stage runs on the slice exactly as on the full data.
+Every source row is checked as the stages check it (siren.data); the four files appear together
+or not at all (a missing, corrupt or truncated source file leaves nothing behind).
 """
 
 import argparse
 import gzip
-import json
 import sys
 from pathlib import Path
 
@@ -27,29 +28,33 @@ def main() -> None:
     args = parser.parse_args()
 
     from siren import SirenError
-    from siren.data import iter_jsonl, resolve_category_dir
-    from siren.io import atomic_path, check_outputs_free
+    from siren.data import check_history_record, check_split_record, require_file, resolve_category_dir
+    from siren.io import atomic_outputs, iter_jsonl, iter_text_lines, parse_jsonl_line
 
     if args.num_users < 1:
         raise SirenError("--num_users must be at least 1")
     source = resolve_category_dir(args.category, args.data_root)
+    sources = {name: require_file(source / f"{name}.jsonl.gz", f"{name} file") for name in FILES}
     target = Path(args.out_root) / args.category
-    check_outputs_free([target], args.overwrite)
+    outputs = [f"{name}.jsonl.gz" for name in FILES]
 
-    users: set[str] = set()
-    for _, record in iter_jsonl(source / "history.jsonl.gz"):
-        if len(users) == args.num_users:
-            break
-        users.add(record["user_id"])
     counts = {}
-    with atomic_path(target) as tmp:
-        tmp.mkdir(parents=True)
+    with atomic_outputs(target, outputs, overwrite=args.overwrite) as staged:
+        users: set[str] = set()
+        for lineno, record in iter_jsonl(sources["history"]):
+            if len(users) == args.num_users:
+                break
+            users.add(check_history_record(record, sources["history"], lineno)["user_id"])
         for name in FILES:
+            check_record = check_history_record if name == "history" else check_split_record
             kept = 0
-            with gzip.open(source / f"{name}.jsonl.gz", "rt", encoding="utf-8") as src, \
-                    gzip.open(tmp / f"{name}.jsonl.gz", "wt", encoding="utf-8") as dst:
-                for line in src:
-                    if line.strip() and json.loads(line).get("user_id") in users:
+            # newline="" writes each line exactly as read, so the slice is byte for byte the source.
+            with gzip.open(staged.path(f"{name}.jsonl.gz"), "wt", encoding="utf-8", newline="") as dst:
+                for lineno, line in iter_text_lines(sources[name]):
+                    if not line.strip():
+                        continue
+                    record = check_record(parse_jsonl_line(sources[name], lineno, line), sources[name], lineno)
+                    if record["user_id"] in users:
                         dst.write(line)
                         kept += 1
             counts[name] = kept

@@ -8,8 +8,9 @@ that position the student's hidden state of every layer is pulled towards the te
 
 `align` is the per-layer distance (`--loss_type`) averaged over layers and over the rows of the
 batch, with the teacher treated as a constant; `lm` is the cross-entropy of the completion tokens
-(the rating, `</answer>` and EOS) averaged over those tokens. kd_ratio 1.0 is pure alignment, the
-paper's "HA" setting.
+(what the teacher writes after `<answer>`, e.g. "4.0</answer>", then EOS) averaged over those
+tokens. kd_ratio 1.0 is pure alignment, the paper's "HA" setting; the first completion token is
+the rating digit, so the aligned position and answer-only decoding read the same token either way.
 
 Teacher rows are looked up by the dataset row index that travels with each example through the
 collator, never by position in the batch, so shuffling and multi-process sharding cannot pair a
@@ -19,16 +20,16 @@ row with another row's teacher.
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from siren import SirenError
 
 if TYPE_CHECKING:
     import torch
+
+    from siren.hidden import TeacherStates
 
 # torch, numpy and trl are imported inside the functions, so that a script can read LOSS_TYPES and
 # PEFT_FAMILIES for its --help, and refuse bad flags, without paying for those imports.
@@ -151,102 +152,6 @@ def completion_lm_loss(final_hidden: torch.Tensor, labels: torch.Tensor, lm_head
 # Teacher states, mask and training rows
 
 
-class TeacherStates:
-    """Stage 4b's `teacher_hidden.npy` [n, L, H] (memory-mapped) looked up by dataset row index."""
-
-    def __init__(self, hidden_path: str | os.PathLike, index_path: str | os.PathLike | None = None):
-        import numpy as np
-
-        hidden_path = Path(hidden_path)
-        if hidden_path.is_dir():
-            hidden_path = hidden_path / "teacher_hidden.npy"
-        if not hidden_path.is_file():
-            raise SirenError(f"missing teacher hidden states: {hidden_path} (run extract_last_hidden_ddp.py first)")
-        index_path = Path(index_path) if index_path else hidden_path.with_name("teacher_index.npy")
-        try:
-            self.hidden = np.load(hidden_path, mmap_mode="r")
-        except ValueError as err:
-            raise SirenError(f"{hidden_path}: not a readable .npy array ({err})") from None
-        if self.hidden.ndim != 3:
-            raise SirenError(f"{hidden_path}: expected [rows, layers, hidden], got shape {self.hidden.shape}")
-        self.path = hidden_path
-        self.index_path = index_path if index_path.is_file() else None
-        if self.index_path is not None:
-            row_ids = np.asarray(np.load(self.index_path), dtype=np.int64)
-            if row_ids.shape != (self.hidden.shape[0],):
-                raise SirenError(
-                    f"{self.index_path} has {row_ids.size} entries but {hidden_path} has {self.hidden.shape[0]} rows"
-                )
-            if len(np.unique(row_ids)) != len(row_ids):
-                raise SirenError(f"{self.index_path}: a dataset row appears more than once")
-        else:
-            row_ids = np.arange(self.hidden.shape[0], dtype=np.int64)
-        self.row_ids = row_ids
-        self._position = {int(r): p for p, r in enumerate(row_ids)}
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.hidden.shape[0])
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.hidden.shape[1])
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.hidden.shape[2])
-
-    def check_against(self, *, n_layers: int, hidden_size: int, n_dataset_rows: int) -> None:
-        """Clear errors when the teacher file does not fit the model or the dataset."""
-        if self.n_layers != n_layers or self.hidden_size != hidden_size:
-            raise SirenError(
-                f"{self.path} holds {self.n_layers} layers x hidden size {self.hidden_size}, but the model has "
-                f"{n_layers} layers x hidden size {hidden_size}"
-            )
-        if self.index_path is None and self.n_rows != n_dataset_rows:
-            raise SirenError(
-                f"{self.path} has {self.n_rows} rows but the training split has {n_dataset_rows} rows "
-                f"(and there is no teacher_index.npy next to it saying which rows they are)"
-            )
-        out_of_range = self.row_ids[(self.row_ids < 0) | (self.row_ids >= n_dataset_rows)]
-        if out_of_range.size:
-            raise SirenError(
-                f"{self.index_path} names row {int(out_of_range[0])}, but the training split has {n_dataset_rows} rows"
-            )
-
-    def has(self, row_index: int) -> bool:
-        return int(row_index) in self._position
-
-    def lookup(self, row_indices) -> torch.Tensor:
-        """Teacher states `[B, L, H]` (float32) of the given dataset rows, in that order."""
-        import numpy as np
-        import torch
-
-        try:
-            positions = [self._position[int(r)] for r in row_indices]
-        except KeyError as err:
-            raise SirenError(f"no teacher hidden state for dataset row {err.args[0]}") from None
-        return torch.from_numpy(np.asarray(self.hidden[positions], dtype=np.float32))
-
-
-def load_mask(path: str | os.PathLike, n_rows: int) -> torch.Tensor:
-    """Stage 4a's `mask.pt`: bool `[n_rows]`, True where the teacher's CoT prediction was right."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise SirenError(f"missing teacher mask: {path} (run inference_train_ddp.py first)")
-    try:
-        mask = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise SirenError(f"{path}: cannot read a tensor ({type(err).__name__}: {str(err).splitlines()[0]})") from None
-    if not isinstance(mask, torch.Tensor) or mask.ndim != 1:
-        raise SirenError(f"{path}: expected a 1-D bool tensor, got {getattr(mask, 'shape', type(mask).__name__)}")
-    if mask.numel() != n_rows:
-        raise SirenError(f"{path} has {mask.numel()} entries but the training split has {n_rows} rows")
-    return mask.bool()
-
-
 def select_training_rows(mask: torch.Tensor, teacher: TeacherStates, training_ratio: float, seed: int) -> list[int]:
     """The masked-in rows (teacher correct), then a `training_ratio` random subset of them, sorted.
 
@@ -287,11 +192,14 @@ def tokenize_ao_example(prompt: str, completion: str, tokenizer, max_length: int
     return {"input_ids": input_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids}
 
 
-def tokenize_ao_split(dataset, tokenizer, max_length: int | None, desc: str = "tokenizing"):
+def tokenize_ao_split(dataset, tokenizer, max_length: int | None, desc: str = "tokenizing",
+                      rating_ids: dict[int, int] | None = None):
     """A 4c split -> `datasets.Dataset` with input_ids, labels, row_index, rating_label.
 
     Returns (dataset, n_dropped); rows longer than max_length are dropped (truncating would cut the
-    aligned position or the rating) and counted.
+    aligned position or the rating) and counted. With `rating_ids` (rating -> token id), a row whose
+    completion does not start with its label's rating token is an error: the cross-entropy and the
+    rating accuracy both read that token at the aligned position.
     """
     from datasets import Dataset
     from tqdm.auto import tqdm
@@ -303,6 +211,11 @@ def tokenize_ao_split(dataset, tokenizer, max_length: int | None, desc: str = "t
         if example is None:
             dropped += 1
             continue
+        if rating_ids is not None:
+            first = example["labels"][example["labels"].count(IGNORE_INDEX)]  # labels: prompt masked, then completion
+            if first != rating_ids.get(int(row["label"])):
+                raise SirenError(f"row {row['index']}: completion {row['completion']!r} does not start with the "
+                                 f"rating token of label {row['label']} (rebuild the 4c dataset with preprocess_hidden.py)")
         columns["input_ids"].append(example["input_ids"])
         columns["labels"].append(example["labels"])
         columns[ROW_INDEX].append(int(row["index"]))
@@ -365,13 +278,6 @@ def lora_target_modules(model, peft: str) -> list[str]:
     return list(wanted)
 
 
-def base_fingerprint(config) -> dict:
-    """What identifies a base model for an adapter: architecture and shapes."""
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "intermediate_size", "vocab_size")
-    return {k: getattr(config, k, None) for k in keys}
-
-
 # --------------------------------------------------------------------------------------------------
 # Trainer
 
@@ -390,7 +296,7 @@ def build_trainer_class():
     import torch
     from trl import SFTTrainer
 
-    from siren.ao import constrained_ratings, rating_probabilities
+    from siren.modeling import constrained_ratings, rating_probabilities
 
     class HiddenAlignmentTrainer(SFTTrainer):
         """SFTTrainer whose loss is hidden-state alignment at the answer position (see module doc).

@@ -11,46 +11,17 @@ over the five rating tokens.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from siren import SirenError
-from siren.answer import ANSWER_OPEN, RATING_MAX, RATING_MIN, parse_rating
+from siren.answer import RATING_MAX, RATING_MIN, parse_rating
 
 if TYPE_CHECKING:
     import torch
 
 DECODES = ("constrained", "greedy")
-
-
-# --------------------------------------------------------------------------------------------------
-# From next-token logits to ratings
-
-
-def rating_probabilities(next_logits: torch.Tensor, rating_token_ids: dict[int, int]) -> torch.Tensor:
-    """`[B, V]` logits -> `[B, 5]` probabilities of ratings 1..5, renormalised over those tokens."""
-    import torch
-
-    ids = torch.tensor([rating_token_ids[r] for r in sorted(rating_token_ids)], device=next_logits.device)
-    return torch.softmax(next_logits[:, ids].float(), dim=-1)
-
-
-def constrained_ratings(probs: torch.Tensor, ratings=(1, 2, 3, 4, 5)) -> torch.Tensor:
-    """The most probable rating of each row (float)."""
-    import torch
-
-    values = torch.tensor([float(r) for r in ratings], device=probs.device)
-    return values[probs.argmax(-1)]
-
-
-def expected_ratings(probs: torch.Tensor, ratings=(1, 2, 3, 4, 5)) -> torch.Tensor:
-    """sum_r p(r) * r per row: a continuous prediction that hedges between neighbouring stars."""
-    import torch
-
-    values = torch.tensor([float(r) for r in ratings], device=probs.device)
-    return (probs * values).sum(-1)
 
 
 def parse_greedy_token(text: str) -> float | None:
@@ -62,90 +33,6 @@ def parse_greedy_token(text: str) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Inputs
-
-
-def _resolve_split_name(split: str, available: list[str]) -> str:
-    aliases = {"val": "valid", "valid": "val"}
-    if split in available:
-        return split
-    if aliases.get(split) in available:
-        return aliases[split]
-    raise SirenError(f"split {split!r} not found; available: {', '.join(available)}")
-
-
-def check_data_path(data_path: str | os.PathLike, split: str) -> str:
-    """Which kind `data_path` is ("datasetdict" or "parquet"), and that it has `split`; file checks only."""
-    from siren.verl_data import parquet_path
-
-    data_path = Path(data_path)
-    if not data_path.exists():
-        raise SirenError(f"--data_path does not exist: {data_path}")
-    if (data_path / "dataset_dict.json").is_file():
-        splits = json.loads((data_path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
-        _resolve_split_name(split, splits)
-        return "datasetdict"
-    if any(data_path.glob("*.parquet")):
-        path = parquet_path(data_path, split)
-        if not path.is_file():
-            raise SirenError(f"split {split!r} not found: no {path}")
-        return "parquet"
-    raise SirenError(
-        f"{data_path} is neither a stage-4c DatasetDict (no dataset_dict.json) nor a verl parquet directory"
-    )
-
-
-def load_ao_rows(data_path: str | os.PathLike, split: str, tokenizer, limit: int | None = None) -> list[dict]:
-    """Rows `{index, label, prompt, user_id, parent_asin}` from a 4c DatasetDict or a verl parquet dir.
-
-    For the parquet the answer-only prompt is built here with `siren.prompts`, the same way stage 4c
-    builds it, so both sources give the model identical inputs.
-    """
-    data_path = Path(data_path)
-    if check_data_path(data_path, split) == "datasetdict":
-        from datasets import load_from_disk
-
-        dataset_dict = load_from_disk(str(data_path))
-        split_name = _resolve_split_name(split, list(dataset_dict.keys()))
-        dataset = dataset_dict[split_name]
-        missing = [c for c in ("prompt", "label", "index") if c not in dataset.column_names]
-        if missing:
-            raise SirenError(f"{data_path}/{split_name}: missing column(s) {', '.join(missing)}")
-        if limit is not None:
-            dataset = dataset.select(range(min(limit, len(dataset))))
-        rows = [
-            {
-                "index": int(r["index"]),
-                "label": float(r["label"]),
-                "prompt": r["prompt"],
-                "user_id": r.get("user_id"),
-                "parent_asin": r.get("parent_asin"),
-            }
-            for r in dataset
-        ]
-    else:
-        from siren.prompts import answer_only_context, chat_prompt_text
-        from siren.verl_data import load_split_rows
-
-        rows = [
-            {
-                "index": int(r["extra_info"]["index"]),
-                "label": r["label"],
-                "prompt": answer_only_context(chat_prompt_text(tokenizer, r["prompt"])),
-                "user_id": r["extra_info"].get("user_id"),
-                "parent_asin": r["extra_info"].get("parent_asin"),
-            }
-            for r in load_split_rows(data_path, split, limit=limit)
-        ]
-    if not rows:
-        raise SirenError(f"{data_path}: split {split!r} is empty")
-    bad = [r["index"] for r in rows if not r["prompt"].endswith(ANSWER_OPEN)]
-    if bad:
-        raise SirenError(f"{data_path}: prompt of row {bad[0]} does not end with {ANSWER_OPEN}, so it is not an AO prompt")
-    return rows
-
-
-# --------------------------------------------------------------------------------------------------
 # Model
 
 
@@ -153,14 +40,16 @@ def check_adapter_matches(base_model, adapter_dir: str | os.PathLike) -> None:
     """Refuse an adapter trained on another base: recorded fingerprint and every LoRA weight's shape."""
     from safetensors import safe_open
 
-    from siren.alignment import base_fingerprint
+    from siren.modeling import base_fingerprint
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise SirenError(f"{adapter_dir} is not a LoRA adapter (no adapter_config.json)")
     fingerprint_path = adapter_dir / "base_model.json"
     if fingerprint_path.is_file():
-        recorded = json.loads(fingerprint_path.read_text(encoding="utf-8"))
+        from siren.io import read_json
+
+        recorded = read_json(fingerprint_path)
         actual = base_fingerprint(base_model.config)
         differing = [k for k in recorded if recorded[k] != actual.get(k)]
         if differing:
@@ -194,7 +83,7 @@ def check_adapter_matches(base_model, adapter_dir: str | os.PathLike) -> None:
 
 def load_ao_model(model_path: str | os.PathLike, adapter_path: str | os.PathLike | None, dtype: torch.dtype, device):
     """A causal LM ready for AO inference: a merged model, or a base with a LoRA adapter merged in."""
-    from siren.generation import load_causal_lm
+    from siren.modeling import load_causal_lm
 
     model = load_causal_lm(model_path, dtype, device)
     if adapter_path is not None:

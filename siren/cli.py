@@ -1,4 +1,21 @@
-"""Small helpers every stage script uses for its command line and its process."""
+r"""The command line every stage script shares: one vocabulary of flags, and the process wrapper.
+
+One concept, one flag, in every script (the authors' README names stay accepted as aliases):
+
+    --category      dataset category (`Movies`, `Books`, ...)            alias --data_category
+    --data_root     folder holding <category>/ (source data files)
+    --model         model folder: weights + tokenizer                     alias --model_path
+    --data_path     the stage's input data: a folder or file              e.g. alias --instruction_path
+    --output_dir    the stage's output folder                             alias --out_dir
+    --split         train | valid | test (`val` means valid)
+    --limit         first N rows of the split the stage processes
+    --eval_limit    first N rows of the evaluation split (training stages)
+    --overwrite     replace the stage's own finished outputs
+
+Training settings are the Hugging Face / TRL dataclass fields (`--learning_rate`,
+`--num_train_epochs`, `--save_steps`, ...), parsed with `HfArgumentParser` through `hf_parser`.
+Every parser shows each flag's default in `--help` (`HelpFormatter`), so help texts never spell it.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +23,114 @@ import argparse
 import atexit
 import gc
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from siren import SirenError
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the module docstring's layout (its example command) and appends each flag's default.
+
+    Defaults that say nothing (None, False of a switch, an empty list) are left out; a help text
+    says what unset means.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], ()) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def stage_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The parser of a stage script: its module docstring as the description."""
+    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+
+
+def hf_parser(dataclass_types: Iterable, doc: str | None, parser_class=None, **defaults):
+    """An `HfArgumentParser` (or `parser_class`, e.g. TRL's `TrlParser`) over `dataclass_types`,
+    with the script's docstring, the same help layout as `stage_parser`, and the stage's own
+    defaults for library fields (e.g. `learning_rate=1e-4`)."""
+    if parser_class is None:
+        from transformers import HfArgumentParser as parser_class
+    parser = parser_class(list(dataclass_types), description=doc, formatter_class=HelpFormatter)
+    if defaults:
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def _bounded_int(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
+        return number
+
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+positive_int = _bounded_int(1)
+nonnegative_int = _bounded_int(0)
+
+
+def split_name(value: str) -> str:
+    """argparse type of --split: train, valid or test; `val` (verl's file name) means valid."""
+    from siren.data import canonical_split
+
+    try:
+        return canonical_split(value)
+    except SirenError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_category(parser, default: str | None = "Movies", help: str = "dataset category") -> None:
+    parser.add_argument("--category", "--data_category", dest="category", default=default, help=help)
+
+
+def add_data_root(parser) -> None:
+    parser.add_argument("--data_root", default=None,
+                        help="folder holding <category>/; unset: $SIREN_DATA_DIR, ./data, the repo's data/, ../shared/data")
+
+
+def add_model(parser, help: str, required: bool = True, aliases: Iterable[str] = ("--model_path",), **kwargs) -> None:
+    parser.add_argument("--model", *aliases, dest="model", required=required, help=help, **kwargs)
+
+
+def add_data_path(parser, help: str, required: bool = True, aliases: Iterable[str] = (), **kwargs) -> None:
+    parser.add_argument("--data_path", *aliases, dest="data_path", required=required, help=help, **kwargs)
+
+
+def add_output_dir(parser, help: str, default: str | None = None, required: bool = False) -> None:
+    parser.add_argument("--output_dir", "--out_dir", dest="output_dir", default=default, required=required, help=help)
+
+
+def add_split(parser, default: str = "test", help: str = "split: train, valid (or val) or test") -> None:
+    parser.add_argument("--split", type=split_name, default=default, help=help)
+
+
+def add_limit(parser, help: str = "only the first N rows of the split (unset: all)", aliases: Iterable[str] = ()) -> None:
+    parser.add_argument("--limit", *aliases, dest="limit", type=positive_int, default=None, help=help)
+
+
+def add_eval_limit(parser, help: str = "only the first N rows of the evaluation split (unset: all)",
+                   aliases: Iterable[str] = ()) -> None:
+    parser.add_argument("--eval_limit", *aliases, dest="eval_limit", type=positive_int, default=None, help=help)
+
+
+def add_overwrite(parser, help: str = "replace this stage's own finished outputs") -> None:
+    parser.add_argument("--overwrite", action="store_true", help=help)
+
+
+def add_batch_size(parser, default: int, help: str = "rows per forward pass, per process") -> None:
+    parser.add_argument("--batch_size", type=positive_int, default=default, help=help)
+
+
+def add_dtype(parser, help: str = "model dtype; auto = bfloat16 on a CUDA device that supports it, else float32") -> None:
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help=help)
 
 
 def str2bool(value: str | bool) -> bool:

@@ -7,20 +7,22 @@ Files of a category live in one directory:
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from siren import SirenError
+from siren.io import iter_jsonl as _io_iter_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "valid", "test")
 SPLIT_FIELDS = ("user_id", "parent_asin", "timestamp", "label", "target", "history")
 HISTORY_FIELDS = ("user_id", "history", "history_asins", "history_ratings")
+SPLIT_KEY = ("user_id", "parent_asin")  # a split row's identity, for the duplicate report
 GET_DATA_HINT = "get it with: bash scripts/get_data.sh <Category> (or --from DIR)"
 
 
@@ -60,25 +62,64 @@ def require_file(path: str | os.PathLike, what: str = "data file") -> Path:
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield (line_number, record) from a .jsonl or .jsonl.gz file; a bad line is a SirenError."""
-    path = require_file(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise SirenError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-                if not isinstance(record, dict):
-                    raise SirenError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-                yield lineno, record
-    except (OSError, EOFError) as err:
-        if isinstance(err, SirenError):
-            raise
-        raise SirenError(f"{path}: cannot read ({err})") from None
+    """Yield (line_number, record) from a .jsonl or .jsonl.gz file (siren.io.iter_jsonl).
+
+    Every problem is a one-line SirenError naming the file (and the line where known): a missing
+    file, a line that is not JSON or not an object, bytes that are not UTF-8, a corrupt or
+    truncated gzip stream.
+    """
+    yield from _io_iter_jsonl(require_file(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Field checks: the types data/README.md gives. JSON true/false are not numbers here (Python
+# would count True as 1), and a number written as a string ("4") is not a number either.
+# --------------------------------------------------------------------------------------------
+
+
+def _show(value) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind(value) -> str:
+    return {bool: "a boolean", str: "a string", type(None): "null", list: "a list", dict: "an object"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__
+    )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_id(value, path: Path, lineno: int, field: str) -> str:
+    """`user_id` / `parent_asin`: a non-empty string (null, numbers and "" are refused)."""
+    if not isinstance(value, str) or not value.strip():
+        raise SirenError(f"{path}:{lineno}: {field} must be a non-empty string, got {_kind(value)} {_show(value)}")
+    return value
+
+
+def check_string(value, path: Path, lineno: int, field: str) -> str:
+    if not isinstance(value, str):
+        raise SirenError(f"{path}:{lineno}: {field} must be a string, got {_kind(value)} {_show(value)}")
+    return value
+
+
+def check_number(value, path: Path, lineno: int, field: str) -> float | int:
+    """A finite JSON number (not a boolean, not a string)."""
+    if not _is_number(value) or (isinstance(value, float) and not math.isfinite(value)):
+        raise SirenError(f"{path}:{lineno}: {field} must be a finite number, got {_kind(value)} {_show(value)}")
+    return value
+
+
+def check_rating(value, path: Path, lineno: int, what: str = "label") -> float:
+    """A rating: a JSON number from 1 to 5, returned as a float."""
+    if not _is_number(value):
+        raise SirenError(f"{path}:{lineno}: {what} {_show(value)} is not a number (it is {_kind(value)}); "
+                         "ratings are JSON numbers from 1 to 5")
+    if not 1 <= value <= 5:  # also false for NaN; compared before float() so huge integers cannot overflow
+        raise SirenError(f"{path}:{lineno}: {what} {_show(value)} is outside 1-5")
+    return float(value)
 
 
 def _check_fields(path: Path, lineno: int, record: dict, fields: tuple[str, ...]) -> None:
@@ -87,48 +128,124 @@ def _check_fields(path: Path, lineno: int, record: dict, fields: tuple[str, ...]
         raise SirenError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
 
 
-def check_rating(value, path: Path, lineno: int, what: str = "label") -> float:
-    try:
-        rating = float(value)
-    except (TypeError, ValueError):
-        raise SirenError(f"{path}:{lineno}: {what} {value!r} is not a number") from None
-    if math.isnan(rating) or not 1.0 <= rating <= 5.0:
-        raise SirenError(f"{path}:{lineno}: {what} {value!r} is outside 1-5")
-    return rating
+def check_split_record(record: dict, path: Path, lineno: int) -> dict:
+    """Validate one split row in place (types of data/README.md); `label` becomes a float."""
+    _check_fields(path, lineno, record, SPLIT_FIELDS)
+    check_id(record["user_id"], path, lineno, "user_id")
+    check_id(record["parent_asin"], path, lineno, "parent_asin")
+    check_number(record["timestamp"], path, lineno, "timestamp")
+    record["label"] = check_rating(record["label"], path, lineno)
+    check_string(record["target"], path, lineno, "target")
+    check_string(record["history"], path, lineno, "history")
+    return record
 
 
-def load_split(path: str | os.PathLike) -> list[dict]:
-    """Read and validate one split file (train/valid/test.jsonl.gz)."""
+def check_history_record(record: dict, path: Path, lineno: int) -> dict:
+    """Validate one history.jsonl.gz row in place; `history_ratings` become floats."""
+    _check_fields(path, lineno, record, HISTORY_FIELDS)
+    check_id(record["user_id"], path, lineno, "user_id")
+    check_string(record["history"], path, lineno, "history")
+    asins, ratings = record["history_asins"], record["history_ratings"]
+    if not isinstance(asins, list) or not isinstance(ratings, list):
+        raise SirenError(f"{path}:{lineno}: history_asins and history_ratings must be lists")
+    if len(asins) != len(ratings):
+        raise SirenError(
+            f"{path}:{lineno}: history_asins has {len(asins)} items but history_ratings has {len(ratings)}"
+        )
+    for position, asin in enumerate(asins):
+        check_id(asin, path, lineno, f"history_asins[{position}]")
+    record["history_ratings"] = [
+        check_rating(r, path, lineno, f"history_ratings[{position}]") for position, r in enumerate(ratings)
+    ]
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Repeated keys
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """Rows of a file that repeat an earlier row's key: how many, and the first such pair."""
+
+    fields: tuple[str, ...]
+    count: int = 0
+    example: tuple | None = None  # the key of the first repeated row
+    lines: tuple[int, int] | None = None  # (line of its first occurrence, line of the repeat)
+
+    def describe(self, path: str | os.PathLike) -> str:
+        """One line, e.g. "train.jsonl.gz: 2 rows repeat an earlier (user_id, parent_asin), first ..."."""
+        key = self.example[0] if len(self.fields) == 1 else self.example
+        return (f"{path}: {self.count} row(s) repeat an earlier ({', '.join(self.fields)}), first {key!r} "
+                f"at lines {self.lines[0]} and {self.lines[1]}")
+
+
+class _DuplicateFinder:
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        self.fields = fields
+        self.first_line: dict[tuple, int] = {}
+        self.count = 0
+        self.example: tuple | None = None
+        self.lines: tuple[int, int] | None = None
+
+    def add(self, record: dict, lineno: int) -> None:
+        key = tuple(record[f] for f in self.fields)
+        first = self.first_line.setdefault(key, lineno)
+        if first != lineno:
+            self.count += 1
+            if self.example is None:
+                self.example, self.lines = key, (first, lineno)
+
+    def result(self) -> Duplicates:
+        return Duplicates(self.fields, self.count, self.example, self.lines)
+
+
+class SplitRows(list):
+    """The rows of a split file (a list of dicts), with `path` and `duplicates` (a `Duplicates`)."""
+
+    path: Path
+    duplicates: Duplicates
+
+
+def load_split(path: str | os.PathLike, *, warn: bool = True) -> SplitRows:
+    """Read and validate one split file (train/valid/test.jsonl.gz).
+
+    Rows repeating an earlier (user_id, parent_asin) are all kept (each is a row of the split and
+    has its own parquet index downstream); they are counted in `rows.duplicates` and, with
+    `warn`, reported on stderr as one "warning: <file>: ..." line.
+    """
     path = require_file(path, "split file")
-    rows = []
+    rows = SplitRows()
+    finder = _DuplicateFinder(SPLIT_KEY)
     for lineno, record in iter_jsonl(path):
-        _check_fields(path, lineno, record, SPLIT_FIELDS)
-        record["label"] = check_rating(record["label"], path, lineno)
-        if not isinstance(record["history"], str) or not isinstance(record["target"], str):
-            raise SirenError(f"{path}:{lineno}: 'history' and 'target' must be strings")
-        rows.append(record)
+        rows.append(check_split_record(record, path, lineno))
+        finder.add(record, lineno)
     if not rows:
         raise SirenError(f"{path}: the split is empty")
+    rows.path, rows.duplicates = path, finder.result()
+    if warn and rows.duplicates.count:
+        print(f"warning: {rows.duplicates.describe(path)}; all rows are kept", file=sys.stderr)
     return rows
 
 
 def load_history(path: str | os.PathLike) -> list[dict]:
-    """Read and validate history.jsonl.gz (one row per user)."""
+    """Read and validate history.jsonl.gz (one row per user).
+
+    A user on two rows is refused (count and first example): the sketch of that user would
+    depend on which row a stage happened to use.
+    """
     path = require_file(path, "history file")
     rows = []
+    finder = _DuplicateFinder(("user_id",))
     for lineno, record in iter_jsonl(path):
-        _check_fields(path, lineno, record, HISTORY_FIELDS)
-        asins, ratings = record["history_asins"], record["history_ratings"]
-        if not isinstance(asins, list) or not isinstance(ratings, list):
-            raise SirenError(f"{path}:{lineno}: history_asins and history_ratings must be lists")
-        if len(asins) != len(ratings):
-            raise SirenError(
-                f"{path}:{lineno}: history_asins has {len(asins)} items but history_ratings has {len(ratings)}"
-            )
-        record["history_ratings"] = [check_rating(r, path, lineno, "history rating") for r in ratings]
-        rows.append(record)
+        rows.append(check_history_record(record, path, lineno))
+        finder.add(record, lineno)
     if not rows:
         raise SirenError(f"{path}: the history file is empty")
+    duplicates = finder.result()
+    if duplicates.count:
+        raise SirenError(f"{duplicates.describe(path)}; the history file holds one row per user (merge them)")
     return rows
 
 
@@ -177,3 +294,16 @@ def parse_history_line(line: str) -> HistoryItem:
 def history_lines(history: str) -> list[str]:
     """The non-empty lines of a newline-joined history string, oldest first."""
     return [line for line in history.split("\n") if line.strip()]
+
+
+# Split names on the command line and in every file but the verl parquet ("val.parquet", verl's
+# convention; `siren.verl_data.PARQUET_STEMS` maps to it).
+SPLIT_ALIASES = {"val": "valid", "validation": "valid"}
+
+
+def canonical_split(name: str) -> str:
+    """train, valid or test; `val` and `validation` mean valid."""
+    split = SPLIT_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    if split not in SPLITS:
+        raise SirenError(f"unknown split {name!r}; expected train, valid (or val) or test")
+    return split

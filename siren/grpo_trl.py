@@ -8,7 +8,8 @@ main_grpo_amazon.sh runs this with BACKEND=trl, mapping its settings onto these 
 same train/val parquet files and scores with the same reward (siren.reward) as the verl launcher,
 and writes the trained model (LoRA merged in) with its tokenizer to
 {ckpt_dir}/GRPO_{data_name}_step{S}, with train_log.jsonl (TRL's logs, `reward` among them) and
-manifest.json.
+manifest.json. The policy keeps float32 weights; on a GPU the passes run under bf16 autocast
+(full fine-tuning at lr 1e-6 on bf16 weights would round most updates away).
 """
 
 from __future__ import annotations
@@ -124,13 +125,26 @@ def load_grpo_split(data_dir, split: str, tokenizer, max_prompt_length: int, lim
     return Dataset.from_list(records), len(rows) - len(kept)
 
 
+def load_policy(model_path: str | Path):
+    """The policy with float32 master weights, on CPU and GPU alike.
+
+    On a GPU, GRPOConfig(bf16=True) runs forward and backward under bf16 autocast while AdamW keeps
+    updating float32 weights. Loaded in bfloat16, full fine-tuning at lr 1e-6 would barely move:
+    Adam's first steps change a weight by about lr, far below half a bf16 ulp (about 6e-5 for a
+    weight of 0.02), so most updates round away. TRL loads float32 by default for the same reason.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     validate(args)
 
     import torch
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
     from siren.io import RunTimer, atomic_path, atomic_write_jsonl, write_manifest
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dropped {train_dropped} train and {eval_dropped} val rows longer than {args.max_prompt_length} prompt tokens",
               file=sys.stderr)
 
-    model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=torch.bfloat16 if use_bf16 else torch.float32)
+    model = load_policy(args.model_path)  # float32; bf16=use_bf16 below only autocasts
     peft_config = None
     if args.lora_rank > 0:
         peft_config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules="all-linear",

@@ -1,4 +1,4 @@
-"""Stage 4b/4c: teacher contexts, last-token hidden states streamed to disk, and the AO dataset.
+"""Stage 4b: teacher contexts, last-token hidden states streamed to disk, and the teacher files.
 
 Teacher context (4b): chat-templated prompt + the model's reasoning through `</think>` +
 "\n\n<answer>". Student context (4c, 5, 6): chat-templated prompt + empty think block +
@@ -7,110 +7,27 @@ last one is the aligned position. With left padding that position is the last co
 
 Hidden states stream to per-process `.npy` shards through plain positioned writes (no mapping, so
 the resident memory does not grow with the file) and are merged into one `[N, L, H]` file in
-dataset order, a bounded chunk at a time.
+dataset order, a bounded chunk at a time. Stage 5 reads them back by dataset row with `TeacherStates`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from siren import SirenError
-from siren.answer import ANSWER_OPEN, THINK_CLOSE
-from siren.prompts import ANSWER_JOIN, answer_only_context, chat_prompt_text, teacher_context
-from siren.verl_data import data_source
+from siren.ao_data import student_text
+from siren.prompts import ALIGNED_TAIL, aligned_tail_ids, chat_prompt_text, teacher_context
 
-# The text both contexts end with; its tokens must agree between them.
-ALIGNED_TAIL = THINK_CLOSE + ANSWER_JOIN + ANSWER_OPEN
-HIDDEN_NAME, INDEX_NAME = "teacher_hidden.npy", "teacher_index.npy"
-_VERL_DIR = re.compile(r"max@(\d+)-long@(True|False)")
-
-
-def category_of(rows: Sequence[dict], override: str | None = None) -> str:
-    """The category of parquet rows: `override` if given, else from `data_source` ("AmazonReviews/<Category>")."""
-    if override:
-        return override
-    sources = {str(row["data_source"]) for row in rows}
-    if len(sources) != 1:
-        raise SirenError(f"rows come from {len(sources)} data sources ({', '.join(sorted(sources)[:3])}); pass --category")
-    prefix, sep, category = sources.pop().partition("/")
-    if not sep or not category or prefix + sep != data_source(""):
-        raise SirenError(f"cannot read a category from data_source {prefix + sep + category!r}; pass --category")
-    return category
-
-
-# ---------------------------------------------------------------------------------------------
-# The thinking file (stage 4a output) and its agreement with the parquet
-
-
-def thinking_file(path: str | os.PathLike) -> Path:
-    """results.jsonl itself, or the stage 4a directory that holds it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.jsonl"
-    if not path.is_file():
-        raise SirenError(f"no thinking file at {path} (run inference_train_ddp.py first)")
-    return path
-
-
-def load_thinking(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SirenError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            missing = [f for f in ("index", "user_id", "parent_asin", "label", "reasoning", "correct") if f not in row]
-            if missing:
-                raise SirenError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
-    if not rows:
-        raise SirenError(f"{path}: the thinking file is empty")
-    return rows
-
-
-def check_thinking_matches(rows: Sequence[dict], thinking: Sequence[dict], path: Path) -> None:
-    """The thinking file must hold exactly the parquet rows, in order (index, user, item, label)."""
-    if len(thinking) != len(rows):
-        raise SirenError(
-            f"{path} has {len(thinking)} rows but the parquet split has {len(rows)}; "
-            "run stage 4b on the same split and --limit as stage 4a"
-        )
-    for position, (row, thought) in enumerate(zip(rows, thinking, strict=True)):
-        info = row["extra_info"]
-        expected = (int(info["index"]), str(info["user_id"]), str(info["parent_asin"]), float(row["label"]))
-        found = (int(thought["index"]), str(thought["user_id"]), str(thought["parent_asin"]), float(thought["label"]))
-        if expected != found:
-            raise SirenError(
-                f"{path}: row {position} is (index, user, item, label) {found} but the parquet row is {expected}"
-            )
-
-
-def load_mask(path: Path, thinking: Sequence[dict]) -> list[bool]:
-    """mask.pt beside the thinking file, checked against its `correct` column."""
+if TYPE_CHECKING:
     import torch
 
-    if not path.is_file():
-        raise SirenError(f"--only_correct needs the correctness mask {path} (written by inference_train_ddp.py)")
-    mask = torch.load(path)
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.ndim != 1:
-        raise SirenError(f"{path}: expected a 1-D torch.bool tensor")
-    if len(mask) != len(thinking):
-        raise SirenError(f"{path} has {len(mask)} entries but the thinking file has {len(thinking)} rows")
-    values = mask.tolist()
-    disagree = [i for i, (m, t) in enumerate(zip(values, thinking, strict=True)) if m != bool(t["correct"])]
-    if disagree:
-        raise SirenError(f"{path} disagrees with the thinking file's `correct` at rows {disagree[:5]}")
-    return values
+# Stage 4b's files; stage 5 reads them back through TeacherStates.
+HIDDEN_NAME, INDEX_NAME = "teacher_hidden.npy", "teacher_index.npy"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,14 +36,6 @@ def load_mask(path: Path, thinking: Sequence[dict]) -> list[bool]:
 
 def teacher_text(tokenizer, row: dict, reasoning: str) -> str:
     return teacher_context(chat_prompt_text(tokenizer, row["prompt"]), reasoning)
-
-
-def student_text(tokenizer, row: dict) -> str:
-    return answer_only_context(chat_prompt_text(tokenizer, row["prompt"]))
-
-
-def aligned_tail_ids(tokenizer) -> list[int]:
-    return tokenizer.encode(ALIGNED_TAIL, add_special_tokens=False)
 
 
 def check_context_tail(index: int, teacher_ids: Sequence[int], student_ids: Sequence[int], tail_ids: Sequence[int]) -> None:
@@ -218,7 +127,7 @@ def peak_rss_mb() -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Row-addressed .npy files written without a memory map
+# Row-addressed .npy files written without a memory map, and the teacher files read back
 
 
 class NpyRows:
@@ -305,51 +214,79 @@ def merge_hidden_shards(parts_dir: Path, world: int, selected: Sequence[int], ro
             shard.close()
 
 
-# ---------------------------------------------------------------------------------------------
-# Stage 4c: the answer-only prompt/completion dataset
+class TeacherStates:
+    """Stage 4b's `teacher_hidden.npy` [n, L, H] (memory-mapped) looked up by dataset row index."""
 
+    def __init__(self, hidden_path: str | os.PathLike, index_path: str | os.PathLike | None = None):
+        import numpy as np
 
-def completion_text(label: float) -> str:
-    """The AO target: the whole-star rating then `</answer>` (AO decoding picks one rating token)."""
-    if not float(label).is_integer():
-        raise SirenError(f"label {label} is not a whole star; the answer-only target must be one rating token")
-    return f"{int(label)}</answer>"
+        hidden_path = Path(hidden_path)
+        if hidden_path.is_dir():
+            hidden_path = hidden_path / HIDDEN_NAME
+        if not hidden_path.is_file():
+            raise SirenError(f"missing teacher hidden states: {hidden_path} (run extract_last_hidden_ddp.py first)")
+        index_path = Path(index_path) if index_path else hidden_path.with_name(INDEX_NAME)
+        try:
+            self.hidden = np.load(hidden_path, mmap_mode="r")
+        except ValueError as err:
+            raise SirenError(f"{hidden_path}: not a readable .npy array ({err})") from None
+        if self.hidden.ndim != 3:
+            raise SirenError(f"{hidden_path}: expected [rows, layers, hidden], got shape {self.hidden.shape}")
+        self.path = hidden_path
+        self.index_path = index_path if index_path.is_file() else None
+        if self.index_path is not None:
+            row_ids = np.asarray(np.load(self.index_path), dtype=np.int64)
+            if row_ids.shape != (self.hidden.shape[0],):
+                raise SirenError(
+                    f"{self.index_path} has {row_ids.size} entries but {hidden_path} has {self.hidden.shape[0]} rows"
+                )
+            if len(np.unique(row_ids)) != len(row_ids):
+                raise SirenError(f"{self.index_path}: a dataset row appears more than once")
+        else:
+            row_ids = np.arange(self.hidden.shape[0], dtype=np.int64)
+        self.row_ids = row_ids
+        self._position = {int(r): p for p, r in enumerate(row_ids)}
 
+    @property
+    def n_rows(self) -> int:
+        return int(self.hidden.shape[0])
 
-def answer_only_records(tokenizer, rows: Sequence[dict]) -> dict[str, list]:
-    """Columns of one split of the 4c DatasetDict (data/README.md), rows in parquet order."""
-    columns: dict[str, list] = {"prompt": [], "completion": [], "label": [], "index": [], "user_id": [], "parent_asin": []}
-    for row in rows:
-        info = row["extra_info"]
-        columns["prompt"].append(student_text(tokenizer, row))
-        columns["completion"].append(completion_text(row["label"]))
-        columns["label"].append(float(row["label"]))
-        columns["index"].append(int(info["index"]))
-        columns["user_id"].append(str(info["user_id"]))
-        columns["parent_asin"].append(str(info["parent_asin"]))
-    return columns
+    @property
+    def n_layers(self) -> int:
+        return int(self.hidden.shape[1])
 
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hidden.shape[2])
 
-def default_hidden_dir(parquet_dir: str | os.PathLike, category: str) -> Path:
-    """data/{category}/hidden/max@{N}-long@{bool}, named after the parquet directory."""
-    name = Path(parquet_dir).resolve().name
-    if not _VERL_DIR.fullmatch(name):
-        raise SirenError(f"cannot derive the output folder from {parquet_dir!r} (not named max@N-long@True|False); pass --out_dir")
-    return Path("data") / category / "hidden" / name
+    def check_against(self, *, n_layers: int, hidden_size: int, n_dataset_rows: int) -> None:
+        """Clear errors when the teacher file does not fit the model or the dataset."""
+        if self.n_layers != n_layers or self.hidden_size != hidden_size:
+            raise SirenError(
+                f"{self.path} holds {self.n_layers} layers x hidden size {self.hidden_size}, but the model has "
+                f"{n_layers} layers x hidden size {hidden_size}"
+            )
+        if self.index_path is None and self.n_rows != n_dataset_rows:
+            raise SirenError(
+                f"{self.path} has {self.n_rows} rows but the training split has {n_dataset_rows} rows "
+                f"(and there is no teacher_index.npy next to it saying which rows they are)"
+            )
+        out_of_range = self.row_ids[(self.row_ids < 0) | (self.row_ids >= n_dataset_rows)]
+        if out_of_range.size:
+            raise SirenError(
+                f"{self.index_path} names row {int(out_of_range[0])}, but the training split has {n_dataset_rows} rows"
+            )
 
+    def has(self, row_index: int) -> bool:
+        return int(row_index) in self._position
 
-def tokenizer_record(tokenizer, path: str | os.PathLike) -> dict:
-    """What identifies the tokenizer, for the manifest (stage 5 can compare it with its model's)."""
-    path = Path(path)
-    digest = None
-    if (path / "tokenizer.json").is_file():
-        digest = hashlib.sha256((path / "tokenizer.json").read_bytes()).hexdigest()
-    template = getattr(tokenizer, "chat_template", None) or ""
-    return {
-        "path": str(path.resolve()),
-        "class": type(tokenizer).__name__,
-        "vocab_size": len(tokenizer),
-        "tokenizer_json_sha256": digest,
-        "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
-        "aligned_tail_ids": aligned_tail_ids(tokenizer),
-    }
+    def lookup(self, row_indices) -> torch.Tensor:
+        """Teacher states `[B, L, H]` (float32) of the given dataset rows, in that order."""
+        import numpy as np
+        import torch
+
+        try:
+            positions = [self._position[int(r)] for r in row_indices]
+        except KeyError as err:
+            raise SirenError(f"no teacher hidden state for dataset row {err.args[0]}") from None
+        return torch.from_numpy(np.asarray(self.hidden[positions], dtype=np.float32))

@@ -1,19 +1,32 @@
-"""Atomic file output and the run manifest every stage writes next to its outputs.
+"""Reading and writing the stages' files: one-line errors, atomic outputs, the run manifest.
 
-Every output file is first written to a temporary sibling and then renamed into place, so an
-interrupted run (crash, full disk, Ctrl-C) never leaves a file that looks finished.
+Reading: `iter_text_lines`, `iter_jsonl`, `read_text` and `read_json` open plain or gzip (`.gz`)
+files and turn every way a file can be unreadable (missing, not UTF-8, a gzip stream that is
+corrupt or truncated, a permission error) into a one-line `SirenError` naming the file and, where
+known, the line.
+
+Writing: every output file is first written to a temporary sibling and then renamed into place
+(`atomic_path`), so an interrupted run (crash, full disk, Ctrl-C) never leaves a file that looks
+finished. A stage with several outputs stages them all in one hidden folder and moves them into
+place together (`atomic_outputs`), so they appear together or not at all. `check_output_dir`,
+`prepare_output_dir` and `check_outputs_free` refuse an unusable output path before any work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import gzip
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -28,15 +41,182 @@ _TRACKED_PACKAGES = (
 )
 
 
+# Errors a writer meets when the disk, quota or file system refuses: reported as one line.
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (pyarrow and zlib messages can span several)."""
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return " ".join(str(text).split())
+
+
+# --------------------------------------------------------------------------------------------
+# Reading text, JSON Lines and JSON files (plain or .gz)
+# --------------------------------------------------------------------------------------------
+
+
+def _read_failure(path: Path, err: BaseException, after_line: int | None = None) -> SirenError:
+    """The one-line SirenError for a file that could not be read (after `after_line` good lines)."""
+    where = "" if after_line is None else (f" after line {after_line}" if after_line else " at its start")
+    if isinstance(err, FileNotFoundError):
+        return SirenError(f"missing file: {path}")
+    if isinstance(err, IsADirectoryError):
+        return SirenError(f"{path} is a folder, not a file")
+    if isinstance(err, gzip.BadGzipFile) and "Not a gzipped file" in str(err):
+        return SirenError(f"{path}: not a gzip file, although its name ends in .gz")
+    if isinstance(err, (gzip.BadGzipFile, zlib.error)):
+        return SirenError(f"{path}: corrupt gzip data{where} ({_one_line(err)})")
+    if isinstance(err, EOFError):
+        return SirenError(f"{path}: truncated gzip file, the stream ends{where}")
+    return SirenError(f"{path}: cannot read ({_one_line(err)})")
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _not_utf8(path: Path, lineno: int, byte: int, column: int) -> SirenError:
+    return SirenError(f"{path}:{lineno}: not UTF-8 text (byte 0x{byte:02x} at column {column}); the file must be UTF-8")
+
+
+def iter_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield (line_number, line) of a UTF-8 text file, decompressing `.gz`; lines keep their newline.
+
+    Lines are split on b"\\n" and decoded one by one, so an undecodable byte is reported with its
+    line. Every failure is a one-line SirenError naming the file: missing, a folder, not UTF-8,
+    not gzip, a corrupt (zlib.error, CRC) or truncated (EOFError) gzip stream, a read error.
+    """
+    path = Path(path)
+    lineno = 0
+    try:
+        with _open_binary(path) as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise _not_utf8(path, lineno, raw[err.start], err.start + 1) from None
+                yield lineno, line
+    except (OSError, EOFError, zlib.error) as err:
+        raise _read_failure(path, err, after_line=lineno if path.suffix == ".gz" else None) from None
+
+
+def parse_jsonl_line(path: str | os.PathLike, lineno: int, line: str) -> dict:
+    """One JSON Lines record: a JSON object, else a SirenError naming `path:lineno`."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise SirenError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+    except (ValueError, RecursionError) as err:  # an integer over 4300 digits; nesting too deep
+        raise SirenError(f"{path}:{lineno}: not usable JSON ({_one_line(err)})") from None
+    if not isinstance(record, dict):
+        raise SirenError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line_number, record) of a .jsonl or .jsonl.gz file; blank lines are skipped."""
+    for lineno, line in iter_text_lines(path):
+        if line.strip():
+            yield lineno, parse_jsonl_line(path, lineno, line)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole UTF-8 text file (`.gz` decompressed); one-line SirenError when it cannot be read."""
+    path = Path(path)
+    try:
+        with _open_binary(path) as handle:
+            raw = handle.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise _read_failure(path, err) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        lineno = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - raw.rfind(b"\n", 0, err.start)
+        raise _not_utf8(path, lineno, raw[err.start], column) from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in `path`; one-line SirenError (file, line) when it is unreadable or not JSON."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SirenError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except (ValueError, RecursionError) as err:
+        raise SirenError(f"{path}: not usable JSON ({_one_line(err)})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Output folders: checked before any work
+# --------------------------------------------------------------------------------------------
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Check, changing nothing on disk, that `path` is or can become a folder we can write into.
+
+    Refuses (one-line SirenError) an existing file at `path` or at any parent, and a folder we
+    cannot create a file in. The test is an actual write, not os.access: a temporary file in the
+    deepest existing folder, removed at once (the folders that do not exist yet are not created).
+    Root writes into folders whatever their permission bits, so for root (as in CI) only a file in
+    the way or a read-only file system fails here; tests of this use a parent that is a file.
+    """
+    path = Path(path)
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == path:
+            raise SirenError(f"output folder {path} is an existing file, not a folder")
+        raise SirenError(f"cannot create output folder {path}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".siren-write-check-", dir=existing)
+    except OSError as err:
+        raise SirenError(f"cannot write output folder {path}: {existing} is not writable ({_one_line(err)})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """mkdir -p `path`; returns the folders it created, deepest last; one-line error on failure."""
+    missing = []
+    current = path
+    while not os.path.lexists(current) and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        check_output_dir(path)  # names the file in the way, if that is the cause
+        raise SirenError(f"cannot create folder {path} ({_one_line(err)})") from None
+    return missing[::-1]
+
+
+def _remove_empty_dirs(created: list[Path]) -> None:
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """`check_output_dir(path)`, then create the folder; returns it as a Path."""
+    path = check_output_dir(path)
+    _make_dirs(path)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it onto `path`, else delete it.
 
     Works for anything that writes to a path (torch.save, np.savez, DataFrame.to_parquet, a
-    directory written by `save_to_disk`).
+    directory written by `save_to_disk`). A full disk or read-only file system while writing is a
+    one-line SirenError.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(target.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -46,18 +226,136 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if not tmp.exists():
             raise SirenError(f"internal error: nothing was written for {target}")
         if target.is_dir() and not target.is_symlink():
-            import shutil
-
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except OSError as err:
+        if err.errno in _DISK_FULL_ERRNOS:
+            raise SirenError(f"cannot write {target}: {_one_line(err)}; nothing was kept") from None
+        raise
     finally:
         if tmp.exists():
             if tmp.is_dir():
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink()
+
+
+class OutputGroup:
+    """The outputs of one `atomic_outputs` block: write each to `path(name)` (or into `dir`)."""
+
+    def __init__(self, out_dir: Path, staging: Path, names: tuple[str, ...]) -> None:
+        self.out_dir = out_dir
+        self.dir = staging
+        self.names = names
+
+    def path(self, name: str) -> Path:
+        """Where to write output `name` (a file or folder directly inside the output folder)."""
+        _check_output_name(name)
+        return self.dir / name
+
+    def final_path(self, name: str) -> Path:
+        """Where output `name` will be once the block has succeeded (for messages and manifests)."""
+        _check_output_name(name)
+        return self.out_dir / name
+
+
+def _check_output_name(name: str) -> None:
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise SirenError(f"internal error: output name {name!r} must be one file or folder name")
+
+
+@contextlib.contextmanager
+def atomic_outputs(
+    out_dir: str | os.PathLike, names: Iterable[str] = (), *, overwrite: bool = False
+) -> Iterator[OutputGroup]:
+    """Write several outputs of a stage so that they appear together or not at all.
+
+        with atomic_outputs(out_dir, ["train.parquet", "val.parquet", "manifest.json"],
+                            overwrite=args.overwrite) as staged:
+            frame.to_parquet(staged.path("train.parquet"))
+            ...
+            write_manifest(staged.dir, ...)
+
+    On entry (before the block's work) the output folder is checked (`check_output_dir`) and the
+    named outputs must not exist unless `overwrite`. The block writes into a hidden staging folder
+    `.<out_dir name>.staging-*` beside `out_dir`. When the block ends without an exception, every
+    name must have been written; then every entry of the staging folder is moved into `out_dir`
+    (a new `out_dir` is the staging folder renamed, in one step; into an existing one each entry
+    is renamed in turn, the old versions set aside first and put back if a rename fails). Other
+    files already in `out_dir` are never touched. When the block fails, the staging folder and
+    any parent folders this call created are removed: nothing is left behind. A run killed with
+    SIGKILL can leave a `.<name>.staging-*` folder, which is safe to delete.
+    """
+    out_dir = Path(out_dir)
+    names = tuple(names)
+    for name in names:
+        _check_output_name(name)
+    check_output_dir(out_dir)
+    check_outputs_free([out_dir / name for name in names], overwrite)
+    created = _make_dirs(out_dir.parent)
+    committed = False
+    staging = _new_hidden_dir(out_dir.parent, f".{out_dir.name}.staging-")
+    try:
+        yield OutputGroup(out_dir, staging, names)
+        missing = [name for name in names if not os.path.lexists(staging / name)]
+        if missing:
+            raise SirenError(f"internal error: {out_dir}: the stage did not write {', '.join(missing)}")
+        _move_into_place(staging, out_dir, overwrite)
+        committed = True
+    except OSError as err:
+        if err.errno in _DISK_FULL_ERRNOS:
+            raise SirenError(f"cannot write the outputs in {out_dir}: {_one_line(err)}; nothing was kept") from None
+        raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        if not committed:
+            _remove_empty_dirs(created)
+
+
+def _new_hidden_dir(parent: Path, prefix: str) -> Path:
+    """A new folder with a unique name; unlike mkdtemp's (mode 0700) its mode follows the umask,
+    because a staging folder can become the output folder itself."""
+    while True:
+        folder = parent / f"{prefix}{uuid.uuid4().hex[:8]}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+
+
+def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
+    if not os.path.lexists(out_dir):
+        try:
+            os.rename(staging, out_dir)  # one step: the whole folder appears at once
+            return
+        except OSError:
+            pass  # created meanwhile by someone else: move entry by entry below
+    entries = sorted(p.name for p in staging.iterdir())
+    clashes = [str(out_dir / name) for name in entries if os.path.lexists(out_dir / name)]
+    if clashes and not overwrite:
+        raise SirenError(f"output already exists: {', '.join(clashes)} (pass --overwrite to replace it)")
+    replaced = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.replaced-", dir=out_dir.parent))
+    moved_old: list[str] = []
+    moved_new: list[str] = []
+    try:
+        for name in entries:
+            if os.path.lexists(out_dir / name):
+                os.rename(out_dir / name, replaced / name)
+                moved_old.append(name)
+            os.rename(staging / name, out_dir / name)
+            moved_new.append(name)
+    except OSError as err:
+        for name in moved_new:  # put everything back as it was
+            with contextlib.suppress(OSError):
+                os.rename(out_dir / name, staging / name)
+        for name in moved_old:
+            with contextlib.suppress(OSError):
+                os.rename(replaced / name, out_dir / name)
+        raise SirenError(f"could not move the outputs into {out_dir} ({_one_line(err)}); nothing was changed") from None
+    finally:
+        shutil.rmtree(replaced, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -87,8 +385,15 @@ def _json_default(obj: Any) -> Any:
 
 
 def check_outputs_free(paths: Iterable[str | os.PathLike], overwrite: bool) -> None:
-    """Refuse to replace finished outputs unless --overwrite was given."""
-    existing = [str(p) for p in paths if Path(p).exists()]
+    """Refuse to replace finished outputs unless --overwrite was given, and unusable output folders.
+
+    Each output's folder is checked with `check_output_dir` (a file in the way, not writable), so
+    a stage that calls this before its work fails in one line before doing any.
+    """
+    paths = [Path(p) for p in paths]
+    for folder in dict.fromkeys(p.parent for p in paths):
+        check_output_dir(folder)
+    existing = [str(p) for p in paths if os.path.lexists(p)]
     if existing and not overwrite:
         raise SirenError(f"output already exists: {', '.join(existing)} (pass --overwrite to replace it)")
 
@@ -179,7 +484,4 @@ def read_manifest(directory: str | os.PathLike, name: str = MANIFEST_NAME) -> di
     path = Path(directory) / name
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SirenError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    return read_json(path)

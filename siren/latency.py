@@ -67,7 +67,7 @@ class Timing:
 
     def summary(self, device: str) -> dict:
         """The latency dict stages 4a and 6 write: ms/sample, samples/s, generated tokens/sample, device, n."""
-        from siren.generation import latency_summary
+        from siren.metrics import latency_summary
 
         return latency_summary(self.seconds, self.generated_tokens, device)
 

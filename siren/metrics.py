@@ -71,3 +71,21 @@ def rating_metrics(
         "invalid" if p is None else f"{min(5, max(1, math.floor(float(p) + 0.5)))}" for p in predictions
     ).items()))
     return result
+
+
+def latency_summary(seconds_per_row: Sequence[float], generated_tokens: Sequence[int], device: str) -> dict:
+    """Latency block of metrics.json (stage 6 writes the same keys).
+
+    ms_per_sample is the wall time one process spent per sample (its batch time divided by the
+    batch size), and samples_per_s its inverse, i.e. one process's throughput; with K processes
+    the job runs about K times faster.
+    """
+    n = len(seconds_per_row)
+    total = float(sum(seconds_per_row))
+    return {
+        "ms_per_sample": 1000.0 * total / n if n else None,
+        "samples_per_s": n / total if total > 0 else None,
+        "generated_tokens_per_sample": sum(generated_tokens) / n if n else None,
+        "device": device,
+        "n": n,
+    }

@@ -122,3 +122,11 @@ def teacher_context(prompt_text: str, reasoning: str) -> str:
     if not reasoning.endswith(THINK_CLOSE):
         reasoning += THINK_CLOSE
     return prompt_text + reasoning + ANSWER_JOIN + ANSWER_OPEN
+
+
+# The text both contexts end with; its tokens must agree between them.
+ALIGNED_TAIL = THINK_CLOSE + ANSWER_JOIN + ANSWER_OPEN
+
+
+def aligned_tail_ids(tokenizer) -> list[int]:
+    return tokenizer.encode(ALIGNED_TAIL, add_special_tokens=False)

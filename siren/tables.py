@@ -17,7 +17,6 @@ missing one gives rows that say "not run" instead of numbers.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from siren import SirenError
 from siren.baselines import METHOD_LABELS, METHODS
+from siren.verl_data import PROMPT_VARIANTS, RAW_VARIANT
 
 NOT_RUN = "not run"
 
@@ -37,15 +37,8 @@ LLM_ROWS = (
     ("Answer-only after alignment (probability-weighted)", "ao_after", "ao_expected"),
 )
 
-# Prompt variants of prompt_stats.json, raw history first: it is what the reductions compare to.
-RAW_VARIANT = "raw_history"
-VARIANTS = ("raw_history", "recent_only", "sketch_recent", "as_built")
-VARIANT_LABELS = {
-    "raw_history": "Raw history (every interaction)",
-    "recent_only": "Recent N only",
-    "sketch_recent": "Sketch + recent N (SIREN)",
-    "as_built": "As built (this run's parquet)",
-}
+# Prompt variants of prompt_stats.json and their labels, owned by the stage that writes them.
+VARIANTS, VARIANT_LABELS = tuple(PROMPT_VARIANTS), PROMPT_VARIANTS
 
 # (row label, input key, key of the latency dict, reference row for the speedup)
 LATENCY_ROWS = (
@@ -105,10 +98,9 @@ def read_json(path: Path) -> dict | None:
     """A JSON object from `path`; None when the file does not exist; SirenError when it is broken."""
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SirenError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    from siren.io import read_json as read_json_value
+
+    data = read_json_value(path)
     if not isinstance(data, dict):
         raise SirenError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

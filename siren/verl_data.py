@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from siren import SirenError
 from siren.prompts import build_messages, chat_prompt_text
 from siren.tokenization import count_tokens
 
-# Source split file stem -> parquet file stem (verl's examples call the validation split "val").
+# Split name (siren.data.SPLITS) -> parquet file stem: verl's examples call the validation split "val".
+# This is the only place that mapping is written.
 PARQUET_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 ABILITY = "rating_prediction"
 
@@ -25,9 +27,18 @@ def data_source(category: str) -> str:
     return f"AmazonReviews/{category}"
 
 
+VERL_DIR_PATTERN = re.compile(r"max@(\d+)-long@(True|False)")
+
+
 def verl_dir_name(max_history: int, use_long_history: bool) -> str:
     """`max@{N}-long@{True|False}`: the output folder name says what made the files."""
     return f"max@{max_history}-long@{bool(use_long_history)}"
+
+
+def parse_verl_dir_name(name: str) -> tuple[int, bool] | None:
+    """(max_history, use_long_history) of a `max@{N}-long@{True|False}` folder name, else None."""
+    match = VERL_DIR_PATTERN.fullmatch(name)
+    return (int(match.group(1)), match.group(2) == "True") if match else None
 
 
 def make_row(record: dict, *, category: str, split: str, index: int, sketch: str = "", max_history: int = 10) -> dict:
@@ -47,21 +58,31 @@ def make_row(record: dict, *, category: str, split: str, index: int, sketch: str
 
 
 def parquet_path(parquet_dir: str | os.PathLike, split: str) -> Path:
-    """Path of a split's parquet; accepts train|val|valid|test."""
-    stem = PARQUET_SPLITS.get(split, split)
-    if stem not in PARQUET_SPLITS.values():
-        raise SirenError(f"unknown split {split!r}; expected train, val or test")
-    return Path(parquet_dir) / f"{stem}.parquet"
+    """Path of a split's parquet; `split` is train, valid (or val) or test."""
+    from siren.data import canonical_split
+
+    return Path(parquet_dir) / f"{PARQUET_SPLITS[canonical_split(split)]}.parquet"
+
+
+def read_parquet_frame(path: Path):
+    """pandas.read_parquet, with a file that is not (valid) parquet as a one-line SirenError."""
+    import pandas as pd
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as err:
+        # pyarrow repeats the path ("Could not open Parquet input source '<path>': ..."); keep the reason.
+        reason = " ".join(str(err).split()).split(f"{path}': ", 1)[-1]
+        raise SirenError(f"{path}: not a readable parquet file ({reason})") from None
 
 
 def load_split_rows(parquet_dir: str | os.PathLike, split: str, limit: int | None = None) -> list[dict]:
     """Read a verl parquet split as a list of row dicts, checking the schema and row order."""
-    import pandas as pd
-
     path = parquet_path(parquet_dir, split)
     if not path.is_file():
         raise SirenError(f"missing parquet split: {path} (run preprocess_grpo.py first)")
-    frame = pd.read_parquet(path)
+    frame = read_parquet_frame(path)
     missing = [c for c in ("data_source", "prompt", "reward_model", "extra_info") if c not in frame.columns]
     if missing:
         raise SirenError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -84,12 +105,15 @@ def load_split_rows(parquet_dir: str | os.PathLike, split: str, limit: int | Non
 # Stage 2 (preprocess_grpo.py): sketches, the parquet rows of a split, prompt-token statistics.
 # --------------------------------------------------------------------------------------------
 
-# Prompt variants compared in prompt_stats.json (the paper's token-efficiency table):
-#   as_built       the prompt stored in the parquet
-#   recent_only    the N most recent history lines, no sketch
-#   sketch_recent  the sketch + the N most recent lines (what SIREN feeds the model)
-#   raw_history    every history line, no sketch (the long-history baseline)
-PROMPT_VARIANTS = ("as_built", "recent_only", "sketch_recent", "raw_history")
+# Prompt variants compared in prompt_stats.json (the paper's token-efficiency table), with their
+# table labels, in table order: raw history first, since the reductions are measured against it.
+RAW_VARIANT = "raw_history"
+PROMPT_VARIANTS = {
+    "raw_history": "Raw history (every interaction)",       # every history line, no sketch
+    "recent_only": "Recent N only",                         # the N most recent lines, no sketch
+    "sketch_recent": "Sketch + recent N (SIREN)",           # the sketch + the N most recent lines
+    "as_built": "As built (this run's parquet)",            # the prompt stored in the parquet
+}
 
 
 def default_verl_dir(category: str, max_history: int, use_long_history: bool) -> Path:
@@ -270,3 +294,16 @@ def token_summary(counts: np.ndarray) -> dict:
         "p95": round(float(np.percentile(counts, 95)), 2),
         "max": int(np.max(counts)),
     }
+
+
+def category_of(rows: Sequence[dict], override: str | None = None) -> str:
+    """The category of parquet rows: `override` if given, else from `data_source` ("AmazonReviews/<Category>")."""
+    if override:
+        return override
+    sources = {str(row["data_source"]) for row in rows}
+    if len(sources) != 1:
+        raise SirenError(f"rows come from {len(sources)} data sources ({', '.join(sorted(sources)[:3])}); pass --category")
+    prefix, sep, category = sources.pop().partition("/")
+    if not sep or not category or prefix + sep != data_source(""):
+        raise SirenError(f"cannot read a category from data_source {prefix + sep + category!r}; pass --category")
+    return category

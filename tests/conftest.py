@@ -136,8 +136,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# Hides CUDA from a script run as a subprocess (env=CPU_ONLY): runs that are compared with each other,
+# and the gloo processes of accelerate_launch, then use the CPU on a CUDA machine too.
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+
+
 def accelerate_launch(num_processes: int = 2) -> list[str]:
-    """`python -m accelerate.commands.launch ...` args for K CPU processes over gloo, on a free port."""
+    """`python -m accelerate.commands.launch ...` args for K CPU processes over gloo, on a free port.
+
+    Run them with env=CPU_ONLY: on a machine with CUDA each process would otherwise claim a GPU.
+    """
     return ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(free_port())]

@@ -15,26 +15,15 @@ SYNTHETIC_REASONING = "<think>\nThe user rates films like this one highly, so a 
 
 
 def build_ao_dataset(verl_dir: Path, tokenizer, out: Path, limits=(16, 6, 6)):
-    """The stage 4c DatasetDict from the verl parquet (first rows of each split)."""
+    """The stage 4c DatasetDict from the verl parquet (first rows of each split), built by the same
+    function stage 4c uses."""
     from datasets import Dataset, DatasetDict
 
-    from siren.prompts import answer_only_context, chat_prompt_text
+    from siren.ao_data import answer_only_records
     from siren.verl_data import load_split_rows
 
-    splits = {}
-    for split, limit in zip(("train", "valid", "test"), limits, strict=True):
-        rows = load_split_rows(verl_dir, split, limit=limit)
-        splits[split] = Dataset.from_list([
-            {
-                "prompt": answer_only_context(chat_prompt_text(tokenizer, r["prompt"])),
-                "completion": f"{int(r['label'])}</answer>",
-                "label": r["label"],
-                "index": int(r["extra_info"]["index"]),
-                "user_id": r["extra_info"]["user_id"],
-                "parent_asin": r["extra_info"]["parent_asin"],
-            }
-            for r in rows
-        ])
+    splits = {split: Dataset.from_dict(answer_only_records(tokenizer, load_split_rows(verl_dir, split, limit=limit)))
+              for split, limit in zip(("train", "valid", "test"), limits, strict=True)}
     DatasetDict(splits).save_to_disk(str(out))
     return out
 

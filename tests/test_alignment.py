@@ -16,12 +16,10 @@ from siren.alignment import (
     IGNORE_INDEX,
     ROW_INDEX,
     RowIndexCollator,
-    TeacherStates,
     alignment_loss,
     answer_positions,
     build_trainer_class,
     completion_lm_loss,
-    load_mask,
     lora_target_modules,
     mix_losses,
     per_layer_alignment_loss,
@@ -29,6 +27,9 @@ from siren.alignment import (
     tokenize_ao_example,
     tokenize_ao_split,
 )
+from siren.ao_data import completion_text
+from siren.cot import load_mask
+from siren.hidden import TeacherStates
 
 # --------------------------------------------------------------------------------------------------
 # Losses
@@ -112,7 +113,7 @@ def test_aligned_position_is_the_end_of_answer_tag(tiny_model_dir, verl_dir):
     tokenizer = load_tokenizer(tiny_model_dir, padding_side="right")
     rows = load_split_rows(verl_dir, "train", limit=3)
     examples = [
-        {**tokenize_ao_example(answer_only_context(chat_prompt_text(tokenizer, r["prompt"])), f"{int(r['label'])}</answer>",
+        {**tokenize_ao_example(answer_only_context(chat_prompt_text(tokenizer, r["prompt"])), completion_text(r["label"]),
                                tokenizer, None), ROW_INDEX: i, "rating_label": r["label"]}
         for i, r in enumerate(rows)
     ]
@@ -127,9 +128,28 @@ def test_aligned_position_is_the_end_of_answer_tag(tiny_model_dir, verl_dir):
         assert p == len(prompt_ids) - 1  # the inference input ends exactly here
         assert batch["input_ids"][b, p].item() == answer_token
         assert batch["input_ids"][b, p + 1].item() in rating_ids
+        assert tokenizer.decode(batch["input_ids"][b, p + 1: p + 4]) == f"{row['label']:.1f}"  # "4", ".", "0"
         assert batch["input_ids"][b, : p + 1].tolist() == prompt_ids
         assert batch["attention_mask"][b, : len(example["input_ids"])].all()
     assert batch[ROW_INDEX].tolist() == [0, 1, 2]
+
+
+def test_completions_must_start_with_the_rating_token(tiny_model_dir):
+    from datasets import Dataset
+
+    from siren.tokenization import load_tokenizer, rating_token_ids
+
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="right")
+    ratings = rating_token_ids(tokenizer)
+    rows = [{"prompt": "P<answer>", "completion": completion_text(label), "label": label, "index": i}
+            for i, label in enumerate([4.0, 1.0])]
+    tokenized, dropped = tokenize_ao_split(Dataset.from_list(rows), tokenizer, None, rating_ids=ratings)
+    assert dropped == 0
+    # "4.0</answer>" + EOS: the cross-entropy covers the teacher's whole answer
+    assert tokenizer.decode([t for t in tokenized[0]["labels"] if t != IGNORE_INDEX]) == "4.0</answer>" + tokenizer.eos_token
+    wrong = [{**rows[0], "completion": " 4.0</answer>"}]
+    with pytest.raises(SirenError, match="row 0: completion ' 4.0</answer>' does not start with the rating token"):
+        tokenize_ao_split(Dataset.from_list(wrong), tokenizer, None, rating_ids=ratings)
 
 
 def test_completion_lm_loss_matches_full_logits(tiny_model_dir):

@@ -108,3 +108,57 @@ def test_full_movies_user_item_bias_reproduces_spec(movies_dir, tmp_path):
     assert bias["n_fallback"] == report["unknown"]["rows_fallback"] > 0
     constant = report["methods"]["constant_5"]["metrics"]
     assert constant["mae"] == pytest.approx(0.7995, abs=1e-4) and constant["rmse"] == pytest.approx(1.480, abs=1e-3)
+
+
+def _literal_category(root, test_bytes: bytes | None = None):
+    """<root>/Films with two literal rows per split; `test_bytes` replaces test.jsonl.gz's bytes."""
+    category = root / "Films"
+    category.mkdir(parents=True)
+    row = {"user_id": "u1", "parent_asin": "a1", "timestamp": 1, "label": 4.0, "target": "T, C", "history": ""}
+    for split in ("train", "valid", "test"):
+        with gzip.open(category / f"{split}.jsonl.gz", "wt", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n" + json.dumps({**row, "parent_asin": "a2", "label": 2.0}) + "\n")
+    if test_bytes is not None:
+        (category / "test.jsonl.gz").write_bytes(test_bytes)
+    return root
+
+
+def _broken_deflate() -> bytes:
+    data = bytearray(gzip.compress(b'{"user_id": "u1"}\n', mtime=0))
+    data[10] = 0xFF  # reserved deflate block type: zlib.error
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("test_bytes", "message"),
+    [
+        (b"\x1f\x8b" + b"\x00" * 4, r"test\.jsonl\.gz: truncated gzip file"),
+        (_broken_deflate(), r"test\.jsonl\.gz: corrupt gzip data at its start \(.*invalid block type\)"),
+        (gzip.compress('{"user_id": "Am\u00e9lie"}\n'.encode("latin-1")), r"test\.jsonl\.gz:1: not UTF-8 text"),
+        (gzip.compress(b'{"user_id": "u1", "parent_asin": "a1", "timestamp": 1, "label": "4", "target": "", '
+                       b'"history": ""}\n'), r'test\.jsonl\.gz:1: label "4" is not a number'),
+    ],
+    ids=["truncated", "corrupt", "not-utf8", "string-label"],
+)
+def test_script_bad_input_gives_one_line_and_no_outputs(tmp_path, test_bytes, message):
+    import re
+
+    root = _literal_category(tmp_path / "data", test_bytes)
+    proc = run_script("scripts/baselines.py", "--data_root", str(root), "--category", "Films",
+                      "--out_dir", str(tmp_path / "out" / "baselines"), "--methods", "constant_5", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert re.search(message, proc.stderr), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_script_out_dir_that_is_a_file(tmp_path):
+    root = _literal_category(tmp_path / "data")
+    (tmp_path / "taken").write_text("x")
+    proc = run_script("scripts/baselines.py", "--data_root", str(root), "--category", "Films",
+                      "--out_dir", str(tmp_path / "taken"), "--methods", "constant_5", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "taken is an existing file, not a folder" in proc.stderr
+    ok = run_script("scripts/baselines.py", "--data_root", str(root), "--category", "Films",
+                    "--out_dir", str(tmp_path / "out"), "--methods", "constant_5")
+    assert "wrote" in ok.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "metrics.json"]

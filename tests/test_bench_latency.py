@@ -15,7 +15,8 @@ from siren.prompts import build_messages
 def test_bench_end_to_end_on_tiny_model(tiny_model_dir, verl_dir, tmp_path):
     out_dir = tmp_path / "bench"
     proc = run_script("scripts/bench_latency.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
-                      "--num_samples", "2", "--warmup", "1", "--cot_tokens", "5", "--out_dir", str(out_dir))
+                      "--num_samples", "2", "--warmup", "1", "--cot_tokens", "5", "--device", "cpu",
+                      "--out_dir", str(out_dir))  # --device: float32 and "cpu" below hold on a CUDA machine too
     assert "speedup" in proc.stdout
     report = json.loads((out_dir / "latency.json").read_text())
     assert report["n"] == 2 and report["cot_tokens"] == 5 and report["dtype"] == "float32"

@@ -53,3 +53,19 @@ def test_bench_runs_end_to_end_on_a_small_category(small_movies_root, tmp_path):
     again = run_script("scripts/bench_sketch.py", "--data_root", str(small_movies_root), "--repeats", "1",
                        "--work_dir", str(tmp_path / "work"), check=False)
     assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_flags_authors_category_alias_and_bounded_repeats(capsys):
+    parse_args = load_script("scripts/bench_sketch.py").parse_args
+    assert vars(parse_args(["--data_category", "Books"])) == vars(parse_args(["--category", "Books"]))
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--repeats", "0"])
+    assert stop.value.code == 2 and "--repeats" in capsys.readouterr().err
+
+
+def test_out_json_that_is_a_folder_is_refused_before_any_run(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    proc = run_script("scripts/bench_sketch.py", "--out_json", str(tmp_path), "--overwrite",
+                      "--work_dir", str(tmp_path / "work"), check=False)
+    assert proc.returncode == 2 and "is a folder" in proc.stderr and proc.stderr.count("\n") == 1
+    assert (tmp_path / "keep.txt").read_text() == "mine" and not (tmp_path / "work").exists()

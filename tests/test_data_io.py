@@ -16,7 +16,20 @@ from siren.data import (
     resolve_category_dir,
     split_item_text,
 )
-from siren.io import atomic_path, atomic_write_json, check_outputs_free, read_manifest, write_manifest
+from siren.io import (
+    atomic_outputs,
+    atomic_path,
+    atomic_write_json,
+    check_output_dir,
+    check_outputs_free,
+    iter_jsonl,
+    iter_text_lines,
+    prepare_output_dir,
+    read_json,
+    read_manifest,
+    read_text,
+    write_manifest,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT_ROW = {"user_id": "u1", "parent_asin": "a1", "timestamp": 1, "label": 4.0, "target": "T, C", "history": "A, B, 3.0"}
@@ -195,3 +208,301 @@ def test_run_main_exit_codes_and_one_exit_handler():
     assert run_main(lambda: None) == 0
     assert run_main(fails) == 2
     assert gc.isenabled() and gc.get_freeze_count() == 0  # the heap is frozen only at interpreter exit
+
+
+# ---- field types (data/README.md), checked once in the loaders -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("label", True, r":1: label true is not a number \(it is a boolean\)"),
+        ("label", "4", r':1: label "4" is not a number \(it is a string\)'),
+        pytest.param("label", 10**400, r":1: label 1000.*\.\.\. is outside 1-5", id="label-huge-int"),
+        ("user_id", None, r":1: user_id must be a non-empty string, got null"),
+        ("user_id", 17, r":1: user_id must be a non-empty string, got a number 17"),
+        ("user_id", "", r":1: user_id must be a non-empty string"),
+        ("parent_asin", None, r":1: parent_asin must be a non-empty string, got null"),
+        ("parent_asin", 42, r":1: parent_asin must be a non-empty string, got a number 42"),
+        ("history", ["A, B, 3"], r":1: history must be a string, got a list"),
+        ("target", None, r":1: target must be a string, got null"),
+        ("timestamp", "1700000000", r":1: timestamp must be a finite number, got a string"),
+        ("timestamp", False, r":1: timestamp must be a finite number, got a boolean"),
+    ],
+)
+def test_split_field_types_are_checked(tmp_path, field, value, message):
+    path = write_gz(tmp_path / "test.jsonl.gz", [json.dumps({**SPLIT_ROW, field: value})])
+    with pytest.raises(SirenError, match=r"test\.jsonl\.gz" + message):
+        load_split(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("user_id", 5, r"user_id must be a non-empty string"),
+        ("history", None, r"history must be a string, got null"),
+        ("history_asins", [3], r"history_asins\[0\] must be a non-empty string, got a number 3"),
+        ("history_ratings", [True], r"history_ratings\[0\] true is not a number \(it is a boolean\)"),
+        ("history_ratings", ["3"], r'history_ratings\[0\] "3" is not a number \(it is a string\)'),
+    ],
+)
+def test_history_field_types_are_checked(tmp_path, field, value, message):
+    path = write_gz(tmp_path / "history.jsonl.gz", [json.dumps({**HISTORY_ROW, field: value})])
+    with pytest.raises(SirenError, match=r"history\.jsonl\.gz:1: " + message):
+        load_history(path)
+
+
+def test_valid_rows_keep_their_values(tmp_path):
+    rows = load_split(write_gz(tmp_path / "t.jsonl.gz", [json.dumps({**SPLIT_ROW, "label": 5})]))
+    assert rows[0]["label"] == 5.0 and isinstance(rows[0]["label"], float)
+    history = load_history(write_gz(tmp_path / "h.jsonl.gz", [json.dumps(HISTORY_ROW)]))
+    assert history[0]["history_ratings"] == [3.0]
+
+
+def test_duplicate_split_rows_are_kept_and_reported(tmp_path, capsys):
+    lines = [json.dumps(SPLIT_ROW), json.dumps({**SPLIT_ROW, "parent_asin": "a2"}),
+             json.dumps({**SPLIT_ROW, "label": 2.0}), json.dumps(SPLIT_ROW)]
+    path = write_gz(tmp_path / "train.jsonl.gz", lines)
+    rows = load_split(path)
+    assert len(rows) == 4  # every row stays: each has its own parquet index downstream
+    assert rows.duplicates.count == 2
+    assert rows.duplicates.example == ("u1", "a1") and rows.duplicates.lines == (1, 3)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"warning: {path}: 2 row(s) repeat an earlier (user_id, parent_asin), "
+                          "first ('u1', 'a1') at lines 1 and 3; all rows are kept")
+    clean = load_split(write_gz(tmp_path / "valid.jsonl.gz", [json.dumps(SPLIT_ROW)]))
+    assert clean.duplicates.count == 0 and capsys.readouterr().err == ""
+    load_split(path, warn=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_duplicate_history_users_are_refused(tmp_path):
+    lines = [json.dumps(HISTORY_ROW), json.dumps({**HISTORY_ROW, "user_id": "u2"}),
+             json.dumps({**HISTORY_ROW, "history_ratings": [5]}), json.dumps({**HISTORY_ROW, "user_id": "u2"})]
+    with pytest.raises(SirenError, match=r"history\.jsonl\.gz: 2 row\(s\) repeat an earlier \(user_id\), "
+                                         r"first 'u1' at lines 1 and 3; .*one row per user"):
+        load_history(write_gz(tmp_path / "history.jsonl.gz", lines))
+
+
+# ---- unreadable files: one line naming the file, in every reader ---------------------------
+
+
+def _gzip_bytes(text: str) -> bytes:
+    return gzip.compress(text.encode("utf-8"), mtime=0)
+
+
+def corrupt_gzip(path: Path, good_lines: list[str]) -> Path:
+    """`good_lines`, then a gzip member whose deflate stream is broken (zlib.error 'invalid block type')."""
+    broken = bytearray(_gzip_bytes(json.dumps(SPLIT_ROW) + "\n"))
+    broken[10] = 0xFF  # the first deflate block header: reserved block type 3
+    path.write_bytes(_gzip_bytes("".join(line + "\n" for line in good_lines)) + bytes(broken))
+    return path
+
+
+def truncated_gzip(path: Path, n_lines: int = 2000) -> Path:
+    rows = [json.dumps({**SPLIT_ROW, "parent_asin": f"a{i}", "history": "x" * (i % 97)}) for i in range(n_lines)]
+    data = _gzip_bytes("".join(row + "\n" for row in rows))
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_non_utf8_line_is_named(tmp_path):
+    bad = json.dumps({**SPLIT_ROW, "target": "Caf\u00e9"}, ensure_ascii=False).encode("latin-1")
+    path = tmp_path / "train.jsonl.gz"
+    path.write_bytes(gzip.compress(json.dumps(SPLIT_ROW).encode() + b"\n" + bad + b"\n"))
+    with pytest.raises(SirenError, match=r"train\.jsonl\.gz:2: not UTF-8 text \(byte 0xe9 at column \d+\)"):
+        load_split(path)
+    plain = tmp_path / "results.jsonl"
+    plain.write_bytes(b'{"a": 1}\n' + bad + b"\n")
+    with pytest.raises(SirenError, match=r"results\.jsonl:2: not UTF-8"):
+        list(iter_jsonl(plain))
+
+
+def test_corrupt_and_truncated_gzip_give_one_line(tmp_path):
+    path = corrupt_gzip(tmp_path / "train.jsonl.gz", [json.dumps(SPLIT_ROW)] * 2)
+    with pytest.raises(SirenError, match=r"train\.jsonl\.gz: corrupt gzip data after line 2 \(.*invalid block type\)"):
+        load_split(path)
+    path = truncated_gzip(tmp_path / "valid.jsonl.gz")
+    with pytest.raises(SirenError, match=r"valid\.jsonl\.gz: truncated gzip file, the stream ends after line \d+$"):
+        load_split(path)
+    path = tmp_path / "test.jsonl.gz"
+    path.write_text(json.dumps(SPLIT_ROW) + "\n")
+    with pytest.raises(SirenError, match=r"test\.jsonl\.gz: not a gzip file"):
+        load_split(path)
+    crc = bytearray(_gzip_bytes(json.dumps(SPLIT_ROW) + "\n"))
+    crc[-8] ^= 1
+    (tmp_path / "h.jsonl.gz").write_bytes(bytes(crc))
+    with pytest.raises(SirenError, match=r"h\.jsonl\.gz: corrupt gzip data after line 1 \(CRC check failed"):
+        list(iter_text_lines(tmp_path / "h.jsonl.gz"))
+
+
+def test_read_text_and_read_json(tmp_path):
+    (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
+    assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+    (tmp_path / "latin.json").write_bytes(b'{"a": 1,\n "b": "caf\xe9"}')
+    with pytest.raises(SirenError, match=r"latin\.json:2: not UTF-8 text \(byte 0xe9 at column 11\)"):
+        read_json(tmp_path / "latin.json")
+    (tmp_path / "broken.json").write_text('{"a": 1,\n')
+    with pytest.raises(SirenError, match=r"broken\.json: not valid JSON \(.* at line 2\)"):
+        read_json(tmp_path / "broken.json")
+    with pytest.raises(SirenError, match=r"missing file: .*nope\.json"):
+        read_text(tmp_path / "nope.json")
+    with pytest.raises(SirenError, match=r"is a folder, not a file"):
+        read_text(tmp_path)
+    (tmp_path / "manifest.json").write_bytes(b'{"x": "\xff"}')
+    with pytest.raises(SirenError, match=r"manifest\.json:1: not UTF-8"):
+        read_manifest(tmp_path)
+
+
+def test_other_readers_use_the_shared_helpers(tmp_path):
+    """results.jsonl (stage 4b), --namer files (stage 1), make_tables inputs: one line, not a traceback."""
+    from siren.cot import load_thinking
+    from siren.tables import read_json as tables_read_json
+    from siren.topic_names import names_from_file
+
+    results = tmp_path / "results.jsonl"
+    results.write_bytes(b'{"index": 0, "reasoning": "caf\xe9"}\n')
+    with pytest.raises(SirenError, match=r"results\.jsonl:1: not UTF-8"):
+        load_thinking(results)
+    names = tmp_path / "names.json"
+    names.write_bytes(b'["caf\xe9"]')
+    with pytest.raises(SirenError, match=r"names\.json:1: not UTF-8"):
+        names_from_file(names, 1)
+    with pytest.raises(SirenError, match=r"names\.json:1: not UTF-8"):
+        tables_read_json(names)
+
+
+def test_load_split_rows_refuses_a_file_that_is_not_parquet(tmp_path):
+    from siren.verl_data import load_split_rows
+
+    (tmp_path / "train.parquet").write_text("user_id,label\nu1,4\n")
+    with pytest.raises(SirenError, match=r"train\.parquet: not a readable parquet file \(Parquet magic bytes"):
+        load_split_rows(tmp_path, "train")
+    (tmp_path / "val.parquet").write_bytes(b"")
+    with pytest.raises(SirenError, match=r"val\.parquet: not a readable parquet file \(Parquet file size is 0"):
+        load_split_rows(tmp_path, "val")
+
+
+# ---- output folders ------------------------------------------------------------------------
+
+
+def test_output_dir_that_is_a_file_or_under_a_file(tmp_path):
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    with pytest.raises(SirenError, match=r"output folder .*taken is an existing file, not a folder"):
+        check_output_dir(a_file)
+    # A parent that is a regular file cannot be written into, for root too (CI runs as root).
+    with pytest.raises(SirenError, match=r"cannot create output folder .*taken/out/deeper: .*taken is a file"):
+        prepare_output_dir(a_file / "out" / "deeper")
+    with pytest.raises(SirenError, match=r"taken is an existing file, not a folder"):
+        check_outputs_free([a_file / "train.parquet"], overwrite=True)
+    assert a_file.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # the checks left nothing behind
+
+
+def test_prepare_output_dir_creates_and_probes(tmp_path):
+    out = prepare_output_dir(tmp_path / "a" / "b")
+    assert out.is_dir() and list(out.iterdir()) == []
+    check_output_dir(tmp_path / "x" / "y")
+    assert not (tmp_path / "x").exists()  # check_output_dir changes nothing
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into folders without write permission")
+def test_output_dir_without_write_permission(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(SirenError, match=r"cannot write output folder .*locked/out: .*locked is not writable"):
+            check_outputs_free([locked / "out" / "metrics.json"], overwrite=False)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_atomic_path_reports_a_full_disk_in_one_line(tmp_path):
+    import errno
+
+    with pytest.raises(SirenError, match=r"cannot write .*out\.json: No space left on device; nothing was kept"):
+        with atomic_path(tmp_path / "out.json") as tmp:
+            tmp.write_text("partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- several outputs: all or nothing -------------------------------------------------------
+
+NAMES = ["train.parquet", "val.parquet", "test.parquet", "manifest.json"]
+
+
+def test_atomic_outputs_leave_nothing_when_the_block_fails(tmp_path):
+    out = tmp_path / "results" / "verl" / "max@10-long@False"
+    with pytest.raises(SirenError, match="integer user_id"):
+        with atomic_outputs(out, NAMES) as staged:
+            staged.path("train.parquet").write_text("train")
+            staged.path("val.parquet").write_text("val")
+            raise SirenError("test.jsonl.gz:3: integer user_id")
+    assert list(tmp_path.iterdir()) == []  # no outputs, no staging folder, no parents it made
+
+    with atomic_outputs(out, NAMES) as staged:  # the rerun is not refused as "already exists"
+        for name in NAMES:
+            staged.path(name).write_text(name)
+        assert not out.exists()  # nothing visible until the block ends
+    assert sorted(p.name for p in out.iterdir()) == sorted(NAMES)
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+def test_atomic_outputs_refuse_missing_outputs_and_finished_ones(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SirenError, match=r"did not write val\.parquet"):
+        with atomic_outputs(out, ["train.parquet", "val.parquet"]) as staged:
+            staged.path("train.parquet").write_text("t")
+    assert list(tmp_path.iterdir()) == []
+    out.mkdir()
+    (out / "train.parquet").write_text("old")
+    with pytest.raises(SirenError, match=r"output already exists: .*train\.parquet \(pass --overwrite"):
+        with atomic_outputs(out, ["train.parquet"]):
+            raise AssertionError("the block must not run")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SirenError, match=r"is an existing file, not a folder"):
+        with atomic_outputs(tmp_path / "file", ["a"]):
+            raise AssertionError("the block must not run")
+    with pytest.raises(SirenError, match="one file or folder name"):
+        with atomic_outputs(out, ["sub/train.parquet"]):
+            pass
+
+
+def test_atomic_outputs_overwrite_replaces_only_their_own_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.parquet").write_text("old train")
+    (out / "notes.txt").write_text("the user's")
+    (out / "adapter").mkdir()
+    (out / "adapter" / "old.bin").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_outputs(out, ["train.parquet", "adapter"], overwrite=True) as staged:
+            staged.path("train.parquet").write_text("new train")
+            raise RuntimeError("killed")
+    assert (out / "train.parquet").read_text() == "old train"  # a failed rerun keeps the old outputs
+    with atomic_outputs(out, ["train.parquet", "adapter"], overwrite=True) as staged:
+        staged.path("train.parquet").write_text("new train")
+        staged.path("adapter").mkdir()
+        (staged.path("adapter") / "new.bin").write_text("new")
+    assert (out / "train.parquet").read_text() == "new train"
+    assert [p.name for p in (out / "adapter").iterdir()] == ["new.bin"]
+    assert (out / "notes.txt").read_text() == "the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_outputs_new_folder_gets_the_usual_mode(tmp_path):
+    with atomic_outputs(tmp_path / "out", ["a"]) as staged:
+        staged.path("a").write_text("a")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_json_that_python_cannot_load_is_one_line(tmp_path):
+    path = tmp_path / "user_feature.jsonl"
+    path.write_text('{"user_id": "u1"}\n{"n": ' + "9" * 5000 + "}\n")
+    with pytest.raises(SirenError, match=r"user_feature\.jsonl:2: not usable JSON \(Exceeds the limit"):
+        list(iter_jsonl(path))

@@ -8,14 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import accelerate_launch, load_script, run_script
+from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
 
 from siren import SirenError
-from siren.generation import result_row
+from siren.cot import result_row
 from siren.hidden import (
-    ALIGNED_TAIL,
     NpyRows,
-    aligned_tail_ids,
     check_context_tail,
     encode_left_padded,
     last_token_hidden,
@@ -23,10 +21,13 @@ from siren.hidden import (
     shard_paths,
     teacher_text,
 )
+from siren.prompts import ALIGNED_TAIL, aligned_tail_ids
 from siren.verl_data import load_split_rows
 
 N_ROWS = 14
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+# The runs compared with each other and with the in-test CPU model are pinned to the CPU, also on a
+# machine with CUDA; one thread per process avoids oversubscription of the shared CPU.
+CPU_ONE_THREAD = {"OMP_NUM_THREADS": "1", **CPU_ONLY}
 
 
 def synthetic_response(position: int, label: float) -> str:
@@ -68,7 +69,7 @@ def test_left_padding_puts_answer_last_for_mixed_lengths(tiny_model_dir, verl_di
 
 
 def test_padded_batch_gives_each_row_its_unpadded_hidden_state(tiny_model_dir, verl_dir, one_thread):
-    from siren.generation import load_causal_lm
+    from siren.modeling import load_causal_lm
     from siren.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -115,29 +116,16 @@ def extract_argv(model: Path, verl_dir: Path, thinking: Path, out: Path, *extra:
 
 @pytest.fixture(scope="module")
 def one_process_run(tiny_model_dir, verl_dir, thinking_dir, tmp_path_factory) -> Path:
-    """The script's main() in this process (saves an interpreter start-up; the 2-process test and
-    stage 4a's test run it as a subprocess)."""
-    import contextlib
-    import io
-
-    from siren.cli import run_main
-
+    """One process on the CPU: the reference for the end-to-end checks and the 2-process test."""
     out = tmp_path_factory.mktemp("hidden") / "one"
-    script = load_script("extract_last_hidden_ddp.py")
-    stdout = io.StringIO()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with contextlib.redirect_stdout(stdout):
-            assert run_main(lambda: script.main(extract_argv(tiny_model_dir, verl_dir, thinking_dir, out))) == 0
-    finally:
-        torch.set_num_threads(threads)
-    assert "1 without reasoning" in stdout.getvalue()
+    proc = run_script("extract_last_hidden_ddp.py", *extract_argv(tiny_model_dir, verl_dir, thinking_dir, out),
+                      env=CPU_ONE_THREAD)
+    assert "1 without reasoning" in proc.stdout
     return out
 
 
 def test_end_to_end_single_process(one_process_run, tiny_model_dir, verl_dir, thinking_dir, one_thread):
-    from siren.generation import load_causal_lm
+    from siren.modeling import load_causal_lm
     from siren.tokenization import load_tokenizer
 
     hidden = np.load(one_process_run / "teacher_hidden.npy", mmap_mode="r")
@@ -189,7 +177,7 @@ def test_thinking_that_does_not_match_the_parquet_is_an_error(tiny_model_dir, ve
     no_mask = tmp_path / "no_mask"
     no_mask.mkdir()
     (no_mask / "results.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(SirenError, match="needs the correctness mask"):
+    with pytest.raises(SirenError, match="missing correctness mask"):
         script.main(extract_argv(tiny_model_dir, verl_dir, no_mask, tmp_path / "o3", "--only_correct"))
 
     no_tokenizer = tmp_path / "weights_only"
@@ -213,7 +201,7 @@ def test_refuses_to_overwrite_finished_outputs(one_process_run, tiny_model_dir, 
 def test_two_processes_equal_one(one_process_run, tiny_model_dir, verl_dir, thinking_dir, tmp_path):
     out = tmp_path / "two"
     run_script(*accelerate_launch(2), "extract_last_hidden_ddp.py",
-               *extract_argv(tiny_model_dir, verl_dir, thinking_dir, out), env=ONE_THREAD)
+               *extract_argv(tiny_model_dir, verl_dir, thinking_dir, out), env=CPU_ONE_THREAD)
     assert json.loads((out / "manifest.json").read_text())["counts"]["processes"] == 2
     np.testing.assert_array_equal(np.load(out / "teacher_index.npy"), np.load(one_process_run / "teacher_index.npy"))
     np.testing.assert_allclose(np.load(out / "teacher_hidden.npy"), np.load(one_process_run / "teacher_hidden.npy"),
@@ -233,7 +221,7 @@ def test_disk_full_during_the_merge_leaves_no_finished_looking_file(tiny_model_d
     monkeypatch.setattr(siren.hidden, "merge_hidden_shards", merge_then_fail)
     script = load_script("extract_last_hidden_ddp.py")
     out = tmp_path / "full"
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(SirenError, match="No space left on device; nothing was kept"):
         script.main(extract_argv(tiny_model_dir, verl_dir, thinking_dir, out))
     leftovers = sorted(p.name for p in out.iterdir() if p.is_file())
     assert leftovers == [], leftovers  # no teacher_hidden.npy, no temporary file, no manifest

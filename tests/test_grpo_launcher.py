@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import stat
@@ -66,13 +68,46 @@ def test_dry_run_sets_the_keys_verl_reads(composed, tiny_model_dir, verl_dir):
     assert trainer["logger"] == ["console", "wandb"]
     assert trainer["project_name"] == "siren_grpo" and trainer["experiment_name"] == "GRPO_Movies"
     assert trainer["val_before_train"] is False  # extra Hydra overrides pass through
+    assert trainer["resume_mode"] == "disable"  # stated, not verl's silent "auto"
+
+
+@pytest.mark.slow
+def test_actor_and_ref_load_with_what_requirements_installs(composed):
+    """verl builds the actor and the ref model from actor_rollout_ref.model (the ref deep-copies it):
+    its attention must be one requirements.txt installs, loaded here the way verl's FSDP engine loads it."""
+    import torch
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.utils import need_critic
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.utils.model import get_hf_auto_model_class
+
+    model = composed["actor_rollout_ref"]["model"]
+    attention = model["override_config"].get("attn_implementation", "flash_attention_2")  # verl's default
+    requirements = (REPO / "requirements.txt").read_text()
+    if attention == "flash_attention_2":
+        assert re.search(r"^flash[-_]attn\b", requirements, flags=re.M), "flash_attention_2 without flash-attn"
+    else:
+        assert attention == "sdpa" and model["use_remove_padding"] is False
+    config = OmegaConf.create(composed)
+    model_config = omega_conf_to_dataclass(config.actor_rollout_ref.model)  # verl's HFModelConfig
+    assert model_config.hf_config._attn_implementation == attention
+    if attention != "flash_attention_2" or importlib.util.find_spec("flash_attn"):
+        auto_class = get_hf_auto_model_class(hf_config=model_config.hf_config)
+        loaded = auto_class.from_pretrained(pretrained_model_name_or_path=model_config.local_path,
+                                            dtype=torch.float32, config=model_config.hf_config)
+        assert loaded.config._attn_implementation == attention
+    # verl's value-head loader (critic, reward model) hard-codes flash_attention_2: GRPO uses neither.
+    assert not need_critic(config) and not composed["reward_model"]["enable"]
 
 
 def test_launcher_uses_no_plus_prefixed_overrides():
-    """`+key=value` would add a key verl never reads instead of failing on a wrong name."""
+    """`+key=value` would add a key verl never reads instead of failing on a wrong name. The one
+    exception adds to model.override_config, an empty open dict in verl's schema whose
+    attn_implementation verl reads (checked through verl in the test above)."""
     overrides = re.findall(r"^\s+(\+?[a-z_]+\.[a-z_.]+)=", LAUNCHER.read_text(), flags=re.M)
     assert len(overrides) > 20
-    assert not [key for key in overrides if key.startswith("+")]
+    plus = [key for key in overrides if key.startswith("+")]
+    assert plus == ["+actor_rollout_ref.model.override_config.attn_implementation"]
 
 
 # The reward cases of the foundation issue, called the way verl 0.9.1 calls the custom reward.
@@ -105,48 +140,87 @@ def test_reward_cases_through_verl_entry_point(composed, response, label, expect
 
 
 def _fake_python(tmp_path: Path) -> tuple[str, Path]:
-    """A PYTHON that only records that it was started, to prove the launcher stopped before it."""
+    """A PYTHON that only records that it was started (appending its arguments, one a line, to the marker)."""
     marker = tmp_path / "python_was_started"
     script = tmp_path / "fake_python"
-    script.write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n")
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" >> {marker}\nexit 0\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(script), marker
 
 
-@pytest.mark.parametrize("case", ["model_unset", "model_missing", "no_gpus", "missing_val", "bad_backend"])
+BAD_SETTINGS = {
+    "model_unset": ({"MODEL_PATH": ""}, "set MODEL_PATH"),
+    "model_missing": ({"MODEL_PATH": "no_such_model"}, "is not a model folder"),
+    "no_gpus": ({"NUM_GPUS": "0"}, "NUM_GPUS=0"),
+    "missing_val": ({"DATA_DIR": "data"}, "missing parquet split: data/val.parquet"),
+    "bad_backend": ({"BACKEND": "deepspeed"}, "BACKEND must be verl or trl"),
+    "bad_attention": ({"ATTN_IMPLEMENTATION": "flash_attention_3"}, "ATTN_IMPLEMENTATION must be"),
+    "bad_resume_mode": ({"RESUME_MODE": "yes"}, "RESUME_MODE must be disable, auto or resume_path"),
+    "resume_path_unset": ({"RESUME_MODE": "resume_path"}, "RESUME_MODE=resume_path needs RESUME_FROM_PATH"),
+    "trl_resume": ({"BACKEND": "trl", "RESUME_MODE": "auto"}, "is read by BACKEND=verl only"),
+    "checkpoint_exists": ({"TRAINER_DIR": "trainer"}, "TRAINER_DIR=trainer already holds a verl checkpoint (step 7)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
 def test_bad_settings_stop_before_anything_starts(case, tiny_model_dir, verl_dir, tmp_path):
     fake_python, marker = _fake_python(tmp_path)
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "train.parquet").write_bytes((verl_dir / "train.parquet").read_bytes())
-    env = {"PYTHON": fake_python, "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2"}
-    expected = {
-        "model_unset": "set MODEL_PATH",
-        "model_missing": "is not a model folder",
-        "no_gpus": "NUM_GPUS=0",
-        "missing_val": f"missing parquet split: {data_dir}/val.parquet",
-        "bad_backend": "BACKEND must be verl or trl",
-    }[case]
-    if case == "model_unset":
-        env["MODEL_PATH"] = ""
-    elif case == "model_missing":
-        env["MODEL_PATH"] = str(tmp_path / "no_such_model")
-    elif case == "no_gpus":
-        env["NUM_GPUS"] = "0"
-    elif case == "missing_val":
-        env["DATA_DIR"] = str(data_dir)
-    else:
-        env["BACKEND"] = "deepspeed"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.parquet").write_bytes((verl_dir / "train.parquet").read_bytes())
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "latest_checkpointed_iteration.txt").write_text("7\n")
+    settings, expected = BAD_SETTINGS[case]
+    env = {"PYTHON": fake_python, "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2",
+           **settings}
     proc = run_launcher(env, tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and expected in proc.stderr
+    assert proc.stderr.startswith("error: ") and expected in proc.stderr and proc.stderr.count("\n") == 1
     assert not marker.exists()
 
 
-def test_after_training_the_latest_checkpoint_is_merged(tiny_model_dir, verl_dir, tmp_path):
-    """The post-training steps, with verl's trainer and merger replaced by stand-ins (no GPU here)."""
+def test_resume_settings_reach_verl(tiny_model_dir, verl_dir, tmp_path):
+    fake_python, marker = _fake_python(tmp_path)
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "latest_checkpointed_iteration.txt").write_text("7\n")
+    env = {"PYTHON": fake_python, "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2",
+           "TRAINER_DIR": "trainer", "DRY_RUN": "1"}
+    assert run_launcher(env, tmp_path).returncode == 0  # a dry run starts nothing, so it is not refused
+    assert "trainer.resume_mode=disable" in marker.read_text().splitlines()
+    marker.unlink()
+    run_launcher({**env, "RESUME_MODE": "resume_path", "RESUME_FROM_PATH": "trainer/global_step_7"}, tmp_path)
+    args = marker.read_text().splitlines()
+    assert "trainer.resume_mode=resume_path" in args and "trainer.resume_from_path='trainer/global_step_7'" in args
+    marker.unlink()
+    # RESUME_MODE=auto trains on from the checkpoint: verl is started (here a stand-in that writes nothing)
+    proc = run_launcher({**env, "DRY_RUN": "0", "RESUME_MODE": "auto"}, tmp_path)
+    assert "trainer.resume_mode=auto" in marker.read_text().splitlines()
+    assert "already holds" not in proc.stderr
+
+
+@pytest.mark.parametrize("has_venv", [True, False])
+def test_python_defaults_to_the_repo_venv(has_venv, tiny_model_dir, verl_dir, tmp_path):
+    """With PYTHON unset, the launcher runs <repo>/.venv/bin/python (make install's venv) when it exists."""
+    repo = tmp_path / "repo"
+    (repo / "siren").mkdir(parents=True)
+    (repo / "siren" / "reward.py").write_text("")
+    (repo / LAUNCHER.name).write_text(LAUNCHER.read_text())
+    if has_venv:
+        (repo / ".venv" / "bin").mkdir(parents=True)
+        fake_python, _ = _fake_python(repo / ".venv" / "bin")
+        Path(fake_python).rename(repo / ".venv" / "bin" / "python")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHON"}
+    env.update({"BACKEND": "trl", "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir)})
+    proc = subprocess.run(["bash", str(repo / LAUNCHER.name)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == (str(repo / ".venv" / "bin" / "python") if has_venv else "python3")
+
+
+def _verl_stand_in(tmp_path: Path, merger_output: Path | None = None) -> tuple[Path, Path]:
+    """A PYTHON that plays verl's trainer (writes global_step_7) and merger (copies `merger_output`)."""
     calls = tmp_path / "calls.txt"
     stand_in = tmp_path / "python_stand_in"
+    merge = f'cp -r {merger_output}/. "$target"' if merger_output else "echo '{}' > \"$target/config.json\""
     stand_in.write_text(f"""#!/bin/bash
 if [[ "$1 $2" == "-m verl.trainer.main_ppo" ]]; then
     for arg in "$@"; do [[ "$arg" == trainer.default_local_dir=* ]] && dir="${{arg#*=}}" && dir="${{dir//\\'/}}"; done
@@ -154,13 +228,19 @@ if [[ "$1 $2" == "-m verl.trainer.main_ppo" ]]; then
     echo "main_ppo $*" >> {calls}
 elif [[ "$1 $2" == "-m verl.model_merger" ]]; then
     while [[ $# -gt 0 ]]; do case "$1" in --local_dir) local_dir=$2;; --target_dir) target=$2;; esac; shift; done
-    mkdir -p "$target" && echo '{{}}' > "$target/config.json"
+    mkdir -p "$target" && {merge}
     echo "merge $local_dir" >> {calls}
 else
     exec {sys.executable} "$@"
 fi
 """)
     stand_in.chmod(stand_in.stat().st_mode | stat.S_IEXEC)
+    return stand_in, calls
+
+
+def test_after_training_the_latest_checkpoint_is_merged(tiny_model_dir, verl_dir, tmp_path):
+    """The post-training steps, with verl's trainer and merger replaced by stand-ins (no GPU here)."""
+    stand_in, calls = _verl_stand_in(tmp_path)
     env = {"PYTHON": str(stand_in), "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2",
            "TRAINER_DIR": str(tmp_path / "trainer"), "CKPT_DIR": str(tmp_path / "ckpt")}
     proc = run_launcher(env, tmp_path)
@@ -171,9 +251,79 @@ fi
     assert '"step": "7"' in manifest and '"backend": "verl"' in manifest
     assert f"merge {tmp_path / 'trainer'}/global_step_7/actor" in calls.read_text()
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["GRPO_Movies_step7"]  # no partial left
+    env["RESUME_MODE"] = "auto"  # the trainer folder now holds step 7
     again = run_launcher(env, tmp_path)
     assert again.returncode == 2 and "output already exists" in again.stderr
     assert run_launcher({**env, "OVERWRITE": "1"}, tmp_path).returncode == 0
+
+
+def _lora_merger_output(tiny_model_dir: Path, out: Path, rank: int, alpha: int) -> None:
+    """What verl's merger writes for a LoRA run: the base weights (bf16) + lora_adapter/ beside them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    base.to(torch.bfloat16).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    peft_model = get_peft_model(base.float(), LoraConfig(r=rank, lora_alpha=alpha, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # a trained adapter (peft starts B at zero)
+    peft_model.save_pretrained(out / "lora_adapter")
+
+
+def test_a_lora_run_is_merged_into_the_saved_weights(tiny_model_dir, verl_dir, tmp_path, one_thread):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    merger_output = tmp_path / "merger_output"
+    _lora_merger_output(tiny_model_dir, merger_output, rank=4, alpha=8)
+    base = AutoModelForCausalLM.from_pretrained(merger_output, dtype=torch.float32)
+    expected = PeftModel.from_pretrained(base, str(merger_output / "lora_adapter")).merge_and_unload()
+    expected = expected.to(torch.bfloat16).state_dict()
+    stand_in, _ = _verl_stand_in(tmp_path, merger_output)
+    env = {"PYTHON": str(stand_in), "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2",
+           "TRAINER_DIR": str(tmp_path / "trainer"), "CKPT_DIR": str(tmp_path / "ckpt"), "LORA_RANK": "4",
+           "LORA_ALPHA": "8"}
+    proc = run_launcher(env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "ckpt" / "GRPO_Movies_step7"
+    assert "merged the LoRA adapter (r=4, alpha=8, q_proj, v_proj)" in proc.stdout
+    assert not (out / "lora_adapter").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert merged.dtype == torch.bfloat16 and not any("lora" in name for name, _ in merged.named_parameters())
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).state_dict()
+    for name, tensor in merged.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
+        if "q_proj" in name or "v_proj" in name:
+            assert not torch.equal(tensor, original[name]), f"{name} is still the base weight"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["lora_merged"] == {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+
+
+def test_a_lora_run_without_an_adapter_is_an_error(tiny_model_dir, verl_dir, tmp_path):
+    stand_in, _ = _verl_stand_in(tmp_path)
+    env = {"PYTHON": str(stand_in), "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2",
+           "TRAINER_DIR": str(tmp_path / "trainer"), "CKPT_DIR": str(tmp_path / "ckpt"), "LORA_RANK": "4"}
+    proc = run_launcher(env, tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: LORA_RANK=4 but verl's merger wrote no")
+    assert not (tmp_path / "ckpt" / "GRPO_Movies_step7").exists()
+
+
+def test_an_adapter_that_lost_its_alpha_is_refused(tmp_path):
+    from siren import SirenError
+    from siren.grpo_verl import merge_lora_adapter
+
+    adapter = tmp_path / "lora_adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 4, "lora_alpha": 0, "target_modules": ["q_proj"]}')
+    with pytest.raises(SirenError, match="lora_alpha=0"):
+        merge_lora_adapter(tmp_path)
+    assert merge_lora_adapter(tmp_path / "no_adapter_here") is None
 
 
 def test_trl_dry_run_maps_the_settings_onto_grpo_trl_flags(tiny_model_dir, verl_dir, tmp_path):

@@ -113,3 +113,30 @@ def test_bad_arguments_are_clear_errors(short_prompt_dir, tiny_model_dir, tmp_pa
     with pytest.raises(SirenError, match="already exists"):
         validate(parse_args(base + ["--max_steps", "5"]))
     validate(parse_args(base + ["--max_steps", "5", "--overwrite"]))
+
+
+def test_one_step_at_the_default_lr_moves_the_policy_weights(tiny_model_dir, one_thread):
+    """Full fine-tuning at --lr's default: the policy keeps float32 weights, so one AdamW step under
+    bf16 autocast (what GRPOConfig(bf16=True) does on a GPU) changes them; on bf16 weights the same
+    step rounds away for nearly all of them."""
+    import torch
+
+    from siren.grpo_trl import load_policy
+
+    lr = parse_args(["--model_path", str(tiny_model_dir), "--data_dir", "unused"]).lr
+
+    def changed_fraction(model) -> float:
+        weight = model.model.layers[0].self_attn.q_proj.weight
+        before = weight.detach().clone()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        ids = torch.arange(100, 116).unsqueeze(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        return (weight.detach() != before).float().mean().item()
+
+    policy = load_policy(tiny_model_dir)
+    assert {param.dtype for param in policy.parameters()} == {torch.float32}
+    assert changed_fraction(policy) > 0.99
+    assert changed_fraction(load_policy(tiny_model_dir).to(torch.bfloat16)) < 0.05

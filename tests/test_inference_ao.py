@@ -10,20 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import accelerate_launch, run_script
+from conftest import CPU_ONLY, accelerate_launch, run_script
 from stage_inputs import build_ao_dataset
 
-from siren.ao import (
-    constrained_ratings,
-    default_out_dir,
-    expected_ratings,
-    parse_greedy_token,
-    prediction_metrics,
-    rating_probabilities,
-)
+from siren.ao import default_out_dir, parse_greedy_token, prediction_metrics
+from siren.modeling import constrained_ratings, expected_ratings, rating_probabilities
 
 SCRIPT = "inference_ao_ddp.py"
 RATING_IDS = {1: 10, 2: 11, 3: 12, 4: 13, 5: 14}  # a made-up vocabulary of 20 tokens
+# The runs compared with each other (1 process, parquet input, 2 gloo processes) are pinned to the
+# CPU (CPU_ONLY), also on a machine with CUDA; test_end_to_end_on_cuda runs the script there.
 
 
 # --------------------------------------------------------------------------------------------------
@@ -104,7 +100,7 @@ def _predictions(out: Path) -> list[dict]:
 def one_process(ao_data, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ao-out") / "one"
     proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
-                      "--batch_size", "4")
+                      "--batch_size", "4", env=CPU_ONLY)
     return out, proc
 
 
@@ -122,16 +118,30 @@ def test_end_to_end_constrained(one_process):
     assert {"mae", "rmse", "acc", "per_label"} <= set(metrics["predictions"]["ao_expected"])
     latency = metrics["latency"]
     assert {"ms_per_sample", "samples_per_s", "generated_tokens_per_sample", "device", "n"} <= set(latency)
-    assert latency["generated_tokens_per_sample"] == 1 and latency["n"] == 10 and latency["device"] == "cpu"
+    assert latency["generated_tokens_per_sample"] == 1 and latency["n"] == 10
+    assert latency["device"] == "cpu"  # the run was pinned there (CPU_ONLY)
     assert json.loads((out / "manifest.json").read_text())["counts"]["rows"] == 10
     assert "MAE" in proc.stdout and "wrote" in proc.stdout
+
+
+@pytest.mark.gpu
+def test_end_to_end_on_cuda(ao_data, tiny_model_dir, tmp_path):
+    import torch
+
+    out = tmp_path / "cuda"
+    run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
+               "--batch_size", "4")
+    predictions = _predictions(out)
+    assert len(predictions) == 10 and all(p["valid"] for p in predictions)
+    latency = json.loads((out / "metrics.json").read_text())["latency"]
+    assert latency["device"] == f"cuda ({torch.cuda.get_device_name(0)})"
 
 
 @pytest.mark.slow
 def test_parquet_directory_gives_the_same_predictions(one_process, verl_dir, tiny_model_dir, tmp_path):
     out, _ = one_process
     run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(tmp_path / "pq"),
-               "--max_samples", "10", "--batch_size", "3")
+               "--max_samples", "10", "--batch_size", "3", env=CPU_ONLY)
     ours, theirs = _predictions(out), _predictions(tmp_path / "pq")
     assert [p["prediction"] for p in ours] == [p["prediction"] for p in theirs]
     for a, b in zip(ours, theirs, strict=True):
@@ -156,7 +166,7 @@ def test_two_processes_equal_one(one_process, ao_data, tiny_model_dir, tmp_path)
     out, _ = one_process
     proc = run_script(*accelerate_launch(2), SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data),
                       "--out_dir", str(tmp_path / "two"), "--batch_size", "3",
-                      env={"CUDA_VISIBLE_DEVICES": ""}, check=False)
+                      env=CPU_ONLY, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _predictions(out), _predictions(tmp_path / "two")
     assert [p["index"] for p in two] == [p["index"] for p in one]
@@ -219,4 +229,4 @@ def test_bad_data_path_and_split(ao_data, tiny_model_dir, tmp_path):
     _fails(["--model", str(tiny_model_dir), "--data_path", str(tmp_path)], "neither a stage-4c DatasetDict",
            tmp_path / "out")
     _fails(["--model", str(tiny_model_dir), "--data_path", str(ao_data), "--split", "holdout"],
-           "split 'holdout' not found", tmp_path / "out")
+           "unknown split 'holdout'", tmp_path / "out")

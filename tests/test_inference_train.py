@@ -10,21 +10,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import accelerate_launch, load_script, run_script
+from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
 
 from siren import SirenError
-from siren.generation import (
-    RESULT_FIELDS,
-    PartWriter,
-    check_resume_settings,
-    merge_parts,
-    read_parts,
-    result_row,
-)
+from siren.cot import RESULT_FIELDS, PartWriter, check_resume_settings, merge_parts, read_parts, result_row
 
 GEN_FLAGS = ["--limit", "12", "--max_new_tokens", "8", "--batch_size", "4"]
-# The CPU is shared with other jobs; one thread per process avoids oversubscription (10x slower).
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+# The runs compared byte for byte are pinned to the CPU, also on a machine with CUDA (the 2-process
+# run is gloo on CPU); one thread per process avoids oversubscription of the shared CPU (10x slower).
+CPU_ONE_THREAD = {"OMP_NUM_THREADS": "1", **CPU_ONLY}
 
 
 def parquet_row(index: int, label: float) -> dict:
@@ -85,7 +79,7 @@ def reference_run(tiny_model_dir, verl_dir, tmp_path_factory) -> Path:
     """One uninterrupted single-process run, the reference for the resume and 2-process tests."""
     out = tmp_path_factory.mktemp("cot") / "ref"
     proc = run_script("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
-                      "--out_dir", str(out), *GEN_FLAGS, env=ONE_THREAD)
+                      "--out_dir", str(out), *GEN_FLAGS, env=CPU_ONE_THREAD)
     assert "12 invalid" in proc.stdout
     return out
 
@@ -125,21 +119,18 @@ def test_refuses_to_overwrite_finished_outputs(reference_run, tiny_model_dir, ve
 
 
 @pytest.mark.slow
-def test_resume_after_a_crash_gives_the_same_files(reference_run, tiny_model_dir, verl_dir, tmp_path, monkeypatch,
-                                                   one_thread):
-    script = load_script("inference_train_ddp.py")
+def test_resume_after_a_crash_gives_the_same_files(reference_run, tiny_model_dir, verl_dir, tmp_path):
     out = tmp_path / "resumed"
-    argv = ["--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(out), *GEN_FLAGS]
-    monkeypatch.setenv("SIREN_STOP_AFTER_BATCHES", "1")
-    with pytest.raises(SystemExit, match="stopped after 1 batch"):
-        script.main(argv)
+    argv = ["inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
+            "--out_dir", str(out), *GEN_FLAGS]
+    crashed = run_script(*argv, env={**CPU_ONE_THREAD, "SIREN_STOP_AFTER_BATCHES": "1"}, check=False)
+    assert crashed.returncode != 0 and "stopped after 1 batch" in crashed.stderr
     assert not (out / "results.jsonl").exists()
     assert sorted(read_parts(out / "partial")) == [0, 1, 2, 3]
     with open(out / "partial" / "rank0.jsonl", "a", encoding="utf-8") as handle:
         handle.write('{"index": 4, "user_id": "tor')  # killed mid-write
 
-    monkeypatch.delenv("SIREN_STOP_AFTER_BATCHES")
-    script.main(argv)
+    run_script(*argv, env=CPU_ONE_THREAD)
     assert (out / "results.jsonl").read_bytes() == (reference_run / "results.jsonl").read_bytes()
     assert torch.equal(torch.load(out / "mask.pt"), torch.load(reference_run / "mask.pt"))
     assert json.loads((out / "manifest.json").read_text())["counts"]["resumed_rows"] == 4
@@ -174,7 +165,7 @@ def test_two_processes_equal_one(reference_run, tiny_model_dir, verl_dir, tmp_pa
     out = tmp_path / "two"
     run_script(*accelerate_launch(2), "inference_train_ddp.py",
                "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(out), *GEN_FLAGS,
-               env=ONE_THREAD)
+               env=CPU_ONE_THREAD)
     assert json.loads((out / "manifest.json").read_text())["counts"]["processes"] == 2
     assert (out / "results.jsonl").read_bytes() == (reference_run / "results.jsonl").read_bytes()
     assert torch.equal(torch.load(out / "mask.pt"), torch.load(reference_run / "mask.pt"))

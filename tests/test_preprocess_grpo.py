@@ -178,12 +178,24 @@ def test_long_history_false_default_dir_no_sketch_made_up_category(small_movies_
 
 def test_no_sketch_file_runs_without_sketch_and_says_so(small_movies_root, tmp_path, capsys):
     out = tmp_path / "out"
-    preprocess_grpo.main(["--data_root", str(small_movies_root), "--out_dir", str(out), "--limit", "4"])
-    captured = capsys.readouterr()
-    assert "no --sketch_path given" in captured.err and "--use_long_history is true" in captured.err
+    preprocess_grpo.main(["--data_root", str(small_movies_root), "--out_dir", str(out), "--limit", "4",
+                          "--use_long_history", "false"])
+    assert "no --sketch_path given (--use_long_history false)" in capsys.readouterr().out
     assert all("Long-term interests" not in r["prompt"][1]["content"] for r in load_split_rows(out, "train"))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["rows_without_sketch"] == {"train": 4, "val": 4, "test": 4}
+
+
+def test_long_history_without_a_sketch_is_refused(small_movies_root, tmp_path):
+    """max@10-long@True must hold sketches: without --sketch_path the script stops before writing."""
+    proc = run_script(SCRIPT, "--data_root", str(small_movies_root), "--use_long_history", "True", "--limit", "4",
+                      cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: --use_long_history true needs --sketch_path")
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(SirenError, match="--use_long_history true needs --sketch_path"):
+        preprocess_grpo.main(["--data_root", str(small_movies_root), "--out_dir", str(tmp_path / "o")])  # the default
+    assert not (tmp_path / "o").exists()
 
 
 def test_sketch_users_not_in_data_warns_with_counts(small_movies_root, tmp_path, capsys):
@@ -199,7 +211,8 @@ def test_missing_split_file_is_named(small_movies_root, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(small_movies_root / "Movies", root / "Movies")
     (root / "Movies" / "valid.jsonl.gz").unlink()
-    proc = run_script(SCRIPT, "--data_root", str(root), "--out_dir", str(tmp_path / "out"), check=False)
+    proc = run_script(SCRIPT, "--data_root", str(root), "--out_dir", str(tmp_path / "out"), "--use_long_history",
+                      "false", check=False)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: missing split file") and "valid.jsonl.gz" in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -10,17 +10,31 @@ import pytest
 from conftest import load_script
 
 from siren import SirenError
-from siren.hidden import completion_text, default_hidden_dir
+from siren.ao_data import completion_text, default_hidden_dir
 from siren.prompts import EMPTY_THINK
 
 STUDENT_TAIL = EMPTY_THINK + "<answer>"
 
 
-def test_completion_is_the_whole_star_rating():
-    assert completion_text(4.0) == "4</answer>"
-    assert completion_text(1) == "1</answer>"
+def test_completion_is_what_the_teacher_writes():
+    """The GRPO teacher answers like the reward's ground truth ("4.0"), not "4"."""
+    assert completion_text(4.0) == "4.0</answer>"
+    assert completion_text(1) == "1.0</answer>"
+    assert completion_text(5) == "5.0</answer>"
     with pytest.raises(SirenError, match="not a whole star"):
         completion_text(3.5)
+
+
+def test_the_first_completion_token_is_the_rating_token(tiny_model_dir):
+    """Answer-only decoding reads one token after `<answer>`: the completion must start with it."""
+    from siren.tokenization import load_tokenizer, rating_token_ids
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    ratings = rating_token_ids(tokenizer)
+    for rating, token_id in ratings.items():
+        ids = tokenizer(completion_text(rating), add_special_tokens=False)["input_ids"]
+        assert ids[0] == token_id
+        assert tokenizer.decode(ids[1:]) == ".0</answer>"
 
 
 def test_default_folder_follows_the_parquet_folder_name(tmp_path):
@@ -51,7 +65,7 @@ def test_end_to_end(tiny_model_dir, verl_dir, tmp_path, capsys):
         assert part["label"] == [float(rm["ground_truth"]) for rm in parquet["reward_model"]]
         assert all(p.startswith("<|im_start|>system\n") and p.endswith("<|im_start|>assistant\n" + STUDENT_TAIL)
                    for p in part["prompt"])
-        assert part["completion"] == [f"{int(label)}</answer>" for label in part["label"]]
+        assert part["completion"] == [f"{label:.1f}</answer>" for label in part["label"]]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tokenizer"]["path"] == str(tiny_model_dir.resolve())
     assert manifest["tokenizer"]["tokenizer_json_sha256"] and manifest["category"] == "Movies"

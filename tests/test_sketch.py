@@ -1,4 +1,4 @@
-"""Stage 1 (generate_interest_sketch.py, siren.sketch, siren.embedding).
+"""Stage 1 (generate_interest_sketch.py; siren.items, siren.topics, siren.topic_names, siren.sketch, siren.embedding).
 
 The script runs on the synthetic Movies data (tests/synthetic_data.py) with the offline MiniLM encoder once, cold;
 every later run shares its embedding cache, so it never loads the encoder again. The whole Movies
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import shlex
 import threading
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -16,14 +18,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import load_script, run_script
 
 from siren import SirenError
-from siren import sketch as sk
 from siren.embedding import EmbeddingCache, EncoderSpec, text_digests
+from siren.items import ItemTable, items_from_data
 from siren.prompts import format_sketch
+from siren.sketch import UserTopicStats, user_topic_lists, user_topic_stats
+from siren.topic_names import (
+    keyword_topic_names,
+    llm_topic_names,
+    local_hf_chat,
+    names_from_file,
+    openai_chat,
+    parse_theme,
+)
+from siren.topics import kmeans
 
 SCRIPT = "generate_interest_sketch.py"
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +241,85 @@ def test_help_shows_defaults():
     assert "BAAI/bge-m3" in proc.stdout and "minilm" in proc.stdout
 
 
+def test_help_states_each_default_once_and_shows_the_command():
+    text = run_script(SCRIPT, "--help").stdout
+    flat = " ".join(text.split())
+    assert "%(default)" not in text and not re.search(r"\(default: [^()]*\)\s*\(default: ", flat)
+    assert flat.count("(default: 20)") == 1 and "(default: BAAI/bge-m3)" in flat and "(default: None)" not in flat
+    # raw docstring: the example command keeps its own line
+    assert "\n    python generate_interest_sketch.py --category Movies --encoder_model minilm" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# flags and output paths (no encoder, no real data)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_authors_flags_parse_like_the_canonical_ones():
+    parse_args = load_script(SCRIPT).parse_args
+    authors = parse_args(["--data_category", "Books", "--meta_path", "meta.jsonl.gz", "--history_path", "h.jsonl.gz",
+                          "--output_dir", "out", "--n_clusters", "20", "--top_k", "100"])
+    canonical = parse_args(["--category", "Books", "--meta_path", "meta.jsonl.gz", "--history_path", "h.jsonl.gz",
+                            "--out_dir", "out", "--n_clusters", "20", "--top_k", "100"])
+    assert vars(authors) == vars(canonical)
+    assert authors.category == "Books" and authors.output_dir == "out" and authors.n_clusters == 20
+
+
+def _documented_commands(script: str) -> list[list[str]]:
+    """The argv of every `python <script> ...` line in the README's and docs/'s bash blocks."""
+    commands = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh)\n(.*?)```", doc.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                if words[:2] == ["python", script]:
+                    commands.append(words[2:])
+    return commands
+
+
+def test_every_documented_stage_1_command_parses():
+    parse_args = load_script(SCRIPT).parse_args
+    commands = _documented_commands(SCRIPT)
+    assert len(commands) >= 6
+    for argv in commands:
+        parse_args(argv)  # argparse exits on an unknown flag or a bad value
+
+
+@pytest.mark.parametrize("flag, value", [("--n_clusters", "0"), ("--top_k", "-1"), ("--threads", "-1"),
+                                         ("--encode_batch_size", "x")])
+def test_bad_integer_flags_stop_argparse(flag, value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        load_script(SCRIPT).parse_args([flag, value])
+    assert stop.value.code == 2 and flag in capsys.readouterr().err
+
+
+def _tiny_category(root: Path, category: str = "Movies") -> Path:
+    folder = root / category
+    folder.mkdir(parents=True)
+    _write_jsonl_gz(folder / "history.jsonl.gz", [
+        {"user_id": "u1", "history": "Heat, Drama, 5", "history_asins": ["A1"], "history_ratings": [5]}])
+    for split in ("train", "valid", "test"):
+        _write_jsonl_gz(folder / f"{split}.jsonl.gz", [
+            {"user_id": "u1", "parent_asin": "A2", "timestamp": 1, "label": 4.0, "target": "Up, Animation",
+             "history": "Heat, Drama, 5"}])
+    return root
+
+
+@pytest.mark.parametrize("where", ["output_dir", "under_a_file", "cache_dir"])
+def test_an_output_path_that_is_a_file_is_refused_before_any_work(tmp_path, where):
+    root = _tiny_category(tmp_path / "data")
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder\n")
+    out = {"output_dir": blocker, "under_a_file": blocker / "sketch"}.get(where, tmp_path / "out")
+    cache = blocker if where == "cache_dir" else tmp_path / "cache"
+    proc = run_script(SCRIPT, "--data_root", str(root), "--encoder_model", "minilm", "--output_dir", str(out),
+                      "--cache_dir", str(cache), "--n_clusters", "2", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "file, not a folder" in proc.stderr and str(blocker) in proc.stderr
+    assert blocker.read_text() == "not a folder\n"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # planted topics through the meta-file path
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +396,7 @@ def test_item_texts_with_commas_in_titles():
     history = [{"user_id": "u", "history": "Crouching Tiger, Hidden Dragon, Action & Adventure|Foreign Films, 5.0\nHeat, Drama, 3",
                 "history_asins": ["A1", "A2"], "history_ratings": [5.0, 3.0]}]
     targets = [{"parent_asin": "A3", "target": "Hello, Dolly!, Musicals|Classics"}]
-    items = sk.items_from_data(history, targets)
+    items = items_from_data(history, targets)
     by_id = dict(zip(items.item_ids, zip(items.titles, items.categories, items.texts, strict=True), strict=True))
     assert by_id["A1"] == ("Crouching Tiger, Hidden Dragon", ["Action & Adventure", "Foreign Films"],
                            "Crouching Tiger, Hidden Dragon, Action & Adventure|Foreign Films")
@@ -314,7 +406,7 @@ def test_item_texts_with_commas_in_titles():
 
 def test_misaligned_history_is_an_error():
     with pytest.raises(SirenError, match="2 history lines but 1 history_asins"):
-        sk.items_from_data([{"user_id": "u", "history": "A, x, 5\nB, y, 4", "history_asins": ["A"], "history_ratings": [5]}], [])
+        items_from_data([{"user_id": "u", "history": "A, x, 5\nB, y, 4", "history_asins": ["A"], "history_ratings": [5]}], [])
 
 
 def _blobs(seed=0, per=40, k=5, dim=16):
@@ -327,8 +419,8 @@ def _blobs(seed=0, per=40, k=5, dim=16):
 @pytest.mark.parametrize("backend", ["faiss", "sklearn"])
 def test_kmeans_same_seed_same_result_and_recovers_blobs(backend):
     x, labels = _blobs()
-    first = sk.kmeans(x, 5, backend=backend, niter=30, nredo=2, seed=3)
-    second = sk.kmeans(x, 5, backend=backend, niter=30, nredo=2, seed=3)
+    first = kmeans(x, 5, backend=backend, niter=30, nredo=2, seed=3)
+    second = kmeans(x, 5, backend=backend, niter=30, nredo=2, seed=3)
     assert first.backend == backend
     assert np.array_equal(first.assignment, second.assignment) and np.array_equal(first.centroids, second.centroids)
     purity = sum(np.bincount(labels[first.assignment == c]).max() for c in range(5) if (first.assignment == c).any())
@@ -340,12 +432,12 @@ def test_kmeans_same_seed_same_result_and_recovers_blobs(backend):
 
 def test_kmeans_rejects_k_above_items():
     with pytest.raises(SirenError, match="larger than the number of items"):
-        sk.kmeans(np.zeros((3, 4), dtype=np.float32), 4)
+        kmeans(np.zeros((3, 4), dtype=np.float32), 4)
 
 
 def _stats(counts, sums, positives):
     counts = np.array(counts)
-    return sk.UserTopicStats(user_ids=[f"u{i}" for i in range(len(counts))], counts=counts, rating_sums=np.array(sums, float),
+    return UserTopicStats(user_ids=[f"u{i}" for i in range(len(counts))], counts=counts, rating_sums=np.array(sums, float),
                              positives=np.array(positives), interactions=counts.sum(1), missing_interactions=0, missing_items=[])
 
 
@@ -353,17 +445,17 @@ def test_rules_order_and_cap():
     # topic 0: ratings 5,3,3 (mean 3.67, pos 1 neg 2); topic 1: 4,4 (mean 4.0 = theta, liked);
     # topic 2: 5,1 (mean 3, pos 1 = neg 1: a tie the count rule drops); topic 3: 2 (disliked)
     stats = _stats([[3, 2, 2, 1]], [[11, 8, 6, 2]], [[1, 2, 1, 0]])
-    assert sk.user_topic_lists(stats, "mean", 4.0) == [([1], [0, 2, 3])]
-    assert sk.user_topic_lists(stats, "count", 4.0) == [([1], [0, 3])]
-    assert sk.user_topic_lists(stats, "mean", 4.0, max_per_list=2) == [([1], [0, 2])]
+    assert user_topic_lists(stats, "mean", 4.0) == [([1], [0, 2, 3])]
+    assert user_topic_lists(stats, "count", 4.0) == [([1], [0, 3])]
+    assert user_topic_lists(stats, "mean", 4.0, max_per_list=2) == [([1], [0, 2])]
     empty = _stats([[0, 0, 0, 0]], [[0, 0, 0, 0]], [[0, 0, 0, 0]])
-    assert sk.user_topic_lists(empty, "mean", 4.0) == [([], [])]
+    assert user_topic_lists(empty, "mean", 4.0) == [([], [])]
 
 
 def test_user_topic_stats_counts_missing_items():
     rows = [{"user_id": "a", "history_asins": ["i0", "i1", "zz"], "history_ratings": [5.0, 2.0, 4.0]},
             {"user_id": "b", "history_asins": [], "history_ratings": []}]
-    stats = sk.user_topic_stats(rows, {"i0": 0, "i1": 1}, np.array([1, 1]), 2, pos_threshold=4.0)
+    stats = user_topic_stats(rows, {"i0": 0, "i1": 1}, np.array([1, 1]), 2, pos_threshold=4.0)
     assert stats.counts.tolist() == [[0, 2], [0, 0]] and stats.rating_sums.tolist() == [[0, 7], [0, 0]]
     assert stats.positives.tolist() == [[0, 1], [0, 0]]
     assert stats.missing_interactions == 1 and stats.missing_items == ["zz"] and stats.interactions.tolist() == [3, 0]
@@ -381,8 +473,8 @@ def test_keyword_names_are_readable_and_distinct():
         titles.append(f"The {PLANTED['space'][1][j % 10].title()} Story")
         cats.append(["Movies & TV", "Space", "Documentary"])
         assignment.append(4)
-    items = sk.ItemTable(item_ids=[str(i) for i in range(len(titles))], texts=titles, titles=titles, categories=cats, source="test")
-    names = sk.keyword_topic_names(np.array(assignment), items, 5)
+    items = ItemTable(item_ids=[str(i) for i in range(len(titles))], texts=titles, titles=titles, categories=cats, source="test")
+    names = keyword_topic_names(np.array(assignment), items, 5)
     assert len({n.lower() for n in names}) == 5
     for cluster, (label, _) in enumerate(PLANTED.values()):
         assert names[cluster].startswith(label), names
@@ -391,26 +483,26 @@ def test_keyword_names_are_readable_and_distinct():
 
 
 def test_parse_theme_literals():
-    assert sk.parse_theme("Theme: Gritty crime dramas.") == "Gritty crime dramas"
-    assert sk.parse_theme("<think>hmm, crime?</think>\n\n\"Heist thrillers\"") == "Heist thrillers"
-    assert sk.parse_theme("\n- Space opera and galactic wars\nbecause ...") == "Space opera and galactic wars"
-    assert sk.parse_theme("one two three four five six seven eight nine ten eleven twelve") == \
+    assert parse_theme("Theme: Gritty crime dramas.") == "Gritty crime dramas"
+    assert parse_theme("<think>hmm, crime?</think>\n\n\"Heist thrillers\"") == "Heist thrillers"
+    assert parse_theme("\n- Space opera and galactic wars\nbecause ...") == "Space opera and galactic wars"
+    assert parse_theme("one two three four five six seven eight nine ten eleven twelve") == \
         "one two three four five six seven eight nine ten"
-    assert sk.parse_theme("") is None and sk.parse_theme("...\n 42") is None and sk.parse_theme(None) is None
+    assert parse_theme("") is None and parse_theme("...\n 42") is None and parse_theme(None) is None
 
 
 def test_names_from_file(tmp_path):
     good = tmp_path / "names.json"
     good.write_text(json.dumps({"0": "Space", "1": "Food"}))
-    assert sk.names_from_file(good, 2) == ["Space", "Food"]
+    assert names_from_file(good, 2) == ["Space", "Food"]
     (tmp_path / "list.json").write_text(json.dumps(["A", "B"]))
-    assert sk.names_from_file(tmp_path / "list.json", 2) == ["A", "B"]
+    assert names_from_file(tmp_path / "list.json", 2) == ["A", "B"]
     (tmp_path / "short.json").write_text(json.dumps(["A"]))
     with pytest.raises(SirenError, match="missing"):
-        sk.names_from_file(tmp_path / "short.json", 2)
+        names_from_file(tmp_path / "short.json", 2)
     (tmp_path / "dup.json").write_text(json.dumps(["A", "a"]))
     with pytest.raises(SirenError, match="repeated"):
-        sk.names_from_file(tmp_path / "dup.json", 2)
+        names_from_file(tmp_path / "dup.json", 2)
 
 
 class _FakeChat(BaseHTTPRequestHandler):
@@ -437,10 +529,10 @@ def test_llm_namer_openai_endpoint_parses_reports_and_disambiguates():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        ask = sk.openai_chat(f"http://127.0.0.1:{server.server_port}/v1", "some-model", "secret")
+        ask = openai_chat(f"http://127.0.0.1:{server.server_port}/v1", "some-model", "secret")
         exemplars = {c: [{"item_id": f"i{c}", "text": f"Title {c}, Cat", "distance": 0.1}] for c in range(4)}
         fallback = ["Galaxy · Rocket", "Starship · Nebula", "Recipe · Kitchen", "Whale · Reef"]
-        result = sk.llm_topic_names(exemplars, "movie", ask, fallback, progress=False)
+        result = llm_topic_names(exemplars, "movie", ask, fallback, progress=False)
     finally:
         server.shutdown()
     assert result.names == ["Space opera (Galaxy · Rocket)", "Space opera (Starship · Nebula)", "Recipe · Kitchen", "Seaside life"]
@@ -451,13 +543,13 @@ def test_llm_namer_openai_endpoint_parses_reports_and_disambiguates():
 
 
 def test_llm_namer_local_hf_model(tiny_model_dir):
-    ask = sk.local_hf_chat(str(tiny_model_dir), device="cpu", max_new_tokens=8)
+    ask = local_hf_chat(str(tiny_model_dir), device="cpu", max_new_tokens=8)
     exemplars = {c: [{"item_id": "i", "text": f"Movie {c}, Drama", "distance": 0.0}] for c in range(2)}
-    result = sk.llm_topic_names(exemplars, "movie", ask, ["Drama · One", "Drama · Two"], progress=False)
+    result = llm_topic_names(exemplars, "movie", ask, ["Drama · One", "Drama · Two"], progress=False)
     # a random model writes noise: every name is either a parsed reply or a reported fallback
     assert len(set(result.names)) == 2 and len(result.replies) == 2
     for cluster, name in enumerate(result.names):
-        assert name.startswith(sk.parse_theme(result.replies[cluster]) or "Drama")
+        assert name.startswith(parse_theme(result.replies[cluster]) or "Drama")
 
 
 def test_embedding_cache_round_trip(tmp_path):
@@ -472,3 +564,23 @@ def test_embedding_cache_round_trip(tmp_path):
     assert np.array_equal(reread.vectors[rows[[0, 2]]], vectors[[2, 0]])
     other = EmbeddingCache(tmp_path, spec, max_len=128)  # another max length is another cache
     assert len(other) == 0 and other.folder != reread.folder
+
+
+
+_NAMES_IN_A_CHILD = """
+import json
+import numpy as np
+from siren.items import ItemTable
+from siren.topic_names import keyword_topic_names
+titles = [f"Charlie Brown Christmas {i}" for i in range(6)] + [f"Los Angeles Nights {i}" for i in range(6)]
+cats = [["Movies & TV", "Peanuts"]] * 6 + [["Movies & TV", "NCIS"]] * 6
+items = ItemTable(item_ids=[str(i) for i in range(12)], texts=titles, titles=titles, categories=cats, source="test")
+print(json.dumps(keyword_topic_names(np.repeat([0, 1], 6), items, 2)))
+"""
+
+
+def test_keyword_names_do_not_depend_on_the_string_hash_seed():
+    # Words that always occur together tie on every score; their order must come from the data,
+    # not from iterating a set of strings (which Python orders by a per-process hash seed).
+    names = {run_script("-c", _NAMES_IN_A_CHILD, env={"PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
+    assert len(names) == 1, names

@@ -8,34 +8,51 @@ DeepSpeed's own config parser.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config_Zero2.yaml"
 
 
-def _plugin_from_yaml():
+def _plugin_as_launched(monkeypatch, *launch_args: str):
+    """The DeepSpeedPlugin a process started by `accelerate launch --config_file config_Zero2.yaml ...`
+    builds: the launcher turns the YAML and its flags into ACCELERATE_* variables, the plugin reads them."""
     from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
 
+    args = launch_command_parser().parse_args(["--config_file", str(CONFIG), *launch_args, "train_hidden_mask.py"])
+    args, defaults, _ = _validate_launch_command(args)
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch_command does
+    _, env = prepare_deepspeed_cmd_env(args)
+    for key in [key for key in os.environ if key.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()
     config = load_config_from_file(str(CONFIG))
-    ds = config.deepspeed_config
-    plugin = DeepSpeedPlugin(
-        zero_stage=ds["zero_stage"],
-        gradient_accumulation_steps=ds["gradient_accumulation_steps"],
-        gradient_clipping=ds["gradient_clipping"],
-        offload_optimizer_device=ds["offload_optimizer_device"],
-        offload_param_device=ds["offload_param_device"],
-        zero3_init_flag=ds["zero3_init_flag"],
-    )
     plugin.set_mixed_precision(config.mixed_precision)
     return config, plugin
 
 
-def test_accelerate_loads_zero2_bf16():
+def _filled_by_the_trainer(plugin, tmp_path, **training_args):
+    """The DeepSpeed config after the HF Trainer filled its "auto" values (propagate_args_to_deepspeed)."""
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, report_to=[], **training_args)
+    filled = HfTrainerDeepSpeedConfig(copy.deepcopy(plugin.deepspeed_config))
+    filled.trainer_config_process(args)
+    return filled
+
+
+def test_accelerate_loads_zero2_bf16(monkeypatch):
     from accelerate.utils import DistributedType
 
-    config, plugin = _plugin_from_yaml()
+    config, plugin = _plugin_as_launched(monkeypatch)
     assert config.distributed_type == DistributedType.DEEPSPEED
     assert config.mixed_precision == "bf16"
     assert config.deepspeed_config["zero_stage"] == 2
@@ -53,20 +70,28 @@ def test_num_processes_is_overridden_by_the_command_line():
     assert args.use_deepspeed and int(args.zero_stage) == 2 and args.mixed_precision == "bf16"
 
 
-def test_deepspeed_accepts_the_resulting_config(tmp_path):
+def test_deepspeed_accepts_the_resulting_config(tmp_path, monkeypatch):
     from deepspeed.runtime.config import DeepSpeedConfig
-    from transformers import TrainingArguments
-    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
-    _, plugin = _plugin_from_yaml()
+    _, plugin = _plugin_as_launched(monkeypatch)
     # train_hidden_mask.py's defaults: per-device batch 4, no accumulation, max_grad_norm 1.0.
-    training_args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4,
-                                      gradient_accumulation_steps=1, bf16=True, use_cpu=True, report_to=[])
-    filled = HfTrainerDeepSpeedConfig(copy.deepcopy(plugin.deepspeed_config))
-    filled.trainer_config_process(training_args)
+    filled = _filled_by_the_trainer(plugin, tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1)
     assert not filled.mismatches, filled.mismatches
     ds_config = DeepSpeedConfig(copy.deepcopy(filled.config))
     assert ds_config.zero_optimization_stage == 2
     assert ds_config.bfloat16_config.enabled
     assert ds_config.train_micro_batch_size_per_gpu == 4
     assert ds_config.gradient_clipping == 1.0
+
+
+def test_the_scripts_accumulation_and_clipping_decide(tmp_path, monkeypatch):
+    """`train_hidden_mask.py --gradient_accumulation_steps 2` under the README command: no mismatch."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    _, plugin = _plugin_as_launched(monkeypatch, "--num_processes", "1")
+    filled = _filled_by_the_trainer(plugin, tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                                    max_grad_norm=0.5)
+    assert not filled.mismatches, filled.mismatches
+    ds_config = DeepSpeedConfig(copy.deepcopy(filled.config))
+    assert ds_config.gradient_accumulation_steps == 2 and ds_config.gradient_clipping == 0.5
+    assert ds_config.train_batch_size == 4 * 2  # one process

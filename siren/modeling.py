@@ -1,0 +1,196 @@
+"""Loading a causal LM, naming its device, identifying a model and its tokenizer, and the
+rating-token maths shared by stage 5's evaluation and stage 6.
+
+From next-token logits to ratings: the distribution is renormalised over the tokens "1".."5"
+(ids from the tokenizer); the constrained rating is its argmax, the expected rating sum_r p(r) * r.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from siren import SirenError
+from siren.prompts import aligned_tail_ids
+
+if TYPE_CHECKING:
+    import torch
+
+
+def resolve_dtype(name: str, device_type: str):
+    """torch dtype for --dtype; `auto` is bfloat16 on a CUDA device that supports it, else float32
+    (bf16 matmuls on a CPU are slow and lossy)."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device_type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise SirenError(f"unknown dtype {name!r}; expected auto, float32, bfloat16 or float16")
+    return dtypes[name]
+
+
+def load_causal_lm(model_path: str | os.PathLike, dtype, device):
+    """A causal LM in eval mode on `device`, with a one-line error for a path that holds no model."""
+    from siren.cli import gc_paused
+
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise SirenError(f"{path} holds no model (no config.json)")
+    with gc_paused():
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        except (OSError, ValueError) as err:
+            raise SirenError(f"cannot load a model from {path}: {str(err).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def device_name(device) -> str:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def rating_probabilities(next_logits: torch.Tensor, rating_token_ids: dict[int, int]) -> torch.Tensor:
+    """`[B, V]` logits -> `[B, 5]` probabilities of ratings 1..5, renormalised over those tokens."""
+    import torch
+
+    ids = torch.tensor([rating_token_ids[r] for r in sorted(rating_token_ids)], device=next_logits.device)
+    return torch.softmax(next_logits[:, ids].float(), dim=-1)
+
+
+def constrained_ratings(probs: torch.Tensor, ratings=(1, 2, 3, 4, 5)) -> torch.Tensor:
+    """The most probable rating of each row (float)."""
+    import torch
+
+    values = torch.tensor([float(r) for r in ratings], device=probs.device)
+    return values[probs.argmax(-1)]
+
+
+def expected_ratings(probs: torch.Tensor, ratings=(1, 2, 3, 4, 5)) -> torch.Tensor:
+    """sum_r p(r) * r per row: a continuous prediction that hedges between neighbouring stars."""
+    import torch
+
+    values = torch.tensor([float(r) for r in ratings], device=probs.device)
+    return (probs * values).sum(-1)
+
+
+def base_fingerprint(config) -> dict:
+    """What identifies a base model for an adapter: architecture and shapes."""
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "vocab_size")
+    return {k: getattr(config, k, None) for k in keys}
+
+
+# --------------------------------------------------------------------------------------------------
+# Identity of a model folder, recorded in manifests and compared by later stages
+
+
+_SAMPLES_PER_FILE, _SAMPLE_BYTES = 1024, 4096
+
+
+def weights_digest(model_path: str | os.PathLike) -> str | None:
+    """A fingerprint of a model folder's weights without reading them whole.
+
+    SHA-256 over each weight file's name and size and 1,024 evenly spaced 4 KiB samples of it
+    (4 MiB per file whatever its size, milliseconds for Qwen3-4B's 8 GB). A merged LoRA on K/V, about
+    5% of Qwen3-4B's bytes spread over every layer, is hit by about 50 samples per file, so two
+    folders whose weights differ anywhere substantial get different digests; identical files get
+    identical ones. None when the folder holds no .safetensors/.bin files.
+    """
+    folder = Path(model_path)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}:".encode())
+        step = max(1, size // _SAMPLES_PER_FILE)
+        with open(path, "rb") as handle:
+            for offset in range(0, size, step):
+                handle.seek(offset)
+                digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def tokenizer_files_record(model_path: str | os.PathLike) -> dict:
+    """What identifies a folder's tokenizer, from its files (no tokenizer is loaded)."""
+    folder = Path(model_path)
+    return {
+        "tokenizer_json_sha256": _file_sha256(folder / "tokenizer.json"),
+        "tokenizer_config_sha256": _file_sha256(folder / "tokenizer_config.json"),
+        "chat_template_sha256": _file_sha256(folder / "chat_template.jinja"),
+    }
+
+
+def model_record(model_path: str | os.PathLike) -> dict:
+    """What identifies a model folder for the manifests: its path, architecture and shapes (from
+    config.json), a weights fingerprint and its tokenizer files. Later stages compare the parts
+    that matter to them with `check_same_model`."""
+    import json
+
+    folder = Path(model_path)
+    config = {}
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            config = {}
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "vocab_size")
+    return {
+        "path": str(folder.resolve()),
+        "architecture": {k: config.get(k) for k in keys},
+        "weights_digest": weights_digest(folder) if folder.is_dir() else None,
+        "tokenizer": tokenizer_files_record(folder) if folder.is_dir() else None,
+    }
+
+
+def check_same_model(recorded: dict | None, actual: dict, *, what: str, parts=("architecture", "weights_digest")) -> None:
+    """Refuse (one line) when `recorded` (a `model_record` from an upstream manifest) and `actual`
+    differ in any of `parts`; a record that lacks a part (an older manifest) is not compared on it.
+
+        check_same_model(manifest["model"], model_record(args.model),
+                         what="the teacher states in results_hidden/Movies were extracted with")
+    """
+    if not recorded:
+        return
+    for part in parts:
+        old, new = recorded.get(part), actual.get(part)
+        if old is None or new is None or old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            detail = f"{part}.{key}: {old.get(key)} there, {new.get(key)} here"
+        else:
+            detail = f"{part} differs"
+        raise SirenError(f"{what} {recorded.get('path')}, not {actual.get('path')} ({detail})")
+
+
+def tokenizer_record(tokenizer, path: str | os.PathLike) -> dict:
+    """What identifies the tokenizer, for the manifest (stage 5 can compare it with its model's)."""
+    path = Path(path)
+    digest = None
+    if (path / "tokenizer.json").is_file():
+        digest = hashlib.sha256((path / "tokenizer.json").read_bytes()).hexdigest()
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return {
+        "path": str(path.resolve()),
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "tokenizer_json_sha256": digest,
+        "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
+        "aligned_tail_ids": aligned_tail_ids(tokenizer),
+    }

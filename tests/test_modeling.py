@@ -1,0 +1,49 @@
+"""siren.modeling: model identity records (what later stages compare) and the rating-token maths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from siren import SirenError
+from siren.modeling import check_same_model, model_record, weights_digest
+
+
+def _fake_model(folder, payload: bytes, hidden_size: int = 8):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": hidden_size}))
+    (folder / "model.safetensors").write_bytes(payload)
+    (folder / "tokenizer.json").write_text('{"model": "bpe"}')
+    return folder
+
+
+def test_weights_digest_sees_a_change_anywhere_and_nothing_else(tmp_path):
+    payload = bytes(range(256)) * 40_000  # ~10 MB: samples are spread, not the whole file
+    first = _fake_model(tmp_path / "a", payload)
+    copy = shutil.copytree(first, tmp_path / "b")
+    assert weights_digest(first) == weights_digest(copy)
+    changed = bytearray(payload)
+    changed[len(payload) // 2: len(payload) // 2 + 8192] = b"\x01" * 8192  # one tensor in the middle
+    (copy / "model.safetensors").write_bytes(bytes(changed))
+    assert weights_digest(first) != weights_digest(copy)
+    assert weights_digest(tmp_path) is None  # a folder without weight files
+
+
+def test_check_same_model_names_what_differs(tmp_path):
+    base = model_record(_fake_model(tmp_path / "base", b"\x00" * 5000))
+    check_same_model(base, model_record(tmp_path / "base"), what="x")  # the same folder passes
+    other = model_record(_fake_model(tmp_path / "other", b"\x07" * 5000))
+    with pytest.raises(SirenError, match=r"states were made with .*base, not .*other \(weights_digest differs\)"):
+        check_same_model(base, other, what="states were made with")
+    wider = model_record(_fake_model(tmp_path / "wider", b"\x00" * 5000, hidden_size=16))
+    with pytest.raises(SirenError, match=r"architecture\.hidden_size: 8 there, 16 here"):
+        check_same_model(base, wider, what="made with")
+    check_same_model(None, other, what="no upstream manifest: nothing to compare")
+    check_same_model({"path": "old", "architecture": None}, other, what="an older record without the parts")
+    same_weights_other_tokenizer = model_record(_fake_model(tmp_path / "tok", b"\x00" * 5000))
+    (tmp_path / "tok" / "tokenizer.json").write_text('{"model": "other"}')
+    with pytest.raises(SirenError, match=r"tokenizer\.tokenizer_json_sha256"):
+        check_same_model(base, model_record(tmp_path / "tok"), what="tokenized with", parts=("tokenizer",))
+    assert same_weights_other_tokenizer["weights_digest"] == base["weights_digest"]
