@@ -134,6 +134,7 @@ def test_aligned_position_is_the_end_of_answer_tag(tiny_model_dir, verl_dir):
     assert batch[ROW_INDEX].tolist() == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_completions_must_start_with_the_rating_token(tiny_model_dir):
     from datasets import Dataset
 

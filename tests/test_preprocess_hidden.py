@@ -44,6 +44,7 @@ def test_default_folder_follows_the_parquet_folder_name(tmp_path):
         default_hidden_dir(tmp_path / "my_parquet", "Books")
 
 
+@pytest.mark.slow
 def test_end_to_end(tiny_model_dir, verl_dir, tmp_path, capsys):
     from datasets import load_from_disk
 
