@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo lint tiny-model clean-demo
+.PHONY: install test test-fast demo lint tiny-model clean-demo
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ $(TINY)/model.safetensors: $(STAMP) siren/tiny_model.py
 
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+
+# The quick tests: everything not marked slow (a script run end to end, training, several
+# processes: more than a few seconds each) and not gpu. Real-data tests among them run when the
+# Movies files are found, as in `make test`.
+test-fast: install
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow and not gpu"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,10 +1,16 @@
-"""Shared fixtures: the tiny Qwen3 (built once per test run) and the real Movies data."""
+"""Shared fixtures: the tiny Qwen3 (built once per test run) and the data the tests run on.
+
+Data: every test that does not check a property of the real Movies files runs on the synthetic
+dataset of tests/synthetic_data.py (`synthetic_root`, and `small_movies_root` / `verl_dir` built
+from it), so a clone without the real data runs them all. The tests that need the real files ask
+for `movies_dir`, are marked `real_data`, and are skipped when the data is not found where the
+scripts look for it (siren.data.data_search_roots(): $SIREN_DATA_DIR, ./data, the repo's data/,
+../shared/data). SIREN_TEST_NO_REAL_DATA=1 skips them even where the data is present.
+"""
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+NO_REAL_DATA_ENV = "SIREN_TEST_NO_REAL_DATA"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -32,6 +38,8 @@ def pytest_configure(config):
         torch.set_num_threads(1)
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still run by make test)")
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped elsewhere")
+    config.addinivalue_line("markers", "real_data: needs the real Movies data (the movies_dir fixture); skipped "
+                                       "without it")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,6 +47,15 @@ def pytest_collection_modifyitems(config, items):
     # --dist loadfile --no-loadscope-reorder) starts it on one worker while the other works
     # through the rest.
     items.sort(key=lambda item: item.path.name != "test_demo.py")
+    real_dir, why_not = real_category_dir("Movies")
+    for item in items:
+        # A test on the real data is marked so however it reaches movies_dir (directly or through
+        # another fixture), and `-m "not real_data"` can leave it out. Without the data it is
+        # skipped here, before its other fixtures (the tiny model, ...) are built.
+        if "movies_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)
+            if real_dir is None:
+                item.add_marker(pytest.mark.skip(reason=why_not))
     import torch
 
     if torch.cuda.is_available():
@@ -68,42 +85,46 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
 
 
+def real_category_dir(category: str = "Movies") -> tuple[Path | None, str]:
+    """The real data of `category`, found as the scripts find it, or None and why not."""
+    from siren.data import SPLITS, data_search_roots
+
+    if os.environ.get(NO_REAL_DATA_ENV):
+        return None, f"{NO_REAL_DATA_ENV} is set"
+    roots = data_search_roots()
+    for root in roots:
+        candidate = root / category
+        if all((candidate / f"{name}.jsonl.gz").is_file() for name in (*SPLITS, "history")):
+            return candidate.resolve(), ""
+    looked = ", ".join(str(root / category) for root in roots)
+    return None, f"real {category} data not found (looked in {looked}); get it with: bash scripts/get_data.sh {category}"
+
+
 @pytest.fixture(scope="session")
 def movies_dir() -> Path:
-    """The real Movies split files (skipped when ../shared/data is not there)."""
-    path = SHARED_DATA / "Movies"
-    if not (path / "train.jsonl.gz").exists():
-        pytest.skip("real Movies data not found at ../shared/data/Movies")
+    """The real Movies files (`<root>/Movies`); the test is skipped when they are not found."""
+    path, why_not = real_category_dir("Movies")
+    if path is None:
+        pytest.skip(why_not)
     return path
 
 
-def _write_jsonl_gz(path: Path, rows: list[dict]) -> None:
-    with gzip.open(path, "wt", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A data root holding `Movies/` with the synthetic dataset (tests/synthetic_data.py: 40 users,
+    ~220 items, the four input files of data/README.md). Pass it as --data_root."""
+    from synthetic_data import write_synthetic_category
 
-
-def _read_jsonl_gz(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    root = tmp_path_factory.mktemp("synthetic-data")
+    write_synthetic_category(root / "Movies")
+    return root
 
 
 @pytest.fixture(scope="session")
-def small_movies_root(movies_dir, tmp_path_factory) -> Path:
-    """A data root holding `Movies/` restricted to the first 40 users of the real data.
-
-    Returns the root (pass it as --data_root); the category directory is `<root>/Movies`.
-    """
-    root = tmp_path_factory.mktemp("data")
-    out = root / "Movies"
-    out.mkdir()
-    history = _read_jsonl_gz(movies_dir / "history.jsonl.gz")[:40]
-    users = {row["user_id"] for row in history}
-    _write_jsonl_gz(out / "history.jsonl.gz", history)
-    for split in ("train", "valid", "test"):
-        rows = [r for r in _read_jsonl_gz(movies_dir / f"{split}.jsonl.gz") if r["user_id"] in users]
-        _write_jsonl_gz(out / f"{split}.jsonl.gz", rows)
-    return root
+def small_movies_root(synthetic_root) -> Path:
+    """The data root the stage tests run on: `synthetic_root` (category `Movies`, so prompts say
+    "movie" as on the real data). Pass it as --data_root; the category directory is `<root>/Movies`."""
+    return synthetic_root
 
 
 def free_port() -> int:
@@ -151,7 +172,7 @@ def run_script(*args: str, cwd: Path | None = None, env: dict | None = None, che
 
 @pytest.fixture(scope="session")
 def verl_dir(small_movies_root, tmp_path_factory) -> Path:
-    """A verl parquet directory (train/val/test, no sketch, N=10) built from `small_movies_root`.
+    """A verl parquet directory (train/val/test, no sketch, N=10) built from the synthetic data.
 
     Built with siren.verl_data directly so stage 4-6 tests do not depend on the stage 2 script.
     """

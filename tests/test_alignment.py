@@ -104,6 +104,7 @@ def test_answer_positions_right_and_left_padding():
         answer_positions(torch.full((1, 3), IGNORE_INDEX))
 
 
+@pytest.mark.slow
 def test_aligned_position_is_the_end_of_answer_tag(tiny_model_dir, verl_dir):
     from siren.prompts import answer_only_context, chat_prompt_text
     from siren.tokenization import load_tokenizer
@@ -133,6 +134,7 @@ def test_aligned_position_is_the_end_of_answer_tag(tiny_model_dir, verl_dir):
     assert batch[ROW_INDEX].tolist() == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_completions_must_start_with_the_rating_token(tiny_model_dir):
     from datasets import Dataset
 
@@ -351,6 +353,7 @@ def test_overfitting_one_batch_halves_the_alignment_loss(stage5_inputs, tiny_mod
     assert "lm_loss" in trainer.state.log_history[0]
 
 
+@pytest.mark.slow
 def test_eval_reports_rating_metrics(stage5_inputs, tiny_model_dir, tmp_path):
     teacher = TeacherStates(stage5_inputs["teacher"])
     trainer, _ = _make_trainer(tiny_model_dir, stage5_inputs, tmp_path / "run", teacher, [0, 1, 2],

@@ -94,6 +94,7 @@ def test_script_errors(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.real_data
 @pytest.mark.slow
 def test_full_movies_user_item_bias_reproduces_spec(movies_dir, tmp_path):
     """SPEC §4: a user+item bias model fitted on train reaches RMSE about 1.24-1.25 on Movies test."""

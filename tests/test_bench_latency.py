@@ -11,6 +11,7 @@ from siren.latency import RANDOM_INIT_SHAPES, random_init_config
 from siren.prompts import build_messages
 
 
+@pytest.mark.slow
 def test_bench_end_to_end_on_tiny_model(tiny_model_dir, verl_dir, tmp_path):
     out_dir = tmp_path / "bench"
     proc = run_script("scripts/bench_latency.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),

@@ -147,6 +147,7 @@ def _get_data(*args, env=None):
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
+@pytest.mark.real_data
 def test_get_data_copies_and_verifies(movies_dir, tmp_path):
     dest = tmp_path / "data" / "Movies"
     proc = _get_data("Movies", "--from", str(movies_dir.parent), "--dest", str(dest))
@@ -156,6 +157,7 @@ def test_get_data_copies_and_verifies(movies_dir, tmp_path):
         assert (dest / name).exists()
 
 
+@pytest.mark.real_data
 def test_get_data_rejects_a_tampered_file(movies_dir, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -1,4 +1,9 @@
-"""A reduced `make demo` (30 users) end to end: stages 1-6, baselines, latency, tables."""
+"""A reduced `make demo` (30 users) end to end: stages 1-6, baselines, latency, tables.
+
+It runs on the synthetic data (tests/synthetic_data.py): nothing here depends on the real Movies
+numbers, and a clone without the real data still runs the whole pipeline once. `make demo` itself
+runs on the real data.
+"""
 
 import csv
 import gzip
@@ -32,9 +37,9 @@ def read_csv(path: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_reduced_demo_end_to_end(tiny_model_dir, movies_dir, tmp_path):
+def test_reduced_demo_end_to_end(tiny_model_dir, synthetic_root, tmp_path):
     run = tmp_path / "demo"
-    proc = demo({"MODEL": str(tiny_model_dir), "RUN": str(run), "DATA_ROOT": str(movies_dir.parent),
+    proc = demo({"MODEL": str(tiny_model_dir), "RUN": str(run), "DATA_ROOT": str(synthetic_root),
                  "NUM_USERS": "30", "LIMIT": "30", "MAX_NEW_TOKENS": "40", "CACHE_DIR": str(tmp_path / "cache"),
                  "BENCH_SAMPLES": "2", "BENCH_COT_TOKENS": "8"}, tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

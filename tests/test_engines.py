@@ -42,6 +42,7 @@ def test_left_padding_to_a_fixed_shape(tiny):
         left_padded(tokenizer, ["a b c"], width=1)
 
 
+@pytest.mark.slow
 def test_compiled_engine_gives_the_eager_ratings(tiny, ao_prompts, one_thread):
     model, tokenizer, ratings = tiny
     eager = EagerAO(model, tokenizer, ratings).score(ao_prompts)

@@ -124,6 +124,7 @@ def one_process_run(tiny_model_dir, verl_dir, thinking_dir, tmp_path_factory) ->
     return out
 
 
+@pytest.mark.slow
 def test_end_to_end_single_process(one_process_run, tiny_model_dir, verl_dir, thinking_dir, one_thread):
     from siren.modeling import load_causal_lm
     from siren.tokenization import load_tokenizer
@@ -148,6 +149,7 @@ def test_end_to_end_single_process(one_process_run, tiny_model_dir, verl_dir, th
     assert not (one_process_run / ".hidden_parts").exists()
 
 
+@pytest.mark.slow
 def test_only_correct_keeps_the_masked_rows(tiny_model_dir, verl_dir, thinking_dir, tmp_path, one_thread):
     script = load_script("extract_last_hidden_ddp.py")
     out = tmp_path / "correct"
@@ -188,6 +190,7 @@ def test_thinking_that_does_not_match_the_parquet_is_an_error(tiny_model_dir, ve
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_finished_outputs(one_process_run, tiny_model_dir, verl_dir, thinking_dir, capsys):
     from siren.cli import run_main
 
@@ -208,6 +211,7 @@ def test_two_processes_equal_one(one_process_run, tiny_model_dir, verl_dir, thin
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_disk_full_during_the_merge_leaves_no_finished_looking_file(tiny_model_dir, verl_dir, thinking_dir, tmp_path,
                                                                     monkeypatch, one_thread):
     import siren.hidden

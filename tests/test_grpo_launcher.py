@@ -277,6 +277,7 @@ def _lora_merger_output(tiny_model_dir: Path, out: Path, rank: int, alpha: int) 
     peft_model.save_pretrained(out / "lora_adapter")
 
 
+@pytest.mark.slow
 def test_a_lora_run_is_merged_into_the_saved_weights(tiny_model_dir, verl_dir, tmp_path, one_thread):
     import torch
     from peft import PeftModel

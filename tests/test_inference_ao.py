@@ -104,6 +104,7 @@ def one_process(ao_data, tiny_model_dir, tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 def test_end_to_end_constrained(one_process):
     out, proc = one_process
     predictions = _predictions(out)
@@ -175,6 +176,7 @@ def test_two_processes_equal_one(one_process, ao_data, tiny_model_dir, tmp_path)
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["latency"]["num_processes"] == 2
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite(one_process, ao_data, tiny_model_dir):
     out, _ = one_process
     proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
@@ -189,6 +191,7 @@ def _fails(args: list[str], pattern: str, out: Path):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_tokenizer_without_single_token_ratings(ao_data, tiny_model_dir, tmp_path):
     """A SentencePiece-style tokenizer that writes "3" as "▁" + "3" must be refused, naming "3"."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -209,6 +212,7 @@ def test_tokenizer_without_single_token_ratings(ao_data, tiny_model_dir, tmp_pat
            tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_adapter_for_a_different_base(ao_data, tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3Config, Qwen3ForCausalLM

@@ -84,6 +84,7 @@ def reference_run(tiny_model_dir, verl_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_end_to_end_single_process(reference_run, verl_dir):
     results = [json.loads(line) for line in (reference_run / "results.jsonl").read_text().splitlines()]
     parquet = pd.read_parquet(verl_dir / "train.parquet").iloc[:12]
@@ -107,6 +108,7 @@ def test_end_to_end_single_process(reference_run, verl_dir):
     assert not (reference_run / "partial").exists()
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_finished_outputs(reference_run, tiny_model_dir, verl_dir, capsys):
     from siren.cli import run_main
 
@@ -116,6 +118,7 @@ def test_refuses_to_overwrite_finished_outputs(reference_run, tiny_model_dir, ve
     assert "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_gives_the_same_files(reference_run, tiny_model_dir, verl_dir, tmp_path):
     out = tmp_path / "resumed"
     argv = ["inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),

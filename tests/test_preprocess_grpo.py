@@ -1,4 +1,4 @@
-"""Stage 2 (preprocess_grpo.py) on a 40-user slice of the real Movies data."""
+"""Stage 2 (preprocess_grpo.py) on the synthetic Movies data (40 users, tests/synthetic_data.py)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ def built(small_movies_root, sketch_file, tiny_model_dir, tmp_path_factory) -> P
     return out
 
 
+@pytest.mark.slow
 def test_parquet_schema_and_values(built, small_movies_root, sketch_file):
     sketches = sketch_file[1]
     for split, stem in (("train", "train"), ("valid", "val"), ("test", "test")):
@@ -83,6 +84,7 @@ def test_parquet_schema_and_values(built, small_movies_root, sketch_file):
                 assert "Long-term interests" not in user_text
 
 
+@pytest.mark.slow
 def test_prompt_stats_contract(built, small_movies_root, sketch_file):
     stats = json.loads((built / "prompt_stats.json").read_text())
     assert set(stats) == {"tokenizer", "max_history", "use_long_history", "splits", "counts"}
@@ -110,6 +112,7 @@ def test_prompt_stats_contract(built, small_movies_root, sketch_file):
     assert manifest["counts"]["token_counting"] == "chunked"
 
 
+@pytest.mark.slow
 def test_token_counts_equal_whole_prompt_tokenization(built, tiny_model_dir):
     from siren.prompts import chat_prompt_text
     from siren.tokenization import count_tokens, load_tokenizer

@@ -44,6 +44,7 @@ def test_default_folder_follows_the_parquet_folder_name(tmp_path):
         default_hidden_dir(tmp_path / "my_parquet", "Books")
 
 
+@pytest.mark.slow
 def test_end_to_end(tiny_model_dir, verl_dir, tmp_path, capsys):
     from datasets import load_from_disk
 
@@ -72,6 +73,7 @@ def test_end_to_end(tiny_model_dir, verl_dir, tmp_path, capsys):
     assert manifest["counts"]["train"] == dataset["train"].num_rows
 
 
+@pytest.mark.slow
 def test_default_out_dir_and_refusing_to_overwrite(tiny_model_dir, verl_dir, tmp_path, monkeypatch, capsys):
     from siren.cli import run_main
 

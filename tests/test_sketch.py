@@ -1,6 +1,6 @@
 """Stage 1 (generate_interest_sketch.py; siren.items, siren.topics, siren.topic_names, siren.sketch, siren.embedding).
 
-The script runs on real Movies data (the 40-user slice) with the offline MiniLM encoder once, cold;
+The script runs on the synthetic Movies data (tests/synthetic_data.py) with the offline MiniLM encoder once, cold;
 every later run shares its embedding cache, so it never loads the encoder again. The whole Movies
 category is run by scripts/bench_sketch.py (minutes on 2 cores, too slow for the suite).
 """
@@ -97,7 +97,7 @@ def _features(out_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# end to end on the real Movies slice (one cold run, the rest from the cache)
+# end to end on the synthetic Movies data (one cold run, the rest from the cache)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -114,6 +114,7 @@ def sketch_run(small_movies_root, tiny_model_dir, tmp_path_factory):
             "history": small_movies_root / "Movies" / "history.jsonl.gz", "root": small_movies_root}
 
 
+@pytest.mark.slow
 def test_end_to_end_outputs(sketch_run):
     out = sketch_run["out"]
     for name in ("kmeans_results_8.npz", "cluster_exemplars_8.json", "topic_names_8.json", "user_feature.jsonl",
@@ -154,12 +155,14 @@ def test_end_to_end_outputs(sketch_run):
     assert "wrote" in sketch_run["stdout"]
 
 
+@pytest.mark.slow
 def test_sketch_matches_independent_recomputation_mean_rule(sketch_run):
     expected = recompute_sketches(sketch_run["out"], sketch_run["history"], 8, "mean", 4.0, "Movies")
     assert _features(sketch_run["out"]) == expected
     assert any(expected.values())
 
 
+@pytest.mark.slow
 def test_warm_rerun_count_rule_is_deterministic_and_recomputes(sketch_run):
     out = sketch_run["base"] / "count"
     proc = run_script(
@@ -174,10 +177,11 @@ def test_warm_rerun_count_rule_is_deterministic_and_recomputes(sketch_run):
         assert np.array_equal(first[key], second[key]), key
     expected = recompute_sketches(out, sketch_run["history"], 8, "count", 4.0, "Movies")
     assert _features(out) == expected
-    # the rules disagree somewhere on real data (ties, and means pulled below 4 by one low rating)
+    # the rules disagree somewhere on the data (ties, and means pulled below 4 by one low rating)
     assert _features(out) != _features(sketch_run["out"])
 
 
+@pytest.mark.slow
 def test_names_from_file_cap_and_sklearn_backend(sketch_run, tmp_path):
     names = [f"Planted name {i}" for i in range(8)]
     (tmp_path / "names.json").write_text(json.dumps(names))
@@ -192,6 +196,7 @@ def test_names_from_file_cap_and_sklearn_backend(sketch_run, tmp_path):
             assert block.count("\n- ") <= 1, text
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_and_bad_k(sketch_run):
     proc = run_script(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
                       "--output_dir", str(sketch_run["out"]), "--cache_dir", str(sketch_run["cache"]),

@@ -67,9 +67,9 @@ def run_dir(tmp_path):
     return run
 
 
-def test_tables_from_literal_files(run_dir, small_movies_root):
+def test_tables_from_literal_files(run_dir, synthetic_root):
     limit = 30
-    run_script("scripts/baselines.py", "--data_root", str(small_movies_root), "--out_dir",
+    run_script("scripts/baselines.py", "--data_root", str(synthetic_root), "--out_dir",
                str(run_dir / "baselines"), "--limit", str(limit))
     proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir))
     assert "## 1. Accuracy" in proc.stdout and "not run: ao_after, bench_latency" in proc.stdout
@@ -78,7 +78,7 @@ def test_tables_from_literal_files(run_dir, small_movies_root):
     assert [row["method"] for row in accuracy] == EXPECTED_ROWS
     by_method = {row["method"]: row for row in accuracy}
 
-    with gzip.open(small_movies_root / "Movies" / "test.jsonl.gz", "rt") as handle:
+    with gzip.open(synthetic_root / "Movies" / "test.jsonl.gz", "rt") as handle:
         labels = [float(json.loads(line)["label"]) for line in handle][:limit]
     constant = by_method["Constant 5.0"]
     assert float(constant["mae"]) == pytest.approx(sum(5.0 - y for y in labels) / len(labels))

