@@ -1,6 +1,6 @@
-"""Memory and speed of stage 4b: extract teacher hidden states for 500 and 2,000 rows, compare peak RSS.
+r"""Memory and speed of stage 4b: extract teacher hidden states for 500 and 2,000 rows, compare peak RSS.
 
-    python scripts/bench_hidden.py --out_dir results/bench_hidden
+    python scripts/bench_hidden.py --category Movies --output_dir results/bench_hidden
 
 Builds a parquet split from the real Movies train rows and a stage 4a results.jsonl with synthetic
 reasoning (the random tiny model writes none), then runs extract_last_hidden_ddp.py once per row
@@ -11,23 +11,26 @@ big enough for a leak to show (the default tiny model has 2 x 64 floats per row,
 Takes about 5 minutes on 2 shared CPU cores with the defaults.
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
 
-from siren.cli import run_main
+from siren import cli
+from siren.cli import positive_int, run_main
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out_dir", default="results/bench_hidden", help="work and report folder (default: %(default)s)")
-    parser.add_argument("--category", default="Movies", help="category whose train split supplies the rows (default: %(default)s)")
-    parser.add_argument("--data_root", default=None, help="folder holding <category>/ (default: the usual search path)")
-    parser.add_argument("--rows", type=int, nargs="+", default=[500, 2000], help="row counts to compare (default: %(default)s)")
-    parser.add_argument("--batch_size", type=int, default=16, help="extract_last_hidden_ddp.py --batch_size (default: %(default)s)")
-    parser.add_argument("--hidden_size", type=int, default=64, help="random model width (default: %(default)s, the tiny model)")
-    parser.add_argument("--num_layers", type=int, default=2, help="random model depth (default: %(default)s, the tiny model)")
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the extraction runs (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = cli.stage_parser(__doc__)
+    cli.add_output_dir(parser, "work and report folder", default="results/bench_hidden")
+    cli.add_category(parser, help="category whose train split supplies the rows")
+    cli.add_data_root(parser)
+    parser.add_argument("--rows", type=positive_int, nargs="+", default=[500, 2000], help="row counts to compare")
+    cli.add_batch_size(parser, default=16, help="extract_last_hidden_ddp.py --batch_size")
+    parser.add_argument("--hidden_size", type=positive_int, default=64, help="random model width; 64 is the tiny model")
+    parser.add_argument("--num_layers", type=positive_int, default=2, help="random model depth; 2 is the tiny model")
+    parser.add_argument("--threads", type=positive_int, default=1, help="OMP_NUM_THREADS of the extraction runs")
+    cli.add_overwrite(parser, help="replace an existing report")
     return parser.parse_args(argv)
 
 
@@ -82,11 +85,9 @@ def main(argv=None) -> None:
     from siren.io import atomic_write_json, atomic_write_text, check_outputs_free
     from siren.verl_data import load_split_rows, make_row
 
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.output_dir)
     report_path = out_dir / "bench_hidden.json"
     check_outputs_free([report_path], args.overwrite)
-    if min(args.rows) < 1:
-        raise SirenError("--rows must be positive")
     n_max = max(args.rows)
     records = load_split(resolve_category_dir(args.category, args.data_root) / "train.jsonl.gz")
     if len(records) < n_max:
@@ -108,7 +109,7 @@ def main(argv=None) -> None:
         atomic_write_text(thinking_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
         hidden_dir = out_dir / f"hidden_{n}"
         command = [sys.executable, str(script), "--model", str(model_dir), "--data_path", str(parquet_dir),
-                   "--thinking_path", str(thinking_dir), "--limit", str(n), "--out_dir", str(hidden_dir),
+                   "--thinking_path", str(thinking_dir), "--limit", str(n), "--output_dir", str(hidden_dir),
                    "--batch_size", str(args.batch_size), "--overwrite"]
         proc = subprocess.run(command, env=env, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -84,13 +84,13 @@ BACKEND=trl PYTHON="$PY" MODEL_PATH="$RUN/ckpt/warm_start" CATEGORY="$CATEGORY" 
 
 step "stage 4a: CoT answers of the GRPO model (train rows: teacher; test rows: the CoT table row)"
 "$PY" inference_train_ddp.py --model "$GRPO" --data_path "$VERL" --split train \
-    --max_new_tokens "$MAX_NEW_TOKENS" --batch_size 16 --out_dir "$RUN/cot_train"
+    --max_new_tokens "$MAX_NEW_TOKENS" --batch_size 16 --output_dir "$RUN/cot_train"
 "$PY" inference_train_ddp.py --model "$GRPO" --data_path "$VERL" --split test \
-    --max_new_tokens "$MAX_NEW_TOKENS" --batch_size 16 --out_dir "$RUN/cot_test"
+    --max_new_tokens "$MAX_NEW_TOKENS" --batch_size 16 --output_dir "$RUN/cot_test"
 
 step "stage 4b: teacher hidden states at <answer> (correct rows only)"
 "$PY" extract_last_hidden_ddp.py --model "$GRPO" --data_path "$VERL" \
-    --thinking_path "$RUN/cot_train" --out_dir "$RUN/hidden" --only_correct
+    --thinking_path "$RUN/cot_train" --output_dir "$RUN/hidden" --only_correct
 
 step "stage 4c: answer-only prompt/completion dataset"
 "$PY" preprocess_hidden.py --data_path "$VERL" --tokenizer "$GRPO" --out_dir "$RUN/ao_data"

@@ -1,17 +1,29 @@
-"""Stage 4a's files: results.jsonl rows, the correctness mask (mask.pt) and the resumable part files.
+"""Stage 4a: the generation loop, its files (results.jsonl, mask.pt, metrics.json) and resume.
+
+The rows are cut into batches once (`--batch_size` rows in dataset order) and process r of K
+generates batches r, r + K, ... (`siren.distributed.my_batches`), so a row is generated with the
+same batch-mates, and the same padding, whatever K is and wherever a resumed run starts.
 
 Each process appends one JSON line per finished row to its own part file, flushed and fsynced after
 every batch. A rerun reads every part file, skips the rows already there and generates only the
-rest, so a crash costs at most one batch per process. The main process then merges the parts into
-dataset order. Stage 4b and stage 5 read results.jsonl and mask.pt back through this module only.
+rest, so a crash costs at most one batch per process. The parts carry the settings they were made
+with (`settings.json`): the model's weights digest and tokenizer files, the sha256 of the input
+parquet, the sampling settings; a rerun whose settings differ is refused, so parts of another model
+or of a parquet rebuilt at the same path are never mixed in. The main process then merges the
+parts into dataset order. Stage 4b and stage 5 read results.jsonl, mask.pt and 4a's manifest back
+through this module only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import shutil
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +34,8 @@ from siren.reward import compute_score
 if TYPE_CHECKING:
     import torch
 
-RESULTS_NAME, MASK_NAME = "results.jsonl", "mask.pt"
+SCRIPT_NAME = "inference_train_ddp.py"
+RESULTS_NAME, MASK_NAME, METRICS_NAME = "results.jsonl", "mask.pt", "metrics.json"
 PARTIAL_DIR_NAME = "partial"
 SETTINGS_NAME = "settings.json"
 # Test hook: stop every process after this many batches, as a crash would (no merged outputs).
@@ -102,14 +115,23 @@ def check_resume_settings(part_dir: Path, settings: dict) -> bool:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise SirenError(f"{path} is not valid JSON; delete {part_dir} or pass --resume false") from None
+    if not isinstance(saved, dict):
+        raise SirenError(f"{path} is not a settings record; delete {part_dir} or pass --resume false")
     differing = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
     if differing:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in differing)
+        detail = ", ".join(f"{k}: {_short(saved.get(k))} -> {_short(settings.get(k))}" for k in differing)
         raise SirenError(
             f"partial results in {part_dir} were made with other settings ({detail}); "
-            "rerun with the same flags, or pass --resume false to start over"
+            "rerun with the same flags and inputs, or pass --resume false to start over"
         )
     return True
+
+
+def _short(value) -> str:
+    """A settings value for the one-line message: digests cut to 12 characters."""
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return repr(value[:12] + "...")
+    return repr(value)
 
 
 def read_part_file(path: Path) -> list[dict]:
@@ -199,6 +221,131 @@ def settings_record(**values) -> dict:
     return record
 
 
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (read a MiB at a time; ~0.1 s for a 50 MB parquet)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(chunk_bytes):
+                digest.update(chunk)
+    except OSError as err:
+        raise SirenError(f"{path}: cannot read ({err.strerror or err})") from None
+    return digest.hexdigest()
+
+
+def resume_settings(*, model: dict, data_file: Path, **values) -> dict:
+    """What a resume must find unchanged: `values` (backend, dtype, seed, the SamplingSettings)
+    plus the identity of the inputs, not only their paths: the model's weights digest and
+    tokenizer files (`model` is `siren.modeling.model_record`) and the sha256 of the parquet file,
+    so a model retrained or a parquet rebuilt at the same path (other --max_history, another row
+    order) does not pass for the one the parts came from."""
+    return settings_record(
+        model=model["path"], model_weights_digest=model.get("weights_digest"), **(model.get("tokenizer") or {}),
+        data=Path(data_file), data_sha256=file_sha256(data_file), **values,
+    )
+
+
+def prepare_parts(part_dir: Path, settings: dict, state, resume: bool) -> dict[int, dict]:
+    """Check or start `part_dir` on every process; returns the rows finished by an earlier run.
+
+    `resume=False` deletes earlier parts. Every process checks the saved settings and gets the
+    same answer, so a mismatch stops all of them before any writes.
+    """
+    if not resume:
+        if state.is_main_process and part_dir.exists():
+            shutil.rmtree(part_dir)
+        state.wait_for_everyone()
+    resuming = check_resume_settings(part_dir, settings)
+    # Every process has decided whether to resume before the main process writes the settings.
+    state.wait_for_everyone()
+    if state.is_main_process and not resuming:
+        from siren.io import atomic_write_json
+
+        atomic_write_json(part_dir / SETTINGS_NAME, settings)
+    finished = read_parts(part_dir) if resuming else {}
+    # Nobody appends to a part file before everyone has read them all.
+    state.wait_for_everyone()
+    return finished
+
+
+def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_dir: Path, finished: dict[int, dict],
+                     batch_size: int, seed: int) -> None:
+    """Generate this process's unfinished batches, appending each batch's rows to its part file.
+
+    A batch some of whose rows are finished (a torn write, a rerun with another process count) is
+    generated whole, so its padding is that of an uninterrupted run; only its missing rows are
+    written. `SIREN_STOP_AFTER_BATCHES=n` stops the process after n batches, as a crash would.
+    """
+    from tqdm import tqdm
+
+    from siren.distributed import batches, my_batches
+    from siren.prompts import chat_prompt_text
+
+    rank, world = state.process_index, state.num_processes
+    todo = [(number, batch) for number, batch in my_batches(list(batches(range(len(rows)), batch_size)), rank, world)
+            if any(p not in finished for p in batch)]
+    if state.is_main_process:
+        print(f"{len(rows)} rows, {world} process(es); {sum(p < len(rows) for p in finished)} already done in "
+              f"{part_dir}, {sum(len(b) for _, b in todo)} to generate on process 0")
+    writer = PartWriter(part_path(part_dir, rank))
+    stop_after = stop_after_batches()
+    try:
+        for done, (number, positions) in enumerate(tqdm(todo, desc="generate", disable=not state.is_main_process), 1):
+            prompts = [chat_prompt_text(tokenizer, rows[p]["prompt"]) for p in positions]
+            start = time.perf_counter()
+            responses = generator.generate(prompts, seed=seed + number)
+            seconds = (time.perf_counter() - start) / len(positions)
+            writer.write({**result_row(rows[p], text, n_tokens), "_seconds": seconds}
+                         for p, (text, n_tokens) in zip(positions, responses, strict=True) if p not in finished)
+            if stop_after is not None and done >= stop_after:
+                raise SystemExit(f"stopped after {done} batch(es) ({STOP_AFTER_ENV} is set)")
+    finally:
+        writer.close()
+    state.wait_for_everyone()
+
+
+@dataclass
+class CotResults:
+    """The merged rows of a run (dataset order) and what stage 4a writes from them."""
+
+    rows: list[dict]           # results.jsonl rows (RESULT_FIELDS)
+    seconds: list[float]       # generation wall time per row (its batch's time / batch size)
+    device: str
+
+    @classmethod
+    def from_parts(cls, part_dir: Path, n_rows: int, device: str) -> CotResults:
+        merged = merge_parts(part_dir, n_rows)
+        return cls([public_row(r) for r in merged], [float(r["_seconds"]) for r in merged], device)
+
+    def metrics(self) -> dict:
+        from siren.metrics import latency_summary, rating_metrics
+
+        return {
+            "predictions": {"cot": rating_metrics([r["prediction"] for r in self.rows], [r["label"] for r in self.rows])},
+            "responses": response_summary(self.rows),
+            "latency": latency_summary(self.seconds, [r["generated_tokens"] for r in self.rows], self.device),
+        }
+
+    def write(self, folder: Path) -> dict:
+        """Write results.jsonl, mask.pt and metrics.json into `folder`; returns the metrics."""
+        from siren.io import atomic_write_json, atomic_write_jsonl
+
+        metrics = self.metrics()
+        atomic_write_jsonl(Path(folder) / RESULTS_NAME, self.rows)
+        save_mask(Path(folder) / MASK_NAME, [r["correct"] for r in self.rows])
+        atomic_write_json(Path(folder) / METRICS_NAME, metrics)
+        return metrics
+
+
+def metrics_line(metrics: dict) -> str:
+    """One line for the console: how many responses were usable, the MAE, the CoT length."""
+    cot, summary = metrics["predictions"]["cot"], metrics["responses"]
+    mae = "n/a" if cot["mae"] is None else f"{cot['mae']:.4f}"
+    return (f"{summary['valid']} valid, {cot['n_invalid']} invalid, {summary['format_ok']} well formed, "
+            f"{summary['correct']} correct (mask); MAE on valid {mae}; "
+            f"{metrics['latency']['generated_tokens_per_sample']:.1f} tokens/sample")
+
+
 def thinking_file(path: str | os.PathLike) -> Path:
     """results.jsonl itself, or the stage 4a directory that holds it."""
     path = Path(path)
@@ -209,18 +356,86 @@ def thinking_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def _json_kind(value) -> str:
+    """How a JSON value reads to the user: `true`, a number, a string, a list, an object, null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:30]!r}"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _is_whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What stage 4b reads from each results.jsonl row, with the JSON type it must have.
+THINKING_FIELDS = {
+    "index": (_is_whole_number, "a whole number"),
+    "user_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "parent_asin": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "label": (_is_finite_number, "a number"),
+    "reasoning": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "correct": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
 def load_thinking(path: Path) -> list[dict]:
+    """Stage 4a's results.jsonl rows; a missing field or a value of the wrong JSON type (a
+    `reasoning` that is a number or a list, a `label` of true, an `index` of "3") is a one-line
+    error naming file:line."""
     from siren.io import iter_jsonl
 
     rows = []
     for lineno, row in iter_jsonl(path):
-        missing = [f for f in ("index", "user_id", "parent_asin", "label", "reasoning", "correct") if f not in row]
+        missing = [f for f in THINKING_FIELDS if f not in row]
         if missing:
             raise SirenError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+        for field, (ok, expected) in THINKING_FIELDS.items():
+            if not ok(row[field]):
+                raise SirenError(f"{path}:{lineno}: `{field}` must be {expected}, got {_json_kind(row[field])}")
         rows.append(row)
     if not rows:
         raise SirenError(f"{path}: the thinking file is empty")
     return rows
+
+
+def check_thinking_model(thinking_path: Path, actual: dict) -> str | None:
+    """Refuse (one line) a results.jsonl that stage 4a wrote with another model than `actual`
+    (`siren.modeling.model_record` of stage 4b's --model): architecture and weights digest are
+    compared with the record in 4a's manifest.json next to it. Without a manifest, or with one
+    that records no model (an older run), nothing is compared; the returned note says so."""
+    from siren.io import MANIFEST_NAME, read_manifest
+    from siren.modeling import check_same_model
+
+    manifest = read_manifest(Path(thinking_path).parent)
+    if manifest is None:
+        return f"note: no {MANIFEST_NAME} next to {thinking_path}; not checking which model wrote it"
+    recorded = manifest.get("model") if isinstance(manifest, dict) else None
+    if not isinstance(recorded, dict):
+        return (f"note: {Path(thinking_path).parent / MANIFEST_NAME} records no model (an older stage 4a run); "
+                "not checking which model wrote it")
+    check_same_model(recorded, actual, what=f"the reasoning in {thinking_path} was written by")
+    return None
+
+
+def read_stage4a(thinking_path: Path, rows: Sequence[dict], with_mask: bool) -> tuple[list[dict], list[bool] | None]:
+    """Stage 4a's rows for these parquet `rows` (checked to be the same rows, in order) and, with
+    `with_mask`, the mask.pt next to them (checked against their `correct`)."""
+    thinking = load_thinking(thinking_path)
+    check_thinking_matches(rows, thinking, thinking_path)
+    if not with_mask:
+        return thinking, None
+    mask_path = Path(thinking_path).parent / MASK_NAME
+    return thinking, check_mask_matches(load_mask(mask_path, len(thinking), "the thinking file"), thinking, mask_path)
 
 
 def check_thinking_matches(rows: Sequence[dict], thinking: Sequence[dict], path: Path) -> None:

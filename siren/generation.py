@@ -1,13 +1,13 @@
 """Stage 4a's chain-of-thought engines: batched generation of responses from chat prompts.
 
 Two backends: Hugging Face `generate` (any device, used by the tests) and vLLM's offline
-`LLM.generate` (GPU; imported only when asked for).
+`LLM.generate` (GPU; imported only when asked for). `load_generator` picks one for --backend.
+Both take a batch of prompt texts and return (response text, generated tokens) per prompt.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from siren import SirenError
@@ -28,11 +28,6 @@ class SamplingSettings:
             raise SirenError(f"--top_p must be in (0, 1], got {self.top_p}")
 
 
-def batches(items: Sequence, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield list(items[start:start + size])
-
-
 # ---------------------------------------------------------------------------------------------
 # Backends
 
@@ -50,9 +45,13 @@ class HFGenerator:
             eos_ids.add(tokenizer.eos_token_id)
         self.eos_ids = sorted(eos_ids)
 
-    def generate(self, prompts: list[str]) -> list[tuple[str, int]]:
+    def generate(self, prompts: list[str], seed: int | None = None) -> list[tuple[str, int]]:
+        """Responses to `prompts`; when sampling, `seed` seeds torch first, so a batch samples the
+        same way whichever process runs it and whatever ran before."""
         import torch
 
+        if seed is not None and self.settings.temperature > 0:
+            torch.manual_seed(seed)
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         encoded = {k: v.to(self.model.device) for k, v in encoded.items()}
         sampling = (
@@ -105,8 +104,19 @@ class VLLMGenerator:
             max_tokens=settings.max_new_tokens, seed=seed,
         )
 
-    def generate(self, prompts: list[str]) -> list[tuple[str, int]]:
+    def generate(self, prompts: list[str], seed: int | None = None) -> list[tuple[str, int]]:
+        # SamplingParams(seed=...) seeds every request on its own: the batch does not matter.
         outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
         return [(out.outputs[0].text, len(out.outputs[0].token_ids)) for out in outputs]
 
 
+def load_generator(backend: str, model_path: str | os.PathLike, dtype: str, settings: SamplingSettings, state,
+                   seed: int, tokenizer):
+    """The engine for --backend on this process's device (`state`: accelerate's PartialState)."""
+    check_backend(backend)
+    if backend == "vllm":
+        return VLLMGenerator(model_path, dtype, settings, state.num_processes, seed)
+    from siren.modeling import load_causal_lm, resolve_dtype
+
+    model = load_causal_lm(model_path, resolve_dtype(dtype, state.device.type), state.device)
+    return HFGenerator(model, tokenizer, settings)

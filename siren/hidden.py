@@ -5,15 +5,23 @@ Teacher context (4b): chat-templated prompt + the model's reasoning through `</t
 `<answer>`. Both end in the same text, "</think>\n\n<answer>", and must end in the same tokens; the
 last one is the aligned position. With left padding that position is the last column of a batch.
 
-Hidden states stream to per-process `.npy` shards through plain positioned writes (no mapping, so
-the resident memory does not grow with the file) and are merged into one `[N, L, H]` file in
-dataset order, a bounded chunk at a time. Stage 5 reads them back by dataset row with `TeacherStates`.
+`extract_teacher_states` sorts the selected rows by context length once, cuts them into batches
+and gives batch b to process b % K, so every row is computed in the same padded batch whatever the
+process count K: 1 and 2 processes give identical bytes (with per-process batches they differed by
+up to 1.9e-6, from the padding). Hidden states stream to per-process `.npy` shards through plain
+positioned writes (no mapping, so the resident memory does not grow with the file) and are merged
+into one `[N, L, H]` file in dataset order, a bounded chunk at a time (`write_teacher_files`).
+Stage 5 reads them back by dataset row with `TeacherStates`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +29,7 @@ import numpy as np
 
 from siren import SirenError
 from siren.ao_data import student_text
+from siren.io import atomic_path
 from siren.prompts import ALIGNED_TAIL, aligned_tail_ids, chat_prompt_text, teacher_context
 
 if TYPE_CHECKING:
@@ -100,6 +109,141 @@ def last_token_hidden(model, input_ids, attention_mask, position_ids):
 
 
 # ---------------------------------------------------------------------------------------------
+# Which rows, and the extraction
+
+
+@dataclass(frozen=True)
+class TeacherSelection:
+    """The rows of the split stage 4b extracts: those with reasoning (and, with a mask, correct)."""
+
+    positions: list[int]      # row positions (= extra_info.index) in dataset order
+    n_rows: int
+    no_reasoning: int
+    masked_out: int | None    # None without --only_correct
+
+    def counts(self) -> dict:
+        return {"rows": self.n_rows, "extracted": len(self.positions), "no_reasoning": self.no_reasoning,
+                "masked_out": self.masked_out or 0}
+
+    def summary(self) -> str:
+        masked = "" if self.masked_out is None else f", {self.masked_out} masked out"
+        return f"{self.no_reasoning} without reasoning{masked}"
+
+
+def select_teacher_rows(thinking: Sequence[dict], mask: Sequence[bool] | None = None) -> TeacherSelection:
+    """Rows whose 4a response has reasoning (a `</think>`), and that `mask` marks correct if given."""
+    no_reasoning = sum(t["reasoning"] is None for t in thinking)
+    masked_out = None if mask is None else len(thinking) - sum(bool(m) for m in mask)
+    positions = [i for i, t in enumerate(thinking) if t["reasoning"] is not None and (mask is None or mask[i])]
+    if not positions:
+        raise SirenError(f"no rows to extract: {no_reasoning} of {len(thinking)} have no reasoning"
+                         + (f", {masked_out} are masked out" if masked_out is not None else ""))
+    return TeacherSelection(positions, len(thinking), no_reasoning, masked_out)
+
+
+@contextlib.contextmanager
+def scratch_folder(path: Path, state) -> Iterator[Path]:
+    """A fresh working folder the processes share; the main process removes it, and the folders
+    made for it that stayed empty, when the block ends, whether it succeeded or not."""
+    path = Path(path)
+    made = [folder for folder in (path, *path.parents) if not os.path.lexists(folder)]
+    if state.is_main_process:
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    state.wait_for_everyone()
+    try:
+        yield path
+    finally:
+        if state.is_main_process:
+            shutil.rmtree(path, ignore_errors=True)
+            for folder in made[1:]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """Where the shards of one extraction are and what they hold."""
+
+    parts_dir: Path
+    world: int
+    selected: list[int]
+    row_shape: tuple[int, int]
+    dtype: str
+    rows_here: int            # rows this process computed
+    seconds: float            # this process's forward passes, no start-up
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_here / max(self.seconds, 1e-9)
+
+    def counts(self) -> dict:
+        return {"processes": self.world, "layers": self.row_shape[0], "hidden_size": self.row_shape[1]}
+
+
+def extract_teacher_states(model, tokenizer, rows: Sequence[dict], thinking: Sequence[dict], selected: Sequence[int], *,
+                           state, parts_dir: Path, batch_size: int, save_dtype: str = "float32") -> Extraction:
+    """Every layer's hidden state at the last teacher-context token of each `selected` row, into
+    this process's shard in `parts_dir`; returns when every process is done.
+
+    Every process checks every row (cheap next to the forward passes), so a bad row stops all of
+    them with the same message instead of leaving the others waiting. The rows are sorted longest
+    first, once for all processes: similar lengths share a batch (little padding), an
+    out-of-memory batch shows up at once rather than hours in, and a batch is the same rows
+    whatever the process count.
+    """
+    from tqdm import tqdm
+
+    from siren.distributed import batches, my_batches
+
+    selected = list(selected)
+    lengths = check_contexts(tokenizer, rows, thinking, selected)
+    longest_first = sorted(range(len(selected)), key=lambda k: -lengths[k])
+    mine = [batch for _, batch in my_batches(list(batches(longest_first, batch_size)), state.process_index,
+                                             state.num_processes)]
+    slots = sorted(k for batch in mine for k in batch)  # this shard's rows, in dataset order
+    slot_of = {k: slot for slot, k in enumerate(slots)}
+    row_shape = (model.config.num_hidden_layers, model.config.hidden_size)
+    shard_hidden, shard_index = shard_paths(parts_dir, state.process_index)
+    np.save(shard_index, np.asarray([selected[k] for k in slots], dtype=np.int64))
+    shard = NpyRows(shard_hidden, len(slots), row_shape, save_dtype, create=True)
+    start = time.perf_counter()
+    try:
+        for batch in tqdm(mine, desc="teacher hidden", disable=not state.is_main_process):
+            positions = [selected[k] for k in batch]
+            texts = [teacher_text(tokenizer, rows[p], thinking[p]["reasoning"]) for p in positions]
+            hidden = last_token_hidden(model, *encode_left_padded(tokenizer, texts)).float().cpu().numpy()
+            if hidden.shape[1:] != row_shape:
+                raise SirenError(f"the model returned hidden states of shape {hidden.shape[1:]}, expected {row_shape}")
+            values = hidden.astype(save_dtype)
+            finite = np.isfinite(values).reshape(len(batch), -1).all(1)
+            if not finite.all():
+                bad = sorted(int(rows[p]["extra_info"]["index"]) for p, ok in zip(positions, finite, strict=True) if not ok)
+                raise SirenError(f"non-finite hidden states at rows {bad[:5]}"
+                                 + (" (float16 overflow; use --save_dtype float32)" if save_dtype == "float16" else ""))
+            for k, value in zip(batch, values, strict=True):
+                shard.write(slot_of[k], value[None])
+    finally:
+        shard.close(sync=True)
+    seconds = time.perf_counter() - start
+    state.wait_for_everyone()
+    return Extraction(Path(parts_dir), state.num_processes, selected, row_shape, save_dtype, len(slots), seconds)
+
+
+def write_teacher_files(folder: Path, extraction: Extraction, rows: Sequence[dict]) -> tuple[Path, Path]:
+    """Merge the shards into `folder`/teacher_hidden.npy (dataset order) and write teacher_index.npy."""
+    hidden_path, index_path = Path(folder) / HIDDEN_NAME, Path(folder) / INDEX_NAME
+    with atomic_path(hidden_path) as tmp:
+        merge_hidden_shards(extraction.parts_dir, extraction.world, extraction.selected, extraction.row_shape,
+                            extraction.dtype, tmp)
+    with atomic_path(index_path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.asarray([int(rows[p]["extra_info"]["index"]) for p in extraction.selected],
+                                       dtype=np.int64))
+    return hidden_path, index_path
+
+
+# ---------------------------------------------------------------------------------------------
 # Resident memory, for the manifest and scripts/bench_hidden.py
 
 
@@ -111,6 +255,24 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+class PeakMemory:
+    """Peak resident memory of loading the model and, separately, of what follows (the manifest's
+    `peak_rss_mb_loading` and `peak_rss_mb_extracting`; the second is null where the kernel's
+    counter cannot be reset)."""
+
+    def __init__(self) -> None:
+        self.loading_mb: float | None = None
+        self.was_reset = False
+
+    def model_loaded(self) -> None:
+        self.loading_mb = peak_rss_mb()
+        self.was_reset = reset_peak_rss()
+
+    def record(self) -> dict:
+        return {"peak_rss_mb_loading": None if self.loading_mb is None else round(self.loading_mb, 1),
+                "peak_rss_mb_extracting": round(peak_rss_mb(), 1) if self.was_reset else None}
 
 
 def peak_rss_mb() -> float:
@@ -143,13 +305,15 @@ class NpyRows:
         self.row_shape = tuple(row_shape)
         self.n_rows = n_rows
         self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
-        if create:
+        if create and n_rows == 0:  # a process with no rows: nothing to map
+            np.save(self.path, np.empty((0, *self.row_shape), dtype=self.dtype))
+        elif create:
             header = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=(n_rows, *self.row_shape))
             del header
-        probe = np.load(self.path, mmap_mode="r")
+        probe = np.load(self.path, mmap_mode="r") if n_rows else np.load(self.path)
         if probe.shape != (n_rows, *self.row_shape) or probe.dtype != self.dtype:
             raise SirenError(f"{self.path}: shape {probe.shape} {probe.dtype}, expected {(n_rows, *self.row_shape)} {self.dtype}")
-        self.offset = probe.offset
+        self.offset = probe.offset if n_rows else 0
         del probe
         self.fd = os.open(self.path, os.O_RDWR if create else os.O_RDONLY)
 
@@ -183,33 +347,39 @@ def merge_hidden_shards(parts_dir: Path, world: int, selected: Sequence[int], ro
                         hidden_path: Path, chunk_bytes: int = 64 << 20) -> None:
     """Merge the per-process shards into `hidden_path`, rows in the order of `selected`.
 
-    Process r held selected rows r, r + world, ... (strided), in that order, so output row k is
-    row k // world of shard k % world. Each chunk of output rows is gathered in memory and
-    written in one piece.
+    Each shard's index file lists the rows it holds, in dataset order; together the shards must
+    hold every row of `selected` once. Output rows are gathered a chunk (`chunk_bytes`) at a time:
+    within a chunk each shard contributes a contiguous run of its rows, read in one piece.
     """
     n = len(selected)
-    shards = []
-    for rank in range(world):
-        hidden, index = shard_paths(parts_dir, rank)
-        expected = list(selected[rank::world])
-        found = np.load(index).tolist()
-        if found != expected:
-            raise SirenError(f"{index}: holds rows {found[:5]}..., expected {expected[:5]}...")
-        shards.append(NpyRows(hidden, len(expected), row_shape, dtype, create=False))
-    out = NpyRows(hidden_path, n, row_shape, dtype, create=True)
-    rows_per_chunk = max(world, (chunk_bytes // max(1, out.row_bytes)) // world * world)
+    output_position = {int(row): k for k, row in enumerate(selected)}
+    shards, positions, seen = [], [], 0
     try:
-        for start in range(0, n, rows_per_chunk):
-            stop = min(n, start + rows_per_chunk)
-            block = np.empty((stop - start, *row_shape), dtype=out.dtype)
-            for rank, shard in enumerate(shards):
-                first = -(-(start - rank) // world) if start > rank else 0  # first slot with k >= start
-                ks = range(rank + first * world, stop, world)
-                if len(ks):
-                    block[ks.start - start:stop - start:world] = shard.read(first, len(ks))
-            out.write(start, block)
+        for rank in range(world):
+            hidden, index = shard_paths(parts_dir, rank)
+            found = np.load(index).tolist()
+            where = np.asarray([output_position.get(int(row), -1) for row in found], dtype=np.int64)
+            if (where < 0).any() or (np.diff(where) <= 0).any():
+                raise SirenError(f"{index}: holds rows {found[:5]}..., not rows of the selection in dataset order")
+            seen += len(found)
+            shards.append(NpyRows(hidden, len(found), row_shape, dtype, create=False))
+            positions.append(where)
+        if seen != n or len(np.unique(np.concatenate(positions))) != n:
+            raise SirenError(f"{parts_dir}: the shards hold {seen} rows, expected each of {n} rows once")
+        out = NpyRows(hidden_path, n, row_shape, dtype, create=True)
+        rows_per_chunk = max(1, chunk_bytes // max(1, out.row_bytes))
+        try:
+            for start in range(0, n, rows_per_chunk):
+                stop = min(n, start + rows_per_chunk)
+                block = np.empty((stop - start, *row_shape), dtype=out.dtype)
+                for shard, where in zip(shards, positions, strict=True):
+                    first, last = np.searchsorted(where, [start, stop])
+                    if last > first:
+                        block[where[first:last] - start] = shard.read(int(first), int(last - first))
+                out.write(start, block)
+        finally:
+            out.close(sync=True)
     finally:
-        out.close(sync=True)
         for shard in shards:
             shard.close()
 

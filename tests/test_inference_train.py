@@ -13,7 +13,15 @@ import torch
 from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
 
 from siren import SirenError
-from siren.cot import RESULT_FIELDS, PartWriter, check_resume_settings, merge_parts, read_parts, result_row
+from siren.cot import (
+    RESULT_FIELDS,
+    PartWriter,
+    check_resume_settings,
+    file_sha256,
+    merge_parts,
+    read_parts,
+    result_row,
+)
 
 GEN_FLAGS = ["--limit", "12", "--max_new_tokens", "8", "--batch_size", "4"]
 # The runs compared byte for byte are pinned to the CPU, also on a machine with CUDA (the 2-process
@@ -85,7 +93,7 @@ def reference_run(tiny_model_dir, verl_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_end_to_end_single_process(reference_run, verl_dir):
+def test_end_to_end_single_process(reference_run, tiny_model_dir, verl_dir):
     results = [json.loads(line) for line in (reference_run / "results.jsonl").read_text().splitlines()]
     parquet = pd.read_parquet(verl_dir / "train.parquet").iloc[:12]
     assert [r["index"] for r in results] == list(range(12))
@@ -106,6 +114,12 @@ def test_end_to_end_single_process(reference_run, verl_dir):
     manifest = json.loads((reference_run / "manifest.json").read_text())
     assert manifest["counts"]["processes"] == 1 and manifest["category"] == "Movies"
     assert not (reference_run / "partial").exists()
+    # Stage 4b compares this record with its --model.
+    from siren.modeling import model_record
+
+    assert manifest["model"]["weights_digest"] == model_record(tiny_model_dir)["weights_digest"]
+    assert manifest["model"]["architecture"]["hidden_size"] == 64
+    assert manifest["data_sha256"] == file_sha256(verl_dir / "train.parquet")
 
 
 @pytest.mark.slow
@@ -136,7 +150,7 @@ def test_resume_after_a_crash_gives_the_same_files(reference_run, tiny_model_dir
     assert json.loads((out / "manifest.json").read_text())["counts"]["resumed_rows"] == 4
 
 
-def test_bad_inputs_are_one_line_errors(tiny_model_dir, verl_dir, tmp_path):
+def test_bad_inputs_are_one_line_errors(tiny_model_dir, verl_dir, tmp_path, capsys):
     script = load_script("inference_train_ddp.py")
     no_tokenizer = tmp_path / "weights_only"
     no_tokenizer.mkdir()
@@ -150,14 +164,134 @@ def test_bad_inputs_are_one_line_errors(tiny_model_dir, verl_dir, tmp_path):
     with pytest.raises(SirenError, match="the split is empty"):
         script.main(["--model", str(tiny_model_dir), "--data_path", str(empty), "--out_dir", str(tmp_path / "b")])
 
-    with pytest.raises(SirenError, match="--batch_size"):
+    with pytest.raises(SystemExit) as stop:  # argparse: one line, exit status 2
         script.main(["--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--batch_size", "0"])
+    assert stop.value.code == 2 and "--batch_size: must be at least 1" in capsys.readouterr().err
 
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(SirenError, match="needs the vllm package"):
             script.main(["--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--backend", "vllm",
                          "--out_dir", str(tmp_path / "c")])
     assert not any((tmp_path / name).exists() for name in ("a", "b", "c"))
+
+
+def test_the_authors_readme_command_parses():
+    script = load_script("inference_train_ddp.py")
+    authors = script.parse_args(["--model_path", "ckpt/GRPO_Movies_step100", "--data_path", "data/Movies/verl/x"])
+    canonical = script.parse_args(["--model", "ckpt/GRPO_Movies_step100", "--data_path", "data/Movies/verl/x"])
+    assert vars(authors) == vars(canonical)
+    assert authors.model == "ckpt/GRPO_Movies_step100" and authors.split == "train" and authors.output_dir is None
+    assert script.parse_args(["--model", "m", "--data_path", "d", "--out_dir", "o"]).output_dir == "o"
+    assert script.parse_args(["--model", "m", "--data_path", "d", "--split", "val"]).split == "valid"
+
+
+def test_help_shows_each_default_once():
+    proc = run_script("inference_train_ddp.py", "--help")
+    assert "\n    accelerate launch --num_processes 1 inference_train_ddp.py --model" in proc.stdout  # raw docstring
+    text = " ".join(proc.stdout.split())
+    assert "--model MODEL, --model_path MODEL" in text and "--output_dir OUTPUT_DIR, --out_dir OUTPUT_DIR" in text
+    assert "(default: 8)" in text and "(default: train)" in text
+    assert "(default: (default" not in text and "default: %(default)" not in text
+    assert "%(default)" not in (Path(__file__).resolve().parents[1] / "inference_train_ddp.py").read_text()
+
+
+def retrain_in_place(model_dir: Path) -> None:
+    """Other weights in the same folder (as if the GRPO run was redone), same tokenizer."""
+    from safetensors.torch import load_file, save_file
+
+    weights = model_dir / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({name: tensor + 0.01 for name, tensor in tensors.items()}, weights, metadata={"format": "pt"})
+
+
+def test_resume_refuses_parts_of_a_rebuilt_parquet_or_a_retrained_model(tiny_model_dir, verl_dir, tmp_path,
+                                                                        monkeypatch, capsys, one_thread):
+    """Issue 14: parts from before the parquet (or the model) was rebuilt at the same path are not
+    mixed in; --resume false starts over on the new input."""
+    script = load_script("inference_train_ddp.py")
+    data = shutil.copytree(verl_dir, tmp_path / "verl")
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    out = tmp_path / "out"
+    argv = ["--model", str(model), "--data_path", str(data), "--out_dir", str(out), *GEN_FLAGS]
+
+    def stop_after_one_batch():
+        monkeypatch.setenv("SIREN_STOP_AFTER_BATCHES", "1")
+        with pytest.raises(SystemExit, match="stopped after 1 batch"):
+            script.main(argv)
+        monkeypatch.delenv("SIREN_STOP_AFTER_BATCHES")
+        assert sorted(read_parts(out / "partial")) == [0, 1, 2, 3]
+
+    stop_after_one_batch()
+    frame = pd.read_parquet(data / "train.parquet")
+    rebuilt = frame.iloc[::-1].reset_index(drop=True)  # another row order, indexes renumbered
+    rebuilt["extra_info"] = [{**info, "index": i} for i, info in enumerate(rebuilt["extra_info"])]
+    rebuilt.to_parquet(data / "train.parquet", index=False)
+    with pytest.raises(SirenError, match=r"partial results in .* were made with other settings \(data_sha256: "):
+        script.main(argv)
+    assert not (out / "results.jsonl").exists()
+
+    script.main([*argv, "--resume", "false"])
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["parent_asin"] for r in results] == [info["parent_asin"] for info in rebuilt["extra_info"][:12]]
+    assert json.loads((out / "manifest.json").read_text())["counts"]["resumed_rows"] == 0
+
+    shutil.rmtree(out)
+    stop_after_one_batch()
+    retrain_in_place(model)
+    with pytest.raises(SirenError, match=r"other settings \(model_weights_digest: "):
+        script.main(argv)
+    assert not (out / "results.jsonl").exists()
+
+
+def test_outputs_appear_together_and_overwrite_keeps_other_files(tiny_model_dir, verl_dir, tmp_path, monkeypatch,
+                                                                 one_thread):
+    """Issue 14: a failure while writing leaves no results.jsonl without its mask; --overwrite
+    replaces the stage's own files only."""
+    import siren.cot
+
+    script = load_script("inference_train_ddp.py")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(out),
+            "--limit", "4", "--max_new_tokens", "4", "--batch_size", "4"]
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(siren.cot, "save_mask", disk_full)
+        with pytest.raises(SirenError, match="No space left on device; nothing was kept"):
+            script.main(argv)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "partial"]  # the parts stay for a rerun
+
+    script.main(argv)  # resumes from the parts
+    names = {"manifest.json", "mask.pt", "metrics.json", "notes.txt", "results.jsonl"}
+    assert {p.name for p in out.iterdir()} == names
+    first = (out / "results.jsonl").read_bytes()
+    script.main([*argv, "--overwrite"])
+    assert {p.name for p in out.iterdir()} == names and (out / "notes.txt").read_text() == "mine"
+    assert (out / "results.jsonl").read_bytes() == first
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging folder left beside it
+
+
+def test_unusable_output_path_or_input_is_one_line(tiny_model_dir, verl_dir, tmp_path):
+    """Issue 14: an output path that is a file, a folder under a file, a parquet that is not parquet."""
+    script = load_script("inference_train_ddp.py")
+    base = ["--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", "4"]
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    with pytest.raises(SirenError, match=r"output folder .*taken is an existing file, not a folder"):
+        script.main([*base, "--out_dir", str(a_file)])
+    with pytest.raises(SirenError, match=r"cannot create output folder .*taken/sub: .*taken is a file"):
+        script.main([*base, "--out_dir", str(a_file / "sub")])
+
+    not_parquet = tmp_path / "csv"
+    not_parquet.mkdir()
+    (not_parquet / "train.parquet").write_text("user_id,label\nu1,4\n")
+    with pytest.raises(SirenError, match=r"train\.parquet: not a readable parquet file"):
+        script.main(["--model", str(tiny_model_dir), "--data_path", str(not_parquet), "--out_dir", str(tmp_path / "o")])
+    assert a_file.read_text() == "x" and not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
