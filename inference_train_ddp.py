@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling, used when temperature > 0")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed, used when temperature > 0")
     parser.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation engine")
+    parser.add_argument("--cache_implementation", default="dynamic", choices=["dynamic", "static"],
+                        help="--backend hf's KV cache: static preallocates it and, on a GPU, lets transformers "
+                             "compile the decode step (same text, faster decoding after a first compiling call)")
     cli.add_dtype(parser)
     parser.add_argument("--resume", type=str2bool, default=True,
                         help="reuse finished rows in <output_dir>/partial from an interrupted run with the same "
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     timer = RunTimer()
     settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p)
     settings.check()
-    check_backend(args.backend)
+    check_backend(args.backend, args.cache_implementation)
     data_file = parquet_path(args.data_path, args.split)
     rows = load_split_rows(args.data_path, args.split, args.limit)
     category = category_of(rows)
@@ -71,14 +74,16 @@ def main(argv: list[str] | None = None) -> None:
     state = process_state()
     part_dir = cot.partial_dir(out_dir)
     resume_key = cot.resume_settings(model=model, data_file=data_file, backend=args.backend, dtype=args.dtype,
-                                     seed=args.seed, sampling=settings)
+                                     seed=args.seed, sampling=settings, cache=args.cache_implementation)
     finished = cot.prepare_parts(part_dir, resume_key, state, resume=args.resume)
-    generator = load_generator(args.backend, args.model, args.dtype, settings, state, args.seed, tokenizer)
+    generator = load_generator(args.backend, args.model, args.dtype, settings, state, args.seed, tokenizer,
+                               args.cache_implementation)
     cot.generate_results(rows, tokenizer, generator, state=state, part_dir=part_dir, finished=finished,
                          batch_size=args.batch_size, seed=args.seed)
 
     if state.is_main_process:
-        results = cot.CotResults.from_parts(part_dir, len(rows), device_name(state.device))
+        results = cot.CotResults.from_parts(part_dir, len(rows), device_name(state.device), engine=generator.name,
+                                            batch_size=args.batch_size, dtype=generator.dtype_name)
         with atomic_outputs(out_dir, names, overwrite=args.overwrite) as staged:
             metrics = results.write(staged.dir)
             write_manifest(staged.dir, script=cot.SCRIPT_NAME, args=args, inputs=[data_file, args.model],

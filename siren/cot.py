@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -275,6 +275,8 @@ def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_
     A batch some of whose rows are finished (a torn write, a rerun with another process count) is
     generated whole, so its padding is that of an uninterrupted run; only its missing rows are
     written. `SIREN_STOP_AFTER_BATCHES=n` stops the process after n batches, as a crash would.
+    Each process's first batch is its warm-up (kernel selection, the static cache's compilation):
+    its rows are marked, and the latency is measured on the other rows.
     """
     from tqdm import tqdm
 
@@ -295,7 +297,7 @@ def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_
             start = time.perf_counter()
             responses = generator.generate(prompts, seed=seed + number)
             seconds = (time.perf_counter() - start) / len(positions)
-            writer.write({**result_row(rows[p], text, n_tokens), "_seconds": seconds}
+            writer.write({**result_row(rows[p], text, n_tokens), "_seconds": seconds, "_warmup": done == 1}
                          for p, (text, n_tokens) in zip(positions, responses, strict=True) if p not in finished)
             if stop_after is not None and done >= stop_after:
                 raise SystemExit(f"stopped after {done} batch(es) ({STOP_AFTER_ENV} is set)")
@@ -304,26 +306,49 @@ def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_
     state.wait_for_everyone()
 
 
+# The authors scored an unparsable answer as 5.0; that scoring is reported beside the honest one
+# (invalid rows left out) so the CoT row compares with answer-only rows, which score every row.
+AUTHORS_INVALID_FILL = 5.0
+
+
 @dataclass
 class CotResults:
     """The merged rows of a run (dataset order) and what stage 4a writes from them."""
 
     rows: list[dict]           # results.jsonl rows (RESULT_FIELDS)
     seconds: list[float]       # generation wall time per row (its batch's time / batch size)
+    warmup: list[bool]         # rows of a process's first batch (its warm-up), left out of the latency
     device: str
+    measured: dict = field(default_factory=dict)  # engine, batch_size, dtype: how the latency was measured
 
     @classmethod
-    def from_parts(cls, part_dir: Path, n_rows: int, device: str) -> CotResults:
+    def from_parts(cls, part_dir: Path, n_rows: int, device: str, **measured) -> CotResults:
         merged = merge_parts(part_dir, n_rows)
-        return cls([public_row(r) for r in merged], [float(r["_seconds"]) for r in merged], device)
+        return cls([public_row(r) for r in merged], [float(r["_seconds"]) for r in merged],
+                   [bool(r.get("_warmup", False)) for r in merged], device, measured)
+
+    def latency(self) -> dict:
+        """Latency of the rows after each process's warm-up batch (of every row when there are no others)."""
+        from siren.metrics import latency_summary
+
+        timed = [i for i, warm in enumerate(self.warmup) if not warm] or list(range(len(self.rows)))
+        warm = [i for i, is_warm in enumerate(self.warmup) if is_warm]
+        return latency_summary([self.seconds[i] for i in timed], [self.rows[i]["generated_tokens"] for i in timed],
+                               self.device, **self.measured,
+                               warmup_seconds=round(sum(self.seconds[i] for i in warm), 3),
+                               warmup_rows=len(warm), includes_warmup=len(timed) == len(self.rows) and bool(warm))
 
     def metrics(self) -> dict:
-        from siren.metrics import latency_summary, rating_metrics
+        from siren.metrics import rating_metrics
 
+        predictions, labels = [r["prediction"] for r in self.rows], [r["label"] for r in self.rows]
         return {
-            "predictions": {"cot": rating_metrics([r["prediction"] for r in self.rows], [r["label"] for r in self.rows])},
+            "predictions": {
+                "cot": rating_metrics(predictions, labels),
+                "cot_invalid_as_5": rating_metrics(predictions, labels, invalid_fill=AUTHORS_INVALID_FILL),
+            },
             "responses": response_summary(self.rows),
-            "latency": latency_summary(self.seconds, [r["generated_tokens"] for r in self.rows], self.device),
+            "latency": self.latency(),
         }
 
     def write(self, folder: Path) -> dict:
@@ -399,9 +424,9 @@ def load_thinking(path: Path) -> list[dict]:
         missing = [f for f in THINKING_FIELDS if f not in row]
         if missing:
             raise SirenError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-        for field, (ok, expected) in THINKING_FIELDS.items():
-            if not ok(row[field]):
-                raise SirenError(f"{path}:{lineno}: `{field}` must be {expected}, got {_json_kind(row[field])}")
+        for name, (ok, expected) in THINKING_FIELDS.items():
+            if not ok(row[name]):
+                raise SirenError(f"{path}:{lineno}: `{name}` must be {expected}, got {_json_kind(row[name])}")
         rows.append(row)
     if not rows:
         raise SirenError(f"{path}: the thinking file is empty")

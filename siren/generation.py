@@ -1,8 +1,16 @@
 """Stage 4a's chain-of-thought engines: batched generation of responses from chat prompts.
 
 Two backends: Hugging Face `generate` (any device, used by the tests) and vLLM's offline
-`LLM.generate` (GPU; imported only when asked for). `load_generator` picks one for --backend.
-Both take a batch of prompt texts and return (response text, generated tokens) per prompt.
+`LLM.generate` (GPU; imported only when asked for; the engine is built by
+`siren.engines.make_vllm_engine`, which the vllm answer-only engine shares). `load_generator` picks
+one for --backend. Both take a batch of prompt texts and return (response text, generated tokens)
+per prompt.
+
+The Hugging Face backend can use transformers' static KV cache (`cache="static"`): a preallocated
+cache whose decode step transformers compiles on a GPU, so a decode step replays instead of
+launching every kernel from Python. Prompts are then left-padded to a multiple of
+`STATIC_PAD_MULTIPLE` tokens, so that the compiled step meets a few shapes rather than one per
+prompt length. The text generated is the same as with the dynamic cache.
 """
 
 from __future__ import annotations
@@ -11,6 +19,9 @@ import os
 from dataclasses import dataclass
 
 from siren import SirenError
+
+CACHES = ("dynamic", "static")
+STATIC_PAD_MULTIPLE = 64
 
 
 @dataclass(frozen=True)
@@ -33,12 +44,17 @@ class SamplingSettings:
 
 
 class HFGenerator:
-    """Left-padded batched `generate`; greedy at temperature 0."""
+    """Left-padded batched `generate`; greedy at temperature 0; dynamic or static KV cache."""
 
-    def __init__(self, model, tokenizer, settings: SamplingSettings) -> None:
+    def __init__(self, model, tokenizer, settings: SamplingSettings, cache: str = "dynamic") -> None:
+        if cache not in CACHES:
+            raise SirenError(f"unknown cache {cache!r}; expected one of {', '.join(CACHES)}")
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
+        self.cache = cache
+        self.name = f"hf-{cache}-cache"
+        self.dtype_name = str(model.dtype).removeprefix("torch.")
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:
@@ -52,7 +68,9 @@ class HFGenerator:
 
         if seed is not None and self.settings.temperature > 0:
             torch.manual_seed(seed)
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        static = self.cache == "static"
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                                 pad_to_multiple_of=STATIC_PAD_MULTIPLE if static else None)
         encoded = {k: v.to(self.model.device) for k, v in encoded.items()}
         sampling = (
             {"do_sample": True, "temperature": self.settings.temperature, "top_p": self.settings.top_p}
@@ -64,6 +82,7 @@ class HFGenerator:
                 max_new_tokens=self.settings.max_new_tokens,
                 eos_token_id=self.eos_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
+                **({"cache_implementation": "static"} if static else {}),
                 **sampling,
             )
         new_tokens = output[:, encoded["input_ids"].shape[1]:].tolist()
@@ -76,9 +95,12 @@ class HFGenerator:
         return results
 
 
-def check_backend(backend: str) -> None:
+def check_backend(backend: str, cache: str = "dynamic") -> None:
     """Fail before any work if the chosen backend cannot run here."""
     import importlib.util
+
+    if backend == "vllm" and cache != "dynamic":
+        raise SirenError("--cache_implementation applies to --backend hf; vLLM manages its own (paged) KV cache")
 
     if backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise SirenError("--backend vllm needs the vllm package (pip install -r requirements.txt); use --backend hf")
@@ -90,15 +112,16 @@ class VLLMGenerator:
     """vLLM offline generation. Under several processes each one runs its own engine on its own
     GPU, joined to the launcher's process group as TRL's colocate mode does."""
 
+    name = "vllm"
+
     def __init__(self, model_path: str | os.PathLike, dtype: str, settings: SamplingSettings,
                  num_processes: int, seed: int) -> None:
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError:
-            raise SirenError("--backend vllm needs the vllm package (pip install -r requirements.txt)") from None
-        engine_args = {"distributed_executor_backend": "external_launcher"} if num_processes > 1 else {}
-        self.llm = LLM(model=str(model_path), dtype="auto" if dtype == "auto" else dtype,
-                       tensor_parallel_size=1, seed=seed, **engine_args)
+        from siren.engines import make_vllm_engine
+
+        self.llm = make_vllm_engine(model_path, dtype, num_processes, seed)
+        self.dtype_name = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        from vllm import SamplingParams
+
         self.params = SamplingParams(
             temperature=settings.temperature, top_p=settings.top_p if settings.temperature > 0 else 1.0,
             max_tokens=settings.max_new_tokens, seed=seed,
@@ -111,12 +134,12 @@ class VLLMGenerator:
 
 
 def load_generator(backend: str, model_path: str | os.PathLike, dtype: str, settings: SamplingSettings, state,
-                   seed: int, tokenizer):
+                   seed: int, tokenizer, cache: str = "dynamic"):
     """The engine for --backend on this process's device (`state`: accelerate's PartialState)."""
-    check_backend(backend)
+    check_backend(backend, cache)
     if backend == "vllm":
         return VLLMGenerator(model_path, dtype, settings, state.num_processes, seed)
     from siren.modeling import load_causal_lm, resolve_dtype
 
     model = load_causal_lm(model_path, resolve_dtype(dtype, state.device.type), state.device)
-    return HFGenerator(model, tokenizer, settings)
+    return HFGenerator(model, tokenizer, settings, cache)

@@ -83,13 +83,9 @@ class Timing:
         device, n) plus how the row was measured and, for CoT, ms per generated token."""
         from siren.metrics import latency_summary
 
-        row = latency_summary(self.seconds, self.generated_tokens, device)
-        tokens = sum(self.generated_tokens)
-        return {
-            "decoding": self.decoding, "engine": self.engine, "batch_size": self.batch_size, "dtype": dtype, **row,
-            "ms_per_token": 1000.0 * sum(self.seconds) / tokens if tokens else None,
-            "warmup_seconds": round(self.warmup_seconds, 3), "fallback_rows": self.fallback_rows,
-        }
+        return {"decoding": self.decoding, **latency_summary(
+            self.seconds, self.generated_tokens, device, engine=self.engine, batch_size=self.batch_size, dtype=dtype,
+            warmup_seconds=round(self.warmup_seconds, 3), fallback_rows=self.fallback_rows)}
 
 
 def time_answer_only(engine, prompts: list[str], device: str, *, batch_size: int = 1, warmup: int = 2,

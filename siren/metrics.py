@@ -73,19 +73,25 @@ def rating_metrics(
     return result
 
 
-def latency_summary(seconds_per_row: Sequence[float], generated_tokens: Sequence[int], device: str) -> dict:
-    """Latency block of metrics.json (stage 6 writes the same keys).
+def latency_summary(seconds_per_row: Sequence[float], generated_tokens: Sequence[int], device: str,
+                    **measured) -> dict:
+    """Latency block of metrics.json (stages 4a and 6 and the latency benchmark write the same keys).
 
     ms_per_sample is the wall time one process spent per sample (its batch time divided by the
     batch size), and samples_per_s its inverse, i.e. one process's throughput; with K processes
-    the job runs about K times faster.
+    the job runs about K times faster. ms_per_token divides the same time by the generated tokens.
+    `measured` says how the rows were timed (engine, batch_size, dtype, warmup_seconds, ...): a
+    table compares two rows only when those agree. The seconds given here exclude warm-up.
     """
     n = len(seconds_per_row)
     total = float(sum(seconds_per_row))
+    tokens = sum(generated_tokens)
     return {
         "ms_per_sample": 1000.0 * total / n if n else None,
         "samples_per_s": n / total if total > 0 else None,
-        "generated_tokens_per_sample": sum(generated_tokens) / n if n else None,
+        "generated_tokens_per_sample": tokens / n if n else None,
+        "ms_per_token": 1000.0 * total / tokens if tokens else None,
         "device": device,
         "n": n,
+        **measured,
     }

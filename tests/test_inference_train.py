@@ -109,8 +109,16 @@ def test_end_to_end_single_process(reference_run, tiny_model_dir, verl_dir):
     # The random tiny model writes no <answer>: every row is counted invalid, none is filled in.
     assert cot["n"] == 12 and cot["n_invalid"] == sum(not r["valid"] for r in results)
     assert cot["invalid_fill"] is None
-    assert set(metrics["latency"]) == {"ms_per_sample", "samples_per_s", "generated_tokens_per_sample", "device", "n"}
-    assert metrics["latency"]["n"] == 12 and metrics["latency"]["device"] == "cpu"
+    # The authors' scoring (invalid = 5.0) sits beside it, with the same invalid count.
+    authors = metrics["predictions"]["cot_invalid_as_5"]
+    assert authors["invalid_fill"] == 5.0 and authors["n_invalid"] == cot["n_invalid"] and authors["mae"] is not None
+    latency = metrics["latency"]
+    assert {"ms_per_sample", "samples_per_s", "generated_tokens_per_sample", "ms_per_token", "device", "n", "engine",
+            "batch_size", "dtype", "warmup_seconds", "warmup_rows", "includes_warmup"} == set(latency)
+    # The first batch (4 rows) is the warm-up: timed on the other 8, reported apart.
+    assert latency["warmup_rows"] == 4 and latency["n"] == 8 and not latency["includes_warmup"]
+    assert latency["device"] == "cpu" and latency["engine"] == "hf-dynamic-cache"
+    assert latency["batch_size"] == 4 and latency["dtype"] == "float32"
     manifest = json.loads((reference_run / "manifest.json").read_text())
     assert manifest["counts"]["processes"] == 1 and manifest["category"] == "Movies"
     assert not (reference_run / "partial").exists()
@@ -120,6 +128,21 @@ def test_end_to_end_single_process(reference_run, tiny_model_dir, verl_dir):
     assert manifest["model"]["weights_digest"] == model_record(tiny_model_dir)["weights_digest"]
     assert manifest["model"]["architecture"]["hidden_size"] == 64
     assert manifest["data_sha256"] == file_sha256(verl_dir / "train.parquet")
+
+
+@pytest.mark.slow
+def test_static_cache_writes_the_same_results(reference_run, tiny_model_dir, verl_dir, tmp_path):
+    """transformers' static KV cache (compiled decode on a GPU) and the prompt padding it brings
+    change how the CoT is computed, not what is written."""
+    out = tmp_path / "static"
+    run_script("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
+               "--output_dir", str(out), "--cache_implementation", "static", *GEN_FLAGS, env=CPU_ONE_THREAD)
+    assert (out / "results.jsonl").read_bytes() == (reference_run / "results.jsonl").read_bytes()
+    assert json.loads((out / "metrics.json").read_text())["latency"]["engine"] == "hf-static-cache"
+    refused = run_script("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
+                         "--output_dir", str(tmp_path / "x"), "--backend", "vllm", "--cache_implementation", "static",
+                         check=False)
+    assert refused.returncode == 2 and "--cache_implementation applies to --backend hf" in refused.stderr
 
 
 @pytest.mark.slow
