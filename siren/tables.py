@@ -8,10 +8,14 @@ A run directory (what `make demo` writes under results/<run>/) holds (`INPUTS`):
   cot_test/metrics.json      stage 4a --split test: {"predictions": {"cot": metrics}, "latency": {...}}
   ao_before/metrics.json     stage 6 on the GRPO model: {"predictions": {"ao", "ao_expected"}, "latency"}
   ao_after/metrics.json      stage 6 on the aligned model: same keys
-  bench_latency/latency.json scripts/bench_latency.py (optional): {"cot": latency, "ao": latency}
+  bench_latency/latency.json scripts/bench_latency.py (optional): {"rows": [latency, ...], "cot", "ao"}
 
-`metrics` dicts come from siren.metrics.rating_metrics; `latency` dicts hold "ms_per_sample",
-"samples_per_s", "generated_tokens_per_sample", "device" and "n". Every input is optional: a
+`metrics` dicts come from siren.metrics.rating_metrics; `latency` dicts come from
+siren.metrics.latency_summary: "ms_per_sample", "samples_per_s", "generated_tokens_per_sample",
+"ms_per_token", "device", "n", and how they were measured: "engine", "batch_size", "dtype" (and
+"warmup_seconds", never inside the timed figures). The latency table's speedup compares an
+answer-only row with a CoT row only when both were measured the same way (same batch size,
+device and dtype); otherwise it stays empty and a note says why. Every input is optional: a
 missing one gives rows that say "not run" instead of numbers. A file that is there but is not
 that input's kind (no "predictions" in a stage-6 metrics.json, stage 4a's metrics given as
 --ao_before, ...) is refused with one line naming the file and the key (`load_inputs`).
@@ -35,7 +39,8 @@ NOT_RUN = "not run"
 
 # (row label, input key, key under "predictions") for the LLM rows of the accuracy table.
 LLM_ROWS = (
-    ("GRPO, CoT decoding", "cot_test", "cot"),
+    ("GRPO, CoT decoding (invalid rows left out)", "cot_test", "cot"),
+    ("GRPO, CoT decoding (invalid rows scored 5.0, as the authors did)", "cot_test", "cot_invalid_as_5"),
     ("Answer-only before alignment (constrained)", "ao_before", "ao"),
     ("Answer-only before alignment (probability-weighted)", "ao_before", "ao_expected"),
     ("Answer-only after alignment (constrained)", "ao_after", "ao"),
@@ -45,19 +50,20 @@ LLM_ROWS = (
 # Prompt variants of prompt_stats.json and their labels, owned by the stage that writes them.
 VARIANTS, VARIANT_LABELS = tuple(PROMPT_VARIANTS), PROMPT_VARIANTS
 
-# (row label, input key, key of the latency dict, reference row for the speedup)
+# (row label, input key) of the stages' latency rows; the benchmark adds one row per timed row of
+# its latency.json. Speedups are taken against a CoT row of the same source (stage rows against
+# stage 4a, benchmark rows against the benchmark's CoT) measured the same way (MEASURED_ALIKE).
 LATENCY_ROWS = (
-    ("CoT decoding (stage 4a, test)", "cot_test", None, "cot_test"),
-    ("Answer-only before alignment (stage 6)", "ao_before", None, "cot_test"),
-    ("Answer-only after alignment (stage 6)", "ao_after", None, "cot_test"),
-    ("Benchmark: CoT, same prompts", "bench_latency", "cot", "bench_latency:cot"),
-    ("Benchmark: answer-only, same prompts", "bench_latency", "ao", "bench_latency:cot"),
+    ("CoT decoding (stage 4a, test)", "cot_test"),
+    ("Answer-only before alignment (stage 6)", "ao_before"),
+    ("Answer-only after alignment (stage 6)", "ao_after"),
 )
+MEASURED_ALIKE = ("batch_size", "device", "dtype")
 
 ACCURACY_COLUMNS = ("method", "mae", "rmse", "acc", "acc_rounded", "n_invalid", "n_fallback", "n", "status")
 TOKEN_COLUMNS = ("variant", "n", "mean", "p50", "p95", "max", "mean_reduction_pct", "p95_reduction_pct", "status")
-LATENCY_COLUMNS = ("decoding", "device", "n", "ms_per_sample", "samples_per_s", "generated_tokens_per_sample",
-                   "speedup_vs_cot", "status")
+LATENCY_COLUMNS = ("decoding", "engine", "batch_size", "device", "dtype", "n", "ms_per_sample", "samples_per_s",
+                   "generated_tokens_per_sample", "ms_per_token", "warmup_seconds", "speedup_vs_cot", "status")
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ INPUTS = (
               ("predictions", "latency")),
     InputSpec("ao_after", "ao_after/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
               ("predictions", "latency")),
-    InputSpec("bench_latency", "bench_latency/latency.json", "scripts/bench_latency.py's latency.json", ("cot", "ao")),
+    InputSpec("bench_latency", "bench_latency/latency.json", "scripts/bench_latency.py's latency.json", ("cot",)),
 )
 INPUT_SPECS = {spec.key: spec for spec in INPUTS}
 
@@ -257,62 +263,73 @@ def token_rows(inputs: RunInputs, loaded: dict[str, dict | None], split: str = "
     return rows, notes, meta
 
 
-def _latency_dict(data: dict | None, key: str | None):
-    if data is None:
-        return None
-    latency = data.get(key) if key else data.get("latency")
-    return latency if isinstance(latency, dict) and _number(latency.get("ms_per_sample")) else None
-
-
-def _row_key(key: str, sub: str | None) -> str:
-    """Name of a latency row's source: the input key, plus the sub-key inside bench_latency."""
-    return f"{key}:{sub}" if sub else key
+def _latency_dict(value) -> dict | None:
+    return value if isinstance(value, dict) and _number(value.get("ms_per_sample")) else None
 
 
 def _same_device(first, second) -> bool:
-    # Stage 4a writes "cuda (<name>)" and stage 6 the bare card name; either contains the other.
+    # Older files wrote "cuda (<name>)" in one stage and the bare card name in another.
     first, second = str(first), str(second)
     return first in second or second in first
 
 
+def _measured_alike(first: dict, second: dict) -> bool:
+    """Same batch size, device and dtype (a missing value, from an older file, never matches)."""
+    if any(first.get(key) is None or second.get(key) is None for key in MEASURED_ALIKE):
+        return False
+    return (first["batch_size"] == second["batch_size"] and first["dtype"] == second["dtype"]
+            and _same_device(first["device"], second["device"]))
+
+
+def _latency_row(label: str, latency: dict, source: str) -> dict:
+    row = {"decoding": label, "source": source, "is_cot": False}
+    for key in ("engine", "batch_size", "device", "dtype", "n"):
+        row[key] = latency.get(key)
+    for key in ("ms_per_sample", "samples_per_s", "generated_tokens_per_sample", "ms_per_token", "warmup_seconds"):
+        row[key] = _number(latency.get(key))
+    row["status"] = "timing includes the warm-up (one batch only)" if latency.get("includes_warmup") else ""
+    return row
+
+
 def latency_rows(inputs: RunInputs, loaded: dict[str, dict | None]) -> tuple[list[dict], list[str]]:
-    """ms/sample, samples/s and generated tokens/sample of CoT and AO, with AO's speedup over CoT."""
-    latencies = {_row_key(key, sub): _latency_dict(loaded[key], sub) for _label, key, sub, _ref in LATENCY_ROWS}
+    """ms/sample, samples/s, tokens of every timed row, and AO's speedup over the CoT row of the
+    same source measured the same way (batch size, device, dtype)."""
     rows, notes = [], []
-    for label, key, sub, reference_key in LATENCY_ROWS:
-        latency = latencies[_row_key(key, sub)]
+    for label, key in LATENCY_ROWS:
+        latency = _latency_dict((loaded[key] or {}).get("latency"))
         if latency is None:
-            where = getattr(inputs, key)
             rows.append({"decoding": label, **{c: None for c in LATENCY_COLUMNS[1:-1]},
-                         "status": f"{NOT_RUN} (no latency in {where})"})
+                         "status": f"{NOT_RUN} (no latency in {getattr(inputs, key)})"})
             continue
-        reference = latencies.get(reference_key)
-        ms = _number(latency.get("ms_per_sample"))
-        speedup = None
-        if reference is not None and ms:
-            speedup = _number(reference.get("ms_per_sample")) / ms
-            if not _same_device(reference.get("device"), latency.get("device")):
-                notes.append(f"{label}: timed on {latency.get('device')}, its CoT reference on "
-                             f"{reference.get('device')}; the speedup mixes devices.")
-        rows.append({
-            "decoding": label,
-            "device": latency.get("device"),
-            "n": latency.get("n"),
-            "ms_per_sample": ms,
-            "samples_per_s": _number(latency.get("samples_per_s")),
-            "generated_tokens_per_sample": _number(latency.get("generated_tokens_per_sample")),
-            "speedup_vs_cot": speedup,
-            "status": "",
-        })
-    batched = [f"{label}: batch size {lat['batch_size']}" for label, key, sub, _ref in LATENCY_ROWS
-               if (lat := latencies[_row_key(key, sub)]) and lat.get("batch_size") not in (None, 1)]
-    if batched:
-        notes.append("Stage rows are per-process throughput at their own batch size (" + "; ".join(batched)
-                     + "), not one-sample latency; the benchmark rows time one sample at a time.")
+        rows.append({**_latency_row(label, latency, "stages"), "is_cot": key == "cot_test"})
     bench = loaded["bench_latency"]
-    if bench is not None and bench.get("cot_tokens"):
-        notes.append(f"The benchmark forces every CoT to {bench['cot_tokens']} generated tokens (the paper reports "
-                     f"238 on average) on {bench.get('model', 'its model')}.")
+    if bench is not None:
+        timed = bench.get("rows") if isinstance(bench.get("rows"), list) else [
+            {**bench[mode], "decoding": mode} for mode in ("cot", "ao") if isinstance(bench.get(mode), dict)]
+        for latency in filter(None, map(_latency_dict, timed)):
+            decoding = "CoT" if latency.get("decoding") == "cot" else "answer-only"
+            label = f"Benchmark: {decoding}, same prompts"
+            rows.append({**_latency_row(label, latency, "benchmark"), "is_cot": latency.get("decoding") == "cot"})
+        if bench.get("cot_tokens"):
+            notes.append(f"The benchmark forces every CoT to {bench['cot_tokens']} generated tokens (the paper reports "
+                         f"238 on average) on {bench.get('model', 'its model')}.")
+    for row in rows:
+        row["speedup_vs_cot"] = None
+        if row.get("ms_per_sample") is None or row.get("is_cot"):
+            continue
+        references = [r for r in rows if r.get("is_cot") and r["source"] == row["source"] and r["ms_per_sample"]
+                      and _measured_alike(r, row)]
+        if references:
+            row["speedup_vs_cot"] = min(r["ms_per_sample"] for r in references) / row["ms_per_sample"]
+        elif any(r.get("is_cot") and r["source"] == row["source"] for r in rows):
+            notes.append(f"{row['decoding']} ({row['engine']}, batch {row['batch_size']}, {row['device']}, "
+                         f"{row['dtype']}): no CoT row of the same source was measured the same way (batch size, "
+                         "device, dtype), so no speedup is given.")
+    notes.append("Every row is timed after its warm-up (compilation, CUDA-graph capture, first batch), which is "
+                 "reported apart; ms/sample is one process's time per sample at the row's batch size.")
+    for row in rows:
+        row.pop("source", None)
+        row.pop("is_cot", None)
     return rows, notes
 
 
@@ -335,7 +352,8 @@ def _cell(value, column: str) -> str:
             return str(int(value))
         if column.endswith("_pct"):
             return f"{value:.1f}"
-        if column in ("mean", "p50", "p95", "max", "ms_per_sample", "generated_tokens_per_sample"):
+        if column in ("mean", "p50", "p95", "max", "ms_per_sample", "generated_tokens_per_sample", "ms_per_token",
+                      "warmup_seconds"):
             return f"{value:.1f}"
         if column in ("speedup_vs_cot", "samples_per_s"):
             return f"{value:.2f}"
@@ -350,6 +368,8 @@ HEADERS = {
     "mean_reduction_pct": "mean vs raw (%)", "p95_reduction_pct": "p95 vs raw (%)",
     "decoding": "decoding", "device": "device", "ms_per_sample": "ms/sample", "samples_per_s": "samples/s",
     "generated_tokens_per_sample": "generated tokens/sample", "speedup_vs_cot": "speedup vs CoT",
+    "engine": "engine", "batch_size": "batch", "dtype": "dtype", "ms_per_token": "ms/token",
+    "warmup_seconds": "warm-up s",
 }
 
 
@@ -441,8 +461,8 @@ def draw_figure(path: Path, tables: Tables, token_counts: dict[str, list[int]] |
         positions = range(len(timed))
         bars = ax_latency.bar(positions, [row["ms_per_sample"] for row in timed], color="tab:orange")
         ax_latency.bar_label(bars, labels=[f"{row['ms_per_sample']:.1f} ms" for row in timed], fontsize=8)
-        ax_latency.set_xticks(list(positions), [row["decoding"] for row in timed], rotation=20, fontsize=7,
-                              ha="right")
+        ax_latency.set_xticks(list(positions), [f"{row['decoding']}\n{row['engine'] or '?'}, batch {row['batch_size'] or '?'}"
+                                                for row in timed], rotation=20, fontsize=7, ha="right")
         ax_latency.set_yscale("log")
         ax_latency.set_ylabel("ms / sample (log)")
         ax_latency.set_title("Latency")

@@ -18,7 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ACCURACY_ROWS = [
-    "Constant 5.0", "Global mean", "User + item bias", "MF with biases", "PMF", "GRPO, CoT decoding",
+    "Constant 5.0", "Global mean", "User + item bias", "MF with biases", "PMF",
+    "GRPO, CoT decoding (invalid rows left out)", "GRPO, CoT decoding (invalid rows scored 5.0, as the authors did)",
     "Answer-only before alignment (constrained)", "Answer-only before alignment (probability-weighted)",
     "Answer-only after alignment (constrained)", "Answer-only after alignment (probability-weighted)",
 ]

@@ -34,9 +34,11 @@ PROMPT_STATS = {
 LABELS = [5.0, 4.0, 5.0, 1.0]
 
 
-def _latency(ms: float, tokens: float, device: str = "cpu (2 threads)") -> dict:
+def _latency(ms: float, tokens: float, device: str = "cpu", engine: str = "eager", batch_size: int = 16,
+             dtype: str = "float32", **extra) -> dict:
     return {"ms_per_sample": ms, "samples_per_s": 1000.0 / ms, "generated_tokens_per_sample": tokens,
-            "device": device, "n": len(LABELS)}
+            "ms_per_token": ms / tokens, "device": device, "n": len(LABELS), "engine": engine, "batch_size": batch_size,
+            "dtype": dtype, "warmup_seconds": 1.5, **extra}
 
 
 def _write(path, obj) -> None:
@@ -56,8 +58,9 @@ def run_dir(tmp_path):
     _write(run / "prompt_stats.json", PROMPT_STATS)
     np.savez(run / "prompt_tokens_test.npz", **{v: np.array([300, 350, 400, 500]) for v in VARIANTS})
     _write(run / "cot_test" / "metrics.json", {
-        "predictions": {"cot": rating_metrics([5.0, None, 4.0, 2.0], LABELS)},
-        "latency": _latency(2000.0, 238.0),
+        "predictions": {"cot": rating_metrics([5.0, None, 4.0, 2.0], LABELS),
+                        "cot_invalid_as_5": rating_metrics([5.0, None, 4.0, 2.0], LABELS, invalid_fill=5.0)},
+        "latency": _latency(2000.0, 238.0, engine="hf-dynamic-cache"),
     })
     _write(run / "ao_before" / "metrics.json", {
         "predictions": {"ao": rating_metrics([5.0, 5.0, 5.0, 5.0], LABELS),
@@ -85,9 +88,13 @@ def test_tables_from_literal_files(run_dir, synthetic_root):
     assert float(constant["rmse"]) == pytest.approx(math.sqrt(sum((5.0 - y) ** 2 for y in labels) / len(labels)))
     assert int(constant["n"]) == limit
 
-    cot = by_method["GRPO, CoT decoding"]
+    cot = by_method["GRPO, CoT decoding (invalid rows left out)"]
     assert cot["n_invalid"] == "1" and float(cot["mae"]) == pytest.approx((0 + 1 + 1) / 3)
     assert "1 invalid rows left out" in cot["status"]
+    # The all-rows twin scores the invalid row as 5.0, as the authors did, with the count beside it.
+    authors = by_method["GRPO, CoT decoding (invalid rows scored 5.0, as the authors did)"]
+    assert authors["n_invalid"] == "1" and int(authors["n"]) == 4
+    assert float(authors["mae"]) == pytest.approx((0 + 1 + 1 + 1) / 4) and "1 invalid filled with 5.0" in authors["status"]
     assert float(by_method["Answer-only before alignment (probability-weighted)"]["rmse"]) == pytest.approx(
         rating_metrics([4.5, 4.4, 4.6, 4.1], LABELS)["rmse"])
     for row in accuracy:
@@ -108,8 +115,12 @@ def test_tables_from_literal_files(run_dir, synthetic_root):
         assert float(row["p95_reduction_pct"]) == pytest.approx(100 * (1 - stats["p95"] / raw["p95"]))
 
     latency = {row["decoding"]: row for row in _read_csv(run_dir / "latency.csv")}
-    assert float(latency["Answer-only before alignment (stage 6)"]["speedup_vs_cot"]) == pytest.approx(80.0)
+    before = latency["Answer-only before alignment (stage 6)"]
+    assert float(before["speedup_vs_cot"]) == pytest.approx(80.0)
+    assert (before["engine"], before["batch_size"], before["device"], before["dtype"]) == ("eager", "16", "cpu", "float32")
+    assert float(before["warmup_seconds"]) == 1.5
     assert float(latency["CoT decoding (stage 4a, test)"]["generated_tokens_per_sample"]) == 238.0
+    assert latency["CoT decoding (stage 4a, test)"]["engine"] == "hf-dynamic-cache"
     assert latency["Answer-only after alignment (stage 6)"]["status"].startswith("not run")
 
     markdown = (run_dir / "tables.md").read_text()
@@ -132,32 +143,48 @@ def test_empty_run_gives_not_run_rows_and_summary_figure(tmp_path):
 
     # prompt stats without the per-row npz: the figure falls back to mean / p95 bars.
     _write(run / "prompt_stats.json", PROMPT_STATS)
-    _write(run / "bench_latency" / "latency.json", {"cot_tokens": 238, "model": "tiny",
-                                                    "cot": _latency(900.0, 238.0), "ao": _latency(30.0, 1.0)})
+    bench_rows = [
+        {"decoding": "cot", **_latency(900.0, 238.0, engine="hf-dynamic-cache", batch_size=1)},
+        {"decoding": "cot", **_latency(600.0, 238.0, engine="hf-static-cache", batch_size=1)},
+        {"decoding": "ao", **_latency(30.0, 1.0, engine="eager", batch_size=1)},
+        {"decoding": "ao", **_latency(10.0, 1.0, engine="compiled", batch_size=1)},
+        {"decoding": "ao", **_latency(2.0, 1.0, engine="compiled", batch_size=32)},
+    ]
+    _write(run / "bench_latency" / "latency.json", {"cot_tokens": 238, "model": "tiny", "rows": bench_rows,
+                                                    "cot": bench_rows[1], "ao": bench_rows[3]})
     out = tmp_path / "tables"
     proc = run_script("scripts/make_tables.py", "--run_dir", str(run), "--out_dir", str(out))
     assert "read 2 of 7 inputs" in proc.stdout
-    latency = {row["decoding"]: row for row in _read_csv(out / "latency.csv")}
-    assert float(latency["Benchmark: answer-only, same prompts"]["speedup_vs_cot"]) == pytest.approx(30.0)
+    latency = {(row["decoding"], row["engine"], row["batch_size"]): row for row in _read_csv(out / "latency.csv")}
+    answer_only = "Benchmark: answer-only, same prompts"
+    # Against the fastest CoT row measured the same way (batch 1, same device and dtype).
+    assert float(latency[(answer_only, "eager", "1")]["speedup_vs_cot"]) == pytest.approx(600.0 / 30.0)
+    assert float(latency[(answer_only, "compiled", "1")]["speedup_vs_cot"]) == pytest.approx(600.0 / 10.0)
+    # A batch of 32 is not per-sample latency: no CoT row was measured that way, so no speedup.
+    assert latency[(answer_only, "compiled", "32")]["speedup_vs_cot"] == ""
+    assert latency[("Benchmark: CoT, same prompts", "hf-static-cache", "1")]["speedup_vs_cot"] == ""
     assert (out / "tables.png").stat().st_size > 0
 
 
-def test_missing_variant_and_mixed_devices_are_flagged(tmp_path):
+def test_missing_variant_and_rows_measured_otherwise_are_flagged(tmp_path):
     run = tmp_path / "run"
     stats = json.loads(json.dumps(PROMPT_STATS))
     del stats["splits"]["test"]["recent_only"]
     _write(run / "prompt_stats.json", stats)
-    _write(run / "cot_test" / "metrics.json", {"predictions": {}, "latency": _latency(2000.0, 238.0, "NVIDIA H100")})
-    _write(run / "ao_after" / "metrics.json",
-           {"predictions": {}, "latency": {**_latency(20.0, 1.0, "cuda (NVIDIA H100)"), "batch_size": 8}})
+    _write(run / "cot_test" / "metrics.json",
+           {"predictions": {}, "latency": _latency(2000.0, 238.0, "NVIDIA H100", dtype="bfloat16")})
+    _write(run / "ao_after" / "metrics.json",  # the same card, named the older way, at another batch size
+           {"predictions": {}, "latency": _latency(20.0, 1.0, "cuda (NVIDIA H100)", batch_size=8, dtype="bfloat16")})
     _write(run / "ao_before" / "metrics.json", {"predictions": {}, "latency": _latency(20.0, 1.0, "cpu")})
     tables = build_tables(RunInputs.default(run))
     recent = next(row for row in tables.tokens if row["variant"] == VARIANT_LABELS["recent_only"])
     assert recent["mean"] is None and recent["status"].startswith("missing")
-    mixed = [note for note in tables.notes["latency"] if "mixes devices" in note]
-    assert len(mixed) == 1 and mixed[0].startswith("Answer-only before alignment")
-    assert any("batch size 8" in note for note in tables.notes["latency"])
-    cot = next(row for row in tables.accuracy if row["method"] == "GRPO, CoT decoding")
+    latency = {row["decoding"]: row for row in tables.latency}
+    assert latency["Answer-only before alignment (stage 6)"]["speedup_vs_cot"] is None  # other device and dtype
+    assert latency["Answer-only after alignment (stage 6)"]["speedup_vs_cot"] is None   # other batch size
+    flagged = [note for note in tables.notes["latency"] if "was measured the same way" in note]
+    assert len(flagged) == 2 and flagged[0].startswith("Answer-only before alignment (stage 6) (eager, batch 16, cpu")
+    cot = next(row for row in tables.accuracy if row["method"] == "GRPO, CoT decoding (invalid rows left out)")
     assert "no predictions.cot" in cot["status"]
 
 
@@ -192,8 +219,8 @@ WRONG_INPUTS = {
     "prompt_stats_as_baselines": ("baselines", PROMPT_STATS, r"is not scripts/baselines\.py's metrics\.json: it has no "
                                                              r"'methods' key"),
     "metrics_as_prompt_stats": ("prompt_stats", COT_METRICS, r"is not stage 2's prompt_stats\.json .*no 'splits' key"),
-    "latency_without_ao": ("bench_latency", {"cot": _latency(900.0, 238.0)},
-                           r"is not scripts/bench_latency\.py's latency\.json: it has no 'ao' key"),
+    "latency_without_cot": ("bench_latency", {"ao": _latency(30.0, 1.0)},
+                            r"is not scripts/bench_latency\.py's latency\.json: it has no 'cot' key"),
 }
 
 
