@@ -254,6 +254,7 @@ def check_checkpoint_dir(folder: str | os.PathLike, settings: dict, overwrite: b
     from siren.io import read_json
 
     saved = read_json(record)
+    saved = saved if isinstance(saved, dict) else {}
     differing = []
     for part in ("alignment", "training"):
         old, new = saved.get(part, {}), settings.get(part, {})
