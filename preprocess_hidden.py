@@ -1,69 +1,97 @@
-"""Stage 4c: the answer-only prompt/completion DatasetDict (train, valid, test) for stages 5 and 6.
+r"""Stage 4c: the answer-only prompt/completion DatasetDict (train, valid, test) for stages 5 and 6.
 
-    python preprocess_hidden.py --data_path data/Movies/verl/max@10-long@True --tokenizer ckpt/GRPO_Movies_step100
+    python preprocess_hidden.py --data_path data/Movies/verl/max@10-long@True --model ckpt/GRPO_Movies_step100
 
 Each prompt is the chat-templated parquet prompt + an empty think block + `<answer>`; each
 completion is what the GRPO teacher writes after `<answer>`, e.g. "4.0</answer>". Writes a
-`datasets` DatasetDict (save_to_disk) with manifest.json to data/{category}/hidden/max@{N}-long@{bool},
-the folder named after the parquet directory, unless --out_dir says otherwise. Takes seconds; no model weights are loaded.
+`datasets` DatasetDict (save_to_disk) and manifest.json to --output_dir (default
+data/{category}/hidden/max@{N}-long@{bool}, named after the parquet folder); the manifest records
+the --model folder's identity, which stages 5 and 6 compare with theirs. --overwrite replaces the
+DatasetDict's own entries and the manifest, nothing else in the folder. Takes seconds; no model
+weights are loaded. The authors' form, `--category Movies --max_history 10`, finds the parquet
+folder stage 2 wrote (data/{category}/verl/max@{N}-long@{bool}).
 """
+
+from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from siren.cli import run_main
+from siren import SirenError, cli
+from siren.cli import nonnegative_int, run_main, str2bool
+
+# Stage 2's defaults, used to find its folder from --category alone.
+STAGE2_MAX_HISTORY, STAGE2_USE_LONG_HISTORY = 10, True
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_path", required=True, help="verl parquet directory (max@N-long@bool) with train/val/test.parquet")
-    parser.add_argument("--tokenizer", required=True, help="model directory whose tokenizer and chat template build the prompts")
-    parser.add_argument("--out_dir", default=None, help="output directory (default: data/{category}/hidden/<parquet dir name>)")
-    parser.add_argument("--category", default=None, help="category for the default --out_dir (default: from the rows' data_source)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N rows of each split (default: all)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = cli.stage_parser(__doc__)
+    cli.add_data_path(parser, "stage 2's verl parquet folder (max@N-long@bool) with train/val/test.parquet; "
+                              "unset: found from --category, --max_history and --use_long_history", required=False)
+    cli.add_model(parser, "model folder whose tokenizer and chat template build the prompts (no weights are read)",
+                  aliases=("--tokenizer",))
+    cli.add_output_dir(parser, "output folder; unset: data/{category}/hidden/<parquet folder name>")
+    cli.add_category(parser, default=None, help="category: names the default --output_dir (unset: from the rows' "
+                                                "data_source) and, without --data_path, the parquet folder")
+    parser.add_argument("--max_history", type=nonnegative_int, default=None,
+                        help=f"without --data_path: the N of data/{{category}}/verl/max@N-long@...; unset: {STAGE2_MAX_HISTORY}")
+    parser.add_argument("--use_long_history", type=str2bool, default=None,
+                        help=f"without --data_path: the long@ part of the parquet folder; unset: {STAGE2_USE_LONG_HISTORY}")
+    cli.add_limit(parser, help="only the first N rows of each split (unset: all)")
+    cli.add_overwrite(parser, help="replace this stage's DatasetDict entries and manifest.json in --output_dir")
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
+def resolve_data_path(args: argparse.Namespace) -> Path:
+    """--data_path, or stage 2's folder for --category/--max_history/--use_long_history."""
+    from siren.verl_data import default_verl_dir, parse_verl_dir_name
+
+    if args.data_path is None:
+        if args.category is None:
+            raise SirenError("give --data_path (stage 2's parquet folder) or --category (with --max_history and "
+                             "--use_long_history) to find it")
+        max_history = STAGE2_MAX_HISTORY if args.max_history is None else args.max_history
+        long_history = STAGE2_USE_LONG_HISTORY if args.use_long_history is None else args.use_long_history
+        return default_verl_dir(args.category, max_history, long_history)
+    named = parse_verl_dir_name(Path(args.data_path).resolve().name)
+    given = {"--max_history": args.max_history, "--use_long_history": args.use_long_history}
+    for position, (flag, value) in enumerate(given.items()):
+        if value is not None and named is not None and named[position] != value:
+            raise SirenError(f"{flag} {value} disagrees with --data_path {args.data_path} (made with {flag} "
+                             f"{named[position]}); give one or the other")
+    return Path(args.data_path)
+
+
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from pathlib import Path
+    data_path = resolve_data_path(args)
 
-    from datasets import Dataset, DatasetDict
-
-    from siren import SirenError
-    from siren.ao_data import answer_only_records, default_hidden_dir
-    from siren.io import RunTimer, atomic_path, check_outputs_free, write_manifest
-    from siren.modeling import tokenizer_record
-    from siren.tokenization import count_tokens, load_tokenizer
-    from siren.verl_data import PARQUET_SPLITS, category_of, load_split_rows, parquet_path
+    from siren.ao_data import AO_OUTPUT_NAMES, build_ao_dataset, default_hidden_dir, read_parquet_splits
+    from siren.io import RunTimer, atomic_outputs, check_outputs_free, write_manifest
+    from siren.modeling import MANIFEST_MODEL_KEY, model_record, tokenizer_record
+    from siren.tokenization import load_tokenizer
+    from siren.verl_data import PARQUET_SPLITS, category_of, parquet_path
 
     timer = RunTimer()
-    if args.limit is not None and args.limit < 1:
-        raise SirenError(f"--limit must be at least 1, got {args.limit}")
-    rows = {name: load_split_rows(args.data_path, stem, args.limit) for name, stem in PARQUET_SPLITS.items()}
-    category = category_of([r for split_rows in rows.values() for r in split_rows], args.category)
-    out_dir = Path(args.out_dir) if args.out_dir else default_hidden_dir(args.data_path, category)
-    check_outputs_free([out_dir], args.overwrite)
-    tokenizer = load_tokenizer(args.tokenizer)
+    rows = read_parquet_splits(data_path, args.limit)
+    category = category_of([row for split_rows in rows.values() for row in split_rows], args.category)
+    out_dir = Path(args.output_dir) if args.output_dir else default_hidden_dir(data_path, category)
+    check_outputs_free([out_dir / name for name in AO_OUTPUT_NAMES], args.overwrite)  # before the tokenizer loads
+    tokenizer = load_tokenizer(args.model)
+    dataset, counts, prompt_tokens = build_ao_dataset(tokenizer, rows)
 
-    columns = {name: answer_only_records(tokenizer, split_rows) for name, split_rows in rows.items()}
-    dataset = DatasetDict({name: Dataset.from_dict(cols) for name, cols in columns.items()})
-    prompt_tokens = {name: count_tokens(tokenizer, cols["prompt"]) for name, cols in columns.items()}
-    counts = {name: len(cols["prompt"]) for name, cols in columns.items()}
-    token_stats = {
-        name: {"mean": round(sum(t) / len(t), 1), "max": max(t)} for name, t in prompt_tokens.items()
-    }
-    inputs = [parquet_path(args.data_path, stem) for stem in PARQUET_SPLITS.values()]
-    with atomic_path(out_dir) as tmp:
-        dataset.save_to_disk(str(tmp))
-        write_manifest(tmp, script="preprocess_hidden.py", args=args, inputs=inputs, outputs=[out_dir],
-                       counts=counts, seconds=timer.seconds,
-                       extra={"category": category, "tokenizer": tokenizer_record(tokenizer, args.tokenizer),
-                              "prompt_tokens": token_stats})
-    print(f"read {', '.join(f'{n} {name}' for name, n in counts.items())} rows from {args.data_path}")
+    with atomic_outputs(out_dir, AO_OUTPUT_NAMES, overwrite=args.overwrite) as staged:
+        dataset.save_to_disk(str(staged.dir))
+        write_manifest(staged.dir, script="preprocess_hidden.py", args={**vars(args), "data_path": str(data_path)},
+                       inputs=[parquet_path(data_path, stem) for stem in PARQUET_SPLITS.values()],
+                       outputs=[staged.final_path(name) for name in AO_OUTPUT_NAMES[:-1]], counts=counts,
+                       seconds=timer.seconds,
+                       extra={"category": category, MANIFEST_MODEL_KEY: model_record(args.model),
+                              "tokenizer": tokenizer_record(tokenizer, args.model), "prompt_tokens": prompt_tokens})
+    print(f"read {', '.join(f'{n} {split}' for split, n in counts.items())} rows from {data_path}")
     print(f"wrote the answer-only DatasetDict to {out_dir} (prompt tokens, mean: "
-          + ", ".join(f"{name} {s['mean']}" for name, s in token_stats.items()) + f") in {timer.seconds:.1f}s")
+          + ", ".join(f"{split} {s['mean']}" for split, s in prompt_tokens.items()) + f") in {timer.seconds:.1f}s")
 
 
 if __name__ == "__main__":

@@ -93,20 +93,20 @@ step "stage 4b: teacher hidden states at <answer> (correct rows only)"
     --thinking_path "$RUN/cot_train" --output_dir "$RUN/hidden" --only_correct
 
 step "stage 4c: answer-only prompt/completion dataset"
-"$PY" preprocess_hidden.py --data_path "$VERL" --tokenizer "$GRPO" --out_dir "$RUN/ao_data"
+"$PY" preprocess_hidden.py --data_path "$VERL" --model "$GRPO" --output_dir "$RUN/ao_data"
 
 step "stage 6 (before alignment): answer-only decoding of the GRPO model"
-"$PY" inference_ao_ddp.py --model "$GRPO" --data_path "$RUN/ao_data" --split test --out_dir "$RUN/ao_before"
+"$PY" inference_ao_ddp.py --model "$GRPO" --data_path "$RUN/ao_data" --split test --output_dir "$RUN/ao_before"
 
 step "stage 5: hidden-state alignment (LoRA on K/V, cosine, kd_ratio 1.0)"
-"$PY" train_hidden_mask.py --model "$GRPO" --instruction_path "$RUN/ao_data" \
+"$PY" train_hidden_mask.py --model "$GRPO" --data_path "$RUN/ao_data" \
     --teacher_hidden_path "$RUN/hidden" --teacher_mask_path "$RUN/cot_train/mask.pt" \
     --output_dir "$RUN/ckpt/AO_${CATEGORY}_HA" --training_ratio 1.0 --max_steps 20 --warmup_steps 2 \
-    --eval_steps 10 --save_steps 10 --max_eval_samples 32
+    --eval_steps 10 --save_steps 10 --eval_limit 32
 
 step "stage 6 (after alignment): answer-only decoding of the aligned model"
 "$PY" inference_ao_ddp.py --model "$RUN/ckpt/AO_${CATEGORY}_HA/merged" --data_path "$RUN/ao_data" \
-    --split test --out_dir "$RUN/ao_after"
+    --split test --output_dir "$RUN/ao_after"
 
 step "baselines (cornac), fitted on the slice's train split, scored on the same test rows"
 "$PY" scripts/baselines.py --category "$CATEGORY" --data_root "$SLICE" --output_dir "$RUN/baselines"

@@ -15,14 +15,25 @@ the rating digit, so the aligned position and answer-only decoding read the same
 Teacher rows are looked up by the dataset row index that travels with each example through the
 collator, never by position in the batch, so shuffling and multi-process sharding cannot pair a
 row with another row's teacher.
+
+The stage's settings are two dataclasses parsed together by `HfArgumentParser`:
+`AlignmentArguments` (inputs, loss, LoRA, row selection) and `training_config_class()`, TRL's
+`SFTConfig` with every `TrainingArguments` field, of which stage 5 fixes a few (`--output_dir` is the
+run folder; the trainer's checkpoints go to `<output_dir>/checkpoints`). `load_alignment_inputs`,
+`prepare_checkpoints` and `train_alignment` are the stage's work; `save_adapter` and `save_merged`
+write its model folders.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from siren import SirenError
 
@@ -50,6 +61,230 @@ PEFT_FAMILIES = {
 ROW_INDEX = "row_index"      # dataset row (4c `index`, = parquet extra_info.index) carried through the collator
 RATING_LABEL = "rating_label"  # the float label, for the eval rating metrics
 IGNORE_INDEX = -100
+
+# Eval metrics that can pick the checkpoint kept at the end (`--metric_for_best_model`); only
+# rating_acc is better when greater.
+BEST_METRICS = ("rating_rmse", "rating_mae", "rating_acc", "loss")
+
+# What stage 5 writes into its run folder (--output_dir), all together or none; the trainer's
+# checkpoints go to CHECKPOINTS_DIR inside it, with the settings of the run that made them.
+RUN_OUTPUTS = ("adapter", "merged", "train_log.jsonl", "manifest.json")
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_SETTINGS_NAME = "run_settings.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings: the stage's dataclass and the training config (SFTConfig) it is parsed with
+
+
+@dataclass
+class AlignmentArguments:
+    """Stage 5's own settings. The training settings are the `SFTConfig` / `TrainingArguments` fields."""
+
+    model: str = field(metadata={"help": "the GRPO model folder to align (weights + tokenizer)",
+                                 "aliases": ["--model_path"]})
+    data_path: str = field(metadata={"help": "stage 4c's answer-only DatasetDict (train and valid splits)",
+                                     "aliases": ["--instruction_path"]})
+    teacher_hidden_path: str = field(metadata={
+        "help": "stage 4b's teacher_hidden.npy, or the folder holding it (with teacher_index.npy and manifest.json)"})
+    teacher_mask_path: str = field(metadata={"help": "stage 4a's mask.pt (a bool per train row: the teacher was right)"})
+    teacher_index_path: str | None = field(default=None, metadata={
+        "help": "teacher_index.npy; unset: next to teacher_hidden.npy (without one, teacher rows = train rows)"})
+    kd_ratio: float = field(default=1.0, metadata={
+        "help": "loss = kd_ratio * align + (1 - kd_ratio) * completion CE; 1.0 = pure alignment, the paper's HA"})
+    loss_type: str = field(default="cosine", metadata={"help": "per-layer alignment distance", "choices": list(LOSS_TYPES)})
+    peft: str = field(default="KV", metadata={
+        "help": "which linear layers get LoRA adapters, mapped to this model's module names", "choices": list(PEFT_FAMILIES)})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    training_ratio: float = field(default=0.1, metadata={"help": "fraction of the masked-in training rows to train on"})
+    dataset_seed: int = field(default=42, metadata={"help": "seed of the --training_ratio subset"})
+    max_length: int = field(default=2048, metadata={
+        "help": "rows with more prompt + completion tokens are dropped and counted, never truncated"})
+    eval_limit: int | None = field(default=None, metadata={
+        "help": "evaluate on the first N valid rows (unset: all)", "aliases": ["--max_eval_samples"]})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace finished outputs in --output_dir and clear checkpoints of another run"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.kd_ratio <= 1.0:
+            raise SirenError(f"--kd_ratio must be in [0, 1], got {self.kd_ratio}")
+        if not 0.0 < self.training_ratio <= 1.0:
+            raise SirenError(f"--training_ratio must be in (0, 1], got {self.training_ratio}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise SirenError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        for name in ("lora_r", "lora_alpha", "max_length", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SirenError(f"--{name} must be at least 1, got {value}")
+
+
+# Stage 5's defaults for library fields, given to hf_parser. TRL's own differ: learning_rate 2e-5,
+# gradient_checkpointing True, bf16 True.
+TRAINING_DEFAULTS = dict(
+    learning_rate=1e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=100, weight_decay=0.05,
+    per_device_train_batch_size=4, per_device_eval_batch_size=4, num_train_epochs=3, gradient_checkpointing=False,
+    eval_strategy="steps", eval_steps=50, save_strategy="steps", save_steps=50, save_total_limit=2,
+    load_best_model_at_end=True, metric_for_best_model="rating_rmse", logging_steps=10, report_to="none", seed=42,
+)
+
+_RUN_DIR_HELP = ("the run folder: adapter/, merged/, train_log.jsonl and manifest.json, and the trainer's checkpoints "
+                 "in <output_dir>/checkpoints; unset: ckpt/AO_<model>_<peft>-<loss_type>-kd<kd_ratio>")
+_TRAINING_CONFIG_CLASS = None
+
+
+def training_config_class():
+    """`AlignmentTrainingConfig`: TRL's SFTConfig as stage 5 uses it (defined on first use, so that
+    importing this module does not import trl).
+
+    Fields stage 5 fixes are off the command line (`init=False`): SFTTrainer's own `loss_type` and
+    `max_length` (stage 5 has its own of both names), `dataset_kwargs` (the rows come tokenized) and
+    `remove_unused_columns` (row_index and rating_label must reach the collator). Resolved when
+    left unset: `bf16` (when the GPU supports it), `greater_is_better` (from the metric),
+    `use_cpu` (without CUDA, so that gloo processes join). `run_dir` keeps --output_dir as given
+    (None when unset) until `resolve_run_dir` places the checkpoints inside it.
+    """
+    global _TRAINING_CONFIG_CLASS
+    if _TRAINING_CONFIG_CLASS is not None:
+        return _TRAINING_CONFIG_CLASS
+    from trl import SFTConfig
+
+    @dataclass
+    class AlignmentTrainingConfig(SFTConfig):
+        output_dir: str | None = field(default=None, metadata={"help": _RUN_DIR_HELP})
+        bf16: bool | None = field(default=None, metadata={
+            "help": "bf16 weights and autocast; unset: when the GPU supports it (float32 on a CPU)"})
+        metric_for_best_model: str | None = field(default="rating_rmse", metadata={
+            "help": "eval metric that picks the checkpoint loaded at the end: rating_* are the answer-only ratings "
+                    "(argmax over 1..5) on the valid split, loss its completion cross-entropy", "choices": list(BEST_METRICS)})
+        loss_type: str = field(default="nll", init=False)
+        max_length: int | None = field(default=None, init=False)
+        dataset_kwargs: dict | None = field(default_factory=lambda: {"skip_prepare_dataset": True}, init=False)
+        remove_unused_columns: bool = field(default=False, init=False)
+
+        def __post_init__(self):
+            import torch
+
+            self.run_dir = self.output_dir
+            if self.bf16 is None:
+                self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            if not torch.cuda.is_available():
+                self.use_cpu = True
+            if self.greater_is_better is None and self.metric_for_best_model is not None:
+                self.greater_is_better = self.metric_for_best_model.removeprefix("eval_") == "rating_acc"
+            steps = [str(getattr(s, "value", s)) for s in (self.eval_strategy, self.save_strategy)] == ["steps", "steps"]
+            if self.load_best_model_at_end and steps and (
+                    self.eval_steps < 1 or self.save_steps < 1 or self.save_steps % self.eval_steps):
+                raise SirenError(f"--save_steps ({self.save_steps:g}) must be a positive multiple of --eval_steps "
+                                 f"({self.eval_steps:g}): the best checkpoint is chosen at evaluations")
+            super().__post_init__()
+
+    # The trainer pickles its arguments into every checkpoint (training_args.bin): give the class the
+    # module-level name that `__getattr__` below resolves, so it unpickles anywhere.
+    AlignmentTrainingConfig.__qualname__ = "AlignmentTrainingConfig"
+    AlignmentTrainingConfig.__module__ = __name__
+    _TRAINING_CONFIG_CLASS = AlignmentTrainingConfig
+    return AlignmentTrainingConfig
+
+
+def __getattr__(name: str):
+    # `siren.alignment.AlignmentTrainingConfig`, created on first use (PEP 562), so that importing
+    # this module does not import trl.
+    if name == "AlignmentTrainingConfig":
+        return training_config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def default_run_dir(stage: AlignmentArguments) -> Path:
+    """ckpt/AO_<model>_<peft>-<loss_type>-kd<kd_ratio>: the path says what made the run."""
+    from siren.modeling import model_label
+
+    return Path("ckpt") / f"AO_{model_label(stage.model)}_{stage.peft}-{stage.loss_type}-kd{stage.kd_ratio:g}"
+
+
+def resolve_run_dir(stage: AlignmentArguments, config) -> Path:
+    """The run folder (--output_dir, or the default); the trainer's checkpoints go inside it."""
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(stage)
+    config.run_dir = str(run_dir)
+    config.output_dir = str(run_dir / CHECKPOINTS_DIR)
+    return run_dir
+
+
+# Settings that do not change what the checkpoints hold, or differ between the processes of one
+# run (local_rank) or between spellings of one folder (output_dir: the folder being checked).
+_NOT_CHECKPOINT_SETTINGS = frozenset({
+    "overwrite", "output_dir", "local_rank", "report_to", "run_name", "project", "logging_steps",
+    "logging_strategy", "logging_first_step", "logging_nan_inf_filter", "log_level", "log_level_replica",
+    "disable_tqdm", "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+    "save_total_limit", "hub_token",
+})
+
+
+def run_settings(stage: AlignmentArguments, config) -> dict:
+    """The settings that decide a run's checkpoints, as JSON values (recorded next to them)."""
+    settings = {"alignment": asdict(stage), "training": config.to_dict()}
+    settings = json.loads(json.dumps(settings, default=str))
+    return {part: {k: v for k, v in values.items() if k not in _NOT_CHECKPOINT_SETTINGS}
+            for part, values in settings.items()}
+
+
+def check_checkpoint_dir(folder: str | os.PathLike, settings: dict, overwrite: bool) -> bool:
+    """May this run use `folder` for its checkpoints? True if it holds old ones to clear first.
+
+    Training always starts from step 0, so old checkpoints are never resumed; but until they are
+    cleared, `load_best_model_at_end` and the `save_total_limit` rotation see them next to the new
+    ones. Those of a run with the same settings are cleared (this run makes them again); those of a
+    run with other or unrecorded settings (a killed run, an older version) are refused, in one line
+    naming what differs, unless --overwrite.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return False
+    if not folder.is_dir():
+        raise SirenError(f"{folder} is a file; stage 5 keeps its checkpoints in that folder")
+    if not any(folder.iterdir()):
+        return False
+    if overwrite:
+        return True
+    record = folder / CHECKPOINT_SETTINGS_NAME
+    if not record.is_file():
+        raise SirenError(f"{folder} holds checkpoints of an earlier run whose settings are not recorded; "
+                         "pass --overwrite to clear them, or choose another --output_dir")
+    from siren.io import read_json
+
+    saved = read_json(record)
+    saved = saved if isinstance(saved, dict) else {}
+    differing = []
+    for part in ("alignment", "training"):
+        old, new = saved.get(part, {}), settings.get(part, {})
+        differing += [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if differing:
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differing[:3])
+        more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
+        raise SirenError(f"{folder} holds checkpoints of a run with other settings ({detail}{more}); "
+                         "pass --overwrite to clear them, or choose another --output_dir")
+    return True
+
+
+def prepare_checkpoints(stage: AlignmentArguments, config) -> str | None:
+    """Check the checkpoint folder on every process, then on the main one clear old checkpoints and
+    record this run's settings there. Returns a note to print when old checkpoints were cleared."""
+    from accelerate import PartialState
+
+    from siren.io import atomic_write_json
+
+    folder = Path(config.output_dir)
+    settings = run_settings(stage, config)
+    clear = check_checkpoint_dir(folder, settings, stage.overwrite)  # every process decides alike
+    state = PartialState()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if clear:
+            shutil.rmtree(folder)
+        atomic_write_json(folder / CHECKPOINT_SETTINGS_NAME, settings)
+    state.wait_for_everyone()
+    return f"note: cleared the checkpoints of an earlier run in {folder}" if clear else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,6 +578,12 @@ def build_trainer_class():
                 teacher = self.teacher.lookup(row_index.tolist()).to(student.device)
                 align = alignment_loss(student, teacher, self.loss_type)
                 loss = mix_losses(align, lm, self.kd_ratio)
+                # Gathered, so that every process sees a NaN on any of them and all stop together.
+                finite = self.accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float())
+                if not bool(finite.all()):
+                    raise SirenError(f"the training loss is not finite (NaN or infinite) at step "
+                                     f"{self.state.global_step + 1}; stopped, nothing written (lower --learning_rate, "
+                                     "or check the inputs)")
                 # gather, not gather_for_metrics: the latter trims "duplicate" rows at the end of an epoch.
                 cosines = self.accelerator.gather(per_layer_cosine(student, teacher)[None]).mean(0)
                 self._metrics[mode]["align_loss"].append(self.accelerator.gather(align.detach()[None]).mean().item())
@@ -369,3 +610,146 @@ def build_trainer_class():
             super().log(logs, start_time)
 
     return HiddenAlignmentTrainer
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage's work: inputs, training, the model folders it writes
+
+
+@dataclass
+class AlignmentInputs:
+    """Everything stage 5 trains on, checked: tokenized rows, teacher states, counts for the manifest."""
+
+    model_config: Any
+    tokenizer: Any
+    rating_ids: dict[int, int]
+    train_dataset: Any
+    eval_dataset: Any
+    teacher: Any
+    counts: dict
+    notes: list[str]
+
+
+def load_alignment_inputs(stage: AlignmentArguments, base: dict) -> AlignmentInputs:
+    """Read and check stage 5's inputs, cheapest first; `base` is `model_record(stage.model)`.
+
+    Refused in one line: a --model without config.json or single-token ratings; 4c prompts built
+    with another tokenizer or 4b states extracted with another model (their manifests); a mask or
+    teacher file that does not fit (siren.cot.load_mask, TeacherStates); non-finite teacher states
+    in the selected rows; no row that fits --max_length. Missing upstream manifests are notes.
+    """
+    from transformers import AutoConfig
+
+    from siren.ao_data import load_ao_dataset
+    from siren.cot import load_mask
+    from siren.hidden import TeacherStates
+    from siren.modeling import check_upstream_model
+    from siren.tokenization import load_tokenizer, rating_token_ids
+
+    if not (Path(stage.model) / "config.json").is_file():
+        raise SirenError(f"--model {stage.model} holds no model (no config.json)")
+    model_config = AutoConfig.from_pretrained(stage.model)
+    tokenizer = load_tokenizer(stage.model, padding_side="right")
+    ratings = rating_token_ids(tokenizer)
+    notes = [check_upstream_model(stage.data_path, base, parts=("tokenizer",), made_by="preprocess_hidden.py",
+                                  what=f"the answer-only prompts in {stage.data_path} were built with the tokenizer of")]
+    dataset_dict = load_ao_dataset(stage.data_path)
+    n_train = len(dataset_dict["train"])
+    mask = load_mask(stage.teacher_mask_path, n_train)
+    teacher = TeacherStates(stage.teacher_hidden_path, stage.teacher_index_path)
+    notes.append(check_upstream_model(teacher.path.parent, base, made_by="extract_last_hidden_ddp.py",
+                                      what=f"the teacher states in {teacher.path.parent} were extracted with"))
+    teacher.check_against(n_layers=model_config.num_hidden_layers, hidden_size=model_config.hidden_size,
+                          n_dataset_rows=n_train)
+    selected = select_training_rows(mask, teacher, stage.training_ratio, stage.dataset_seed)
+    teacher.check_finite(selected)
+
+    train, dropped_train = tokenize_ao_split(dataset_dict["train"].select(selected), tokenizer, stage.max_length,
+                                             desc="tokenizing train", rating_ids=ratings)
+    valid = dataset_dict["valid"]
+    if stage.eval_limit is not None:
+        valid = valid.select(range(min(stage.eval_limit, len(valid))))
+    evaluation, dropped_eval = tokenize_ao_split(valid, tokenizer, stage.max_length, desc="tokenizing valid",
+                                                 rating_ids=ratings)
+    if len(train) == 0 or len(evaluation) == 0:
+        raise SirenError(f"no rows fit --max_length {stage.max_length} (train {len(train)}, valid {len(evaluation)})")
+    counts = {
+        "train_rows": n_train, "masked_in_rows": int(mask.sum()), "selected_rows": len(selected),
+        "trained_rows": len(train), "dropped_too_long_train": dropped_train, "eval_rows": len(evaluation),
+        "dropped_too_long_eval": dropped_eval, "teacher_rows": teacher.n_rows,
+    }
+    return AlignmentInputs(model_config, tokenizer, ratings, train, evaluation, teacher, counts,
+                           [note for note in notes if note])
+
+
+@dataclass
+class AlignmentRun:
+    """What `train_alignment` gives back for the stage to write."""
+
+    model: Any  # the trained PeftModel, unwrapped from accelerate/DeepSpeed
+    lora_target_modules: list[str]
+    best_eval: dict
+    best_checkpoint: str | None
+    log_history: list[dict]
+    optimizer_steps: int
+    accelerator: Any
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def check_finite_weights(model) -> None:
+    """Refuse (one line) trained weights that are NaN or infinite, before anything is saved."""
+    import torch
+
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and not bool(torch.isfinite(parameter.detach()).all()):
+            raise SirenError(f"training left non-finite values in {name}; nothing was written "
+                             "(lower --learning_rate, or check the teacher states)")
+
+
+def train_alignment(stage: AlignmentArguments, config, inputs: AlignmentInputs) -> AlignmentRun:
+    """LoRA on --peft's modules of --model, trained by the HiddenAlignmentTrainer with `config`; then
+    the best checkpoint is evaluated once more and the trained weights are checked for NaN/inf (on
+    every process, so all stop together)."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(stage.model, dtype=torch.bfloat16 if config.bf16 else torch.float32)
+    targets = lora_target_modules(model, stage.peft)
+    peft_config = LoraConfig(r=stage.lora_r, lora_alpha=stage.lora_alpha, lora_dropout=stage.lora_dropout,
+                             target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    trainer = build_trainer_class()(
+        model=model, args=config, train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
+        processing_class=inputs.tokenizer, data_collator=RowIndexCollator(pad_token_id=inputs.tokenizer.pad_token_id),
+        peft_config=peft_config, teacher=inputs.teacher, kd_ratio=stage.kd_ratio, loss_type=stage.loss_type,
+        rating_token_ids=inputs.rating_ids,
+    )
+    trainer.train()
+    best_eval = trainer.evaluate()
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    check_finite_weights(trained)
+    return AlignmentRun(trained, targets, best_eval, trainer.state.best_model_checkpoint,
+                        list(trainer.state.log_history), trainer.state.global_step, trainer.accelerator)
+
+
+def save_adapter(peft_model, folder: str | os.PathLike, base_record: dict) -> None:
+    """The LoRA adapter (PEFT format) and base_model.json (`siren.modeling.adapter_base_record`)."""
+    from siren.io import atomic_write_json
+    from siren.modeling import ADAPTER_BASE_NAME
+
+    peft_model.save_pretrained(str(folder))
+    atomic_write_json(Path(folder) / ADAPTER_BASE_NAME, base_record)
+
+
+def save_merged(peft_model, folder: str | os.PathLike, base_path: str | os.PathLike) -> None:
+    """The base with the adapter merged in, plus the base's tokenizer files copied byte for byte (so
+    its tokenizer record equals the base's). Merging changes `peft_model`: save the adapter first."""
+    from siren.modeling import copy_tokenizer_files
+
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(str(folder))
+    if not copy_tokenizer_files(base_path, folder):
+        raise SirenError(f"{base_path} holds no tokenizer files to copy into {folder}")

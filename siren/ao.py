@@ -7,21 +7,34 @@ Two decodings of that one next-token distribution:
                is not a rating 1-5 is invalid and counted.
 Both also give the expected rating sum_r p(r) * r, with p the next-token distribution renormalised
 over the five rating tokens.
+
+`next_token_logits` is the one forward pass (the eager engine); `predict` runs it over a process's
+rows in batches and times it, `gather_predictions` brings the processes' rows back in dataset
+order, `ao_metrics` scores them.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from siren import SirenError
 from siren.answer import RATING_MAX, RATING_MIN, parse_rating
+from siren.modeling import model_label
 
 if TYPE_CHECKING:
     import torch
 
 DECODES = ("constrained", "greedy")
+
+# How far a row's rating probabilities (and expected rating) may move when it is batched with other
+# rows: a batch is left-padded to its longest prompt, and the padded width changes the order of
+# the floating-point sums in attention. Measured: up to 4.8e-7 between 1 and 2 processes (float32,
+# CPU); the decoded ratings are the same. docs/pipeline.md states it, the tests assert it.
+BATCHING_TOLERANCE = 1e-5
 
 
 def parse_greedy_token(text: str) -> float | None:
@@ -36,22 +49,42 @@ def parse_greedy_token(text: str) -> float | None:
 # Model
 
 
-def check_adapter_matches(base_model, adapter_dir: str | os.PathLike) -> None:
-    """Refuse an adapter trained on another base: recorded fingerprint and every LoRA weight's shape."""
-    from safetensors import safe_open
-
-    from siren.modeling import base_fingerprint
+def check_adapter_base(adapter_dir: str | os.PathLike, model_path: str | os.PathLike) -> str | None:
+    """Refuse an adapter whose recorded base (adapter/base_model.json, written by stage 5) is another
+    model than `model_path`: other architecture, or same shapes but other weights (the weights digest).
+    Returns a note when the record cannot say (no file, or an older one without the digest)."""
+    from siren.io import read_json
+    from siren.modeling import ADAPTER_BASE_NAME, MANIFEST_MODEL_KEY, check_same_model, model_record
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise SirenError(f"{adapter_dir} is not a LoRA adapter (no adapter_config.json)")
-    fingerprint_path = adapter_dir / "base_model.json"
+    record_path = adapter_dir / ADAPTER_BASE_NAME
+    recorded = read_json(record_path) if record_path.is_file() else None
+    base = recorded.get(MANIFEST_MODEL_KEY) if isinstance(recorded, dict) else None
+    if not isinstance(base, dict) or not base.get("weights_digest"):
+        return (f"note: adapter {adapter_dir} does not record its base's weights (an older train_hidden_mask.py?); "
+                "the base is checked by its shapes only")
+    check_same_model(base, model_record(model_path), what=f"adapter {adapter_dir} was trained on", parts=("weights_digest",))
+    return None
+
+
+def check_adapter_matches(base_model, adapter_dir: str | os.PathLike) -> None:
+    """Refuse an adapter trained on another base: recorded fingerprint and every LoRA weight's shape."""
+    from safetensors import safe_open
+
+    from siren.modeling import ADAPTER_BASE_NAME, base_fingerprint
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise SirenError(f"{adapter_dir} is not a LoRA adapter (no adapter_config.json)")
+    fingerprint_path = adapter_dir / ADAPTER_BASE_NAME
     if fingerprint_path.is_file():
         from siren.io import read_json
 
         recorded = read_json(fingerprint_path)
         actual = base_fingerprint(base_model.config)
-        differing = [k for k in recorded if recorded[k] != actual.get(k)]
+        differing = [k for k in actual if k in recorded and recorded[k] != actual[k]]
         if differing:
             key = differing[0]
             raise SirenError(
@@ -81,6 +114,19 @@ def check_adapter_matches(base_model, adapter_dir: str | os.PathLike) -> None:
                 )
 
 
+def check_prompt_tokenizer(data_path: str | os.PathLike, model_path: str | os.PathLike) -> str | None:
+    """A stage-4c DatasetDict holds prompts rendered by a tokenizer: refuse one built with another
+    tokenizer than `model_path`'s (4c's manifest). A parquet folder's prompts are rendered here, by
+    `model_path`'s own tokenizer. Returns a note when 4c's manifest cannot say."""
+    from siren.ao_data import is_ao_dataset
+    from siren.modeling import check_upstream_model, model_record
+
+    if not is_ao_dataset(data_path):
+        return None
+    return check_upstream_model(data_path, model_record(model_path), parts=("tokenizer",), made_by="preprocess_hidden.py",
+                                what=f"the answer-only prompts in {data_path} were built with the tokenizer of")
+
+
 def load_ao_model(model_path: str | os.PathLike, adapter_path: str | os.PathLike | None, dtype: torch.dtype, device):
     """A causal LM ready for AO inference: a merged model, or a base with a LoRA adapter merged in."""
     from siren.modeling import load_causal_lm
@@ -97,8 +143,9 @@ def load_ao_model(model_path: str | os.PathLike, adapter_path: str | os.PathLike
 def next_token_logits(model, tokenizer, prompts: list[str], device) -> torch.Tensor:
     """Logits `[B, V]` of the token after each prompt (float32), one forward pass, left padding.
 
-    Position ids are counted from each row's first real token, so a row gives the same logits
-    whatever it is batched with (the multi-process test relies on it).
+    The stage's one forward pass (the eager engine; `predict` takes another as `forward`). Position
+    ids are counted from each row's first real token, so a row sees the same positions whatever it
+    is batched with; its probabilities then agree to within BATCHING_TOLERANCE.
     """
     import torch
 
@@ -110,16 +157,6 @@ def next_token_logits(model, tokenizer, prompts: list[str], device) -> torch.Ten
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                         use_cache=False, logits_to_keep=1)
     return outputs.logits[:, -1, :].float()
-
-
-def model_label(model_path: str | os.PathLike, adapter_path: str | os.PathLike | None = None) -> str:
-    """A short name for a model directory; `<run>/merged` is named after `<run>`."""
-    def name_of(path) -> str:
-        path = Path(path).resolve()
-        return path.parent.name if path.name in ("merged", "adapter") else path.name
-
-    label = name_of(model_path)
-    return f"{label}+{name_of(adapter_path)}" if adapter_path else label
 
 
 def default_out_dir(model_path, adapter_path, split: str, decode: str) -> Path:
@@ -134,4 +171,113 @@ def prediction_metrics(predictions, expected, labels, invalid_fill: float | None
     return {
         "ao": rating_metrics(predictions, labels, invalid_fill=invalid_fill),
         "ao_expected": rating_metrics(expected, labels),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Batched inference over a process's rows
+
+
+def predict(model, tokenizer, rows: Sequence[dict], positions: Sequence[int], *, batch_size: int, decode: str,
+            device, forward: Callable | None = None, show_progress: bool = True) -> tuple[list[dict], float]:
+    """Decode `rows[p]` for p in `positions` (this process's share), `batch_size` rows per forward pass.
+
+    `forward(model, tokenizer, prompts, device) -> [B, V] logits` is the engine (default
+    `next_token_logits`, eager). One warm-up batch runs first (kernel selection, allocator) and is
+    recomputed in the timed loop. Returns (one result per row with its `position` and `seconds`, the
+    batch time shared by its rows; the timed loop's wall seconds).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from siren.modeling import constrained_ratings, expected_ratings, rating_probabilities
+    from siren.tokenization import rating_token_ids
+
+    if decode not in DECODES:
+        raise SirenError(f"unknown decode {decode!r}; expected one of {', '.join(DECODES)}")
+    forward = forward or next_token_logits
+    ratings = rating_token_ids(tokenizer)
+    scale = sorted(ratings)
+    batches = [list(positions[i:i + batch_size]) for i in range(0, len(positions), batch_size)]
+
+    def run_batch(batch: list[int]) -> list[dict]:
+        logits = forward(model, tokenizer, [rows[p]["prompt"] for p in batch], device)
+        probs = rating_probabilities(logits, ratings)
+        expected = expected_ratings(probs, scale).tolist()
+        if decode == "constrained":
+            predictions, texts = constrained_ratings(probs, scale).tolist(), [None] * len(batch)
+        else:
+            texts = tokenizer.batch_decode(logits.argmax(-1)[:, None], skip_special_tokens=False)
+            predictions = [parse_greedy_token(text) for text in texts]
+        results = []
+        for p, prediction, expectation, row_probs, text in zip(batch, predictions, expected, probs.tolist(), texts,
+                                                               strict=True):
+            row = rows[p]
+            result = {
+                "position": p, "index": row["index"], "user_id": row["user_id"], "parent_asin": row["parent_asin"],
+                "label": row["label"], "prediction": prediction, "expected_rating": expectation,
+                "probs": {str(r): prob for r, prob in zip(scale, row_probs, strict=True)}, "valid": prediction is not None,
+            }
+            if decode == "greedy":
+                result["generated_text"] = text
+            results.append(result)
+        return results
+
+    def synchronize() -> None:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if batches:
+        run_batch(batches[0])
+    synchronize()
+    start = time.perf_counter()
+    results = []
+    for batch in tqdm(batches, desc=f"AO {decode}", disable=not show_progress):
+        batch_start = time.perf_counter()
+        batch_results = run_batch(batch)
+        synchronize()
+        for result in batch_results:
+            result["seconds"] = (time.perf_counter() - batch_start) / len(batch)
+        results.extend(batch_results)
+    return results, time.perf_counter() - start
+
+
+def gather_predictions(state, results: list[dict], seconds: float, n_rows: int) -> tuple[list[dict], list[float]] | None:
+    """Every process's results on the main process, in dataset order (None elsewhere), and each
+    process's timed seconds."""
+    from accelerate.utils import gather_object
+
+    if state.num_processes > 1:
+        results, all_seconds = gather_object(results), gather_object([seconds])
+    else:
+        all_seconds = [seconds]
+    if not state.is_main_process:
+        return None
+    results = sorted(results, key=lambda r: r.pop("position"))
+    if len(results) != n_rows:
+        raise SirenError(f"internal error: gathered {len(results)} results for {n_rows} rows")
+    return results, all_seconds
+
+
+def ao_metrics(results: list[dict], *, decode: str, invalid_fill: float | None, device: str, num_processes: int,
+               batch_size: int, dtype: str, process_seconds: list[float]) -> dict:
+    """metrics.json: the two prediction rows, the decoding and the latency (the per-row `seconds`
+    are taken out of `results`).
+
+    Latency is per process, as stage 4a reports it: ms_per_sample = batch time / batch size, timed
+    after a warm-up batch; with K processes the whole split takes about wall_seconds.
+    """
+    from siren.metrics import latency_summary
+
+    row_seconds = [r.pop("seconds") for r in results]
+    return {
+        "predictions": prediction_metrics([r["prediction"] for r in results], [r["expected_rating"] for r in results],
+                                          [r["label"] for r in results],
+                                          invalid_fill=invalid_fill if decode == "greedy" else None),
+        "decode": decode,
+        "latency": {
+            **latency_summary(row_seconds, [1] * len(results), device),
+            "num_processes": num_processes, "batch_size": batch_size, "dtype": dtype,
+            "wall_seconds": max(process_seconds),
+        },
     }

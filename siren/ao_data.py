@@ -1,5 +1,6 @@
-"""Stage 4c's answer-only (AO) data: the one place the AO prompt is assembled, the completion, and
-the DatasetDict stages 5 and 6 read (or rows built the same way straight from a verl parquet dir).
+"""Stage 4c's answer-only (AO) data: the one place the AO prompt is assembled, the completion, the
+DatasetDict stage 4c writes and stages 5 and 6 read (or rows built the same way straight from a
+verl parquet dir).
 
 AO prompt = chat-templated parquet prompt + empty think block + `<answer>`; the rating token comes
 next. The teacher context of stage 4b ends in the same tokens (`siren.prompts.ALIGNED_TAIL`).
@@ -13,13 +14,16 @@ from pathlib import Path
 
 from siren import SirenError
 from siren.answer import ANSWER_OPEN
-from siren.data import canonical_split
-from siren.io import read_json
+from siren.data import SPLITS, canonical_split
+from siren.io import MANIFEST_NAME, read_json
 from siren.prompts import answer_only_context, chat_prompt_text
-from siren.verl_data import load_split_rows, parquet_path, parse_verl_dir_name
+from siren.verl_data import PARQUET_SPLITS, load_split_rows, parquet_path, parse_verl_dir_name
 
 # Columns of every split of the 4c DatasetDict (data/README.md).
 AO_COLUMNS = ("prompt", "completion", "label", "index", "user_id", "parent_asin")
+# What stage 4c writes into its folder: the DatasetDict's own entries (save_to_disk) and the
+# manifest. `--overwrite` replaces these and nothing else.
+AO_OUTPUT_NAMES = ("dataset_dict.json", *SPLITS, MANIFEST_NAME)
 
 
 def student_text(tokenizer, row: dict) -> str:
@@ -59,12 +63,34 @@ def answer_only_records(tokenizer, rows: Sequence[dict]) -> dict[str, list]:
     return {column: [record[column] for record in records] for column in AO_COLUMNS}
 
 
+def read_parquet_splits(parquet_dir: str | os.PathLike, limit: int | None = None) -> dict[str, list[dict]]:
+    """The rows of every split of a verl parquet folder ({train, valid, test} -> rows), first `limit` each."""
+    return {split: load_split_rows(parquet_dir, stem, limit) for split, stem in PARQUET_SPLITS.items()}
+
+
+def build_ao_dataset(tokenizer, rows_by_split: dict[str, Sequence[dict]]):
+    """Stage 4c's DatasetDict from parquet rows, and per split its row count and prompt tokens
+    (mean, max): returns (dataset_dict, counts, prompt_tokens)."""
+    from datasets import Dataset, DatasetDict
+
+    from siren.tokenization import count_tokens
+
+    columns = {split: answer_only_records(tokenizer, rows) for split, rows in rows_by_split.items()}
+    dataset_dict = DatasetDict({split: Dataset.from_dict(cols) for split, cols in columns.items()})
+    counts = {split: len(cols["prompt"]) for split, cols in columns.items()}
+    prompt_tokens = {}
+    for split, cols in columns.items():
+        lengths = count_tokens(tokenizer, cols["prompt"])
+        prompt_tokens[split] = {"mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths)}
+    return dataset_dict, counts, prompt_tokens
+
+
 def default_hidden_dir(parquet_dir: str | os.PathLike, category: str) -> Path:
     """data/{category}/hidden/max@{N}-long@{bool}, named after the parquet directory."""
     name = Path(parquet_dir).resolve().name
     if parse_verl_dir_name(name) is None:
-        raise SirenError(f"cannot derive the output folder from {parquet_dir!r} (not named max@N-long@True|False); "
-                         "pass --out_dir")
+        raise SirenError(f"cannot derive the output folder from {parquet_dir} (not named max@N-long@True|False); "
+                         "pass --output_dir")
     return Path("data") / category / "hidden" / name
 
 

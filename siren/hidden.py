@@ -450,6 +450,25 @@ class TeacherStates:
     def has(self, row_index: int) -> bool:
         return int(row_index) in self._position
 
+    def check_finite(self, row_indices, chunk_bytes: int = 64 << 20) -> None:
+        """Refuse (one line) a NaN or infinite value in the states of the given dataset rows: one
+        such row makes the alignment loss NaN and the adapter NaN. Reads the rows a bounded chunk
+        at a time, in file order."""
+        import numpy as np
+
+        positions = sorted(self._position[int(r)] for r in row_indices)
+        row_bytes = max(1, self.n_layers * self.hidden_size * self.hidden.dtype.itemsize)
+        step = max(1, chunk_bytes // row_bytes)
+        for start in range(0, len(positions), step):
+            chunk = positions[start:start + step]
+            finite = np.isfinite(np.asarray(self.hidden[chunk])).reshape(len(chunk), -1).all(axis=1)
+            if not finite.all():
+                first = chunk[int(np.argmin(finite))]
+                raise SirenError(
+                    f"{self.path}: the teacher state of dataset row {int(self.row_ids[first])} holds NaN or infinite "
+                    "values; training on it would give a NaN adapter (re-extract with extract_last_hidden_ddp.py)"
+                )
+
     def lookup(self, row_indices) -> torch.Tensor:
         """Teacher states `[B, L, H]` (float32) of the given dataset rows, in that order."""
         import numpy as np

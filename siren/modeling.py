@@ -125,14 +125,61 @@ def _file_sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+# Keys `save_pretrained` adds to or changes in tokenizer_config.json that say how the tokenizer was
+# loaded, not how it splits text or renders a chat: a tokenizer saved again (stage 5's merged/ of
+# older runs) keeps its identity. Measured: transformers 5.9 adds is_local, local_files_only and
+# padding_side.
+_LOAD_TIME_TOKENIZER_KEYS = frozenset({
+    "is_local", "local_files_only", "padding_side", "truncation_side", "name_or_path", "_commit_hash",
+})
+
+
+def _tokenizer_config_sha256(path: Path) -> str | None:
+    """SHA-256 of tokenizer_config.json without its load-time keys (key order ignored)."""
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _file_sha256(path)
+    if not isinstance(config, dict):
+        return _file_sha256(path)
+    kept = {k: v for k, v in config.items() if k not in _LOAD_TIME_TOKENIZER_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 def tokenizer_files_record(model_path: str | os.PathLike) -> dict:
-    """What identifies a folder's tokenizer, from its files (no tokenizer is loaded)."""
+    """What identifies a folder's tokenizer, from its files (no tokenizer is loaded): the SHA-256 of
+    tokenizer.json and chat_template.jinja, and of tokenizer_config.json's content without the keys
+    that only say how it was loaded."""
     folder = Path(model_path)
     return {
         "tokenizer_json_sha256": _file_sha256(folder / "tokenizer.json"),
-        "tokenizer_config_sha256": _file_sha256(folder / "tokenizer_config.json"),
+        "tokenizer_config_sha256": _tokenizer_config_sha256(folder / "tokenizer_config.json"),
         "chat_template_sha256": _file_sha256(folder / "chat_template.jinja"),
     }
+
+
+# The files that make up a Hugging Face tokenizer, copied verbatim where a stage writes a model
+# folder (stage 5's merged/), so the copy has exactly the tokenizer of the original.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json", "qwen.tiktoken",
+)
+
+
+def copy_tokenizer_files(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
+    """Copy the tokenizer files of model folder `source` into `target`; returns the names copied."""
+    import shutil
+
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, Path(target) / name)
+            copied.append(name)
+    return copied
 
 
 def model_record(model_path: str | os.PathLike) -> dict:
@@ -177,6 +224,50 @@ def check_same_model(recorded: dict | None, actual: dict, *, what: str, parts=("
         else:
             detail = f"{part} differs"
         raise SirenError(f"{what} {recorded.get('path')}, not {actual.get('path')} ({detail})")
+
+
+# The key under which a stage's manifest.json holds `model_record` of its --model.
+MANIFEST_MODEL_KEY = "model"
+
+
+def check_upstream_model(folder: str | os.PathLike, actual: dict, *, what: str, made_by: str,
+                         parts=("architecture", "weights_digest")) -> str | None:
+    """Compare the model record in `folder`/manifest.json (written by `made_by`) with `actual`.
+
+    Refuses a mismatch in `parts` (one-line SirenError, see `check_same_model`). Returns a note to
+    print when there is nothing to compare (no manifest, or one without a model record: an older
+    run), else None.
+    """
+    from siren.io import read_manifest
+
+    manifest = read_manifest(folder)
+    recorded = manifest.get(MANIFEST_MODEL_KEY) if isinstance(manifest, dict) else None
+    if not isinstance(recorded, dict):
+        where = "no manifest.json" if manifest is None else "a manifest.json without a model record"
+        return f"note: {folder} has {where} (an older {made_by}?), so which model made it is not checked"
+    check_same_model(recorded, actual, what=what, parts=parts)
+    return None
+
+
+# Stage 5 writes this file into adapter/: the architecture of the base (the fingerprint keys at the
+# top level, as older runs wrote them) and, under "model", the base's model_record, whose weights
+# digest stage 6 compares with its --model.
+ADAPTER_BASE_NAME = "base_model.json"
+
+
+def adapter_base_record(model_path: str | os.PathLike, config) -> dict:
+    """base_model.json's content for an adapter trained on the model in `model_path`."""
+    return {**base_fingerprint(config), MANIFEST_MODEL_KEY: model_record(model_path)}
+
+
+def model_label(model_path: str | os.PathLike, adapter_path: str | os.PathLike | None = None) -> str:
+    """A short name for a model folder, for default output paths; `<run>/merged` is named after `<run>`."""
+    def name_of(path) -> str:
+        path = Path(path).resolve()
+        return path.parent.name if path.name in ("merged", "adapter") else path.name
+
+    label = name_of(model_path)
+    return f"{label}+{name_of(adapter_path)}" if adapter_path else label
 
 
 def tokenizer_record(tokenizer, path: str | os.PathLike) -> dict:

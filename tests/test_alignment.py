@@ -1,5 +1,6 @@
 """siren.alignment: losses on literal tensors, the aligned position, teacher lookup, row selection,
-LoRA targets, row-index pairing under a shuffled loader, and overfitting one batch."""
+LoRA targets, row-index pairing under a shuffled loader, overfitting one batch, and the stops on
+non-finite teacher states, losses and weights."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from siren.alignment import (
     alignment_loss,
     answer_positions,
     build_trainer_class,
+    check_finite_weights,
     completion_lm_loss,
     lora_target_modules,
     mix_losses,
@@ -229,6 +231,33 @@ def test_mask_checks_and_row_selection(tmp_path):
         select_training_rows(torch.zeros(20, dtype=torch.bool), teacher, 1.0, seed=0)
 
 
+def test_non_finite_teacher_states_are_found_in_the_selected_rows(tmp_path):
+    row_ids = np.array([3, 0, 2, 1], dtype=np.int64)
+    hidden = np.ones((4, 2, 8), dtype=np.float16)
+    hidden[2, 1, 5] = np.inf  # file row 2 = dataset row 2
+    teacher = TeacherStates(_write_teacher(tmp_path / "t", hidden, row_ids))
+    teacher.check_finite([0, 1, 3])  # the bad row is not selected: fine
+    with pytest.raises(SirenError, match="teacher state of dataset row 2 holds NaN or infinite values"):
+        teacher.check_finite([0, 2], chunk_bytes=1)  # one row per chunk
+    hidden[:] = np.nan
+    all_nan = TeacherStates(_write_teacher(tmp_path / "n", hidden, row_ids))
+    with pytest.raises(SirenError, match="dataset row 3 holds NaN"):  # the first in file order
+        all_nan.check_finite([0, 1, 2, 3])
+
+
+def test_non_finite_trained_weights_are_refused():
+    layer = torch.nn.Linear(3, 2)
+    layer.bias.requires_grad_(False)
+    check_finite_weights(layer)
+    with torch.no_grad():
+        layer.bias[0] = float("nan")  # frozen weights are not the trained ones
+    check_finite_weights(layer)
+    with torch.no_grad():
+        layer.weight[1, 2] = float("inf")
+    with pytest.raises(SirenError, match="training left non-finite values in weight; nothing was written"):
+        check_finite_weights(layer)
+
+
 # --------------------------------------------------------------------------------------------------
 # LoRA targets
 
@@ -362,3 +391,16 @@ def test_eval_reports_rating_metrics(stage5_inputs, tiny_model_dir, tmp_path):
     assert {"eval_loss", "eval_rating_mae", "eval_rating_rmse", "eval_rating_acc", "eval_lm_loss"} <= set(metrics)
     assert 0.0 <= metrics["eval_rating_mae"] <= 4.0
     assert metrics["eval_rating_rmse"] >= metrics["eval_rating_mae"] - 1e-9
+
+
+def test_a_non_finite_loss_stops_training_at_its_step(stage5_inputs, tiny_model_dir, tmp_path):
+    """The trainer's own guard (stage 5 also refuses such teacher files before training): rows 0-1 have
+    finite teacher states, rows 2-3 NaN ones; in order, step 1 trains on rows 0-1 and step 2 stops."""
+    hidden = np.load(Path(stage5_inputs["teacher"]) / "teacher_hidden.npy")[:4].copy()
+    hidden[2:] = np.nan
+    teacher = TeacherStates(_write_teacher(tmp_path / "teacher", hidden, np.arange(4)))
+    trainer, _ = _make_trainer(tiny_model_dir, stage5_inputs, tmp_path / "run", teacher, [0, 1, 2, 3],
+                               max_steps=4, per_device_train_batch_size=2, train_sampling_strategy="sequential")
+    with pytest.raises(SirenError, match=r"the training loss is not finite \(NaN or infinite\) at step 2"):
+        trainer.train()
+    assert trainer.state.global_step == 1

@@ -47,3 +47,40 @@ def test_check_same_model_names_what_differs(tmp_path):
     with pytest.raises(SirenError, match=r"tokenizer\.tokenizer_json_sha256"):
         check_same_model(base, model_record(tmp_path / "tok"), what="tokenized with", parts=("tokenizer",))
     assert same_weights_other_tokenizer["weights_digest"] == base["weights_digest"]
+
+
+def test_a_tokenizer_saved_again_keeps_its_identity(tiny_model_dir, tmp_path):
+    """save_pretrained adds load-time keys (padding_side, is_local, ...) to tokenizer_config.json;
+    they do not change how text is split or a chat rendered, so the record ignores them."""
+    from siren.modeling import copy_tokenizer_files, tokenizer_files_record
+    from siren.tokenization import load_tokenizer
+
+    load_tokenizer(tiny_model_dir, padding_side="right").save_pretrained(str(tmp_path / "saved"))
+    assert (tmp_path / "saved" / "tokenizer_config.json").read_bytes() != (tiny_model_dir / "tokenizer_config.json").read_bytes()
+    assert tokenizer_files_record(tmp_path / "saved") == tokenizer_files_record(tiny_model_dir)
+    (tmp_path / "copied").mkdir()
+    assert "tokenizer.json" in copy_tokenizer_files(tiny_model_dir, tmp_path / "copied")
+    assert tokenizer_files_record(tmp_path / "copied") == tokenizer_files_record(tiny_model_dir)
+    config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
+    config["eos_token"] = "<|endoftext|>" if config.get("eos_token") != "<|endoftext|>" else "<|im_end|>"
+    (tmp_path / "copied" / "tokenizer_config.json").write_text(json.dumps(config))
+    assert tokenizer_files_record(tmp_path / "copied") != tokenizer_files_record(tiny_model_dir)
+
+
+def test_check_upstream_model_reads_the_manifest(tmp_path):
+    from siren.io import write_manifest
+    from siren.modeling import check_upstream_model
+
+    base = _fake_model(tmp_path / "base", b"\x00" * 5000)
+    other = _fake_model(tmp_path / "other", b"\x07" * 5000)
+    upstream = tmp_path / "upstream"
+    note = check_upstream_model(upstream, model_record(base), what="made with", made_by="stage X")
+    assert note.startswith("note: ") and "no manifest.json" in note and "stage X" in note
+    write_manifest(upstream, script="x.py", args={})
+    assert "without a model record" in check_upstream_model(upstream, model_record(base), what="w", made_by="x")
+    write_manifest(upstream, script="x.py", args={}, extra={"model": model_record(base)})
+    assert check_upstream_model(upstream, model_record(base), what="w", made_by="x") is None
+    with pytest.raises(SirenError, match=r"the states in .*upstream were made with .*base, not .*other"):
+        check_upstream_model(upstream, model_record(other), what=f"the states in {upstream} were made with", made_by="x")
+    # only the tokenizer compared: other weights, same tokenizer files, pass
+    assert check_upstream_model(upstream, model_record(other), what="w", made_by="x", parts=("tokenizer",)) is None

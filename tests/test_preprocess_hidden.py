@@ -40,7 +40,7 @@ def test_the_first_completion_token_is_the_rating_token(tiny_model_dir):
 def test_default_folder_follows_the_parquet_folder_name(tmp_path):
     parquet_dir = tmp_path / "verl" / "max@30-long@True"
     assert default_hidden_dir(parquet_dir, "Books") == Path("data/Books/hidden/max@30-long@True")
-    with pytest.raises(SirenError, match="pass --out_dir"):
+    with pytest.raises(SirenError, match="pass --output_dir"):
         default_hidden_dir(tmp_path / "my_parquet", "Books")
 
 
@@ -71,6 +71,11 @@ def test_end_to_end(tiny_model_dir, verl_dir, tmp_path, capsys):
     assert manifest["tokenizer"]["path"] == str(tiny_model_dir.resolve())
     assert manifest["tokenizer"]["tokenizer_json_sha256"] and manifest["category"] == "Movies"
     assert manifest["counts"]["train"] == dataset["train"].num_rows
+    # the --model folder's identity, which stages 5 and 6 compare with theirs (its tokenizer files)
+    from siren.modeling import model_record
+
+    assert manifest["model"] == model_record(tiny_model_dir)
+    assert manifest["model"]["tokenizer"]["tokenizer_json_sha256"] == manifest["tokenizer"]["tokenizer_json_sha256"]
 
 
 @pytest.mark.slow
@@ -104,3 +109,100 @@ def test_bad_inputs_are_one_line_errors(tiny_model_dir, verl_dir, tmp_path):
     with pytest.raises(SirenError, match="val.parquet: the split is empty"):
         script.main(["--data_path", str(empty), "--tokenizer", str(tiny_model_dir), "--out_dir", str(tmp_path / "b")])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Flags: the canonical names, the authors' command, and what they cannot mean together
+
+
+def test_canonical_flags_and_aliases_parse_alike():
+    script = load_script("preprocess_hidden.py")
+    canonical = script.parse_args(["--data_path", "d", "--model", "m", "--output_dir", "o", "--limit", "3"])
+    aliases = script.parse_args(["--data_path", "d", "--tokenizer", "m", "--out_dir", "o", "--limit", "3"])
+    assert vars(canonical) == vars(aliases)
+    assert canonical.model == "m" and canonical.output_dir == "o" and canonical.limit == 3
+
+
+def test_the_authors_command_finds_the_stage2_folder():
+    """`preprocess_hidden.py --category Movies --max_history 10`: the parquet folder stage 2 wrote."""
+    script = load_script("preprocess_hidden.py")
+    args = script.parse_args(["--category", "Movies", "--max_history", "10", "--model", "m"])
+    assert script.resolve_data_path(args) == Path("data/Movies/verl/max@10-long@True")
+    args = script.parse_args(["--category", "Books", "--max_history", "30", "--use_long_history", "false", "--model", "m"])
+    assert script.resolve_data_path(args) == Path("data/Books/verl/max@30-long@False")
+    assert script.resolve_data_path(script.parse_args(["--category", "Movies", "--model", "m"])) == Path(
+        "data/Movies/verl/max@10-long@True")
+    with pytest.raises(SirenError, match="give --data_path .* or --category"):
+        script.resolve_data_path(script.parse_args(["--model", "m"]))
+    with pytest.raises(SirenError, match="--max_history 30 disagrees with --data_path .*max@10-long@True"):
+        script.resolve_data_path(script.parse_args(["--data_path", "data/x/verl/max@10-long@True", "--max_history", "30",
+                                                    "--model", "m"]))
+
+
+def test_the_authors_command_end_to_end(tiny_model_dir, verl_dir, tmp_path, monkeypatch, capsys):
+    from siren.cli import run_main
+
+    monkeypatch.chdir(tmp_path)
+    stage2 = tmp_path / "data" / "Movies" / "verl" / verl_dir.name  # max@10-long@False
+    stage2.parent.mkdir(parents=True)
+    stage2.symlink_to(verl_dir, target_is_directory=True)
+    script = load_script("preprocess_hidden.py")
+    argv = ["--category", "Movies", "--max_history", "10", "--use_long_history", "false",
+            "--tokenizer", str(tiny_model_dir), "--limit", "2"]
+    assert run_main(lambda: script.main(argv)) == 0, capsys.readouterr().err
+    assert (tmp_path / "data" / "Movies" / "hidden" / verl_dir.name / "dataset_dict.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults (issue 14): --overwrite replaces only this stage's entries; bad output and input paths
+
+
+def test_overwrite_keeps_the_files_this_stage_did_not_write(tiny_model_dir, verl_dir, tmp_path):
+    from datasets import load_from_disk
+
+    from siren.cli import run_main
+
+    out = tmp_path / "hidden"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "valid").mkdir()  # not this stage's until it writes one: refused without --overwrite
+    script = load_script("preprocess_hidden.py")
+    argv = ["--data_path", str(verl_dir), "--model", str(tiny_model_dir), "--output_dir", str(out), "--limit", "2"]
+    assert run_main(lambda: script.main(argv)) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "valid"]
+    assert run_main(lambda: script.main([*argv, "--overwrite"])) == 0
+    assert run_main(lambda: script.main([*argv[:-1], "3", "--overwrite"])) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_dict.json", "manifest.json", "notes.txt", "test", "train",
+                                                    "valid"]
+    assert load_from_disk(str(out))["train"].num_rows == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_output_path_that_is_a_file(tiny_model_dir, verl_dir, tmp_path, capsys):
+    from siren.cli import run_main
+
+    script = load_script("preprocess_hidden.py")
+    (tmp_path / "taken").write_text("a file")
+    for out, message in ((tmp_path / "taken", "is an existing file"), (tmp_path / "taken" / "sub", "is a file")):
+        argv = ["--data_path", str(verl_dir), "--model", str(tiny_model_dir), "--output_dir", str(out)]
+        assert run_main(lambda argv=argv: script.main(argv)) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_input_that_is_not_a_parquet(tiny_model_dir, verl_dir, tmp_path, capsys):
+    import shutil
+
+    from siren.cli import run_main
+
+    bad = tmp_path / "max@10-long@False"
+    shutil.copytree(verl_dir, bad)
+    (bad / "val.parquet").write_text("user_id,label\nu1,5\n")  # a CSV under a parquet name
+    script = load_script("preprocess_hidden.py")
+    argv = ["--data_path", str(bad), "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "out")]
+    assert run_main(lambda: script.main(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "val.parquet" in err, err
+    assert not (tmp_path / "out").exists()

@@ -95,3 +95,28 @@ def test_the_scripts_accumulation_and_clipping_decide(tmp_path, monkeypatch):
     ds_config = DeepSpeedConfig(copy.deepcopy(filled.config))
     assert ds_config.gradient_accumulation_steps == 2 and ds_config.gradient_clipping == 0.5
     assert ds_config.train_batch_size == 4 * 2  # one process
+
+
+def test_the_scripts_own_settings_fill_the_launched_config(tmp_path, monkeypatch):
+    """train_hidden_mask.py's parsed training config (SFTConfig fields, the stage's defaults) under
+    `accelerate launch --config_file config_Zero2.yaml`: DeepSpeed's "auto" values come from it."""
+    import importlib.util
+
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    _, plugin = _plugin_as_launched(monkeypatch, "--num_processes", "1")
+    spec = importlib.util.spec_from_file_location("train_hidden_mask", REPO / "train_hidden_mask.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # --bf16 true: what the unset default resolves to on a GPU with bf16 (the YAML's mixed precision)
+    _, config = script.parse_args(["--model", "m", "--data_path", "d", "--teacher_hidden_path", "t",
+                                   "--teacher_mask_path", "m.pt", "--output_dir", str(tmp_path), "--bf16", "true",
+                                   "--gradient_accumulation_steps", "3"])
+    filled = HfTrainerDeepSpeedConfig(copy.deepcopy(plugin.deepspeed_config))
+    filled.trainer_config_process(config)
+    assert not filled.mismatches, filled.mismatches
+    ds_config = DeepSpeedConfig(copy.deepcopy(filled.config))
+    assert ds_config.train_micro_batch_size_per_gpu == 4  # the stage's per_device_train_batch_size
+    assert ds_config.gradient_accumulation_steps == 3 and ds_config.gradient_clipping == 1.0
+    assert ds_config.zero_optimization_stage == 2 and ds_config.bfloat16_config.enabled
