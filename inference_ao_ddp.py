@@ -2,15 +2,18 @@ r"""Stage 6: answer-only (AO) inference. The model reads prompt + empty think + 
 next token is the rating: one forward pass per sample instead of a ~240-token chain of thought.
 
     python inference_ao_ddp.py --model ckpt/AO_Movies_HA/merged \
-        --data_path data/Movies/hidden/max@10-long@True --split test
+        --data_path data/Movies/hidden/max@10-long@True --split test --engine eager
 
 Several processes (one per GPU; on CPU, gloo) split the rows and gather them back in order:
 
     accelerate launch --multi_gpu --num_processes 2 inference_ao_ddp.py --model ... --data_path ...
 
-Writes `<output_dir>/predictions.jsonl`, `metrics.json` (rows "ao": the decoded rating,
-"ao_expected": sum_r p(r) * r over the tokens "1".."5"; latency timed after a warm-up batch) and
-`manifest.json`, all or none. A 4c DatasetDict built with another tokenizer than --model's, and an
+--engine picks the forward pass (siren.engines): eager (Hugging Face, any device), compiled
+(torch.compile with static length buckets and batch size: CUDA graphs on a GPU, the fast choice
+there) or vllm (a one-token generation restricted to the rating tokens; GPU, merged models only).
+Every engine gives the same constrained ratings. Writes `<output_dir>/predictions.jsonl`,
+`metrics.json` (rows "ao": the decoded rating, "ao_expected": sum_r p(r) * r over the tokens
+"1".."5"; latency timed after the warm-up, which is reported apart) and `manifest.json`, all or none. A 4c DatasetDict built with another tokenizer than --model's, and an
 --adapter trained on another base than --model (its recorded weights digest), are refused.
 """
 
@@ -28,6 +31,7 @@ OUTPUTS = ("predictions.jsonl", "metrics.json", "manifest.json")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from siren.ao import DECODES
+    from siren.engines import DEFAULT_BUCKETS, ENGINES
 
     parser = cli.stage_parser(__doc__)
     cli.add_model(parser, "a merged model folder (train_hidden_mask.py's merged/), or the base with --adapter")
@@ -45,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--invalid_fill", type=float, default=5.0,
                         help="greedy only: the rating scored for invalid outputs, for comparability with the authors; "
                              "the invalid count is always reported")
+    parser.add_argument("--engine", choices=ENGINES, default="eager",
+                        help="forward pass: eager, compiled (static shapes; CUDA graphs on a GPU) or vllm (GPU)")
+    parser.add_argument("--buckets", nargs="+", type=cli.positive_int, default=list(DEFAULT_BUCKETS),
+                        help="--engine compiled: prompt length buckets in tokens; longer rows run eagerly (counted)")
+    parser.add_argument("--compile_backend", default="inductor",
+                        help="--engine compiled: torch.compile backend (aot_eager compiles in seconds on a CPU)")
     cli.add_dtype(parser)
     cli.add_overwrite(parser)
     return parser.parse_args(argv)
@@ -61,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     timer = RunTimer()
     if not RATING_MIN <= args.invalid_fill <= RATING_MAX:
         raise SirenError(f"--invalid_fill must be a rating in [{RATING_MIN}, {RATING_MAX}], got {args.invalid_fill}")
+    if args.engine == "vllm" and (args.adapter or args.decode == "greedy"):
+        raise SirenError("--engine vllm scores a merged model's rating tokens only: pass the merged folder, not "
+                         "--adapter, and --decode constrained")
     out_dir = Path(args.output_dir or default_out_dir(args.model, args.adapter, args.split, args.decode))
     # Every process checks, so a refusal stops them all before any of them waits on the others.
     check_outputs_free([out_dir / name for name in OUTPUTS], args.overwrite)
@@ -68,28 +81,36 @@ def main(argv: list[str] | None = None) -> None:
     notes = [check_prompt_tokenizer(args.data_path, args.model),
              check_adapter_base(args.adapter, args.model) if args.adapter else None]
 
-    from siren.ao import ao_metrics, gather_predictions, load_ao_model, predict
+    from siren.ao import ao_batches, ao_metrics, gather_predictions, load_ao_model, predict
     from siren.ao_data import load_ao_rows
-    from siren.distributed import process_state, shard_positions
+    from siren.distributed import process_state
+    from siren.engines import build_ao_engine, make_vllm_engine
     from siren.io import atomic_outputs, atomic_write_json, atomic_write_jsonl, write_manifest
     from siren.modeling import device_name, resolve_dtype
-    from siren.tokenization import load_tokenizer
+    from siren.tokenization import load_tokenizer, rating_token_ids
 
     state = process_state()
     tokenizer = load_tokenizer(args.model, padding_side="left")
     rows = load_ao_rows(args.data_path, args.split, tokenizer, limit=args.limit)
-    model = load_ao_model(args.model, args.adapter, resolve_dtype(args.dtype, state.device.type), state.device)
+    dtype = resolve_dtype(args.dtype, state.device.type)
+    if args.engine == "vllm":
+        model, llm = None, make_vllm_engine(args.model, str(dtype).removeprefix("torch."), state.num_processes)
+    else:
+        model, llm = load_ao_model(args.model, args.adapter, dtype, state.device), None
+    engine = build_ao_engine(args.engine, model, tokenizer, rating_token_ids(tokenizer), batch_size=args.batch_size,
+                             buckets=args.buckets, compile_backend=args.compile_backend, llm=llm)
+    batches = ao_batches(tokenizer, rows, args.batch_size, state.process_index, state.num_processes)
     state.wait_for_everyone()
-    results, seconds = predict(model, tokenizer, rows, shard_positions(len(rows), state.process_index, state.num_processes),
-                               batch_size=args.batch_size, decode=args.decode, device=state.device,
-                               show_progress=state.is_local_main_process)
+    results, seconds, warmup_seconds = predict(engine, tokenizer, rows, batches, decode=args.decode,
+                                               device=state.device, show_progress=state.is_local_main_process)
     gathered = gather_predictions(state, results, seconds, len(rows))
     if gathered is None:  # not the main process
         return
     results, process_seconds = gathered
     metrics = ao_metrics(results, decode=args.decode, invalid_fill=args.invalid_fill, device=device_name(state.device),
                          num_processes=state.num_processes, batch_size=args.batch_size,
-                         dtype=str(next(model.parameters()).dtype).removeprefix("torch."), process_seconds=process_seconds)
+                         dtype=str(dtype).removeprefix("torch."), process_seconds=process_seconds,
+                         engine=engine.report(), warmup_seconds=warmup_seconds)
     ao, expected = metrics["predictions"]["ao"], metrics["predictions"]["ao_expected"]
     with atomic_outputs(out_dir, OUTPUTS, overwrite=args.overwrite) as staged:
         atomic_write_jsonl(staged.path("predictions.jsonl"), results)

@@ -8,16 +8,17 @@ Two decodings of that one next-token distribution:
 Both also give the expected rating sum_r p(r) * r, with p the next-token distribution renormalised
 over the five rating tokens.
 
-`next_token_logits` is the one forward pass (the eager engine); `predict` runs it over a process's
-rows in batches and times it, `gather_predictions` brings the processes' rows back in dataset
-order, `ao_metrics` scores them.
+The forward pass is one of `siren.engines` (eager, compiled, vllm). `ao_batches` sorts the rows
+by prompt length and forms the batches once for every process count; `predict` runs an engine over
+a process's batches after its warm-up (compilation, first batch) and times it; `gather_predictions`
+brings the processes' rows back in dataset order; `ao_metrics` scores them.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,9 +32,10 @@ if TYPE_CHECKING:
 DECODES = ("constrained", "greedy")
 
 # How far a row's rating probabilities (and expected rating) may move when it is batched with other
-# rows: a batch is left-padded to its longest prompt, and the padded width changes the order of
-# the floating-point sums in attention. Measured: up to 4.8e-7 between 1 and 2 processes (float32,
-# CPU); the decoded ratings are the same. docs/pipeline.md states it, the tests assert it.
+# rows, or with another engine: a batch is left-padded to its longest prompt (or, compiled, to its
+# length bucket), and the padded width changes the order of the floating-point sums in attention.
+# Measured: up to 4.8e-7 (float32, CPU); the decoded ratings are the same. The batches themselves do
+# not depend on the process count (`ao_batches`), so 1 and K processes give the same numbers.
 BATCHING_TOLERANCE = 1e-5
 
 
@@ -140,25 +142,6 @@ def load_ao_model(model_path: str | os.PathLike, adapter_path: str | os.PathLike
     return model
 
 
-def next_token_logits(model, tokenizer, prompts: list[str], device) -> torch.Tensor:
-    """Logits `[B, V]` of the token after each prompt (float32), one forward pass, left padding.
-
-    The stage's one forward pass (the eager engine; `predict` takes another as `forward`). Position
-    ids are counted from each row's first real token, so a row sees the same positions whatever it
-    is batched with; its probabilities then agree to within BATCHING_TOLERANCE.
-    """
-    import torch
-
-    encoded = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt", padding_side="left")
-    input_ids = encoded["input_ids"].to(device)
-    attention_mask = encoded["attention_mask"].to(device)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        use_cache=False, logits_to_keep=1)
-    return outputs.logits[:, -1, :].float()
-
-
 def default_out_dir(model_path, adapter_path, split: str, decode: str) -> Path:
     """`results_ao/<model>/<split>-<decode>`: the path says which model, split and decoding made it."""
     return Path("results_ao") / model_label(model_path, adapter_path) / f"{split}-{decode}"
@@ -178,36 +161,47 @@ def prediction_metrics(predictions, expected, labels, invalid_fill: float | None
 # Batched inference over a process's rows
 
 
-def predict(model, tokenizer, rows: Sequence[dict], positions: Sequence[int], *, batch_size: int, decode: str,
-            device, forward: Callable | None = None, show_progress: bool = True) -> tuple[list[dict], float]:
-    """Decode `rows[p]` for p in `positions` (this process's share), `batch_size` rows per forward pass.
+def ao_batches(tokenizer, rows: Sequence[dict], batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """This process's batches of row positions: every row sorted by prompt length (longest first,
+    so little padding and an out-of-memory batch shows at once), cut into batches of `batch_size`,
+    batch b going to process b % world. The batches are the same for any process count, so a row is
+    always scored with the same batch-mates and padding."""
+    from siren.distributed import batches, my_batches
 
-    `forward(model, tokenizer, prompts, device) -> [B, V] logits` is the engine (default
-    `next_token_logits`, eager). One warm-up batch runs first (kernel selection, allocator) and is
-    recomputed in the timed loop. Returns (one result per row with its `position` and `seconds`, the
-    batch time shared by its rows; the timed loop's wall seconds).
+    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(rows)), key=lambda p: (-lengths[p], p))
+    return [batch for _number, batch in my_batches(list(batches(order, batch_size)), rank, world)]
+
+
+def predict(engine, tokenizer, rows: Sequence[dict], batches: Sequence[Sequence[int]], *, decode: str, device,
+            show_progress: bool = True) -> tuple[list[dict], float, float]:
+    """Score `rows[p]` batch by batch with an AO engine (`siren.engines`).
+
+    Warm-up first, untimed: the engine's `prepare` (the compiled engine compiles every shape these
+    rows need) and one batch (kernel selection, allocator). Returns (one result per row with its
+    `position` and `seconds`, the batch time shared by its rows; the timed loop's wall seconds; the
+    warm-up seconds).
     """
     import torch
     from tqdm.auto import tqdm
 
-    from siren.modeling import constrained_ratings, expected_ratings, rating_probabilities
-    from siren.tokenization import rating_token_ids
+    from siren.modeling import constrained_ratings, expected_ratings
 
     if decode not in DECODES:
         raise SirenError(f"unknown decode {decode!r}; expected one of {', '.join(DECODES)}")
-    forward = forward or next_token_logits
-    ratings = rating_token_ids(tokenizer)
-    scale = sorted(ratings)
-    batches = [list(positions[i:i + batch_size]) for i in range(0, len(positions), batch_size)]
+    scale = sorted(engine.rating_token_ids)
 
-    def run_batch(batch: list[int]) -> list[dict]:
-        logits = forward(model, tokenizer, [rows[p]["prompt"] for p in batch], device)
-        probs = rating_probabilities(logits, ratings)
+    def run_batch(batch: Sequence[int]) -> list[dict]:
+        scores = engine.score([rows[p]["prompt"] for p in batch])
+        probs = scores.rating_probs
         expected = expected_ratings(probs, scale).tolist()
         if decode == "constrained":
             predictions, texts = constrained_ratings(probs, scale).tolist(), [None] * len(batch)
         else:
-            texts = tokenizer.batch_decode(logits.argmax(-1)[:, None], skip_special_tokens=False)
+            if scores.greedy_ids is None:
+                raise SirenError(f"--decode greedy needs the whole vocabulary, which the {engine.name} engine "
+                                 "does not return; use --engine eager or compiled")
+            texts = tokenizer.batch_decode(scores.greedy_ids[:, None], skip_special_tokens=False)
             predictions = [parse_greedy_token(text) for text in texts]
         results = []
         for p, prediction, expectation, row_probs, text in zip(batch, predictions, expected, probs.tolist(), texts,
@@ -227,19 +221,22 @@ def predict(model, tokenizer, rows: Sequence[dict], positions: Sequence[int], *,
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize(device)
 
+    warmup_start = time.perf_counter()
+    engine.prepare([rows[p]["prompt"] for batch in batches for p in batch])
     if batches:
         run_batch(batches[0])
     synchronize()
+    warmup_seconds = time.perf_counter() - warmup_start
     start = time.perf_counter()
     results = []
-    for batch in tqdm(batches, desc=f"AO {decode}", disable=not show_progress):
+    for batch in tqdm(batches, desc=f"AO {decode} ({engine.name})", disable=not show_progress):
         batch_start = time.perf_counter()
         batch_results = run_batch(batch)
         synchronize()
         for result in batch_results:
             result["seconds"] = (time.perf_counter() - batch_start) / len(batch)
         results.extend(batch_results)
-    return results, time.perf_counter() - start
+    return results, time.perf_counter() - start, warmup_seconds
 
 
 def gather_predictions(state, results: list[dict], seconds: float, n_rows: int) -> tuple[list[dict], list[float]] | None:
@@ -260,12 +257,15 @@ def gather_predictions(state, results: list[dict], seconds: float, n_rows: int) 
 
 
 def ao_metrics(results: list[dict], *, decode: str, invalid_fill: float | None, device: str, num_processes: int,
-               batch_size: int, dtype: str, process_seconds: list[float]) -> dict:
+               batch_size: int, dtype: str, process_seconds: list[float], engine: dict | None = None,
+               warmup_seconds: float | None = None) -> dict:
     """metrics.json: the two prediction rows, the decoding and the latency (the per-row `seconds`
     are taken out of `results`).
 
     Latency is per process, as stage 4a reports it: ms_per_sample = batch time / batch size, timed
-    after a warm-up batch; with K processes the whole split takes about wall_seconds.
+    after the warm-up (reported apart); with K processes the whole split takes about wall_seconds.
+    `engine` is the engine's report (name, and for the compiled engine its buckets, compiled shapes
+    and the rows that fell back to eager).
     """
     from siren.metrics import latency_summary
 
@@ -276,8 +276,10 @@ def ao_metrics(results: list[dict], *, decode: str, invalid_fill: float | None, 
                                           invalid_fill=invalid_fill if decode == "greedy" else None),
         "decode": decode,
         "latency": {
-            **latency_summary(row_seconds, [1] * len(results), device),
-            "num_processes": num_processes, "batch_size": batch_size, "dtype": dtype,
-            "wall_seconds": max(process_seconds),
+            **latency_summary(row_seconds, [1] * len(results), device, engine=(engine or {}).get("engine", "eager"),
+                              batch_size=batch_size, dtype=dtype,
+                              warmup_seconds=None if warmup_seconds is None else round(warmup_seconds, 3)),
+            "num_processes": num_processes, "wall_seconds": max(process_seconds),
         },
+        "engine": engine or {"engine": "eager"},
     }

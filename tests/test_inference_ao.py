@@ -120,6 +120,8 @@ def test_end_to_end_constrained(one_process):
     assert {"ms_per_sample", "samples_per_s", "generated_tokens_per_sample", "device", "n"} <= set(latency)
     assert latency["generated_tokens_per_sample"] == 1 and latency["n"] == 10
     assert latency["device"] == "cpu"  # the run was pinned there (CPU_ONLY)
+    assert (latency["engine"], latency["batch_size"], latency["dtype"]) == ("eager", 4, "float32")
+    assert latency["warmup_seconds"] > 0 and metrics["engine"]["engine"] == "eager"
     assert json.loads((out / "manifest.json").read_text())["counts"]["rows"] == 10
     assert "MAE" in proc.stdout and "wrote" in proc.stdout
 
@@ -165,16 +167,43 @@ def test_greedy_counts_invalid_outputs(ao_data, tiny_model_dir, tmp_path):
 def test_two_processes_equal_one(one_process, ao_data, tiny_model_dir, tmp_path):
     out, _ = one_process
     proc = run_script(*accelerate_launch(2), SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data),
-                      "--out_dir", str(tmp_path / "two"), "--batch_size", "3",
+                      "--out_dir", str(tmp_path / "two"), "--batch_size", "4",
                       env=CPU_ONLY, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _predictions(out), _predictions(tmp_path / "two")
+    # The batches are formed once for any process count (siren.ao.ao_batches): same batch-mates,
+    # same padding, so the same numbers, not just numbers within BATCHING_TOLERANCE.
     assert [p["index"] for p in two] == [p["index"] for p in one]
-    assert [p["prediction"] for p in two] == [p["prediction"] for p in one]
-    for a, b in zip(one, two, strict=True):  # the tolerance docs/pipeline.md states (other batches, other padding)
-        assert a["expected_rating"] == pytest.approx(b["expected_rating"], abs=BATCHING_TOLERANCE)
-        assert a["probs"] == pytest.approx(b["probs"], abs=BATCHING_TOLERANCE)
+    assert [(p["prediction"], p["expected_rating"], p["probs"]) for p in two] == [
+        (p["prediction"], p["expected_rating"], p["probs"]) for p in one]
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["latency"]["num_processes"] == 2
+
+
+@pytest.mark.slow
+def test_compiled_engine_gives_the_eager_ratings(one_process, ao_data, tiny_model_dir, tmp_path):
+    """Issue 12: the compiled engine (static length buckets and batch size) decodes as the eager one.
+    aot_eager captures the static-shape graphs without a code generator: seconds on a CPU."""
+    out, _ = one_process
+    compiled = tmp_path / "compiled"
+    run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--output_dir", str(compiled),
+               "--batch_size", "4", "--engine", "compiled", "--compile_backend", "aot_eager", "--buckets", "128", "1024",
+               env=CPU_ONLY)
+    eager, ours = _predictions(out), _predictions(compiled)
+    assert [p["prediction"] for p in ours] == [p["prediction"] for p in eager]
+    for a, b in zip(eager, ours, strict=True):  # the padded width differs (bucket vs longest row)
+        assert a["probs"] == pytest.approx(b["probs"], abs=BATCHING_TOLERANCE)
+    metrics = json.loads((compiled / "metrics.json").read_text())
+    engine, latency = metrics["engine"], metrics["latency"]
+    assert latency["engine"] == "compiled" and latency["warmup_seconds"] > 0
+    assert engine["buckets"] == [128, 1024] and engine["batch_size"] == 4 and engine["fallback_rows"] == 0
+    assert engine["compiled_shapes"] and all(shape[0] == 4 for shape in engine["compiled_shapes"])
+
+
+def test_vllm_engine_refusals(ao_data, tiny_model_dir, tmp_path):
+    _fails(["--model", str(tiny_model_dir), "--data_path", str(ao_data), "--engine", "vllm", "--adapter", "x"],
+           "--engine vllm scores a merged model's rating tokens only", tmp_path / "a")
+    _fails(["--model", str(tiny_model_dir), "--data_path", str(ao_data), "--engine", "vllm", "--decode", "greedy"],
+           "--engine vllm scores a merged model's rating tokens only", tmp_path / "b")
 
 
 @pytest.mark.slow
@@ -256,10 +285,10 @@ def test_the_authors_flags_and_the_canonical_names_parse():
 
 
 def test_one_row_alone_and_in_a_padded_batch_agree_within_the_tolerance(ao_data, tiny_model_dir, one_thread):
-    """What 1 vs 2 processes (and any two batch sizes) differ by: the padded width of a row's batch."""
-    from siren.ao import next_token_logits
+    """What any two batch sizes (or engines) differ by: the padded width of a row's batch."""
     from siren.ao_data import load_ao_rows
-    from siren.modeling import constrained_ratings, load_causal_lm, rating_probabilities
+    from siren.engines import EagerAO
+    from siren.modeling import constrained_ratings, load_causal_lm
     from siren.tokenization import load_tokenizer, rating_token_ids
 
     tokenizer = load_tokenizer(tiny_model_dir, padding_side="left")
@@ -267,9 +296,10 @@ def test_one_row_alone_and_in_a_padded_batch_agree_within_the_tolerance(ao_data,
     model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
     prompts = [row["prompt"] for row in load_ao_rows(ao_data, "test", tokenizer)]
     longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
-    batched = rating_probabilities(next_token_logits(model, tokenizer, prompts, "cpu"), ratings)
+    engine = EagerAO(model, tokenizer, ratings)
+    batched = engine.score(prompts).rating_probs
     for i in (j for j in range(len(prompts)) if j != longest):
-        alone = rating_probabilities(next_token_logits(model, tokenizer, [prompts[i]], "cpu"), ratings)
+        alone = engine.score([prompts[i]]).rating_probs
         assert (alone[0] - batched[i]).abs().max().item() <= BATCHING_TOLERANCE
         assert constrained_ratings(alone).item() == constrained_ratings(batched[i:i + 1]).item()
 
