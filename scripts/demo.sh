@@ -63,7 +63,7 @@ step "slice: the first $NUM_USERS users of $DATA_ROOT/$CATEGORY"
 "$PY" scripts/slice_data.py --category "$CATEGORY" --data_root "$DATA_ROOT" --num_users "$NUM_USERS" --output_root "$SLICE"
 
 step "stage 1: interest sketch (MiniLM embeddings, K=20 topics)"
-"$PY" generate_interest_sketch.py --data_category "$CATEGORY" --data_root "$SLICE" \
+"$PY" generate_interest_sketch.py --category "$CATEGORY" --data_root "$SLICE" \
     --encoder_model minilm --cache_dir "$CACHE_DIR" --tokenizer "$MODEL" --output_dir "$RUN/sketch"
 
 step "stage 2: verl parquet files + prompt-token report"
@@ -96,7 +96,8 @@ step "stage 4c: answer-only prompt/completion dataset"
 "$PY" preprocess_hidden.py --data_path "$VERL" --model "$GRPO" --output_dir "$RUN/ao_data"
 
 step "stage 6 (before alignment): answer-only decoding of the GRPO model"
-"$PY" inference_ao_ddp.py --model "$GRPO" --data_path "$RUN/ao_data" --split test --output_dir "$RUN/ao_before"
+"$PY" inference_ao_ddp.py --model "$GRPO" --data_path "$RUN/ao_data" --split test --engine eager --batch_size 16 \
+    --output_dir "$RUN/ao_before"
 
 step "stage 5: hidden-state alignment (LoRA on K/V, cosine, kd_ratio 1.0)"
 "$PY" train_hidden_mask.py --model "$GRPO" --data_path "$RUN/ao_data" \
@@ -106,14 +107,17 @@ step "stage 5: hidden-state alignment (LoRA on K/V, cosine, kd_ratio 1.0)"
 
 step "stage 6 (after alignment): answer-only decoding of the aligned model"
 "$PY" inference_ao_ddp.py --model "$RUN/ckpt/AO_${CATEGORY}_HA/merged" --data_path "$RUN/ao_data" \
-    --split test --output_dir "$RUN/ao_after"
+    --split test --engine eager --batch_size 16 --output_dir "$RUN/ao_after"
 
 step "baselines (cornac), fitted on the slice's train split, scored on the same test rows"
 "$PY" scripts/baselines.py --category "$CATEGORY" --data_root "$SLICE" --output_dir "$RUN/baselines"
 
-step "latency: AO vs CoT on the same prompts (CoT forced to $BENCH_COT_TOKENS tokens)"
-"$PY" scripts/bench_latency.py --model "$GRPO" --data_path "$VERL" --num_samples "$BENCH_SAMPLES" --warmup 1 \
-    --cot_tokens "$BENCH_COT_TOKENS" --out_dir "$RUN/bench_latency"
+step "latency: AO (eager, compiled) vs CoT on the same prompts (CoT forced to $BENCH_COT_TOKENS tokens)"
+# On a CPU the compiled engine uses aot_eager (static-shape capture, no code generation): the GPU
+# path's shapes and padding without inductor's minutes of compiling; it is not faster here.
+"$PY" scripts/bench_latency.py --model "$GRPO" --data_path "$VERL" --limit "$BENCH_SAMPLES" --warmup 1 \
+    --cot_tokens "$BENCH_COT_TOKENS" --ao_engines eager compiled --compile_backend aot_eager \
+    --output_dir "$RUN/bench_latency"
 
 "$PY" scripts/make_tables.py --run_dir "$RUN"
 echo

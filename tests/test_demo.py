@@ -74,6 +74,17 @@ def test_reduced_demo_end_to_end(tiny_model_dir, synthetic_root, tmp_path):
     tables = (run / "tables.md").read_text()
     assert "## 3. Latency" in tables and "Benchmark: answer-only, same prompts" in tables
 
+    # Latency rows say how they were measured; a speedup only where CoT was measured the same way.
+    with open(run / "latency.csv", newline="") as handle:
+        latency = list(csv.DictReader(handle))
+    stages = {row["decoding"]: row for row in latency if not row["decoding"].startswith("Benchmark")}
+    cot, before = stages["CoT decoding (stage 4a, test)"], stages["Answer-only before alignment (stage 6)"]
+    assert cot["engine"] == "hf-dynamic-cache" and before["engine"] == "eager"
+    assert cot["batch_size"] == before["batch_size"] == "16" and cot["dtype"] == before["dtype"] == "float32"
+    assert float(before["speedup_vs_cot"]) > 0 and float(before["warmup_seconds"]) > 0
+    bench = [row for row in latency if row["decoding"].startswith("Benchmark")]
+    assert {row["engine"] for row in bench} == {"eager", "compiled", "hf-dynamic-cache"}
+
 
 def test_demo_without_data_names_get_data(tmp_path):
     proc = demo({"DATA_ROOT": str(tmp_path / "nowhere"), "RUN": str(tmp_path / "run")}, tmp_path)
