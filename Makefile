@@ -28,7 +28,7 @@ $(STAMP): requirements-cpu.txt setup.py
 tiny-model: $(TINY)/model.safetensors
 
 $(TINY)/model.safetensors: $(STAMP) siren/tiny_model.py
-	$(PY) scripts/make_tiny_model.py --out_dir $(TINY)
+	$(PY) scripts/make_tiny_model.py --output_dir $(TINY)
 
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder

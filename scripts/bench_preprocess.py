@@ -4,7 +4,7 @@ r"""Time stage 2 end to end: preprocess_grpo.py on a whole category with Qwen-to
 
 Each repeat runs `preprocess_grpo.py --use_long_history false --tokenizer ... --overwrite` (no
 sketch) as a fresh process (imports included) into a temporary folder and measures its wall time.
-Build the tokenizer first with `python scripts/make_tiny_model.py --out_dir ckpt/tiny-qwen3` (it
+Build the tokenizer first with `python scripts/make_tiny_model.py --output_dir ckpt/tiny-qwen3` (it
 has the real Qwen3 vocabulary).
 """
 

@@ -41,7 +41,7 @@ if [[ -z "$DATA_ROOT" ]]; then
 fi
 [[ -n "$DATA_ROOT" && -f "$DATA_ROOT/$CATEGORY/train.jsonl.gz" ]] \
     || die "no $CATEGORY data in ${DATA_ROOT:-data/ or ../shared/data/}; get it with: bash scripts/get_data.sh $CATEGORY"
-[[ -f "$MODEL/config.json" ]] || die "no model at $MODEL; build it with: $PY scripts/make_tiny_model.py --out_dir $MODEL"
+[[ -f "$MODEL/config.json" ]] || die "no model at $MODEL; build it with: $PY scripts/make_tiny_model.py --output_dir $MODEL"
 
 VERL="$RUN/verl/max@10-long@True"
 GRPO="$RUN/ckpt/GRPO_${CATEGORY}_step2"

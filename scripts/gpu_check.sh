@@ -86,7 +86,7 @@ ZERO2=("$PYTHON" -m accelerate.commands.launch --config_file config_Zero2.yaml -
 
 TINY="$OUT/tiny-qwen3"
 if [[ ! -f "$TINY/config.json" ]]; then
-    step tiny-model -- "$PYTHON" scripts/make_tiny_model.py --out_dir "$TINY"
+    step tiny-model -- "$PYTHON" scripts/make_tiny_model.py --output_dir "$TINY"
 fi
 
 if wants tiny; then

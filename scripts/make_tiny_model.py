@@ -1,27 +1,27 @@
-"""Build the offline tiny Qwen3 (real Qwen3 vocabulary, random weights) used by tests and the demo.
+r"""Build the offline tiny Qwen3 (real Qwen3 vocabulary, random weights) used by tests and the demo.
 
-    python scripts/make_tiny_model.py --out_dir ckpt/tiny-qwen3
+    python scripts/make_tiny_model.py --output_dir ckpt/tiny-qwen3
 
 Takes a few seconds, needs no network, and gives the same files for the same --seed.
 """
 
-import argparse
 import sys
 import time
 
+from siren import cli
 from siren.cli import run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out_dir", default="ckpt/tiny-qwen3", help="where to write the model (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: %(default)s)")
+    parser = cli.stage_parser(__doc__)
+    cli.add_output_dir(parser, "where to write the model", default="ckpt/tiny-qwen3")
+    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     args = parser.parse_args()
 
     from siren.tiny_model import build_tiny_qwen3
 
     start = time.perf_counter()
-    out = build_tiny_qwen3(args.out_dir, seed=args.seed)
+    out = build_tiny_qwen3(args.output_dir, seed=args.seed)
     print(f"wrote tiny Qwen3 (tokenizer, chat template, random weights) to {out} in {time.perf_counter() - start:.1f}s")
 
 

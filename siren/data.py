@@ -1,4 +1,4 @@
-"""Loading and validating the rating-prediction data files (schemas: data/README.md, SPEC §2).
+"""Loading and validating the rating-prediction data files (schemas: data/README.md).
 
 Files of a category live in one directory:
   train.jsonl.gz / valid.jsonl.gz / test.jsonl.gz  one candidate per row

@@ -1,4 +1,4 @@
-"""The GRPO rule reward (SPEC §1), in the form verl 0.9.1 and TRL call it.
+"""The GRPO rule reward (docs/pipeline.md, stage 3), in the form verl 0.9.1 and TRL call it.
 
 verl: `reward.custom_reward_function.path=<this file>` and `.name=compute_score`. verl loads this
 file by path, so it imports the rest of `siren` absolutely (the package must be installed).

@@ -1,4 +1,4 @@
-"""Stage 1, the long-term interest sketch (SPEC §1): each user's liked and disliked topics.
+"""Stage 1, the long-term interest sketch: each user's liked and disliked topics.
 
 `build_sketch` runs the stage, in this order, over the modules that own each step:
   item table     siren.items        item id -> text, from a meta file or derived from the data files

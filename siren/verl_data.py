@@ -1,4 +1,4 @@
-r"""The stage-2 files: the verl parquet schema (SPEC §2), its folder name, and building them.
+r"""The stage-2 files: the verl parquet schema (data/README.md), its folder name, and building them.
 
 Stage 2 (preprocess_grpo.py) writes them with `build_parquets`; stages 3-4c read them with
 `load_split_rows`. `extra_info.index` is the row's position in its parquet file, the key every

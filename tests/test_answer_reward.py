@@ -1,4 +1,4 @@
-"""Literal-string tests of answer parsing and the GRPO reward (SPEC §1)."""
+"""Literal-string tests of answer parsing and the GRPO reward."""
 
 import pytest
 

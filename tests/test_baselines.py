@@ -97,7 +97,7 @@ def test_script_errors(tmp_path):
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_full_movies_user_item_bias_reproduces_spec(movies_dir, tmp_path):
-    """SPEC §4: a user+item bias model fitted on train reaches RMSE about 1.24-1.25 on Movies test."""
+    """The reference figure: a user+item bias model fitted on train reaches RMSE about 1.24-1.25 on Movies test."""
     out_dir = tmp_path / "full"
     run_script("scripts/baselines.py", "--data_root", str(movies_dir.parent), "--category", movies_dir.name,
                "--out_dir", str(out_dir), "--methods", "constant_5", "user_item_bias")
