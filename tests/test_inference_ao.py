@@ -199,6 +199,25 @@ def test_compiled_engine_gives_the_eager_ratings(one_process, ao_data, tiny_mode
     assert engine["compiled_shapes"] and all(shape[0] == 4 for shape in engine["compiled_shapes"])
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ["compiled", "vllm"])
+def test_fast_engines_on_cuda_give_the_eager_ratings(engine, ao_data, tiny_model_dir, tmp_path):
+    """On a GPU: compiled (inductor, CUDA graphs) and vLLM (rating tokens only) against eager, all float32."""
+    if engine == "vllm":
+        pytest.importorskip("vllm")
+    runs = {}
+    for name in ("eager", engine):
+        out = tmp_path / name
+        run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--output_dir", str(out),
+                   "--batch_size", "4", "--dtype", "float32", "--engine", name)
+        runs[name] = _predictions(out)
+    assert [p["prediction"] for p in runs[engine]] == [p["prediction"] for p in runs["eager"]]
+    for a, b in zip(runs["eager"], runs[engine], strict=True):
+        assert a["probs"] == pytest.approx(b["probs"], abs=1e-4)  # GPU kernels differ by more than CPU ones
+    latency = json.loads((tmp_path / engine / "metrics.json").read_text())["latency"]
+    assert latency["engine"] == engine and latency["device"].startswith("cuda")
+
+
 def test_vllm_engine_refusals(ao_data, tiny_model_dir, tmp_path):
     _fails(["--model", str(tiny_model_dir), "--data_path", str(ao_data), "--engine", "vllm", "--adapter", "x"],
            "--engine vllm scores a merged model's rating tokens only", tmp_path / "a")
