@@ -10,12 +10,15 @@ import pytest
 
 from siren import SirenError
 from siren.cot import (
+    MASK_NAME,
     RESULTS_NAME,
     check_resume_settings,
     check_thinking_model,
     file_sha256,
+    load_mask,
     load_thinking,
     resume_settings,
+    save_mask,
 )
 from siren.distributed import batches, my_batches
 
@@ -111,3 +114,12 @@ def test_fixed_batches_do_not_depend_on_the_process_count():
     assert my_batches(all_batches, 3, 4) == []  # more processes than batches: an idle process
     with pytest.raises(ValueError):
         my_batches(all_batches, 2, 2)
+
+
+def test_mask_bytes_depend_only_on_the_values(tmp_path):
+    """torch.save given a path stores that (random temporary) name in the archive; save_mask does not."""
+    first, second = tmp_path / "a" / MASK_NAME, tmp_path / "b" / MASK_NAME
+    save_mask(first, [True, False, True])
+    save_mask(second, [True, False, True])
+    assert first.read_bytes() == second.read_bytes()
+    assert load_mask(first, 3).tolist() == [True, False, True]

@@ -138,6 +138,8 @@ def test_static_cache_writes_the_same_results(reference_run, tiny_model_dir, ver
     run_script("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
                "--output_dir", str(out), "--cache_implementation", "static", *GEN_FLAGS, env=CPU_ONE_THREAD)
     assert (out / "results.jsonl").read_bytes() == (reference_run / "results.jsonl").read_bytes()
+    # mask.pt holds no temporary file name, so two runs with the same rows give the same bytes.
+    assert (out / "mask.pt").read_bytes() == (reference_run / "mask.pt").read_bytes()
     assert json.loads((out / "metrics.json").read_text())["latency"]["engine"] == "hf-static-cache"
     refused = run_script("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
                          "--output_dir", str(tmp_path / "x"), "--backend", "vllm", "--cache_implementation", "static",
