@@ -32,9 +32,10 @@ from siren.cli import hf_parser, run_main
 
 def parse_args(argv: list[str] | None = None):
     """(AlignmentArguments, AlignmentTrainingConfig); bad values are one-line errors."""
-    from siren.alignment import TRAINING_DEFAULTS, AlignmentArguments, training_config_class
+    from siren.alignment import TRAINING_DEFAULTS, AlignmentArguments
+    from siren.alignment_config import AlignmentTrainingConfig
 
-    parser = hf_parser((AlignmentArguments, training_config_class()), __doc__, **TRAINING_DEFAULTS)
+    parser = hf_parser((AlignmentArguments, AlignmentTrainingConfig), __doc__, **TRAINING_DEFAULTS)
     try:
         stage, config, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True,
                                                                      look_for_args_file=False)

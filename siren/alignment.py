@@ -17,9 +17,10 @@ collator, never by position in the batch, so shuffling and multi-process shardin
 row with another row's teacher.
 
 The stage's settings are two dataclasses parsed together by `HfArgumentParser`:
-`AlignmentArguments` (inputs, loss, LoRA, row selection) and `training_config_class()`, TRL's
-`SFTConfig` with every `TrainingArguments` field, of which stage 5 fixes a few (`--output_dir` is the
-run folder; the trainer's checkpoints go to `<output_dir>/checkpoints`). `load_alignment_inputs`,
+`AlignmentArguments` (inputs, loss, LoRA, row selection) and
+`siren.alignment_config.AlignmentTrainingConfig`, TRL's `SFTConfig` with every `TrainingArguments`
+field, of which stage 5 fixes a few (`--output_dir` is the run folder; the trainer's checkpoints go
+to `<output_dir>/checkpoints`); that one lives apart because it imports trl. `load_alignment_inputs`,
 `prepare_checkpoints` and `train_alignment` are the stage's work; `save_adapter` and `save_merged`
 write its model folders.
 """
@@ -129,73 +130,8 @@ TRAINING_DEFAULTS = dict(
     load_best_model_at_end=True, metric_for_best_model="rating_rmse", logging_steps=10, report_to="none", seed=42,
 )
 
-_RUN_DIR_HELP = ("the run folder: adapter/, merged/, train_log.jsonl and manifest.json, and the trainer's checkpoints "
+RUN_DIR_HELP = ("the run folder: adapter/, merged/, train_log.jsonl and manifest.json, and the trainer's checkpoints "
                  "in <output_dir>/checkpoints; unset: ckpt/AO_<model>_<peft>-<loss_type>-kd<kd_ratio>")
-_TRAINING_CONFIG_CLASS = None
-
-
-def training_config_class():
-    """`AlignmentTrainingConfig`: TRL's SFTConfig as stage 5 uses it (defined on first use, so that
-    importing this module does not import trl).
-
-    Fields stage 5 fixes are off the command line (`init=False`): SFTTrainer's own `loss_type` and
-    `max_length` (stage 5 has its own of both names), `dataset_kwargs` (the rows come tokenized) and
-    `remove_unused_columns` (row_index and rating_label must reach the collator). Resolved when
-    left unset: `bf16` (when the GPU supports it), `greater_is_better` (from the metric),
-    `use_cpu` (without CUDA, so that gloo processes join). `run_dir` keeps --output_dir as given
-    (None when unset) until `resolve_run_dir` places the checkpoints inside it.
-    """
-    global _TRAINING_CONFIG_CLASS
-    if _TRAINING_CONFIG_CLASS is not None:
-        return _TRAINING_CONFIG_CLASS
-    from trl import SFTConfig
-
-    @dataclass
-    class AlignmentTrainingConfig(SFTConfig):
-        output_dir: str | None = field(default=None, metadata={"help": _RUN_DIR_HELP})
-        bf16: bool | None = field(default=None, metadata={
-            "help": "bf16 weights and autocast; unset: when the GPU supports it (float32 on a CPU)"})
-        metric_for_best_model: str | None = field(default="rating_rmse", metadata={
-            "help": "eval metric that picks the checkpoint loaded at the end: rating_* are the answer-only ratings "
-                    "(argmax over 1..5) on the valid split, loss its completion cross-entropy", "choices": list(BEST_METRICS)})
-        loss_type: str = field(default="nll", init=False)
-        max_length: int | None = field(default=None, init=False)
-        dataset_kwargs: dict | None = field(default_factory=lambda: {"skip_prepare_dataset": True}, init=False)
-        remove_unused_columns: bool = field(default=False, init=False)
-
-        def __post_init__(self):
-            import torch
-
-            self.run_dir = self.output_dir
-            if self.bf16 is None:
-                self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-            if not torch.cuda.is_available():
-                self.use_cpu = True
-            if self.greater_is_better is None and self.metric_for_best_model is not None:
-                self.greater_is_better = self.metric_for_best_model.removeprefix("eval_") == "rating_acc"
-            steps = [str(getattr(s, "value", s)) for s in (self.eval_strategy, self.save_strategy)] == ["steps", "steps"]
-            if self.load_best_model_at_end and steps and (
-                    self.eval_steps < 1 or self.save_steps < 1 or self.save_steps % self.eval_steps):
-                raise SirenError(f"--save_steps ({self.save_steps:g}) must be a positive multiple of --eval_steps "
-                                 f"({self.eval_steps:g}): the best checkpoint is chosen at evaluations")
-            super().__post_init__()
-
-    # The trainer pickles its arguments into every checkpoint (training_args.bin): give the class the
-    # module-level name that `__getattr__` below resolves, so it unpickles anywhere.
-    AlignmentTrainingConfig.__qualname__ = "AlignmentTrainingConfig"
-    AlignmentTrainingConfig.__module__ = __name__
-    _TRAINING_CONFIG_CLASS = AlignmentTrainingConfig
-    return AlignmentTrainingConfig
-
-
-def __getattr__(name: str):
-    # `siren.alignment.AlignmentTrainingConfig`, created on first use (PEP 562), so that importing
-    # this module does not import trl.
-    if name == "AlignmentTrainingConfig":
-        return training_config_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def default_run_dir(stage: AlignmentArguments) -> Path:
     """ckpt/AO_<model>_<peft>-<loss_type>-kd<kd_ratio>: the path says what made the run."""
     from siren.modeling import model_label
