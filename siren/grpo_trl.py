@@ -27,11 +27,12 @@ most updates away).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from trl import GRPOConfig
 
 from siren import SirenError
 from siren.cli import run_main
@@ -66,22 +67,17 @@ class GRPOScriptArguments:
     overwrite: bool = field(default=False, metadata={"help": "replace an existing GRPO_{data_name}_step{S} folder"})
 
 
-@functools.cache
-def grpo_config_class():
+@dataclass
+class SirenGRPOConfig(GRPOConfig):
     """TRL's GRPOConfig with `--output_dir` meaning this stage's output folder (alias `--out_dir`).
 
-    Built on first use, so importing this module does not import TRL.
+    A module-level class: the trainer pickles its config into every checkpoint (training_args.bin).
     """
-    from trl import GRPOConfig
 
-    @dataclass
-    class SirenGRPOConfig(GRPOConfig):
-        output_dir: str = field(
-            default="ckpt",
-            metadata={"help": "where the trained model folder GRPO_{data_name}_step{S} goes; TRL's own "
-                              "checkpoints go to --checkpoint_dir", "aliases": ["--out_dir"]})
-
-    return SirenGRPOConfig
+    output_dir: str = field(
+        default="ckpt",
+        metadata={"help": "where the trained model folder GRPO_{data_name}_step{S} goes; TRL's own "
+                          "checkpoints go to --checkpoint_dir", "aliases": ["--out_dir"]})
 
 
 def stage_defaults() -> dict:
@@ -113,7 +109,7 @@ def build_parser():
 
     from siren.cli import hf_parser
 
-    return hf_parser((GRPOScriptArguments, grpo_config_class()), __doc__, parser_class=TrlParser, **stage_defaults())
+    return hf_parser((GRPOScriptArguments, SirenGRPOConfig), __doc__, parser_class=TrlParser, **stage_defaults())
 
 
 def parse_args(argv: list[str] | None = None):

@@ -39,7 +39,7 @@ def _trl_env(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> dict:
         **os.environ, "PYTHON": sys.executable, "BACKEND": "trl", "MODEL_PATH": str(tiny_model_dir),
         "DATA_DIR": str(data_dir), "DATA_NAME": "Movies", "CKPT_DIR": str(tmp_path / "ckpt"),
         "TRAINER_DIR": str(tmp_path / "trainer"), "MAX_STEPS": "2", "ROLLOUT_N": "2", "BATCH_SIZE": "1",
-        "MICRO_BATCH_SIZE": "1", "MAX_RESPONSE_LENGTH": "4", "SAVE_FREQ": "0", "TEST_FREQ": "2", "LORA_RANK": "4",
+        "MICRO_BATCH_SIZE": "1", "MAX_RESPONSE_LENGTH": "4", "SAVE_FREQ": "2", "TEST_FREQ": "2", "LORA_RANK": "4",
     }
 
 
@@ -61,6 +61,8 @@ def test_trl_backend_two_steps_on_cpu(tiny_model_dir, short_prompt_dir, tmp_path
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["steps"] == 2 and manifest["backend"] == "trl"
     assert manifest["args"]["num_generations"] == 2 and manifest["args"]["beta"] == 0.001
+    # TRL's own checkpoint (SAVE_FREQ=2) went to TRAINER_DIR, with the pickled config (training_args.bin).
+    assert (tmp_path / "trainer" / "checkpoint-2" / "training_args.bin").is_file()
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -192,3 +194,12 @@ def test_one_step_at_the_default_lr_moves_the_policy_weights(tiny_model_dir, one
     assert {param.dtype for param in policy.parameters()} == {torch.float32}
     assert changed_fraction(policy) > 0.99
     assert changed_fraction(load_policy(tiny_model_dir).to(torch.bfloat16)) < 0.05
+
+
+def test_the_config_pickles_as_every_trl_checkpoint_stores_it():
+    """The trainer saves its config with torch.save into each checkpoint: a class defined inside a
+    function would fail there, at the first checkpoint of a real run."""
+    import pickle
+
+    _, config = parse_args(["--model", "m", "--data_path", "d", "--output_dir", "out"])
+    assert pickle.loads(pickle.dumps(config)).output_dir == "out"
