@@ -33,14 +33,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 die() { echo "error: $*" >&2; exit 2; }
 
-# Find the data: DATA_ROOT, else data/, else ../shared/data (as the scripts do).
-if [[ -z "$DATA_ROOT" ]]; then
-    for root in data ../shared/data; do
-        [[ -f "$root/$CATEGORY/train.jsonl.gz" ]] && { DATA_ROOT=$root; break; }
-    done
-fi
-[[ -n "$DATA_ROOT" && -f "$DATA_ROOT/$CATEGORY/train.jsonl.gz" ]] \
-    || die "no $CATEGORY data in ${DATA_ROOT:-data/ or ../shared/data/}; get it with: bash scripts/get_data.sh $CATEGORY"
+# The data root, found as every stage finds it ($SIREN_DATA_DIR, ./data, the repo's data/, ../shared/data).
+DATA_ROOT=$("$PY" -m siren.data "$CATEGORY" ${DATA_ROOT:+--data_root "$DATA_ROOT"}) || exit 2
 [[ -f "$MODEL/config.json" ]] || die "no model at $MODEL; build it with: $PY scripts/make_tiny_model.py --output_dir $MODEL"
 
 VERL="$RUN/verl/max@10-long@True"

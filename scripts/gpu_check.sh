@@ -63,13 +63,8 @@ wants() { [[ ",$STEPS," == *",$1,"* ]]; }
 
 "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null \
     || die "no CUDA device is visible to $PYTHON (torch.cuda.is_available() is false); gpu_check needs one GPU"
-if [[ -z "$DATA_ROOT" ]]; then
-    for root in data ../shared/data; do
-        [[ -f "$root/$CATEGORY/train.jsonl.gz" ]] && { DATA_ROOT=$root; break; }
-    done
-fi
-[[ -n "$DATA_ROOT" && -f "$DATA_ROOT/$CATEGORY/train.jsonl.gz" ]] \
-    || die "no $CATEGORY data (looked in \$SIREN_DATA_DIR, data/, ../shared/data); get it with: bash scripts/get_data.sh $CATEGORY"
+# The data root, found as every stage finds it ($SIREN_DATA_DIR, ./data, the repo's data/, ../shared/data).
+DATA_ROOT=$("$PYTHON" -m siren.data "$CATEGORY" ${DATA_ROOT:+--data_root "$DATA_ROOT"}) || exit 2
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 mkdir -p "$OUT/logs"

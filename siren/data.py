@@ -307,3 +307,23 @@ def canonical_split(name: str) -> str:
     if split not in SPLITS:
         raise SirenError(f"unknown split {name!r}; expected train, valid (or val) or test")
     return split
+
+
+def _main() -> None:
+    """`python -m siren.data CATEGORY [--data_root DIR]`: print the data root the stages would use
+    (the folder holding CATEGORY/), so shell scripts find the data exactly as the Python stages do."""
+    from siren import cli
+
+    parser = cli.stage_parser(_main.__doc__)
+    parser.add_argument("category")
+    cli.add_data_root(parser)
+    args = parser.parse_args()
+    print(resolve_category_dir(args.category, args.data_root).parent)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from siren.cli import run_main
+
+    sys.exit(run_main(_main))
