@@ -506,3 +506,14 @@ def test_json_that_python_cannot_load_is_one_line(tmp_path):
     path.write_text('{"user_id": "u1"}\n{"n": ' + "9" * 5000 + "}\n")
     with pytest.raises(SirenError, match=r"user_feature\.jsonl:2: not usable JSON \(Exceeds the limit"):
         list(iter_jsonl(path))
+
+
+def test_shell_scripts_find_the_data_as_the_stages_do(synthetic_root, tmp_path):
+    """`python -m siren.data CATEGORY`: what demo.sh and gpu_check.sh use to find the data root."""
+    from conftest import run_script
+
+    found = run_script("-m", "siren.data", "Movies", "--data_root", str(synthetic_root))
+    assert found.stdout.strip() == str(synthetic_root)
+    missing = run_script("-m", "siren.data", "Movies", "--data_root", str(tmp_path), check=False)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no data for category 'Movies'")
+    assert "scripts/get_data.sh Movies" in missing.stderr and missing.stderr.count("\n") == 1
