@@ -309,21 +309,23 @@ def canonical_split(name: str) -> str:
     return split
 
 
-def _main() -> None:
+def _main(argv: list[str] | None = None) -> int:
     """`python -m siren.data CATEGORY [--data_root DIR]`: print the data root the stages would use
     (the folder holding CATEGORY/), so shell scripts find the data exactly as the Python stages do."""
-    from siren import cli
+    import argparse
+    import sys
 
-    parser = cli.stage_parser(_main.__doc__)
+    parser = argparse.ArgumentParser(description=_main.__doc__)
     parser.add_argument("category")
-    cli.add_data_root(parser)
-    args = parser.parse_args()
-    print(resolve_category_dir(args.category, args.data_root).parent)
+    parser.add_argument("--data_root", default=None, help="only this folder (unset: the usual search)")
+    args = parser.parse_args(argv)
+    try:
+        print(resolve_category_dir(args.category, args.data_root).parent)
+    except SirenError as err:  # one line, as every stage reports it (siren.cli.run_main, not imported here)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    import sys
-
-    from siren.cli import run_main
-
-    sys.exit(run_main(_main))
+    raise SystemExit(_main())
