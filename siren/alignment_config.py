@@ -23,7 +23,7 @@ from siren.alignment import RUN_DIR_HELP, BEST_METRICS
 
 @dataclass
 class AlignmentTrainingConfig(SFTConfig):
-    output_dir: str | None = field(default=None, metadata={"help": RUN_DIR_HELP})
+    output_dir: str | None = field(default=None, metadata={"help": RUN_DIR_HELP, "aliases": ["--out_dir"]})
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 weights and autocast; unset: when the GPU supports it (float32 on a CPU)"})
     metric_for_best_model: str | None = field(default="rating_rmse", metadata={

@@ -189,6 +189,8 @@ def test_the_authors_flags_parse():
                  "--teacher_hidden_path", "results_hidden/Movies", "--teacher_mask_path", "results_train/Movies/mask.pt",
                  "--output_dir", "ckpt/AO_Movies_HA", "--eval_limit", "7"]
     assert script.parse_args(canonical)[0] == script.parse_args([*authors, "--max_eval_samples", "7"])[0]
+    # --out_dir, the name the other stages also accept, is the same run folder
+    assert script.parse_args([*authors[:-2], "--out_dir", "ckpt/AO_Movies_HA"])[1].run_dir == "ckpt/AO_Movies_HA"
 
 
 def test_stage_defaults_and_every_training_field():
