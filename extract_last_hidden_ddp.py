@@ -7,7 +7,9 @@ r"""Stage 4b: the teacher's hidden states (every layer) at the last token of pro
 Reads the parquet split and stage 4a's results.jsonl (+ mask.pt with --only_correct) and writes
 teacher_hidden.npy [n, L, H], teacher_index.npy [n] (the parquet row of each) and manifest.json,
 all or none of them. A results.jsonl that 4a's manifest says another model wrote is refused.
-Rows without a `</think>` have no teacher context and are skipped (counted). Every process streams
+Rows without a `</think>` have no teacher context and are skipped (counted), as are rows whose
+context does not end in the tokens of `<answer>` (`unaligned`: the reasoning's last characters
+merged with the tag, so there is no aligned position). Every process streams
 its rows to a shard on disk; the main process merges them in dataset order, so memory does not
 grow with the split, and any process count gives the same bytes. The authors' README flags
 (`--model --thinking_path --data_path --batch_size --out_dir`) are accepted as written.
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     thinking, mask = cot.read_stage4a(thinking_path, rows, with_mask=args.only_correct)
     selection = hidden.select_teacher_rows(thinking, mask)
     tokenizer = load_tokenizer(args.model)  # a missing --model folder stops here, before its record is compared
+    selection, lengths = hidden.align_teacher_rows(tokenizer, rows, thinking, selection)
     model = model_record(args.model)
     note = cot.check_thinking_model(thinking_path, model)
 
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     with hidden.scratch_folder(out_dir / ".hidden_parts", state) as parts_dir:
         extraction = hidden.extract_teacher_states(lm, tokenizer, rows, thinking, selection.positions, state=state,
                                                    parts_dir=parts_dir, batch_size=args.batch_size,
-                                                   save_dtype=args.save_dtype)
+                                                   save_dtype=args.save_dtype, lengths=lengths)
         if state.is_main_process:
             with atomic_outputs(out_dir, names, overwrite=args.overwrite) as staged:
                 hidden.write_teacher_files(staged.dir, extraction, rows)

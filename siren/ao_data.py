@@ -3,7 +3,7 @@ DatasetDict stage 4c writes and stages 5 and 6 read (or rows built the same way 
 verl parquet dir).
 
 AO prompt = chat-templated parquet prompt + empty think block + `<answer>`; the rating token comes
-next. The teacher context of stage 4b ends in the same tokens (`siren.prompts.ALIGNED_TAIL`).
+next. The teacher context of stage 4b ends in the same tokens (`siren.prompts.answer_tag_ids`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def student_text(tokenizer, row: dict) -> str:
 def completion_text(label: float) -> str:
     """The AO completion, what the GRPO teacher writes after `<answer>`: "4.0</answer>" for a 4.
 
-    The teacher's prompt shows `<answer>4.0</answer>` and the reward's ground truth is the label
-    with one decimal, so the teacher writes "4.0". Qwen's tokenizer splits digits, so the first
+    The teacher's prompt asks for the rating with one decimal and the reward's ground truth is the
+    label with one decimal, so the teacher writes "4.0". Qwen's tokenizer splits digits, so the first
     completion token is the rating digit alone ("4", ".", "0", "</", "answer", ">"): the token the
     aligned position (the end of `<answer>`) predicts and answer-only decoding reads.
     """

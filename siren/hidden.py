@@ -2,8 +2,10 @@
 
 Teacher context (4b): chat-templated prompt + the model's reasoning through `</think>` +
 "\n\n<answer>". Student context (4c, 5, 6): chat-templated prompt + empty think block +
-`<answer>`. Both end in the same text, "</think>\n\n<answer>", and must end in the same tokens; the
-last one is the aligned position. With left padding that position is the last column of a batch.
+`<answer>`. Both end in the tokens of `<answer>`; the last one is the aligned position. A teacher
+context whose `<answer>` tokenizes otherwise (its reasoning's last characters merged with the tag)
+has no aligned position: the row is left out and counted as `unaligned`, not the run refused.
+With left padding the aligned position is the last column of a batch.
 
 `extract_teacher_states` sorts the selected rows by context length once, cuts them into batches
 and gives batch b to process b % K, so every row is computed in the same padded batch whatever the
@@ -28,9 +30,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from siren import SirenError
+from siren.answer import ANSWER_OPEN
 from siren.ao_data import student_text
 from siren.io import atomic_path
-from siren.prompts import ALIGNED_TAIL, aligned_tail_ids, chat_prompt_text, teacher_context
+from siren.prompts import answer_tag_ids, chat_prompt_text, teacher_context
 
 if TYPE_CHECKING:
     import torch
@@ -47,34 +50,49 @@ def teacher_text(tokenizer, row: dict, reasoning: str) -> str:
     return teacher_context(chat_prompt_text(tokenizer, row["prompt"]), reasoning)
 
 
-def check_context_tail(index: int, teacher_ids: Sequence[int], student_ids: Sequence[int], tail_ids: Sequence[int]) -> None:
-    """Both contexts must end with the tokens of "</think>\\n\\n<answer>"; an error names the row."""
-    k = len(tail_ids)
-    teacher_tail, student_tail = list(teacher_ids[-k:]), list(student_ids[-k:])
-    if teacher_tail != list(tail_ids) or student_tail != list(tail_ids):
+def check_student_tail(tokenizer, row: dict, answer_ids: Sequence[int]) -> None:
+    """The answer-only context must end in the tokens of `<answer>`; its tail is the same text for
+    every row (the chat template's generation prompt, the empty think block, `<answer>`), so one
+    row decides it for the tokenizer."""
+    student_ids = tokenizer(student_text(tokenizer, row), add_special_tokens=False)["input_ids"]
+    if list(student_ids[-len(answer_ids):]) != list(answer_ids):
         raise SirenError(
-            f"row {index}: the teacher and answer-only contexts do not end in the same tokens for "
-            f"{ALIGNED_TAIL!r} (teacher {teacher_tail}, student {student_tail}, expected {list(tail_ids)})"
+            f"the answer-only context of {getattr(tokenizer, 'name_or_path', 'this tokenizer')} does not end in the "
+            f"tokens of {ANSWER_OPEN!r} ({list(answer_ids)}); it ends in {list(student_ids[-len(answer_ids):])}, "
+            "so no position can be aligned"
         )
 
 
-def check_contexts(tokenizer, rows: Sequence[dict], thinking: Sequence[dict], positions: Sequence[int],
-                   chunk_size: int = 256) -> list[int]:
-    """Check every row's context tails; return the teacher context lengths in tokens.
+@dataclass(frozen=True)
+class ContextAlignment:
+    """Which teacher contexts end in the tokens of `<answer>` (aligned) and which do not."""
 
-    Works in chunks so that only `chunk_size` rows of token ids exist at a time.
-    """
-    tail_ids = aligned_tail_ids(tokenizer)
-    lengths: list[int] = []
+    positions: list[int]      # aligned rows, in the order given
+    lengths: list[int]        # their teacher context lengths in tokens
+    unaligned: list[int]      # rows whose teacher context does not end in `<answer>`'s tokens
+
+
+def align_contexts(tokenizer, rows: Sequence[dict], thinking: Sequence[dict], positions: Sequence[int],
+                   chunk_size: int = 256) -> ContextAlignment:
+    """Tokenize every teacher context once, in chunks of `chunk_size` rows (only a chunk's ids exist
+    at a time), and sort the rows into aligned and unaligned. A reasoning whose text merges with the
+    tag that follows it (e.g. one ending in "<") is unaligned: its `<answer>` is other tokens."""
+    answer_ids = answer_tag_ids(tokenizer)
+    if positions:
+        check_student_tail(tokenizer, rows[positions[0]], answer_ids)
+    k = len(answer_ids)
+    aligned, lengths, unaligned = [], [], []
     for start in range(0, len(positions), chunk_size):
         chunk = positions[start:start + chunk_size]
         teacher_ids = tokenizer([teacher_text(tokenizer, rows[p], thinking[p]["reasoning"]) for p in chunk],
                                 add_special_tokens=False)["input_ids"]
-        student_ids = tokenizer([student_text(tokenizer, rows[p]) for p in chunk], add_special_tokens=False)["input_ids"]
-        for p, teacher, student in zip(chunk, teacher_ids, student_ids, strict=True):
-            check_context_tail(int(rows[p]["extra_info"]["index"]), teacher, student, tail_ids)
-            lengths.append(len(teacher))
-    return lengths
+        for p, ids in zip(chunk, teacher_ids, strict=True):
+            if list(ids[-k:]) == answer_ids:
+                aligned.append(p)
+                lengths.append(len(ids))
+            else:
+                unaligned.append(p)
+    return ContextAlignment(aligned, lengths, unaligned)
 
 
 def encode_left_padded(tokenizer, texts: Sequence[str]):
@@ -120,14 +138,15 @@ class TeacherSelection:
     n_rows: int
     no_reasoning: int
     masked_out: int | None    # None without --only_correct
+    unaligned: int = 0        # rows left out because their teacher context has no aligned position
 
     def counts(self) -> dict:
         return {"rows": self.n_rows, "extracted": len(self.positions), "no_reasoning": self.no_reasoning,
-                "masked_out": self.masked_out or 0}
+                "masked_out": self.masked_out or 0, "unaligned": self.unaligned}
 
     def summary(self) -> str:
         masked = "" if self.masked_out is None else f", {self.masked_out} masked out"
-        return f"{self.no_reasoning} without reasoning{masked}"
+        return f"{self.no_reasoning} without reasoning{masked}, {self.unaligned} unaligned"
 
 
 def select_teacher_rows(thinking: Sequence[dict], mask: Sequence[bool] | None = None) -> TeacherSelection:
@@ -139,6 +158,18 @@ def select_teacher_rows(thinking: Sequence[dict], mask: Sequence[bool] | None = 
         raise SirenError(f"no rows to extract: {no_reasoning} of {len(thinking)} have no reasoning"
                          + (f", {masked_out} are masked out" if masked_out is not None else ""))
     return TeacherSelection(positions, len(thinking), no_reasoning, masked_out)
+
+
+def align_teacher_rows(tokenizer, rows: Sequence[dict], thinking: Sequence[dict],
+                       selection: TeacherSelection) -> tuple[TeacherSelection, list[int]]:
+    """`selection` without its unaligned rows (counted), and the teacher context lengths of the rest."""
+    alignment = align_contexts(tokenizer, rows, thinking, selection.positions)
+    if not alignment.positions:
+        raise SirenError(f"no rows to extract: none of the {len(selection.positions)} selected teacher contexts ends in "
+                         f"the tokens of {ANSWER_OPEN!r}")
+    kept = TeacherSelection(alignment.positions, selection.n_rows, selection.no_reasoning, selection.masked_out,
+                            len(alignment.unaligned))
+    return kept, alignment.lengths
 
 
 @contextlib.contextmanager
@@ -182,12 +213,14 @@ class Extraction:
 
 
 def extract_teacher_states(model, tokenizer, rows: Sequence[dict], thinking: Sequence[dict], selected: Sequence[int], *,
-                           state, parts_dir: Path, batch_size: int, save_dtype: str = "float32") -> Extraction:
+                           state, parts_dir: Path, batch_size: int, save_dtype: str = "float32",
+                           lengths: Sequence[int] | None = None) -> Extraction:
     """Every layer's hidden state at the last teacher-context token of each `selected` row, into
     this process's shard in `parts_dir`; returns when every process is done.
 
-    Every process checks every row (cheap next to the forward passes), so a bad row stops all of
-    them with the same message instead of leaving the others waiting. The rows are sorted longest
+    `lengths` are the rows' teacher context lengths from `align_teacher_rows`; without them every
+    process tokenizes every row here and refuses an unaligned one (the same message in every
+    process, instead of one failing and the others waiting). The rows are sorted longest
     first, once for all processes: similar lengths share a batch (little padding), an
     out-of-memory batch shows up at once rather than hours in, and a batch is the same rows
     whatever the process count.
@@ -197,7 +230,14 @@ def extract_teacher_states(model, tokenizer, rows: Sequence[dict], thinking: Seq
     from siren.distributed import batches, my_batches
 
     selected = list(selected)
-    lengths = check_contexts(tokenizer, rows, thinking, selected)
+    if lengths is None:
+        alignment = align_contexts(tokenizer, rows, thinking, selected)
+        if alignment.unaligned:
+            raise SirenError(f"rows {alignment.unaligned[:5]}: the teacher context does not end in the tokens of "
+                             f"{ANSWER_OPEN!r} (leave them out with align_teacher_rows)")
+        lengths = alignment.lengths
+    if len(lengths) != len(selected):
+        raise SirenError(f"internal error: {len(lengths)} context lengths for {len(selected)} rows")
     longest_first = sorted(range(len(selected)), key=lambda k: -lengths[k])
     mine = [batch for _, batch in my_batches(list(batches(longest_first, batch_size)), state.process_index,
                                              state.num_processes)]

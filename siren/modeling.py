@@ -8,12 +8,13 @@ From next-token logits to ratings: the distribution is renormalised over the tok
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from siren import SirenError
-from siren.prompts import aligned_tail_ids
+from siren.prompts import answer_tag_ids
 
 if TYPE_CHECKING:
     import torch
@@ -125,40 +126,72 @@ def _file_sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-# Keys `save_pretrained` adds to or changes in tokenizer_config.json that say how the tokenizer was
-# loaded, not how it splits text or renders a chat: a tokenizer saved again (stage 5's merged/ of
-# older runs) keeps its identity. Measured: transformers 5.9 adds is_local, local_files_only and
-# padding_side.
-_LOAD_TIME_TOKENIZER_KEYS = frozenset({
-    "is_local", "local_files_only", "padding_side", "truncation_side", "name_or_path", "_commit_hash",
+# A tokenizer's identity is what decides the tokens of a text and the text of a chat: the
+# vocabulary and merges, the normalizer, pre-tokenizer, post-processor and decoder, the added
+# tokens, the special tokens and whether they are added, and the chat template. Everything else
+# in the files says how the tokenizer was loaded or will pad and truncate, and changes when a
+# stage saves it again: transformers 5.9 adds padding_side, is_local and local_files_only to
+# tokenizer_config.json, and a trainer's save can add max_length, pad_to_multiple_of and
+# pad_token_type_id. The pad token is left out too: padding never changes a real token, and
+# `siren.tokenization.load_tokenizer` sets a missing pad to eos, which a later save records.
+_TOKENIZER_JSON_KEYS = ("model", "added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder")
+_TOKENIZER_CONFIG_KEYS = frozenset({
+    "bos_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token", "additional_special_tokens",
+    "extra_special_tokens", "add_bos_token", "add_eos_token", "add_prefix_space", "do_lower_case",
 })
+# Files of tokenizers without a tokenizer.json (slow tokenizers): their bytes are the vocabulary.
+_VOCAB_FILES = ("vocab.json", "merges.txt", "tokenizer.model", "qwen.tiktoken")
 
 
-def _tokenizer_config_sha256(path: Path) -> str | None:
-    """SHA-256 of tokenizer_config.json without its load-time keys (key order ignored)."""
-    import json
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
-    if not path.is_file():
-        return None
+
+def _read_json_object(path: Path) -> dict | None:
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _file_sha256(path)
-    if not isinstance(config, dict):
-        return _file_sha256(path)
-    kept = {k: v for k, v in config.items() if k not in _LOAD_TIME_TOKENIZER_KEYS}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _vocabulary_sha256(folder: Path) -> str | None:
+    """SHA-256 of what turns text into ids: tokenizer.json's model, pipeline and added tokens, or
+    the vocabulary files of a tokenizer without one."""
+    backend = _read_json_object(folder / "tokenizer.json")
+    if backend is not None:
+        return _digest({key: backend.get(key) for key in _TOKENIZER_JSON_KEYS})
+    files = {name: _file_sha256(folder / name) for name in _VOCAB_FILES if (folder / name).is_file()}
+    return _digest(files) if files else None
+
+
+def _special_tokens_sha256(folder: Path) -> str | None:
+    config = _read_json_object(folder / "tokenizer_config.json")
+    if config is None:
+        return _file_sha256(folder / "tokenizer_config.json")
+    return _digest({key: config[key] for key in sorted(_TOKENIZER_CONFIG_KEYS & set(config))})
+
+
+def _chat_template_sha256(folder: Path) -> str | None:
+    """The template a chat is rendered with: chat_template.jinja, else tokenizer_config.json's key."""
+    if (folder / "chat_template.jinja").is_file():
+        return _file_sha256(folder / "chat_template.jinja")
+    template = (_read_json_object(folder / "tokenizer_config.json") or {}).get("chat_template")
+    if isinstance(template, str):
+        return hashlib.sha256(template.encode("utf-8")).hexdigest()
+    return None if template is None else _digest(template)
 
 
 def tokenizer_files_record(model_path: str | os.PathLike) -> dict:
-    """What identifies a folder's tokenizer, from its files (no tokenizer is loaded): the SHA-256 of
-    tokenizer.json and chat_template.jinja, and of tokenizer_config.json's content without the keys
-    that only say how it was loaded."""
+    """What identifies a folder's tokenizer, from its files (no tokenizer is loaded): digests of its
+    vocabulary, its special tokens and its chat template (see `_TOKENIZER_JSON_KEYS`). A tokenizer
+    saved again by a later stage keeps its record; one that would tokenize or render otherwise
+    does not."""
     folder = Path(model_path)
     return {
-        "tokenizer_json_sha256": _file_sha256(folder / "tokenizer.json"),
-        "tokenizer_config_sha256": _tokenizer_config_sha256(folder / "tokenizer_config.json"),
-        "chat_template_sha256": _file_sha256(folder / "chat_template.jinja"),
+        "vocabulary_sha256": _vocabulary_sha256(folder),
+        "special_tokens_sha256": _special_tokens_sha256(folder),
+        "chat_template_sha256": _chat_template_sha256(folder),
     }
 
 
@@ -186,8 +219,6 @@ def model_record(model_path: str | os.PathLike) -> dict:
     """What identifies a model folder for the manifests: its path, architecture and shapes (from
     config.json), a weights fingerprint and its tokenizer files. Later stages compare the parts
     that matter to them with `check_same_model`."""
-    import json
-
     folder = Path(model_path)
     config = {}
     if (folder / "config.json").is_file():
@@ -219,7 +250,12 @@ def check_same_model(recorded: dict | None, actual: dict, *, what: str, parts=("
         if old is None or new is None or old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
-            key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            # Only what both records hold: an older manifest names some parts otherwise.
+            differing = [k for k in sorted(set(old) & set(new))
+                         if old[k] is not None and new[k] is not None and old[k] != new[k]]
+            if not differing:
+                continue
+            key = differing[0]
             detail = f"{part}.{key}: {old.get(key)} there, {new.get(key)} here"
         else:
             detail = f"{part} differs"
@@ -283,5 +319,5 @@ def tokenizer_record(tokenizer, path: str | os.PathLike) -> dict:
         "vocab_size": len(tokenizer),
         "tokenizer_json_sha256": digest,
         "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
-        "aligned_tail_ids": aligned_tail_ids(tokenizer),
+        "answer_tag_ids": answer_tag_ids(tokenizer),
     }

@@ -46,11 +46,14 @@ def item_noun(category: str) -> str:
 
 
 def system_prompt(category: str) -> str:
+    """The instructions: the task, the response format, and no rating value a model could copy (an
+    example `<answer>4.0</answer>` made an untouched SmolLM2-135M answer 4 on 200 of 200 rows, so a
+    zero-shot row measured the example, not the model)."""
     noun = item_noun(category)
     return (
         f"You predict the star rating, from 1.0 to 5.0, that a user will give a candidate {noun}. "
-        f"First reason step by step inside {THINK_OPEN} {THINK_CLOSE}. Then write only the numeric "
-        f"rating inside {ANSWER_OPEN} </answer>, for example {ANSWER_OPEN}4.0</answer>."
+        f"First reason step by step inside {THINK_OPEN} {THINK_CLOSE}. Then write only the rating, a "
+        f"number with one decimal, inside {ANSWER_OPEN} </answer>."
     )
 
 
@@ -107,8 +110,23 @@ def build_messages(
 
 
 def chat_prompt_text(tokenizer, messages: list[dict]) -> str:
-    """The chat-templated prompt with the generation prompt added (what the model continues)."""
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    """The chat-templated prompt with the generation prompt added (what the model continues).
+
+    A thinking-only template (e.g. Qwen3-*-Thinking-2507's) ends the generation prompt with an open
+    `<think>`: the response then never writes its own, so every GRPO format score would be -1 and
+    the answer-only context would hold two think blocks. Such a template is refused here, where
+    every stage renders its prompts.
+    """
+    from siren import SirenError
+
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    if text.rstrip().endswith(THINK_OPEN):
+        raise SirenError(
+            f"the chat template of {getattr(tokenizer, 'name_or_path', None) or 'this tokenizer'} opens {THINK_OPEN} in "
+            f"its generation prompt (a thinking-only template); SIREN's responses write their own "
+            f"{THINK_OPEN}...{THINK_CLOSE}: use the model's template without the opened block"
+        )
+    return text
 
 
 def answer_only_context(prompt_text: str) -> str:
@@ -124,9 +142,11 @@ def teacher_context(prompt_text: str, reasoning: str) -> str:
     return prompt_text + reasoning + ANSWER_JOIN + ANSWER_OPEN
 
 
-# The text both contexts end with; its tokens must agree between them.
-ALIGNED_TAIL = THINK_CLOSE + ANSWER_JOIN + ANSWER_OPEN
+def answer_tag_ids(tokenizer) -> list[int]:
+    """The tokens of `<answer>`, which both contexts end with; the last one is the aligned position.
 
-
-def aligned_tail_ids(tokenizer) -> list[int]:
-    return tokenizer.encode(ALIGNED_TAIL, add_special_tokens=False)
+    Only these are compared between the teacher and the student: what precedes them is the
+    model's own text in the teacher (a reasoning that ends in " </think>" tokenizes as " </" where
+    the student's empty think block has "</"), and it does not move the aligned token.
+    """
+    return tokenizer.encode(ANSWER_OPEN, add_special_tokens=False)

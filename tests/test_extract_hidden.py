@@ -15,14 +15,14 @@ from siren import SirenError
 from siren.cot import result_row
 from siren.hidden import (
     NpyRows,
-    check_context_tail,
+    align_contexts,
     encode_left_padded,
     last_token_hidden,
     merge_hidden_shards,
     shard_paths,
     teacher_text,
 )
-from siren.prompts import ALIGNED_TAIL, aligned_tail_ids
+from siren.prompts import answer_tag_ids
 from siren.verl_data import load_split_rows
 
 N_ROWS = 14
@@ -60,13 +60,13 @@ def test_left_padding_puts_answer_last_for_mixed_lengths(tiny_model_dir, verl_di
     input_ids, attention_mask, position_ids = encode_left_padded(tokenizer, texts)
     lengths = attention_mask.sum(1).tolist()
     assert len(set(lengths)) == 4  # really mixed
-    tail = aligned_tail_ids(tokenizer)
+    tail = answer_tag_ids(tokenizer)
     for row in range(4):
         last_real = int(attention_mask[row].nonzero().max())
         assert last_real == input_ids.shape[1] - 1
         assert input_ids[row, -len(tail):].tolist() == tail
         assert position_ids[row, -1].item() == lengths[row] - 1
-    assert tokenizer.decode(tail) == ALIGNED_TAIL
+    assert tokenizer.decode(tail) == "<answer>"
 
 
 def test_padded_batch_gives_each_row_its_unpadded_hidden_state(tiny_model_dir, verl_dir, one_thread):
@@ -84,10 +84,50 @@ def test_padded_batch_gives_each_row_its_unpadded_hidden_state(tiny_model_dir, v
         torch.testing.assert_close(batched[i], alone[0], rtol=1e-4, atol=1e-5)
 
 
-def test_context_tail_mismatch_names_the_row():
-    check_context_tail(7, [1, 2, 3, 4], [9, 3, 4], [3, 4])
-    with pytest.raises(SirenError, match="row 7: the teacher and answer-only contexts"):
-        check_context_tail(7, [1, 2, 3, 5], [9, 3, 4], [3, 4])
+def test_reasoning_ending_in_a_spaced_think_close_still_aligns(tiny_model_dir, verl_dir):
+    """" </think>" tokenizes otherwise than the student's "</think>"; only `<answer>`'s tokens count."""
+    from siren.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = load_split_rows(verl_dir, "train", 1) * 2  # one prompt, two reasonings
+    thinking = [{"reasoning": "<think>likes dramas </think>"}, {"reasoning": "<think>likes dramas</think>"}]
+    alignment = align_contexts(tokenizer, rows, thinking, [0, 1])
+    assert alignment.positions == [0, 1] and alignment.unaligned == []
+    assert alignment.lengths[0] == alignment.lengths[1] + 1  # the space is a token of its own here
+
+
+def test_unaligned_rows_are_counted_and_left_out(tiny_model_dir, verl_dir, monkeypatch):
+    import siren.hidden as hidden
+    from siren.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = load_split_rows(verl_dir, "train", 3)
+    thinking = [{"reasoning": f"<think>row {i}</think>"} for i in range(3)]
+    real_teacher_text = hidden.teacher_text
+    # Row 1's context ends in "<answer" (no ">"): its last tokens are not those of `<answer>`.
+    monkeypatch.setattr(hidden, "teacher_text", lambda tok, row, reasoning: real_teacher_text(tok, row, reasoning)
+                        .removesuffix(">") if reasoning == "<think>row 1</think>" else real_teacher_text(tok, row, reasoning))
+    selection = hidden.select_teacher_rows(thinking)
+    kept, lengths = hidden.align_teacher_rows(tokenizer, rows, thinking, selection)
+    assert kept.positions == [0, 2] and len(lengths) == 2
+    assert kept.counts()["unaligned"] == 1 and "1 unaligned" in kept.summary()
+    with pytest.raises(SirenError, match=r"rows \[1\]: the teacher context does not end in the tokens of '<answer>'"):
+        hidden.extract_teacher_states(None, tokenizer, rows, thinking, [0, 1, 2], state=None, parts_dir=Path("."),
+                                      batch_size=2)
+    monkeypatch.setattr(hidden, "teacher_text", lambda tok, row, reasoning: "no tag here")
+    with pytest.raises(SirenError, match="none of the 3 selected teacher contexts ends in the tokens of '<answer>'"):
+        hidden.align_teacher_rows(tokenizer, rows, thinking, selection)
+
+
+def test_a_student_context_without_the_answer_tokens_is_refused(tiny_model_dir, verl_dir, monkeypatch):
+    import siren.hidden as hidden
+    from siren.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = load_split_rows(verl_dir, "train", 1)
+    monkeypatch.setattr(hidden, "student_text", lambda tok, row: "a prompt without the tag")
+    with pytest.raises(SirenError, match="answer-only context of .* does not end in the tokens of '<answer>'"):
+        align_contexts(tokenizer, rows, [{"reasoning": "<think>x</think>"}], [0])
 
 
 def test_shards_merge_in_dataset_order(tmp_path):

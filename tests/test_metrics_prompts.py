@@ -66,6 +66,16 @@ def test_prompt_uses_category_noun_and_last_n_lines():
     assert "film" in system_prompt("Films") and "<answer>" in system_prompt("Films")
 
 
+def test_instructions_hold_no_rating_value_to_copy():
+    """An example `<answer>4.0</answer>` anchored an untouched model on 4; the only numbers left
+    are the range's ends."""
+    import re
+
+    text = system_prompt("Movies")
+    assert re.findall(r"\d(?:\.\d)?", text) == ["1.0", "5.0"]
+    assert "<answer>" in text and "</answer>" in text and "one decimal" in text
+
+
 def test_prompt_without_history_or_sketch():
     text = user_prompt("Books", "", "Dune, Fiction", max_history=10)
     assert "no earlier book ratings" in text and "Long-term" not in text
@@ -88,6 +98,32 @@ def test_teacher_and_student_contexts_end_alike():
     teacher = teacher_context(prompt, "<think>because</think>")
     assert student.endswith("</think>\n\n<answer>") and teacher.endswith("</think>\n\n<answer>")
     assert teacher_context(prompt, "<think>cut off") .endswith("cut off</think>\n\n<answer>")
+
+
+class _TemplateTokenizer:
+    """Renders a chat the way a template would: the generation prompt is `suffix`."""
+
+    name_or_path = "fake/Qwen3-4B-Thinking-2507"
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return "".join(f"<|{m['role']}|>{m['content']}" for m in messages) + self.suffix
+
+
+def test_a_template_that_opens_think_in_the_generation_prompt_is_refused():
+    from siren import SirenError
+    from siren.prompts import chat_prompt_text
+
+    messages = build_messages("Movies", "A, B, 3.0", "X, Y")
+    assert chat_prompt_text(_TemplateTokenizer("<|assistant|>\n"), messages).endswith("<|assistant|>\n")
+    for suffix in ("<|assistant|>\n<think>\n", "<|assistant|><think>"):
+        with pytest.raises(SirenError, match=r"chat template of fake/Qwen3-4B-Thinking-2507 opens <think> in its "
+                                             r"generation prompt \(a thinking-only template\)"):
+            chat_prompt_text(_TemplateTokenizer(suffix), messages)
+    # an empty think block (Qwen3's enable_thinking=False) is closed, not open
+    assert chat_prompt_text(_TemplateTokenizer("<think>\n\n</think>\n\n"), messages)
 
 
 @pytest.mark.parametrize("text,value", [("False", False), ("false", False), ("0", False), ("no", False),

@@ -44,7 +44,7 @@ def test_check_same_model_names_what_differs(tmp_path):
     check_same_model({"path": "old", "architecture": None}, other, what="an older record without the parts")
     same_weights_other_tokenizer = model_record(_fake_model(tmp_path / "tok", b"\x00" * 5000))
     (tmp_path / "tok" / "tokenizer.json").write_text('{"model": "other"}')
-    with pytest.raises(SirenError, match=r"tokenizer\.tokenizer_json_sha256"):
+    with pytest.raises(SirenError, match=r"tokenizer\.vocabulary_sha256"):
         check_same_model(base, model_record(tmp_path / "tok"), what="tokenized with", parts=("tokenizer",))
     assert same_weights_other_tokenizer["weights_digest"] == base["weights_digest"]
 
@@ -65,6 +65,46 @@ def test_a_tokenizer_saved_again_keeps_its_identity(tiny_model_dir, tmp_path):
     config["eos_token"] = "<|endoftext|>" if config.get("eos_token") != "<|endoftext|>" else "<|im_end|>"
     (tmp_path / "copied" / "tokenizer_config.json").write_text(json.dumps(config))
     assert tokenizer_files_record(tmp_path / "copied") != tokenizer_files_record(tiny_model_dir)
+
+
+def test_tokenizer_identity_rests_on_tokens_and_template_only(tiny_model_dir, tmp_path):
+    """A trainer's save adds padding/truncation settings and a pad token (the GRPO stage's save made
+    stage 6 refuse 4c data built with the untouched model); none of it changes a token. The
+    vocabulary, an added token and the template do."""
+    import shutil
+
+    from siren.modeling import tokenizer_files_record
+
+    base = tokenizer_files_record(tiny_model_dir)
+    folder = tmp_path / "saved"
+    shutil.copytree(tiny_model_dir, folder)
+    backend = json.loads((folder / "tokenizer.json").read_text())
+    backend["padding"] = {"strategy": "BatchLongest", "pad_to_multiple_of": 8, "pad_type_id": 0, "pad_id": 1}
+    backend["truncation"] = {"max_length": 2048, "strategy": "LongestFirst", "stride": 0}
+    (folder / "tokenizer.json").write_text(json.dumps(backend))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(max_length=2048, pad_to_multiple_of=None, pad_token_type_id=0, pad_token="<|im_end|>",
+                  padding_side="left", model_max_length=123)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert tokenizer_files_record(folder) == base
+
+    backend["added_tokens"] = [*backend["added_tokens"], {**backend["added_tokens"][-1], "id": 10**6, "content": "<x>"}]
+    (folder / "tokenizer.json").write_text(json.dumps(backend))
+    assert tokenizer_files_record(folder)["vocabulary_sha256"] != base["vocabulary_sha256"]
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    assert tokenizer_files_record(folder)["chat_template_sha256"] != base["chat_template_sha256"]
+
+
+def test_an_older_tokenizer_record_is_compared_on_the_parts_both_hold(tiny_model_dir):
+    from siren.modeling import check_same_model, model_record
+
+    actual = model_record(tiny_model_dir)
+    older = {**actual, "tokenizer": {"tokenizer_json_sha256": "0" * 64,
+                                     "chat_template_sha256": actual["tokenizer"]["chat_template_sha256"]}}
+    check_same_model(older, actual, what="built with", parts=("tokenizer",))
+    older["tokenizer"]["chat_template_sha256"] = "1" * 64
+    with pytest.raises(SirenError, match=r"tokenizer\.chat_template_sha256: 1{64} there"):
+        check_same_model(older, actual, what="built with", parts=("tokenizer",))
 
 
 def test_check_upstream_model_reads_the_manifest(tmp_path):
