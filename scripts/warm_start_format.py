@@ -1,28 +1,37 @@
-r"""Format warm start for the CPU demo: teach a tiny random model to write SIREN's response format.
+r"""Format warm start: teach a model to write SIREN's response format with a reasoning built from
+the prompt, before GRPO.
 
 A real run starts GRPO from Qwen3-4B, which already writes `<think>...</think><answer>r</answer>`.
-The demo's tiny random Qwen3 never does, so stage 4a would find no correct rows and stages 4b/5
-would have nothing to align. This script stands in for the pretrained model's formatting ability:
-a short full fine-tune (TRL SFTTrainer, CPU) on prompt/completion pairs whose completion is
+A small model (the tiny random Qwen3 of the tests, SmolLM2-135M-Instruct of `make demo-real`)
+does not, so stage 4a would find no correct rows and stages 4b/5 would have nothing to align.
+This script stands in for that ability: a short fine-tune (TRL SFTTrainer, CPU, loss on the
+completion only) on prompt/completion pairs whose completion is a reasoning read off the prompt:
 
     <think>
-    The user's recent ratings average {m:.1f}.
+    Recent ratings: 3 3 1 2 3 (mean 2.4).
+    Similar movies: 3 2 (mean 2.5).
+    Estimate 2.4, so 2.
     </think>
-    <answer>{r}</answer><|im_end|>
+    <answer>2.0</answer><eos>
 
-where m is the mean rating of the history lines in the row's user message (lines whose last
-comma-separated field is not a number in 1-5 are skipped; no rated line gives m = 5) and
-r = floor(m + 0.5) clipped to 1..5 (half rounds up, unlike Python's round). The label is never
-read: the warm start does not see the answers. The loss is on the completion only.
-Rows whose prompt + completion exceed --max_length tokens are left out of training.
-With the defaults (64 rows, 60 steps at lr 1e-2) the tiny Qwen3 writes the format for every row
-under greedy decoding, in under a minute on 2 CPU cores.
+"Recent ratings" are the ratings of the history lines in the user message; "similar" items are
+the history lines that share a category with the candidate, leaving out categories that more than
+half of the history lines carry (for this user they say nothing: "Movies & TV" on every line).
+The estimate is 0.7 * the recent mean + 0.3 * the similar items' mean, or the recent mean alone
+without similar items; without rated lines it is 5 (the most common rating). The rating is floor(estimate + 0.5) (half rounds up, unlike Python's round) clipped to
+1..5, written with one decimal as the reward's ground truth is. The label is never read. Measured
+on the 200-user Movies slice: the recipe's rating scores test MAE 0.90 / RMSE 1.28 (the plain mean:
+0.87 / 1.26; adding the sketch's liked/disliked topics as a +-0.5 shift made it worse, 1.33), so it
+is a reasoning a model can learn from its prompt, not an oracle.
 
-After training it greedy-decodes the same rows (--max_new_tokens, default 32) and reports
-the fraction of well-formed (`siren.answer.parse_response(...).format_ok`) and valid responses.
+After training it greedy-decodes the rows (--max_new_tokens) and parses them as stage 4a does. A
+warm start that leaves fewer than --min_format_rate of them well formed with a valid rating is
+refused in one line and writes nothing (a learning rate of 1e-2, the tiny model's, turned
+SmolLM2-135M's outputs into "<<<<"). The defaults fit a pretrained model (lr 1e-4); the tiny random
+Qwen3 needs `--learning_rate 1e-2 --max_steps 60`.
 
-    python scripts/warm_start_format.py --model ckpt/tiny-qwen3 \
-        --data_path data/Movies/verl/max@10-long@False --output_dir ckpt/tiny-qwen3-format
+    python scripts/warm_start_format.py --model ckpt/smollm2-135m-instruct \
+        --data_path data/Movies/verl/max@10-long@True --output_dir ckpt/smollm2-format
 
 Writes <output_dir>/ (model + tokenizer via save_pretrained, generations.jsonl, train_log.jsonl,
 manifest.json with the format-check counts), atomically: everything goes to a temporary sibling
@@ -35,24 +44,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 from siren import SirenError, cli
 from siren.cli import positive_int, run_main
 
-DEFAULT_RATING = 5.0  # m when the user message holds no rated history line
-
-
-def history_ratings(user_message: str) -> list[float]:
-    """Ratings (1-5) of the "Title, categories, rating" lines of a user message, in order."""
-    from siren.data import history_lines, parse_history_line
-
-    ratings = []
-    for line in history_lines(user_message):
-        rating = parse_history_line(line).rating
-        if rating is not None and math.isfinite(rating) and 1.0 <= rating <= 5.0:
-            ratings.append(rating)
-    return ratings
+DEFAULT_RATING = 5.0   # the estimate when the user message holds no rated history line
+SIMILAR_WEIGHT = 0.3   # weight of the similar items' mean in the estimate
 
 
 def round_half_up(value: float) -> int:
@@ -60,13 +59,46 @@ def round_half_up(value: float) -> int:
     return int(math.floor(value + 0.5))
 
 
-def warm_start_completion(messages: list[dict]) -> str:
-    """The target response for a chat list (system + user); built from the history, not the label."""
+def _categories(item_text: str) -> set[str]:
+    from siren.data import split_item_text
+
+    return {part.strip() for part in split_item_text(item_text)[1].split("|") if part.strip()}
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def warm_start_completion(messages: list[dict], noun: str = "item") -> str:
+    """The target response for a chat list (system + user); read off the prompt, never the label."""
+    from siren.data import parse_history_line
+    from siren.prompts import parse_user_prompt
+
     user = "\n".join(m["content"] for m in messages if m.get("role") == "user")
-    ratings = history_ratings(user)
-    mean = sum(ratings) / len(ratings) if ratings else DEFAULT_RATING
-    rating = min(5, max(1, round_half_up(mean)))
-    return f"<think>\nThe user's recent ratings average {mean:.1f}.\n</think>\n<answer>{rating}</answer>"
+    parts = parse_user_prompt(user)
+    items = [item for item in map(parse_history_line, parts.history)
+             if item.rating is not None and math.isfinite(item.rating) and 1.0 <= item.rating <= 5.0]
+    if not items:
+        rating = round_half_up(DEFAULT_RATING)
+        return (f"<think>\nNo earlier ratings; most ratings are {rating}.\n</think>\n"
+                f"<answer>{float(rating):.1f}</answer>")
+    ratings = [item.rating for item in items]
+    mean = sum(ratings) / len(ratings)
+    lines = [f"Recent ratings: {' '.join(_number(r) for r in ratings)} (mean {mean:.1f})."]
+    seen = Counter(category for item in items for category in _categories(item.text))
+    shared = sorted(_categories(parts.candidate) - {c for c, n in seen.items() if n > len(items) / 2})
+    similar = [item.rating for item in items if set(shared) & _categories(item.text)]
+    estimate = mean
+    if similar:
+        similar_mean = sum(similar) / len(similar)
+        lines.append(f"Similar {noun}s: {' '.join(_number(r) for r in similar)} (mean {similar_mean:.1f}).")
+        estimate = (1 - SIMILAR_WEIGHT) * mean + SIMILAR_WEIGHT * similar_mean
+    else:
+        lines.append(f"No similar {noun}s.")
+    estimate = round_half_up(estimate * 10) / 10  # the rating follows from the estimate as written
+    lines.append(f"Estimate {estimate:.1f}, so {min(5, max(1, round_half_up(estimate)))}.")
+    rating = min(5, max(1, round_half_up(estimate)))
+    return "<think>\n" + "\n".join(lines) + f"\n</think>\n<answer>{float(rating):.1f}</answer>"
 
 
 def completion_loss_trainer(sft_trainer_cls):
@@ -107,21 +139,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.set_defaults(limit=64)
     cli.add_output_dir(parser, "folder of the fine-tuned model (created atomically)", required=True)
     parser.add_argument("--max_steps", type=positive_int, default=60, help="optimizer steps")
-    parser.add_argument("--learning_rate", type=float, default=1e-2, help="AdamW peak learning rate")
+    parser.add_argument("--learning_rate", type=float, default=1e-4,
+                        help="AdamW peak learning rate (the tiny random Qwen3 needs 1e-2)")
     parser.add_argument("--per_device_train_batch_size", "--batch_size", dest="per_device_train_batch_size",
                         type=positive_int, default=8, help="rows per optimizer step")
     parser.add_argument("--max_length", type=positive_int, default=512,
                         help="rows whose prompt + completion exceed this many tokens are left out of training "
                              "(still measured)")
-    parser.add_argument("--max_new_tokens", type=positive_int, default=32, help="greedy decoding length for the format check")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=96, help="greedy decoding length for the format check")
+    parser.add_argument("--min_format_rate", type=float, default=0.9,
+                        help="refuse (write nothing) when fewer of the checked rows are well formed with a valid rating")
+    parser.add_argument("--check_limit", type=positive_int, default=None,
+                        help="format-check only the first N rows (unset: every row of --limit)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     cli.add_overwrite(parser, help="replace an existing --output_dir")
     return parser.parse_args(argv)
 
 
 def validate(args: argparse.Namespace) -> None:
-    if not args.learning_rate > 0:
-        raise SirenError(f"--learning_rate must be positive, got {args.learning_rate}")
+    if not args.learning_rate > 0 or not math.isfinite(args.learning_rate):
+        raise SirenError(f"--learning_rate must be a positive number, got {args.learning_rate}")
+    if not 0.0 <= args.min_format_rate <= 1.0:
+        raise SirenError(f"--min_format_rate must be in [0, 1], got {args.min_format_rate}")
     if not Path(args.data_path).is_dir():
         raise SirenError(f"--data_path is not a directory: {args.data_path} (run preprocess_grpo.py first)")
     if not (Path(args.model) / "config.json").is_file():
@@ -136,8 +175,12 @@ def training_pairs(rows: list[dict], tokenizer, max_length: int):
 
     if tokenizer.eos_token is None:
         raise SirenError(f"the tokenizer in {tokenizer.name_or_path} has no eos token")
+    from siren.prompts import item_noun
+    from siren.verl_data import category_of
+
+    noun = item_noun(category_of(rows))
     prompts = [chat_prompt_text(tokenizer, row["prompt"]) for row in rows]
-    completions = [warm_start_completion(row["prompt"]) + tokenizer.eos_token for row in rows]
+    completions = [warm_start_completion(row["prompt"], noun) + tokenizer.eos_token for row in rows]
     lengths = [len(ids) for ids in tokenizer([p + c for p, c in zip(prompts, completions)], add_special_tokens=False)["input_ids"]]
     fits = [n <= max_length for n in lengths]
     if not any(fits):
@@ -231,7 +274,16 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(args.model)
     dataset, prompts, completions, too_long = training_pairs(rows, tokenizer, args.max_length)
     trainer = train_format(args, dataset, tokenizer)
-    generations, check = format_check(trainer.model, tokenizer, rows, prompts, completions, args.max_new_tokens)
+    n_check = min(len(rows), args.check_limit or len(rows))
+    generations, check = format_check(trainer.model, tokenizer, rows[:n_check], prompts[:n_check],
+                                      completions[:n_check], args.max_new_tokens)
+    if check["format_ok_and_valid_fraction"] < args.min_format_rate:
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        loss = f"; loss {_fmt(losses[0])} -> {_fmt(losses[-1])}" if losses else ""
+        raise SirenError(
+            f"the warm start left {check['format_ok_and_valid']} of {check['rows']} rows well formed with a valid "
+            f"rating ({check['format_ok_and_valid_fraction']:.0%} < --min_format_rate {args.min_format_rate:g}{loss}); "
+            f"nothing written: lower --learning_rate ({args.learning_rate:g}) or change --max_steps ({args.max_steps})")
     log_history = list(trainer.state.log_history)
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
     counts = {"train_rows": len(dataset), "rows_too_long": too_long, "steps": int(trainer.state.global_step),

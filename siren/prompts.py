@@ -7,6 +7,8 @@ context (4c, 5, 6). The tags themselves belong to `siren.answer`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from siren.answer import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from siren.data import history_lines
 
@@ -150,3 +152,37 @@ def answer_tag_ids(tokenizer) -> list[int]:
     the student's empty think block has "</"), and it does not move the aligned token.
     """
     return tokenizer.encode(ANSWER_OPEN, add_special_tokens=False)
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """What `user_prompt` put in a user message, read back (for recipes built from the prompt alone)."""
+
+    liked: list[str]
+    disliked: list[str]
+    history: list[str]      # "Title, categories, rating" lines, oldest first
+    candidate: str          # "Title, categories"
+
+
+def parse_user_prompt(text: str) -> PromptParts:
+    """Read a `user_prompt` text back into its parts (the inverse of its layout, not of any wording
+    a user could write elsewhere)."""
+    liked: list[str] = []
+    disliked: list[str] = []
+    history: list[str] = []
+    candidate = ""
+    for block in text.split("\n\n"):
+        head, _, body = block.partition("\n")
+        lines = [line for line in body.split("\n") if line.strip()]
+        if head.startswith("Long-term interests:"):
+            head, _, body = body.partition("\n")
+            lines = [line for line in body.split("\n") if line.strip()]
+        if head.startswith("Topics of ") and head.endswith("tends to rate highly:"):
+            liked = [line.removeprefix("- ") for line in lines]
+        elif head.startswith("Topics of ") and head.endswith("tends to rate low:"):
+            disliked = [line.removeprefix("- ") for line in lines]
+        elif head.startswith("The user's ") and "most recent ratings" in head:
+            history = lines
+        elif block.startswith("Candidate "):
+            candidate = block.partition(": ")[2].strip()
+    return PromptParts(liked, disliked, history, candidate)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import load_script, run_script
 
+from siren import SirenError
+
 SCRIPT = "scripts/warm_start_format.py"
 
 
@@ -15,34 +17,44 @@ def _messages(user: str) -> list[dict]:
     return [{"role": "system", "content": "You predict ratings."}, {"role": "user", "content": user}]
 
 
-def test_completion_is_built_from_history_not_label():
+def _user(history: list[str], candidate: str) -> str:
+    from siren.prompts import user_prompt
+
+    return user_prompt("Movies", "\n".join(history), candidate, sketch="Topics of movies this user tends to rate "
+                       "highly:\n- Drama", max_history=10)
+
+
+def test_completion_is_read_off_the_prompt_not_the_label():
     ws = load_script(SCRIPT)
-    user = (
-        "The user's 2 most recent ratings, oldest first (title, categories, rating):\n"
-        "Heat, Movies & TV|Drama, 4.0\n"
-        "Alien, Movies & TV|Horror|Sci-Fi, 5.0\n"
-        "\n"
-        "Candidate movie: Up, Movies & TV|Kids\n"
-        "\n"
-        "What rating from 1.0 to 5.0 will this user give the candidate movie?"
+    history = ["Heat, Movies & TV|Drama, 4.0", "Alien, Movies & TV|Horror|Sci-Fi, 5.0", "Saw, Movies & TV|Horror, 1.0",
+               "Up, Movies & TV|Kids, 3.0"]
+    # mean 3.25; "Movies & TV" is on every line, so only Horror is shared: Alien 5, Saw 1 -> 3.0;
+    # 0.7 * 3.25 + 0.3 * 3.0 = 3.175 -> 3
+    assert ws.warm_start_completion(_messages(_user(history, "It, Movies & TV|Horror")), "movie") == (
+        "<think>\nRecent ratings: 4 5 1 3 (mean 3.2).\nSimilar movies: 5 1 (mean 3.0).\n"
+        "Estimate 3.2, so 3.\n</think>\n<answer>3.0</answer>"
     )
-    # mean 4.5 rounds half UP (floor(m + 0.5)) to 5; Python's round(4.5) would give 4.
-    assert ws.warm_start_completion(_messages(user)) == (
-        "<think>\nThe user's recent ratings average 4.5.\n</think>\n<answer>5</answer>"
+    # nothing shared: the mean alone; 4.5 rounds half UP (floor(m + 0.5)) to 5, Python's round(4.5) gives 4
+    assert ws.warm_start_completion(_messages(_user(history[:2], "Cars, Movies & TV|Kids")), "movie") == (
+        "<think>\nRecent ratings: 4 5 (mean 4.5).\nNo similar movies.\nEstimate 4.5, so 5.\n</think>\n"
+        "<answer>5.0</answer>"
     )
     assert ws.round_half_up(3.5) == 4 and ws.round_half_up(2.5) == 3 and ws.round_half_up(3.49) == 3
-    # No rated history line: m = 5.
+    # No rated history line: 5.
     assert ws.warm_start_completion(_messages("The user has no earlier movie ratings.\n\nCandidate movie: Up")) == (
-        "<think>\nThe user's recent ratings average 5.0.\n</think>\n<answer>5</answer>"
+        "<think>\nNo earlier ratings; most ratings are 5.\n</think>\n<answer>5.0</answer>"
     )
 
 
-def test_completion_is_well_formed():
+def test_completion_is_well_formed_and_scored_as_the_ground_truth_is_written():
     from siren.answer import parse_response
+    from siren.reward import compute_score
 
     ws = load_script(SCRIPT)
-    parsed = parse_response(ws.warm_start_completion(_messages("A, Drama, 1.0\nB, Drama, 2.0\nC, Drama, 2.0")))
-    assert parsed.format_ok and parsed.rating == 2.0
+    text = ws.warm_start_completion(_messages(_user(["A, Drama, 1.0", "B, Drama, 2.0", "C, Drama, 2.0"], "X, Drama")))
+    parsed = parse_response(text)
+    assert parsed.format_ok and parsed.rating == 2.0 and "<answer>2.0</answer>" in text
+    assert compute_score("AmazonReviews/Movies", text, "2.0")["score"] == 3.0
 
 
 def test_missing_data_path_is_a_one_line_error(tmp_path, tiny_model_dir):
@@ -59,7 +71,7 @@ def test_end_to_end_writes_a_loadable_model(tmp_path, tiny_model_dir, verl_dir):
     out = tmp_path / "warm"
     proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", "8",
                       "--max_steps", "3", "--per_device_train_batch_size", "4", "--max_new_tokens", "8",
-                      "--output_dir", str(out))
+                      "--min_format_rate", "0", "--output_dir", str(out))
     assert "greedy format check" in proc.stdout
 
     manifest = json.loads((out / "manifest.json").read_text())
@@ -78,6 +90,29 @@ def test_end_to_end_writes_a_loadable_model(tmp_path, tiny_model_dir, verl_dir):
     again = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(out),
                        check=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_warm_start_that_cannot_write_the_format_is_refused(tmp_path, tiny_model_dir, verl_dir):
+    """1 step at 1e-4 leaves the random model unable to write the format: one line, nothing written."""
+    out = tmp_path / "warm"
+    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", "4",
+                      "--max_steps", "1", "--per_device_train_batch_size", "4", "--max_new_tokens", "4",
+                      "--output_dir", str(out), check=False)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1] == errors[0]
+    assert len(errors) == 1 and errors[0].startswith("error: the warm start left 0 of 4 rows well formed")
+    assert "--min_format_rate 0.9" in errors[0] and "lower --learning_rate (0.0001)" in errors[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".warm")]
+
+
+def test_bad_numbers_are_refused_before_loading():
+    ws = load_script(SCRIPT)
+    for flag, value in (("--learning_rate", "nan"), ("--learning_rate", "-1"), ("--min_format_rate", "1.5")):
+        args = ws.parse_args(["--model", "m", "--data_path", "d", "--output_dir", "o", flag, value])
+        with pytest.raises(SirenError, match=flag):
+            ws.validate(args)
 
 
 def test_canonical_flags_and_their_old_names():
