@@ -3,12 +3,14 @@ r"""Collect a run's metrics and write the paper-style tables (accuracy, token ef
     python scripts/make_tables.py --run_dir results/demo
 
 Reads <run_dir>/baselines/metrics.json, prompt_stats.json, prompt_tokens_test.npz,
-cot_test/metrics.json, ao_before/metrics.json, ao_after/metrics.json and
-bench_latency/latency.json (each path is a flag; see siren/tables.py for the layout). A missing input
-gives rows that say "not run"; a file that is not that input's kind (e.g. any JSON as --ao_before) is
-refused with one line. Writes tables.md, accuracy.csv, token_efficiency.csv, latency.csv, tables.png
-and manifest.json into --output_dir (default: the run directory), all of them or none. Takes a few
-seconds.
+ao_zero_shot/, ao_warm/, cot_test/, ao_before/, ao_after/ and ao_ce_only/metrics.json,
+bench_latency/latency.json, the GRPO and alignment train logs and timings.json (each path is a flag;
+see siren/tables.py for the layout). A missing input gives rows that say "not run"; a run folder
+with none of them is refused. A file that is not that input's kind (e.g. any JSON as --ao_before),
+a prediction run on another split than test (its manifest.json), or a number out of its range (a
+negative RMSE) is refused with one line. Writes tables.md, accuracy.csv, token_efficiency.csv,
+latency.csv, tables.png (+ timings.csv with timings.json) and manifest.json into --output_dir
+(default: the run directory), all of them or none. Takes a few seconds.
 """
 
 import argparse
@@ -54,12 +56,15 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, spec.key):
             setattr(inputs, spec.key, Path(getattr(args, spec.key)))
     out_dir = Path(args.output_dir) if args.output_dir else run_dir
-    names = [n for n in OUTPUT_NAMES if not (args.no_figure and n.endswith(".png"))] + [MANIFEST_NAME]
+    found = {name: path for name, path in inputs.as_dict().items() if path.is_file()}
+    if not found:
+        raise SirenError(f"no inputs in {run_dir}: none of {', '.join(spec.relative_path for spec in INPUTS)} is there")
+    names = [n for n in OUTPUT_NAMES if not (args.no_figure and n.endswith(".png"))]
+    names += ["timings.csv"] * ("timings" in found) + [MANIFEST_NAME]
     check_outputs_free([out_dir / n for n in names], args.overwrite)
 
     tables = build_tables(inputs, args.token_split)  # reads and checks every input first
     token_counts = None if args.no_figure else load_token_counts(inputs.prompt_tokens)
-    found = {name: path for name, path in inputs.as_dict().items() if path.is_file()}
     missing = [spec.key for spec in INPUTS if spec.key not in found]
     with atomic_outputs(out_dir, names, overwrite=args.overwrite) as staged:
         markdown = write_tables(staged.dir, tables, run_dir, token_counts, figure=not args.no_figure)

@@ -69,8 +69,16 @@ def _number(value: float) -> str:
     return f"{value:g}" if float(value).is_integer() else f"{value:.1f}"
 
 
-def warm_start_completion(messages: list[dict], noun: str = "item") -> str:
-    """The target response for a chat list (system + user); read off the prompt, never the label."""
+RECIPES = ("prompt", "mean")
+
+
+def warm_start_completion(messages: list[dict], noun: str = "item", recipe: str = "prompt") -> str:
+    """The target response for a chat list (system + user); read off the prompt, never the label.
+
+    recipe "prompt" is the reasoning of the module docstring; "mean" is one line, "Recent ratings
+    average m, so r.", short enough for the tiny random model to learn in a minute (it cannot copy
+    a list of ratings in that time), for `make demo`'s plumbing.
+    """
     from siren.data import parse_history_line
     from siren.prompts import parse_user_prompt
 
@@ -84,6 +92,11 @@ def warm_start_completion(messages: list[dict], noun: str = "item") -> str:
                 f"<answer>{float(rating):.1f}</answer>")
     ratings = [item.rating for item in items]
     mean = sum(ratings) / len(ratings)
+    if recipe == "mean":
+        mean = round_half_up(mean * 10) / 10
+        rating = min(5, max(1, round_half_up(mean)))
+        return (f"<think>\nRecent ratings average {mean:.1f}, so {rating}.\n</think>\n"
+                f"<answer>{float(rating):.1f}</answer>")
     lines = [f"Recent ratings: {' '.join(_number(r) for r in ratings)} (mean {mean:.1f})."]
     seen = Counter(category for item in items for category in _categories(item.text))
     shared = sorted(_categories(parts.candidate) - {c for c, n in seen.items() if n > len(items) / 2})
@@ -146,6 +159,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_length", type=positive_int, default=512,
                         help="rows whose prompt + completion exceed this many tokens are left out of training "
                              "(still measured)")
+    parser.add_argument("--recipe", choices=RECIPES, default="prompt",
+                        help="prompt: the reasoning read off the prompt (see above); mean: one line with the recent "
+                             "ratings' mean, for the tiny random model")
     parser.add_argument("--max_new_tokens", type=positive_int, default=96, help="greedy decoding length for the format check")
     parser.add_argument("--min_format_rate", type=float, default=0.9,
                         help="refuse (write nothing) when fewer of the checked rows are well formed with a valid rating")
@@ -167,7 +183,7 @@ def validate(args: argparse.Namespace) -> None:
         raise SirenError(f"--model {args.model} holds no model (no config.json)")
 
 
-def training_pairs(rows: list[dict], tokenizer, max_length: int):
+def training_pairs(rows: list[dict], tokenizer, max_length: int, recipe: str = "prompt"):
     """(Dataset of the rows that fit max_length, every row's prompt text, every row's completion, rows left out)."""
     from datasets import Dataset
 
@@ -180,7 +196,7 @@ def training_pairs(rows: list[dict], tokenizer, max_length: int):
 
     noun = item_noun(category_of(rows))
     prompts = [chat_prompt_text(tokenizer, row["prompt"]) for row in rows]
-    completions = [warm_start_completion(row["prompt"], noun) + tokenizer.eos_token for row in rows]
+    completions = [warm_start_completion(row["prompt"], noun, recipe) + tokenizer.eos_token for row in rows]
     lengths = [len(ids) for ids in tokenizer([p + c for p, c in zip(prompts, completions)], add_special_tokens=False)["input_ids"]]
     fits = [n <= max_length for n in lengths]
     if not any(fits):
@@ -272,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     check_outputs_free([out_dir], args.overwrite)
     rows = load_split_rows(args.data_path, args.split, args.limit)
     tokenizer = load_tokenizer(args.model)
-    dataset, prompts, completions, too_long = training_pairs(rows, tokenizer, args.max_length)
+    dataset, prompts, completions, too_long = training_pairs(rows, tokenizer, args.max_length, args.recipe)
     trainer = train_format(args, dataset, tokenizer)
     n_check = min(len(rows), args.check_limit or len(rows))
     generations, check = format_check(trainer.model, tokenizer, rows[:n_check], prompts[:n_check],

@@ -9,6 +9,13 @@ A run directory (what `make demo` writes under results/<run>/) holds (`INPUTS`):
   ao_before/metrics.json     stage 6 on the GRPO model: {"predictions": {"ao", "ao_expected"}, "latency"}
   ao_after/metrics.json      stage 6 on the aligned model: same keys
   bench_latency/latency.json scripts/bench_latency.py (optional): {"rows": [latency, ...], "cot", "ao"}
+  ao_zero_shot/metrics.json  stage 6 on the untouched base model (zero-shot answer-only)
+  ao_warm/metrics.json       stage 6 on the format warm start
+  ao_ce_only/metrics.json    stage 6 after stage 5 with the cross-entropy term alone (the "w/o HA" ablation)
+  grpo_train_log.jsonl       stage 3 (TRL): its train_log.jsonl, the GRPO learning curve
+  alignment_train_log.jsonl  stage 5: its train_log.jsonl, the alignment learning curve
+  alignment_ce_only_train_log.jsonl  stage 5 of the ablation: its train_log.jsonl
+  timings.json               the demo: {"steps": [{"step", "seconds"}, ...], "total_seconds"}
 
 `metrics` dicts come from siren.metrics.rating_metrics; `latency` dicts come from
 siren.metrics.latency_summary: "ms_per_sample", "samples_per_s", "generated_tokens_per_sample",
@@ -37,15 +44,25 @@ from siren.verl_data import PROMPT_VARIANTS, RAW_VARIANT
 
 NOT_RUN = "not run"
 
-# (row label, input key, key under "predictions") for the LLM rows of the accuracy table.
+# (row label, input key, key under "predictions") for the LLM rows of the accuracy table, in the
+# order a model goes through the pipeline.
 LLM_ROWS = (
+    ("Untouched model, answer-only zero-shot (constrained)", "ao_zero_shot", "ao"),
+    ("Untouched model, answer-only zero-shot (probability-weighted)", "ao_zero_shot", "ao_expected"),
+    ("After the format warm start, answer-only (constrained)", "ao_warm", "ao"),
+    ("After the format warm start, answer-only (probability-weighted)", "ao_warm", "ao_expected"),
     ("GRPO, CoT decoding (invalid rows left out)", "cot_test", "cot"),
     ("GRPO, CoT decoding (invalid rows scored 5.0, as the authors did)", "cot_test", "cot_invalid_as_5"),
-    ("Answer-only before alignment (constrained)", "ao_before", "ao"),
-    ("Answer-only before alignment (probability-weighted)", "ao_before", "ao_expected"),
-    ("Answer-only after alignment (constrained)", "ao_after", "ao"),
-    ("Answer-only after alignment (probability-weighted)", "ao_after", "ao_expected"),
+    ("GRPO, answer-only before alignment (constrained)", "ao_before", "ao"),
+    ("GRPO, answer-only before alignment (probability-weighted)", "ao_before", "ao_expected"),
+    ("SIREN-AO: after hidden-state alignment (constrained)", "ao_after", "ao"),
+    ("SIREN-AO: after hidden-state alignment (probability-weighted)", "ao_after", "ao_expected"),
+    ("w/o HA: stage 5 with the cross-entropy term alone (constrained)", "ao_ce_only", "ao"),
+    ("w/o HA: stage 5 with the cross-entropy term alone (probability-weighted)", "ao_ce_only", "ao_expected"),
 )
+# The inputs of LLM_ROWS and the split and kind each must have been run on (checked against the
+# manifest.json beside the metrics, where there is one).
+PREDICTION_INPUTS = ("ao_zero_shot", "ao_warm", "cot_test", "ao_before", "ao_after", "ao_ce_only")
 
 # Prompt variants of prompt_stats.json and their labels, owned by the stage that writes them.
 VARIANTS, VARIANT_LABELS = tuple(PROMPT_VARIANTS), PROMPT_VARIANTS
@@ -58,6 +75,7 @@ LATENCY_ROWS = (
     ("Answer-only before alignment (stage 6)", "ao_before"),
     ("Answer-only after alignment (stage 6)", "ao_after"),
 )
+TIMING_COLUMNS = ("step", "seconds", "share_pct")
 MEASURED_ALIKE = ("batch_size", "device", "dtype")
 
 ACCURACY_COLUMNS = ("method", "mae", "rmse", "acc", "acc_rounded", "n_invalid", "n_fallback", "n", "status")
@@ -74,14 +92,14 @@ class InputSpec:
     relative_path: str                         # under the run directory
     what: str                                  # the file's kind, for messages
     required: tuple[str, ...] = ()             # top-level keys that must hold JSON objects
-    json: bool = True
+    kind: str = "json"                         # json (an object), jsonl (a log) or npz
 
 
 INPUTS = (
     InputSpec("baselines", "baselines/metrics.json", "scripts/baselines.py's metrics.json", ("methods",)),
     InputSpec("prompt_stats", "prompt_stats.json", "stage 2's prompt_stats.json (preprocess_grpo.py --tokenizer)",
               ("splits",)),
-    InputSpec("prompt_tokens", "prompt_tokens_test.npz", "stage 2's prompt_tokens_test.npz", json=False),
+    InputSpec("prompt_tokens", "prompt_tokens_test.npz", "stage 2's prompt_tokens_test.npz", kind="npz"),
     InputSpec("cot_test", "cot_test/metrics.json", "stage 4a's metrics.json (inference_train_ddp.py)",
               ("predictions", "latency")),
     InputSpec("ao_before", "ao_before/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
@@ -89,6 +107,16 @@ INPUTS = (
     InputSpec("ao_after", "ao_after/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
               ("predictions", "latency")),
     InputSpec("bench_latency", "bench_latency/latency.json", "scripts/bench_latency.py's latency.json", ("cot",)),
+    InputSpec("ao_zero_shot", "ao_zero_shot/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
+              ("predictions", "latency")),
+    InputSpec("ao_warm", "ao_warm/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
+              ("predictions", "latency")),
+    InputSpec("ao_ce_only", "ao_ce_only/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
+              ("predictions", "latency")),
+    InputSpec("grpo_log", "grpo_train_log.jsonl", "stage 3's train_log.jsonl (TRL backend)", kind="jsonl"),
+    InputSpec("alignment_log", "alignment_train_log.jsonl", "stage 5's train_log.jsonl", kind="jsonl"),
+    InputSpec("alignment_ce_log", "alignment_ce_only_train_log.jsonl", "stage 5's train_log.jsonl", kind="jsonl"),
+    InputSpec("timings", "timings.json", "the demo's timings.json"),  # steps: a list, checked in timing_rows
 )
 INPUT_SPECS = {spec.key: spec for spec in INPUTS}
 
@@ -104,6 +132,13 @@ class RunInputs:
     ao_before: Path
     ao_after: Path
     bench_latency: Path
+    ao_zero_shot: Path
+    ao_warm: Path
+    ao_ce_only: Path
+    grpo_log: Path
+    alignment_log: Path
+    alignment_ce_log: Path
+    timings: Path
 
     @classmethod
     def default(cls, run_dir: str | os.PathLike) -> RunInputs:
@@ -121,6 +156,8 @@ class Tables:
     notes: dict[str, list[str]] = field(default_factory=dict)
     token_split: str = "test"
     prompt_meta: dict = field(default_factory=dict)
+    timings: list[dict] = field(default_factory=list)
+    curves: dict[str, list[dict]] = field(default_factory=dict)
 
 
 def read_json(path: Path) -> dict | None:
@@ -160,15 +197,63 @@ def check_input(key: str, path: Path, data: dict) -> dict:
     return data
 
 
-def load_inputs(inputs: RunInputs) -> dict[str, dict | None]:
+# The script that writes each prediction input, as its manifest.json names it.
+_PREDICTION_SCRIPTS = {key: "inference_ao_ddp.py" for key in PREDICTION_INPUTS} | {"cot_test": "inference_train_ddp.py"}
+
+
+def check_prediction_manifest(key: str, path: Path) -> None:
+    """The manifest.json beside a prediction input must say it is that input's kind and a test-split
+    run: a valid-split stage-6 run or a train-split 4a run is not an accuracy row on test."""
+    from siren.data import canonical_split
+    from siren.io import read_manifest
+
+    manifest = read_manifest(path.parent)
+    if manifest is None:
+        return  # a metrics file without its manifest (an older run, or copied): nothing to compare
+    if not isinstance(manifest, dict):
+        raise SirenError(f"{path.parent / 'manifest.json'}: expected a JSON object (given as --{key})")
+    script = Path(str(manifest.get("script", ""))).name
+    if script and script != _PREDICTION_SCRIPTS[key]:
+        raise SirenError(f"{path} was written by {script}, not {_PREDICTION_SCRIPTS[key]} (given as --{key})")
+    split = (manifest.get("args") or {}).get("split") if isinstance(manifest.get("args"), dict) else None
+    if split is not None:
+        try:
+            split = canonical_split(split)
+        except SirenError:
+            raise SirenError(f"{path.parent / 'manifest.json'}: unknown split {split!r} (given as --{key})") from None
+        if split != "test":
+            raise SirenError(f"{path} comes from a run on the {split} split, not test: it cannot be an accuracy row "
+                             f"on test (given as --{key})")
+
+
+def read_log(path: Path, key: str) -> list[dict] | None:
+    """A train_log.jsonl as a list of objects; None when the file does not exist."""
+    if not path.is_file():
+        return None
+    from siren.io import iter_jsonl
+
+    entries = []
+    for lineno, entry in iter_jsonl(path):
+        if not isinstance(entry, dict):
+            raise SirenError(f"{path}:{lineno}: expected a JSON object per line (given as --{key})")
+        entries.append(entry)
+    return entries
+
+
+def load_inputs(inputs: RunInputs) -> dict[str, dict | list | None]:
     """Every JSON input of the run, checked against its kind; None for a file that is not there."""
     loaded = {}
     for spec in INPUTS:
-        if not spec.json:
-            continue
         path = getattr(inputs, spec.key)
+        if spec.kind == "jsonl":
+            loaded[spec.key] = read_log(path, spec.key)
+            continue
+        if spec.kind != "json":
+            continue
         data = read_json(path)
         loaded[spec.key] = None if data is None else check_input(spec.key, path, data)
+        if data is not None and spec.key in PREDICTION_INPUTS:
+            check_prediction_manifest(spec.key, path)
     return loaded
 
 
@@ -178,12 +263,27 @@ def _number(value) -> float | None:
     return float(value)
 
 
-def _accuracy_row(label: str, metrics, n_fallback, status: str) -> dict:
+# The range of every number the tables show; a value outside it is a broken or hand-edited file.
+_RANGES = {"mae": (0.0, 4.0), "rmse": (0.0, 4.0), "acc": (0.0, 1.0), "acc_rounded": (0.0, 1.0),
+           "ms_per_sample": (0.0, math.inf), "samples_per_s": (0.0, math.inf), "ms_per_token": (0.0, math.inf),
+           "generated_tokens_per_sample": (0.0, math.inf), "warmup_seconds": (0.0, math.inf),
+           "seconds": (0.0, math.inf)}
+
+
+def _checked(value, key: str, where: str) -> float | None:
+    number = _number(value)
+    low, high = _RANGES.get(key, (-math.inf, math.inf))
+    if number is not None and not low <= number <= high:
+        raise SirenError(f"{where}: {key} {number:g} is outside [{low:g}, {high:g}]")
+    return number
+
+
+def _accuracy_row(label: str, metrics, n_fallback, status: str, where: str = "") -> dict:
     if not isinstance(metrics, dict):
         return {"method": label, **{c: None for c in ACCURACY_COLUMNS[1:-1]}, "status": status}
     row = {"method": label}
     for key in ("mae", "rmse", "acc", "acc_rounded"):
-        row[key] = _number(metrics.get(key))
+        row[key] = _checked(metrics.get(key), key, where or label)
     row["n_invalid"] = metrics.get("n_invalid")
     row["n_fallback"] = n_fallback
     row["n"] = metrics.get("n")
@@ -203,7 +303,8 @@ def accuracy_rows(inputs: RunInputs, loaded: dict[str, dict | None]) -> tuple[li
             reason = f"no {inputs.baselines}" if baselines is None else f"no {method} in {inputs.baselines}"
             rows.append(_accuracy_row(label, None, None, f"{NOT_RUN} ({reason})"))
         else:
-            rows.append(_accuracy_row(label, entry.get("metrics"), entry.get("n_fallback"), ""))
+            rows.append(_accuracy_row(label, entry.get("metrics"), entry.get("n_fallback"), "",
+                                      f"{inputs.baselines} ({method})"))
     if baselines is not None:
         unknown = baselines.get("unknown", {})
         notes.append(
@@ -219,7 +320,7 @@ def accuracy_rows(inputs: RunInputs, loaded: dict[str, dict | None]) -> tuple[li
             reason = f"no {where}" if result is None else f"no predictions.{prediction_key} in {where}"
             rows.append(_accuracy_row(label, None, None, f"{NOT_RUN} ({reason})"))
         else:
-            rows.append(_accuracy_row(label, metrics, None, ""))
+            rows.append(_accuracy_row(label, metrics, None, "", f"{getattr(inputs, key)} (predictions.{prediction_key})"))
     sizes = sorted({row["n"] for row in rows if row["n"] is not None})
     if len(sizes) > 1:
         notes.append(f"Rows were scored on different numbers of test rows ({', '.join(map(str, sizes))}); "
@@ -264,7 +365,7 @@ def token_rows(inputs: RunInputs, loaded: dict[str, dict | None], split: str = "
 
 
 def _latency_dict(value) -> dict | None:
-    return value if isinstance(value, dict) and _number(value.get("ms_per_sample")) else None
+    return value if isinstance(value, dict) and _number(value.get("ms_per_sample")) is not None else None
 
 
 def _same_device(first, second) -> bool:
@@ -281,12 +382,12 @@ def _measured_alike(first: dict, second: dict) -> bool:
             and _same_device(first["device"], second["device"]))
 
 
-def _latency_row(label: str, latency: dict, source: str) -> dict:
+def _latency_row(label: str, latency: dict, source: str, where: str = "") -> dict:
     row = {"decoding": label, "source": source, "is_cot": False}
     for key in ("engine", "batch_size", "device", "dtype", "n"):
         row[key] = latency.get(key)
     for key in ("ms_per_sample", "samples_per_s", "generated_tokens_per_sample", "ms_per_token", "warmup_seconds"):
-        row[key] = _number(latency.get(key))
+        row[key] = _checked(latency.get(key), key, where or label)
     row["status"] = "timing includes the warm-up (one batch only)" if latency.get("includes_warmup") else ""
     return row
 
@@ -301,7 +402,8 @@ def latency_rows(inputs: RunInputs, loaded: dict[str, dict | None]) -> tuple[lis
             rows.append({"decoding": label, **{c: None for c in LATENCY_COLUMNS[1:-1]},
                          "status": f"{NOT_RUN} (no latency in {getattr(inputs, key)})"})
             continue
-        rows.append({**_latency_row(label, latency, "stages"), "is_cot": key == "cot_test"})
+        rows.append({**_latency_row(label, latency, "stages", f"{getattr(inputs, key)} (latency)"),
+                     "is_cot": key == "cot_test"})
     bench = loaded["bench_latency"]
     if bench is not None:
         timed = bench.get("rows") if isinstance(bench.get("rows"), list) else [
@@ -309,7 +411,8 @@ def latency_rows(inputs: RunInputs, loaded: dict[str, dict | None]) -> tuple[lis
         for latency in filter(None, map(_latency_dict, timed)):
             decoding = "CoT" if latency.get("decoding") == "cot" else "answer-only"
             label = f"Benchmark: {decoding}, same prompts"
-            rows.append({**_latency_row(label, latency, "benchmark"), "is_cot": latency.get("decoding") == "cot"})
+            rows.append({**_latency_row(label, latency, "benchmark", str(inputs.bench_latency)),
+                         "is_cot": latency.get("decoding") == "cot"})
         if bench.get("cot_tokens"):
             notes.append(f"The benchmark forces every CoT to {bench['cot_tokens']} generated tokens (the paper reports "
                          f"238 on average) on {bench.get('model', 'its model')}.")
@@ -333,15 +436,82 @@ def latency_rows(inputs: RunInputs, loaded: dict[str, dict | None]) -> tuple[lis
     return rows, notes
 
 
+def timing_rows(inputs: RunInputs, loaded: dict) -> tuple[list[dict], list[str]]:
+    """Wall time per step of the run (timings.json), with each step's share of the total."""
+    timings = loaded.get("timings")
+    if timings is None:
+        return [], []
+    steps = timings.get("steps")
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and "step" in s for s in steps):
+        raise SirenError(f"{inputs.timings}: steps must be a list of {{\"step\", \"seconds\"}} objects (given as --timings)")
+    seconds = [_checked(step.get("seconds"), "seconds", f"{inputs.timings} ({step['step']})") for step in steps]
+    total = sum(value or 0.0 for value in seconds)
+    rows = [{"step": str(step["step"]), "seconds": value,
+             "share_pct": 100.0 * value / total if value is not None and total else None}
+            for step, value in zip(steps, seconds, strict=True)]
+    rows.append({"step": "total", "seconds": total, "share_pct": 100.0 if total else None})
+    notes = [f"Wall time of each step of {timings.get('run', 'the run')}, on {timings.get('machine', 'this machine')}."]
+    return rows, notes
+
+
+# Learning curves read from the trainers' logs: (curve, series, log key, transform).
+def _format_rate(score: float) -> float:
+    """The mean GRPO format score (+1 well formed, -1 not) as the fraction well formed."""
+    return (score + 1.0) / 2.0
+
+
+CURVE_SERIES = {
+    "grpo": (("reward", "reward", None), ("eval_reward", "eval_reward", None),
+             ("format_rate", "rewards/format_reward/mean", _format_rate),
+             ("eval_format_rate", "eval_rewards/format_reward/mean", _format_rate)),
+    "alignment": (("cosine_distance", "align_loss", None), ("eval_cosine_distance", "eval_align_loss", None),
+                  ("eval_mae", "eval_rating_mae", None), ("eval_rmse", "eval_rating_rmse", None)),
+    "alignment_ce": (("eval_mae", "eval_rating_mae", None), ("eval_rmse", "eval_rating_rmse", None),
+                     ("lm_loss", "lm_loss", None)),
+}
+_CURVE_INPUTS = {"grpo": "grpo_log", "alignment": "alignment_log", "alignment_ce": "alignment_ce_log"}
+
+
+def learning_curves(loaded: dict) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """{curve: {series: [(step, value), ...]}} from the logs that are there (TRL/Trainer log_history:
+    one object per logging or evaluation event, with "step")."""
+    curves = {}
+    for curve, series in CURVE_SERIES.items():
+        log = loaded.get(_CURVE_INPUTS[curve])
+        if not log:
+            continue
+        found = {}
+        for name, key, transform in series:
+            points = [(float(entry["step"]), float(entry[key])) for entry in log
+                      if _number(entry.get(key)) is not None and _number(entry.get("step")) is not None]
+            if points:
+                found[name] = [(step, transform(value) if transform else value) for step, value in points]
+        if found:
+            curves[curve] = found
+    return curves
+
+
+def curve_notes(curves: dict) -> list[str]:
+    notes = []
+    for curve, series in curves.items():
+        parts = [f"{name} {points[0][1]:.3f} (step {points[0][0]:g}) -> {points[-1][1]:.3f} (step {points[-1][0]:g})"
+                 for name, points in series.items()]
+        notes.append(f"{curve}: " + "; ".join(parts))
+    return notes
+
+
 def build_tables(inputs: RunInputs, token_split: str = "test") -> Tables:
-    """The three tables of a run; every input is read and checked first (`load_inputs`)."""
+    """The tables of a run; every input is read and checked first (`load_inputs`)."""
     loaded = load_inputs(inputs)
     accuracy, accuracy_notes = accuracy_rows(inputs, loaded)
     tokens, token_notes, meta = token_rows(inputs, loaded, token_split)
     latency, latency_notes = latency_rows(inputs, loaded)
+    timings, timing_notes = timing_rows(inputs, loaded)
+    curves = learning_curves(loaded)
     return Tables(accuracy, tokens, latency,
-                  notes={"accuracy": accuracy_notes, "tokens": token_notes, "latency": latency_notes},
-                  token_split=token_split, prompt_meta=meta)
+                  notes={"accuracy": accuracy_notes, "tokens": token_notes, "latency": latency_notes,
+                         "timings": timing_notes, "curves": curve_notes(curves)},
+                  token_split=token_split, prompt_meta=meta, timings=timings, curves=curves)
 
 
 def _cell(value, column: str) -> str:
@@ -353,7 +523,7 @@ def _cell(value, column: str) -> str:
         if column.endswith("_pct"):
             return f"{value:.1f}"
         if column in ("mean", "p50", "p95", "max", "ms_per_sample", "generated_tokens_per_sample", "ms_per_token",
-                      "warmup_seconds"):
+                      "warmup_seconds", "seconds", "share_pct"):
             return f"{value:.1f}"
         if column in ("speedup_vs_cot", "samples_per_s"):
             return f"{value:.2f}"
@@ -369,7 +539,7 @@ HEADERS = {
     "decoding": "decoding", "device": "device", "ms_per_sample": "ms/sample", "samples_per_s": "samples/s",
     "generated_tokens_per_sample": "generated tokens/sample", "speedup_vs_cot": "speedup vs CoT",
     "engine": "engine", "batch_size": "batch", "dtype": "dtype", "ms_per_token": "ms/token",
-    "warmup_seconds": "warm-up s",
+    "warmup_seconds": "warm-up s", "step": "step", "seconds": "seconds", "share_pct": "share (%)",
 }
 
 
@@ -388,9 +558,15 @@ def render_markdown(tables: Tables, run_dir: str | os.PathLike, figure_name: str
         (f"2. Token efficiency ({tables.token_split} prompts)", tables.tokens, TOKEN_COLUMNS, "tokens"),
         ("3. Latency", tables.latency, LATENCY_COLUMNS, "latency"),
     )
+    if tables.timings:
+        parts += (("4. Wall time per step", tables.timings, TIMING_COLUMNS, "timings"),)
     for title, rows, columns, note_key in parts:
         sections += [f"## {title}", "", markdown_table(rows, columns), ""]
         sections += [f"- {note}" for note in tables.notes.get(note_key, [])]
+        sections.append("")
+    if tables.curves:
+        sections += ["## Learning curves", ""]
+        sections += [f"- {note}" for note in tables.notes.get("curves", [])]
         sections.append("")
     if figure_name:
         sections += [f"![prompt tokens and latency]({figure_name})", ""]
@@ -433,7 +609,12 @@ def draw_figure(path: Path, tables: Tables, token_counts: dict[str, list[int]] |
 
     from siren.io import atomic_path
 
-    fig, (ax_tokens, ax_latency) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if tables.curves:
+        fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+        (ax_tokens, ax_latency), (ax_grpo, ax_align) = axes
+        draw_curves(ax_grpo, ax_align, tables.curves)
+    else:
+        fig, (ax_tokens, ax_latency) = plt.subplots(1, 2, figsize=(12, 4.5))
     variants = [v for v in VARIANTS if token_counts and token_counts.get(v)]
     if variants:
         # Whiskers at p5/p95 so the top whisker is the table's p95; the raw-history tail goes far beyond.
@@ -474,6 +655,48 @@ def draw_figure(path: Path, tables: Tables, token_counts: dict[str, list[int]] |
     plt.close(fig)
 
 
+def draw_curves(ax_grpo, ax_align, curves: dict) -> None:
+    """Bottom row: GRPO's reward and format rate per step; stage 5's cosine distance and eval MAE."""
+    grpo = curves.get("grpo", {})
+    if grpo:
+        for name, style in (("reward", "-"), ("eval_reward", "o-")):
+            if name in grpo:
+                ax_grpo.plot(*zip(*grpo[name]), style, label=name.replace("_", " "), color="tab:blue")
+        ax_grpo.set_ylabel("mean reward (-3..3)")
+        rates = [name for name in ("format_rate", "eval_format_rate") if name in grpo]
+        if rates:
+            twin = ax_grpo.twinx()
+            for name in rates:
+                twin.plot(*zip(*grpo[name]), "s--" if name.startswith("eval") else "--", color="tab:green",
+                          label=name.replace("_", " "))
+            twin.set_ylim(0, 1.05)
+            twin.set_ylabel("format rate")
+            twin.legend(loc="lower right", fontsize=8)
+        ax_grpo.legend(loc="upper left", fontsize=8)
+        ax_grpo.set_xlabel("GRPO step")
+        ax_grpo.set_title("Stage 3: GRPO (eval = held-out rows)")
+    else:
+        ax_grpo.text(0.5, 0.5, "GRPO log: not run", ha="center", va="center")
+    align = curves.get("alignment", {})
+    ce_only = curves.get("alignment_ce", {})
+    if align or ce_only:
+        for name, style in (("cosine_distance", "-"), ("eval_cosine_distance", "o-")):
+            if name in align:
+                ax_align.plot(*zip(*align[name]), style, color="tab:purple", label=f"HA: {name.replace('_', ' ')}")
+        ax_align.set_ylabel("1 - cos(student, teacher), mean over layers")
+        twin = ax_align.twinx()
+        for label, series, color in (("HA", align, "tab:red"), ("w/o HA (CE only)", ce_only, "tab:gray")):
+            if "eval_mae" in series:
+                twin.plot(*zip(*series["eval_mae"]), "s--", color=color, label=f"{label}: eval MAE")
+        twin.set_ylabel("eval MAE")
+        twin.legend(loc="upper right", fontsize=8)
+        ax_align.legend(loc="upper left", fontsize=8)
+        ax_align.set_xlabel("stage 5 step")
+        ax_align.set_title("Stage 5: hidden-state alignment")
+    else:
+        ax_align.text(0.5, 0.5, "alignment log: not run", ha="center", va="center")
+
+
 def write_tables(folder: str | os.PathLike, tables: Tables, run_dir: str | os.PathLike,
                  token_counts: dict[str, list[int]] | None, figure: bool = True) -> str:
     """Write tables.md, the three CSVs and (with `figure`) tables.png into `folder`; returns the markdown."""
@@ -484,6 +707,8 @@ def write_tables(folder: str | os.PathLike, tables: Tables, run_dir: str | os.Pa
     write_csv(folder / "accuracy.csv", tables.accuracy, ACCURACY_COLUMNS)
     write_csv(folder / "token_efficiency.csv", tables.tokens, TOKEN_COLUMNS)
     write_csv(folder / "latency.csv", tables.latency, LATENCY_COLUMNS)
+    if tables.timings:
+        write_csv(folder / "timings.csv", tables.timings, TIMING_COLUMNS)
     markdown = render_markdown(tables, run_dir, figure_name)
     from siren.io import atomic_write_text
 

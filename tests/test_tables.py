@@ -95,14 +95,14 @@ def test_tables_from_literal_files(run_dir, synthetic_root):
     authors = by_method["GRPO, CoT decoding (invalid rows scored 5.0, as the authors did)"]
     assert authors["n_invalid"] == "1" and int(authors["n"]) == 4
     assert float(authors["mae"]) == pytest.approx((0 + 1 + 1 + 1) / 4) and "1 invalid filled with 5.0" in authors["status"]
-    assert float(by_method["Answer-only before alignment (probability-weighted)"]["rmse"]) == pytest.approx(
+    assert float(by_method["GRPO, answer-only before alignment (probability-weighted)"]["rmse"]) == pytest.approx(
         rating_metrics([4.5, 4.4, 4.6, 4.1], LABELS)["rmse"])
     for row in accuracy:
         ran = not row["status"].startswith("not run")
         # Every method that ran reports its invalid count; the rest say "not run" and hold no numbers.
         assert (row["n_invalid"] != "") == ran
         assert ran or row["mae"] == row["rmse"] == ""
-    assert by_method["Answer-only after alignment (constrained)"]["status"].startswith("not run")
+    assert by_method["SIREN-AO: after hidden-state alignment (constrained)"]["status"].startswith("not run")
 
     tokens = _read_csv(run_dir / "token_efficiency.csv")
     assert [row["variant"] for row in tokens] == [VARIANT_LABELS[v] for v in VARIANTS]
@@ -127,7 +127,8 @@ def test_tables_from_literal_files(run_dir, synthetic_root):
     assert "| Sketch + recent N (SIREN) | 4 | 365.8 |" in markdown and "(tables.png)" in markdown
     assert (run_dir / "tables.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["counts"]["inputs_missing"] == ["ao_after", "bench_latency"]
+    assert manifest["counts"]["inputs_missing"] == ["ao_after", "bench_latency", "ao_zero_shot", "ao_warm", "ao_ce_only",
+                                                    "grpo_log", "alignment_log", "alignment_ce_log", "timings"]
 
     refused = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), check=False)
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
@@ -154,7 +155,7 @@ def test_empty_run_gives_not_run_rows_and_summary_figure(tmp_path):
                                                     "cot": bench_rows[1], "ao": bench_rows[3]})
     out = tmp_path / "tables"
     proc = run_script("scripts/make_tables.py", "--run_dir", str(run), "--out_dir", str(out))
-    assert "read 2 of 7 inputs" in proc.stdout
+    assert "read 2 of 14 inputs" in proc.stdout
     latency = {(row["decoding"], row["engine"], row["batch_size"]): row for row in _read_csv(out / "latency.csv")}
     answer_only = "Benchmark: answer-only, same prompts"
     # Against the fastest CoT row measured the same way (batch 1, same device and dtype).
@@ -248,3 +249,78 @@ def test_the_tables_appear_together_and_overwrite_keeps_other_files(run_dir, tmp
     (out / "notes.txt").write_text("mine")
     run_script("scripts/make_tables.py", "--run_dir", str(run_dir), "--output_dir", str(out), "--overwrite")
     assert (out / "notes.txt").read_text() == "mine" and (out / "tables.png").is_file()
+
+
+def _log(path, entries) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+
+
+def test_wall_times_and_learning_curves(run_dir):
+    _write(run_dir / "timings.json", {"steps": [{"step": "stage 1", "seconds": 30.0}, {"step": "stage 5", "seconds": 90.0}],
+                                      "machine": "2 cores"})
+    _log(run_dir / "grpo_train_log.jsonl", [
+        {"step": 1, "reward": 0.5, "rewards/format_reward/mean": 0.0},
+        {"step": 1, "eval_reward": 0.8, "eval_rewards/format_reward/mean": 0.5},
+        {"step": 2, "reward": 1.5, "rewards/format_reward/mean": 1.0},
+        {"step": 2, "eval_reward": 1.7, "eval_rewards/format_reward/mean": 1.0},
+        {"step": 2, "train_runtime": 10.0}])
+    _log(run_dir / "alignment_train_log.jsonl", [
+        {"step": 5, "align_loss": 0.4, "loss": 0.4}, {"step": 5, "eval_align_loss": 0.45, "eval_rating_mae": 1.2},
+        {"step": 10, "align_loss": 0.1}, {"step": 10, "eval_align_loss": 0.2, "eval_rating_mae": 0.9}])
+    tables = build_tables(RunInputs.default(run_dir))
+    assert [(row["step"], row["seconds"]) for row in tables.timings] == [("stage 1", 30.0), ("stage 5", 90.0),
+                                                                          ("total", 120.0)]
+    assert tables.timings[1]["share_pct"] == pytest.approx(75.0)
+    grpo = tables.curves["grpo"]
+    assert grpo["eval_reward"] == [(1.0, 0.8), (2.0, 1.7)]
+    assert grpo["format_rate"] == [(1.0, 0.5), (2.0, 1.0)] and grpo["eval_format_rate"] == [(1.0, 0.75), (2.0, 1.0)]
+    assert tables.curves["alignment"]["eval_mae"] == [(5.0, 1.2), (10.0, 0.9)]
+    assert "alignment_ce" not in tables.curves
+    run_script("scripts/make_tables.py", "--run_dir", str(run_dir))
+    markdown = (run_dir / "tables.md").read_text()
+    assert "## 4. Wall time per step" in markdown and "| total | 120.0 | 100.0 |" in markdown
+    assert "eval_mae 1.200 (step 5) -> 0.900 (step 10)" in markdown
+    assert (run_dir / "timings.csv").is_file() and (run_dir / "tables.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("key,script,split,message", [
+    ("ao_after", "inference_ao_ddp.py", "valid", r"comes from a run on the valid split, not test"),
+    ("cot_test", "inference_train_ddp.py", "train", r"comes from a run on the train split, not test"),
+    ("ao_before", "inference_train_ddp.py", "test", r"was written by inference_train_ddp\.py, not inference_ao_ddp\.py"),
+])
+def test_a_prediction_run_on_another_split_or_stage_is_refused(run_dir, key, script, split, message):
+    """Issue 20: a valid-split stage-6 run, or a train-split 4a run, went under "Accuracy (test)" as "ok"."""
+    import re
+
+    metrics = run_dir / "cot_test" / "metrics.json" if key == "cot_test" else run_dir / "ao_before" / "metrics.json"
+    folder = run_dir / key
+    if not (folder / "metrics.json").exists():
+        _write(folder / "metrics.json", json.loads(metrics.read_text()))
+    _write(folder / "manifest.json", {"script": script, "args": {"split": split}})
+    proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and re.search(message, proc.stderr), proc.stderr
+    assert not (run_dir / "tables.md").exists()
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m["predictions"]["ao"].update(rmse=-0.5), r"rmse -0\.5 is outside \[0, 4\]"),
+    (lambda m: m["predictions"]["ao_expected"].update(acc=1.5), r"acc 1\.5 is outside \[0, 1\]"),
+    (lambda m: m["latency"].update(ms_per_sample=-3.0), r"ms_per_sample -3 is outside \[0, inf\]"),
+])
+def test_numbers_out_of_range_are_refused(run_dir, edit, message):
+    import re
+
+    path = run_dir / "ao_before" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    edit(metrics)
+    _write(path, metrics)
+    proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), check=False)
+    assert proc.returncode == 2 and re.search(message, proc.stderr) and str(path) in proc.stderr, proc.stderr
+
+
+def test_an_empty_run_folder_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_script("scripts/make_tables.py", "--run_dir", str(tmp_path / "empty"), check=False)
+    assert proc.returncode == 2 and "no inputs in" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == []

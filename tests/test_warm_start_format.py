@@ -40,6 +40,8 @@ def test_completion_is_read_off_the_prompt_not_the_label():
         "<answer>5.0</answer>"
     )
     assert ws.round_half_up(3.5) == 4 and ws.round_half_up(2.5) == 3 and ws.round_half_up(3.49) == 3
+    assert ws.warm_start_completion(_messages(_user(history, "It, Movies & TV|Horror")), "movie", "mean") == (
+        "<think>\nRecent ratings average 3.3, so 3.\n</think>\n<answer>3.0</answer>")
     # No rated history line: 5.
     assert ws.warm_start_completion(_messages("The user has no earlier movie ratings.\n\nCandidate movie: Up")) == (
         "<think>\nNo earlier ratings; most ratings are 5.\n</think>\n<answer>5.0</answer>"
