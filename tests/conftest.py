@@ -85,6 +85,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
 
 
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as `make real-model` writes it ($SIREN_REAL_MODEL, else the repo's
+    ckpt/smollm2-135m-instruct); `make test` builds it first, so the tests on it run there."""
+    from siren.real_model import DEFAULT_DIR, is_complete
+
+    folder = Path(os.environ.get("SIREN_REAL_MODEL") or REPO / DEFAULT_DIR)
+    if not is_complete(folder):
+        pytest.skip(f"no SmolLM2-135M-Instruct at {folder}: run `make real-model` (make test does)")
+    return folder
+
+
 def real_category_dir(category: str = "Movies") -> tuple[Path | None, str]:
     """The real data of `category`, found as the scripts find it, or None and why not."""
     from siren.data import SPLITS, data_search_roots

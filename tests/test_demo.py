@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from siren.tables import LLM_ROWS
+
 REPO = Path(__file__).resolve().parents[1]
-ACCURACY_ROWS = [
-    "Constant 5.0", "Global mean", "User + item bias", "MF with biases", "PMF",
-    "GRPO, CoT decoding (invalid rows left out)", "GRPO, CoT decoding (invalid rows scored 5.0, as the authors did)",
-    "Answer-only before alignment (constrained)", "Answer-only before alignment (probability-weighted)",
-    "Answer-only after alignment (constrained)", "Answer-only after alignment (probability-weighted)",
-]
+ACCURACY_ROWS = ["Constant 5.0", "Global mean", "User + item bias", "MF with biases", "PMF",
+                 *(label for label, _key, _prediction in LLM_ROWS)]
 VARIANTS = {"Raw history (every interaction)": "raw_history", "Recent N only": "recent_only",
             "Sketch + recent N (SIREN)": "sketch_recent", "As built (this run's parquet)": "as_built"}
 
@@ -44,9 +42,13 @@ def test_reduced_demo_end_to_end(tiny_model_dir, synthetic_root, tmp_path):
                  "NUM_USERS": "30", "LIMIT": "30", "MAX_NEW_TOKENS": "40", "CACHE_DIR": str(tmp_path / "cache"),
                  "BENCH_SAMPLES": "2", "BENCH_COT_TOKENS": "8"}, tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "[13/13]" in proc.stdout and "tables.md" in proc.stdout
-    for name in ("tables.md", "accuracy.csv", "token_efficiency.csv", "latency.csv", "tables.png"):
+    assert "[17/17]" in proc.stdout and "tables.md" in proc.stdout
+    for name in ("tables.md", "accuracy.csv", "token_efficiency.csv", "latency.csv", "tables.png", "timings.csv"):
         assert (run / name).is_file(), name
+
+    timings = json.loads((run / "timings.json").read_text())
+    assert len(timings["steps"]) == 17 and all(step["seconds"] >= 0 for step in timings["steps"])
+    assert "## 4. Wall time per step" in (run / "tables.md").read_text()
 
     accuracy = read_csv(run / "accuracy.csv")
     assert list(accuracy) == ACCURACY_ROWS
