@@ -135,7 +135,7 @@ def test_stages_2_to_6_run_on_the_real_model(real_model_dir, small_movies_root, 
                "--teacher_hidden_path", str(tmp_path / "hidden"), "--teacher_mask_path",
                str(tmp_path / "teacher_cot" / "mask.pt"), "--training_ratio", "1.0", "--max_steps", "2",
                "--per_device_train_batch_size", "2", "--eval_limit", "2", "--eval_steps", "2", "--save_steps", "2",
-               "--warmup_steps", "0", "--output_dir", str(tmp_path / "aligned"))
+               "--warmup_steps", "0", "--logging_steps", "1", "--output_dir", str(tmp_path / "aligned"))
     log = [json.loads(line) for line in (tmp_path / "aligned" / "train_log.jsonl").read_text().splitlines()]
     assert any("align_loss" in entry for entry in log)
     from transformers import AutoTokenizer
