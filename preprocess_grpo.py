@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def validate(args: argparse.Namespace) -> dict:
     """Check the flags and inputs before anything is read; returns the resolved paths."""
     from siren.data import resolve_category_dir, split_path
-    from siren.io import check_output_dir
+    from siren.io import check_output_clear_of_inputs, check_output_dir, missing_file_message
     from siren.verl_data import default_verl_dir
 
     if args.max_history < 1:
@@ -64,13 +64,14 @@ def validate(args: argparse.Namespace) -> dict:
     split_files = [split_path(category_dir, split) for split in ("train", "valid", "test")]
     for path in split_files:
         if not path.is_file():
-            raise SirenError(f"missing split file: {path}")
+            raise SirenError(missing_file_message(path, "split file"))
     if args.sketch_path is not None and not Path(args.sketch_path).is_file():
-        raise SirenError(f"--sketch_path does not exist: {args.sketch_path}")
+        raise SirenError(f"--sketch_path: {missing_file_message(args.sketch_path, 'sketch file')}")
     if args.tokenizer is not None and not Path(args.tokenizer).exists():
         raise SirenError(f"--tokenizer does not exist: {args.tokenizer}")
     output_dir = Path(args.output_dir) if args.output_dir else default_verl_dir(
         args.category, args.max_history, args.use_long_history)
+    check_output_clear_of_inputs(output_dir, [*split_files, args.sketch_path, args.tokenizer])
     check_output_dir(output_dir)
     return {"category_dir": category_dir, "split_files": split_files, "output_dir": output_dir}
 

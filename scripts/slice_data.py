@@ -36,29 +36,26 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
     from siren.data import check_history_record, check_split_record, require_file, resolve_category_dir
-    from siren.io import atomic_outputs, iter_jsonl, iter_text_lines, parse_jsonl_line
+    from siren.io import atomic_outputs, check_output_clear_of_inputs, iter_jsonl, iter_jsonl_lines
 
     source = resolve_category_dir(args.category, args.data_root)
     sources = {name: require_file(source / f"{name}.jsonl.gz", f"{name} file") for name in FILES}
-    target = Path(args.output_root) / args.category
+    target = check_output_clear_of_inputs(Path(args.output_root) / args.category, sources.values(), "--output_root")
     outputs = [f"{name}.jsonl.gz" for name in FILES]
 
     counts = {}
     with atomic_outputs(target, outputs, overwrite=args.overwrite) as staged:
         users: set[str] = set()
-        for lineno, record in iter_jsonl(sources["history"]):
+        for _, record in iter_jsonl(sources["history"], check_history_record):
             if len(users) == args.num_users:
                 break
-            users.add(check_history_record(record, sources["history"], lineno)["user_id"])
+            users.add(record["user_id"])
         for name in FILES:
             check_record = check_history_record if name == "history" else check_split_record
             kept = 0
             # newline="" writes each line exactly as read, so the slice is byte for byte the source.
             with gzip.open(staged.path(f"{name}.jsonl.gz"), "wt", encoding="utf-8", newline="") as dst:
-                for lineno, line in iter_text_lines(sources[name]):
-                    if not line.strip():
-                        continue
-                    record = check_record(parse_jsonl_line(sources[name], lineno, line), sources[name], lineno)
+                for _, line, record in iter_jsonl_lines(sources[name], check_record):
                     if record["user_id"] in users:
                         dst.write(line)
                         kept += 1

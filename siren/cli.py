@@ -89,8 +89,19 @@ def split_name(value: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def category_name(value: str) -> str:
+    """argparse type of --category: one folder name, never a path (siren.data.check_category_name)."""
+    from siren.data import check_category_name
+
+    try:
+        return check_category_name(value)
+    except SirenError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_category(parser, default: str | None = "Movies", help: str = "dataset category") -> None:
-    parser.add_argument("--category", "--data_category", dest="category", default=default, help=help)
+    parser.add_argument("--category", "--data_category", dest="category", type=category_name, default=default,
+                        help=help)
 
 
 def add_data_root(parser) -> None:
@@ -133,6 +144,40 @@ def add_batch_size(parser, default: int, help: str = "rows per forward pass, per
 
 def add_dtype(parser, help: str = "model dtype; auto = bfloat16 on a CUDA device that supports it, else float32") -> None:
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help=help)
+
+
+def add_dataclass_flags(parser, settings_class, groups: dict | None = None) -> None:
+    """One flag per field of the dataclass `settings_class`, defined by the field alone.
+
+    `--<name>` takes the field's default; the field's metadata gives `help` (required), `type`
+    (else the type of the default, str for None), `choices`, `aliases` (the authors' names),
+    `group` (an argument group title: taken from `groups`, else made and added there) and `add`:
+    a function of this module that defines a shared flag (e.g. `add_category`), called with the
+    field's default and help. So a stage's settings object and its command line cannot drift apart.
+    """
+    import dataclasses
+
+    groups = {} if groups is None else groups
+    for setting in dataclasses.fields(settings_class):
+        meta = setting.metadata
+        if "help" not in meta:
+            raise TypeError(f"{settings_class.__name__}.{setting.name} has no help text in its metadata")
+        title = meta.get("group")
+        target = parser
+        if title is not None:
+            if title not in groups:
+                groups[title] = parser.add_argument_group(title)
+            target = groups[title]
+        if "add" in meta:
+            meta["add"](target, default=setting.default, help=meta["help"])
+            continue
+        if setting.default is dataclasses.MISSING:
+            raise TypeError(f"{settings_class.__name__}.{setting.name} needs a default to be a flag")
+        default_type = str if setting.default is None else type(setting.default)
+        value_type = meta.get("type", str2bool if default_type is bool else default_type)
+        options = {"choices": meta["choices"]} if "choices" in meta else {}
+        target.add_argument(f"--{setting.name}", *meta.get("aliases", ()), dest=setting.name, type=value_type,
+                            default=setting.default, help=meta["help"], **options)
 
 
 def str2bool(value: str | bool) -> bool:

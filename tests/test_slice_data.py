@@ -135,3 +135,38 @@ def test_the_old_out_root_flag_still_works(data_root, tmp_path):
     zero = _slice(data_root, tmp_path / "none", "--num_users", "0")
     assert zero.returncode == 2 and "--num_users: must be at least 1, got 0" in zero.stderr
     assert not (tmp_path / "none").exists()
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["same-root", "symlinked-root", "root-above"])
+def test_the_slice_never_replaces_its_source(data_root, tmp_path, where):
+    """Issue 20: --data_root X --output_root X --overwrite replaced the source data with the slice, and the
+    refusal without --overwrite suggested --overwrite."""
+    if where == "symlinked-root":
+        out_root = tmp_path / "link"
+        out_root.symlink_to(data_root)
+    elif where == "root-above":
+        # the data root lies inside a folder named like the category: <out_root>/Films is above the sources
+        (tmp_path / "Films").mkdir()
+        data_root = data_root.rename(tmp_path / "Films" / "data")
+        out_root = tmp_path
+    else:
+        out_root = data_root
+    before = _tree(tmp_path)
+    for extra in ((), ("--overwrite",)):
+        proc = _slice(data_root, out_root, *extra)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert re.search(r"error: output folder .*Films \(--output_root\) (holds|lies above) this stage's input",
+                         proc.stderr), proc.stderr
+        assert "--overwrite" not in proc.stderr
+    assert _tree(tmp_path) == before
+
+
+def test_a_category_that_is_a_path_is_refused(data_root, tmp_path):
+    proc = run_script("scripts/slice_data.py", "--data_root", str(data_root), "--category", "../data/Films",
+                      "--output_root", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 2 and "category '../data/Films' is not a name" in proc.stderr
+    assert not (tmp_path / "out").exists()
