@@ -1,0 +1,100 @@
+r"""How close stage 6 runs to the CPU's limit: its achieved GFLOP/s against torch.matmul's on the
+same shapes, in one run.
+
+    python scripts/bench_ao_flops.py --model ckpt/smollm2-135m-instruct \
+        --data_path results/demo-real/ao_data --limit 96 --batch_sizes 1 4 16 --dtype float32 bfloat16
+
+For each dtype and batch size it runs stage 6's own code path (siren.ao: rows sorted by prompt
+length, cut into batches, the eager engine's forward, warm-up batch untimed) and counts the useful
+flops of the rows it scored (siren.flops: linear layers and causal attention over real tokens,
+padding excluded). Right after, it times torch.matmul over the model's linear-layer shapes with as
+many rows per matmul as the forward had (batch x mean padded length), same dtype and threads: the
+ceiling. Writes <output_dir>/flops.json and prints the table (achieved / ceiling = efficiency).
+"""
+
+import argparse
+import sys
+
+from siren import cli
+from siren.cli import positive_int, run_main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = cli.stage_parser(__doc__)
+    cli.add_model(parser, "model folder (weights + tokenizer)")
+    cli.add_data_path(parser, "stage 4c DatasetDict or a verl parquet folder")
+    cli.add_split(parser)
+    cli.add_limit(parser, help="rows scored per measurement (the first N of the split)")
+    parser.set_defaults(limit=96)
+    parser.add_argument("--batch_sizes", nargs="+", type=positive_int, default=[1, 4, 16], help="stage-6 batch sizes")
+    parser.add_argument("--dtype", nargs="+", dest="dtypes", choices=("float32", "bfloat16"), default=["float32"],
+                        help="model and matmul dtypes")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (unset: torch's default)")
+    cli.add_output_dir(parser, "where flops.json goes", default="results/bench_ao_flops")
+    cli.add_overwrite(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from pathlib import Path
+
+    from siren.io import RunTimer, atomic_write_json, check_outputs_free, write_manifest
+
+    timer = RunTimer()
+    out = Path(args.output_dir)
+    check_outputs_free([out / "flops.json", out / "manifest.json"], args.overwrite)
+
+    import torch
+
+    from siren.ao import ao_batches, predict
+    from siren.ao_data import load_ao_rows
+    from siren.engines import EagerAO
+    from siren.flops import forward_shape, matmul_rate, useful_flops
+    from siren.modeling import load_causal_lm
+    from siren.tokenization import load_tokenizer, rating_token_ids
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer(args.model, padding_side="left")
+    rows = load_ao_rows(args.data_path, args.split, tokenizer, limit=args.limit)
+    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]]
+    results = []
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, dtype_name)
+        model = load_causal_lm(args.model, dtype, "cpu")
+        shape = forward_shape(model)
+        engine = EagerAO(model, tokenizer, rating_token_ids(tokenizer))
+        for batch_size in args.batch_sizes:
+            batches = ao_batches(tokenizer, rows, batch_size, 0, 1)
+            _, seconds, warmup = predict(engine, tokenizer, rows, batches, decode="constrained", device="cpu",
+                                         show_progress=False)
+            # predict's timed loop scores every batch once (its warm-up batch is run before, untimed)
+            flops = useful_flops(shape, [lengths[p] for batch in batches for p in batch])
+            padded = sum(max(lengths[p] for p in batch) * len(batch) for batch in batches)
+            matmul = matmul_rate(shape.linear_shapes, rows=max(1, round(padded / len(batches))), dtype=dtype)
+            achieved = flops / seconds / 1e9
+            results.append({
+                "dtype": dtype_name, "batch_size": batch_size, "rows": len(rows), "threads": torch.get_num_threads(),
+                "seconds": round(seconds, 3), "warmup_seconds": round(warmup, 3),
+                "rows_per_s": round(len(rows) / seconds, 3), "useful_gflop": round(flops / 1e9, 1),
+                "padding_share": round(1 - sum(lengths) / padded, 4), "achieved_gflops": round(achieved, 2),
+                "matmul": matmul, "efficiency": round(achieved / matmul["gflops"], 3),
+            })
+            row = results[-1]
+            print(f"{dtype_name:>8} batch {batch_size:>3}: {row['rows_per_s']:.2f} rows/s, {row['achieved_gflops']:.1f} "
+                  f"GFLOP/s achieved vs {matmul['gflops']:.1f} GFLOP/s matmul at {matmul['rows']} rows "
+                  f"= {row['efficiency']:.0%} (padding {row['padding_share']:.1%})", flush=True)
+        del model, engine
+    summary = {"model": args.model, "mean_prompt_tokens": round(sum(lengths) / len(lengths), 1),
+               "flops_per_row_mean_gflop": round(useful_flops(shape, lengths) / len(lengths) / 1e9, 2),
+               "results": results}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "flops.json", summary)
+    write_manifest(out, script="scripts/bench_ao_flops.py", args=args, inputs=[args.model, args.data_path],
+                   outputs=[out / "flops.json"], counts={"measurements": len(results)}, seconds=timer.seconds)
+    print(f"wrote {out / 'flops.json'} in {timer.seconds:.1f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
