@@ -205,9 +205,15 @@ def check_checkpoint_dir(folder: str | os.PathLike, settings: dict, overwrite: b
 
 def prepare_checkpoints(stage: AlignmentArguments, config) -> str | None:
     """Check the checkpoint folder on every process, then on the main one clear old checkpoints and
-    record this run's settings there. Returns a note to print when old checkpoints were cleared."""
+    record this run's settings there. Returns a note to print when old checkpoints were cleared.
+
+    A run that saves checkpoints on several machines needs that folder shared by all of them
+    (DeepSpeed writes each rank's optimizer shard into it, and every rank loads the best checkpoint
+    back at the end): `siren.distributed.check_shared_folder` refuses it otherwise, before training.
+    """
     from accelerate import PartialState
 
+    from siren.distributed import check_shared_folder
     from siren.io import atomic_write_json
 
     folder = Path(config.output_dir)
@@ -215,6 +221,8 @@ def prepare_checkpoints(stage: AlignmentArguments, config) -> str | None:
     clear = check_checkpoint_dir(folder, settings, stage.overwrite)  # every process decides alike
     state = PartialState()
     state.wait_for_everyone()
+    if str(getattr(config.save_strategy, "value", config.save_strategy)) != "no":
+        check_shared_folder(folder, state)
     if state.is_main_process:
         if clear:
             shutil.rmtree(folder)
