@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         counts = {**inputs.counts, "optimizer_steps": run.optimizer_steps}
         with atomic_outputs(run_dir, RUN_OUTPUTS, overwrite=stage.overwrite) as staged:
             save_adapter(run.model, staged.path("adapter"), adapter_base_record(stage.model, inputs.model_config))
-            save_merged(run.model, staged.path("merged"), stage.model)
+            save_merged(staged.path("adapter"), staged.path("merged"), stage.model)
             atomic_write_jsonl(staged.path("train_log.jsonl"), run.log_history)
             write_manifest(
                 staged.dir, script="train_hidden_mask.py", args={"alignment": vars(stage), "training": config.to_dict()},

@@ -688,12 +688,15 @@ def save_adapter(peft_model, folder: str | os.PathLike, base_record: dict) -> No
     atomic_write_json(Path(folder) / ADAPTER_BASE_NAME, base_record)
 
 
-def save_merged(peft_model, folder: str | os.PathLike, base_path: str | os.PathLike) -> None:
-    """The base with the adapter merged in, plus the base's tokenizer files copied byte for byte (so
-    its tokenizer record equals the base's). Merging changes `peft_model`: save the adapter first."""
+def save_merged(adapter_dir: str | os.PathLike, folder: str | os.PathLike, base_path: str | os.PathLike) -> None:
+    """The base with the saved adapter merged in float32 and stored in the base's own dtype
+    (`siren.lora_merge`), plus the base's tokenizer files copied byte for byte (so its tokenizer
+    record equals the base's). Merged from the adapter on disk, so `merged/` is exactly what
+    base + `adapter/` give, up to one rounding to the base's dtype."""
+    from siren.lora_merge import merge_lora_float32
     from siren.modeling import copy_tokenizer_files
 
-    merged = peft_model.merge_and_unload()
+    merged = merge_lora_float32(base_path, adapter_dir)
     merged.save_pretrained(str(folder))
     if not copy_tokenizer_files(base_path, folder):
         raise SirenError(f"{base_path} holds no tokenizer files to copy into {folder}")
