@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
 
     run = train_alignment(stage, config, inputs)
     if run.is_main_process:
-        counts = {**inputs.counts, "optimizer_steps": run.optimizer_steps}
+        counts = {**inputs.counts, "optimizer_steps": run.optimizer_steps, "warmup_steps": run.schedule.warmup_steps,
+                  "processes": run.accelerator.num_processes}
         with atomic_outputs(run_dir, RUN_OUTPUTS, overwrite=stage.overwrite) as staged:
             save_adapter(run.model, staged.path("adapter"), adapter_base_record(stage.model, inputs.model_config))
             save_merged(staged.path("adapter"), staged.path("merged"), stage.model)

@@ -121,10 +121,18 @@ class AlignmentArguments:
                 raise SirenError(f"--{name} must be at least 1, got {value}")
 
 
+# Warm-up as a fraction of the optimizer steps (transformers reads a --warmup_steps below 1 so), so
+# the schedule keeps its shape whatever the GPU count. The authors fixed 100 steps. With 4 rows per
+# device, 3 epochs and a 1,000-row mask, one GPU makes ceil(1000 / 4) * 3 = 750 optimizer steps,
+# and ceil(0.133 * 750) = 100 of them warm up: the authors' value. On 8 GPUs the same run makes
+# ceil(1000 / 32) * 3 = 96 steps, so their 100 steps never let the learning rate reach its peak;
+# 0.133 warms up for 13 of them.
+WARMUP_RATIO = 0.133
+
 # Stage 5's defaults for library fields, given to hf_parser. TRL's own differ: learning_rate 2e-5,
 # gradient_checkpointing True, bf16 True.
 TRAINING_DEFAULTS = dict(
-    learning_rate=1e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=100, weight_decay=0.05,
+    learning_rate=1e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=WARMUP_RATIO, weight_decay=0.05,
     per_device_train_batch_size=4, per_device_eval_batch_size=4, num_train_epochs=3, gradient_checkpointing=False,
     eval_strategy="steps", eval_steps=50, save_strategy="steps", save_steps=50, save_total_limit=2,
     load_best_model_at_end=True, metric_for_best_model="rating_rmse", logging_steps=10, report_to="none", seed=42,
@@ -557,6 +565,49 @@ def build_trainer_class():
 
 
 # --------------------------------------------------------------------------------------------------
+# The schedule: how many optimizer steps, and how many of them warm up
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The optimizer steps a run will make, as the HF Trainer counts them (printed before training)."""
+
+    rows: int
+    per_device: int
+    processes: int
+    accumulation: int
+    steps_per_epoch: int
+    optimizer_steps: int
+    warmup_steps: int
+    epochs: float | None        # None when --max_steps decides
+
+    def summary(self) -> str:
+        rows_per_step = self.per_device * self.processes * self.accumulation
+        length = (f"{self.epochs:g} epoch(s) of {self.steps_per_epoch}" if self.epochs is not None
+                  else "--max_steps")
+        return (f"{self.optimizer_steps} optimizer steps ({length}; {self.rows} rows, {self.per_device} per device x "
+                f"{self.processes} process(es) x {self.accumulation} accumulation = {rows_per_step} rows per step), "
+                f"{self.warmup_steps} of them warm-up")
+
+
+def training_schedule(n_rows: int, config, processes: int) -> Schedule:
+    """Optimizer steps and warm-up steps of a run on `n_rows` rows over `processes` processes.
+
+    accelerate gives each process ceil(n_rows / (per_device * processes)) batches (the last ones
+    padded with repeated rows), the Trainer makes ceil(batches / accumulation) optimizer steps per
+    epoch and ceil(epochs * that) in all unless --max_steps is set, and warms up for
+    `config.get_warmup_steps` of them (a --warmup_steps below 1 is a fraction of the steps).
+    """
+    per_device, accumulation = config.per_device_train_batch_size, config.gradient_accumulation_steps
+    batches = math.ceil(n_rows / (per_device * processes))
+    per_epoch = max(math.ceil(batches / accumulation), 1)
+    by_epochs = config.max_steps is None or config.max_steps <= 0
+    steps = math.ceil(config.num_train_epochs * per_epoch) if by_epochs else int(config.max_steps)
+    return Schedule(n_rows, per_device, processes, accumulation, per_epoch, steps, config.get_warmup_steps(steps),
+                    config.num_train_epochs if by_epochs else None)
+
+
+# --------------------------------------------------------------------------------------------------
 # The stage's work: inputs, training, the model folders it writes
 
 
@@ -637,6 +688,7 @@ class AlignmentRun:
     log_history: list[dict]
     optimizer_steps: int
     accelerator: Any
+    schedule: Schedule | None = None
 
     @property
     def is_main_process(self) -> bool:
@@ -671,12 +723,15 @@ def train_alignment(stage: AlignmentArguments, config, inputs: AlignmentInputs) 
         peft_config=peft_config, teacher=inputs.teacher, kd_ratio=stage.kd_ratio, loss_type=stage.loss_type,
         rating_token_ids=inputs.rating_ids,
     )
+    schedule = training_schedule(len(inputs.train_dataset), trainer.args, trainer.accelerator.num_processes)
+    if trainer.accelerator.is_main_process:
+        print(f"training: {schedule.summary()}", flush=True)
     trainer.train()
     best_eval = trainer.evaluate()
     trained = trainer.accelerator.unwrap_model(trainer.model)
     check_finite_weights(trained)
     return AlignmentRun(trained, targets, best_eval, trainer.state.best_model_checkpoint,
-                        list(trainer.state.log_history), trainer.state.global_step, trainer.accelerator)
+                        list(trainer.state.log_history), trainer.state.global_step, trainer.accelerator, schedule)
 
 
 def save_adapter(peft_model, folder: str | os.PathLike, base_record: dict) -> None:

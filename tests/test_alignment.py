@@ -407,7 +407,25 @@ def test_a_non_finite_loss_stops_training_at_its_step(stage5_inputs, tiny_model_
 
 
 # --------------------------------------------------------------------------------------------------
-# The float32 merge (issue 19 item 6)
+# The schedule printed before training (issue 19 item 8) and the float32 merge (item 6)
+
+
+@pytest.mark.slow
+def test_the_schedule_is_what_the_trainer_runs(stage5_inputs, tiny_model_dir, tmp_path):
+    """By epochs, with a warm-up fraction: 12 rows, 3 per step, 2 epochs = 8 optimizer steps, of
+    which ceil(0.25 * 8) = 2 warm up: steps 1 and 2 run at 0 and half the peak rate, the rest at it."""
+    from siren.alignment import training_schedule
+
+    teacher = TeacherStates(stage5_inputs["teacher"])
+    trainer, _ = _make_trainer(tiny_model_dir, stage5_inputs, tmp_path / "run", teacher, list(range(12)),
+                               max_steps=-1, num_train_epochs=2, warmup_steps=0.25,
+                               lr_scheduler_type="constant_with_warmup")
+    schedule = training_schedule(12, trainer.args, trainer.accelerator.num_processes)
+    assert (schedule.steps_per_epoch, schedule.optimizer_steps, schedule.warmup_steps) == (4, 8, 2)
+    trainer.train()
+    assert trainer.state.global_step == schedule.optimizer_steps
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert rates == pytest.approx([0.0, 5e-3] + [1e-2] * 6)
 
 
 def _bf16_base(tiny_model_dir: Path, folder: Path) -> Path:
