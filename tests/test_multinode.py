@@ -101,6 +101,27 @@ def test_one_process_has_nothing_to_check(tmp_path):
     assert not (tmp_path / "parts").exists()  # nothing made, nothing written
 
 
+class RankZeroOfTwo(OneProcess):
+    """Rank 0 of a two-process run whose rank 1 writes elsewhere: its markers never show up here."""
+
+    num_processes = 2
+
+
+def test_the_parts_folder_of_4b_is_checked_before_any_work(tmp_path, monkeypatch):
+    """extract_last_hidden_ddp.py's scratch folder runs the shared-folder check (the collective
+    part replaced by rank 0's own answer): refused, and the folders made for it are removed."""
+    import siren.distributed
+    from siren.hidden import scratch_folder
+
+    monkeypatch.setenv(SHARED_WAIT_ENV, "0")
+    monkeypatch.setattr(siren.distributed, "_from_main", lambda state, value: value)
+    parts = tmp_path / "out" / ".hidden_parts"
+    with pytest.raises(SirenError, match=re.escape(f"{parts} {UNSHARED}")):
+        with scratch_folder(parts, RankZeroOfTwo()):
+            pytest.fail("the block ran")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_merge_of_4b_refuses_a_missing_shard(tmp_path, monkeypatch):
     """Rank 0 sees rank 0's and rank 2's shards but not rank 1's: named, nothing written."""
     from siren.hidden import NpyRows, merge_hidden_shards, shard_paths
@@ -279,25 +300,19 @@ def _machine_folders(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["4a", "4b"])
-def test_a_folder_the_machines_do_not_share_is_refused(stage, tiny_model_dir, verl_dir, tmp_path):
-    """Each machine runs in its own working folder with `--output_dir out`: machine 1's parts would
-    land where machine 0 cannot read them. Both stop with the one line naming rank 1; nothing is
-    merged or left behind on either machine."""
+def test_a_folder_the_machines_do_not_share_is_refused(tiny_model_dir, verl_dir, tmp_path):
+    """Stage 4a with each machine in its own working folder and `--output_dir out`: machine 1's parts
+    would land where machine 0 cannot read them (the old code generated every row, then failed to
+    merge with "2 of 4 rows have no result"). Both machines stop before generating, with the one
+    line naming rank 1; nothing is merged or left behind on either machine. (4b runs the same check
+    on its scratch folder: test_the_parts_folder_of_4b_is_checked_before_any_work.)"""
     cwds = _machine_folders(tmp_path)
-    common = ["--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", "4", "--batch_size", "2",
-              "--out_dir", "out"]
-    if stage == "4a":
-        machines = run_on_two_machines("inference_train_ddp.py", *common, "--max_new_tokens", "2", cwds=cwds)
-        folder = "out/partial"
-    else:
-        thinking = thinking_folder(verl_dir, tmp_path / "thinking", 4)
-        machines = run_on_two_machines("extract_last_hidden_ddp.py", *common, "--thinking_path", str(thinking),
-                                       cwds=cwds)
-        folder = "out/.hidden_parts"
+    machines = run_on_two_machines("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path",
+                                   str(verl_dir), "--limit", "4", "--batch_size", "2", "--max_new_tokens", "2",
+                                   "--out_dir", "out", cwds=cwds)
     for rank, proc in enumerate(machines):
         assert proc.returncode != 0
-        assert error_lines(proc) == [f"error: {folder} {UNSHARED}, so their parts cannot be merged; give every "
+        assert error_lines(proc) == [f"error: out/partial {UNSHARED}, so their parts cannot be merged; give every "
                                      "machine the same output path on a shared filesystem (NFS, Lustre, ...)"], (
             f"machine {rank}:\n{proc.stderr[-3000:]}")
     assert [list(folder.iterdir()) for folder in cwds] == [[], []]
