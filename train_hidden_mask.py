@@ -18,8 +18,12 @@ towards the teacher's state at the same token after prompt + CoT (stage 4b). Wri
 SFTConfig / transformers' TrainingArguments is a flag (--learning_rate, --num_train_epochs,
 --max_steps, --gradient_accumulation_steps, ...), with this stage's defaults. The 4c and 4b
 manifests are read: prompts built with another tokenizer, or teacher states extracted with another
-model than --model, are refused. On a CPU (tests, demo) run the same flags under
-`python train_hidden_mask.py ...` or `accelerate launch --cpu train_hidden_mask.py ...`.
+model than --model, are refused. Before training the main process prints the optimizer steps and
+how many warm up (--warmup_steps below 1 is a fraction of them; default 0.133). merged/ is the base
+read in float32 plus adapter/, stored in the base's dtype. On a CPU (tests, demo) run the same flags
+under `python train_hidden_mask.py ...` or `accelerate launch --cpu train_hidden_mask.py ...`; on
+several machines add --num_machines, --machine_rank, --main_process_ip and --main_process_port to
+the accelerate launch line (docs/pipeline.md, "Several machines").
 """
 
 from __future__ import annotations
@@ -74,10 +78,11 @@ def main(argv: list[str] | None = None) -> None:
 
     run = train_alignment(stage, config, inputs)
     if run.is_main_process:
-        counts = {**inputs.counts, "optimizer_steps": run.optimizer_steps}
+        counts = {**inputs.counts, "optimizer_steps": run.optimizer_steps, "warmup_steps": run.schedule.warmup_steps,
+                  "processes": run.accelerator.num_processes}
         with atomic_outputs(run_dir, RUN_OUTPUTS, overwrite=stage.overwrite) as staged:
             save_adapter(run.model, staged.path("adapter"), adapter_base_record(stage.model, inputs.model_config))
-            save_merged(run.model, staged.path("merged"), stage.model)
+            save_merged(staged.path("adapter"), staged.path("merged"), stage.model)
             atomic_write_jsonl(staged.path("train_log.jsonl"), run.log_history)
             write_manifest(
                 staged.dir, script="train_hidden_mask.py", args={"alignment": vars(stage), "training": config.to_dict()},

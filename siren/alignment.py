@@ -121,10 +121,18 @@ class AlignmentArguments:
                 raise SirenError(f"--{name} must be at least 1, got {value}")
 
 
+# Warm-up as a fraction of the optimizer steps (transformers reads a --warmup_steps below 1 so), so
+# the schedule keeps its shape whatever the GPU count. The authors fixed 100 steps. With 4 rows per
+# device, 3 epochs and a 1,000-row mask, one GPU makes ceil(1000 / 4) * 3 = 750 optimizer steps,
+# and ceil(0.133 * 750) = 100 of them warm up: the authors' value. On 8 GPUs the same run makes
+# ceil(1000 / 32) * 3 = 96 steps, so their 100 steps never let the learning rate reach its peak;
+# 0.133 warms up for 13 of them.
+WARMUP_RATIO = 0.133
+
 # Stage 5's defaults for library fields, given to hf_parser. TRL's own differ: learning_rate 2e-5,
 # gradient_checkpointing True, bf16 True.
 TRAINING_DEFAULTS = dict(
-    learning_rate=1e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=100, weight_decay=0.05,
+    learning_rate=1e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=WARMUP_RATIO, weight_decay=0.05,
     per_device_train_batch_size=4, per_device_eval_batch_size=4, num_train_epochs=3, gradient_checkpointing=False,
     eval_strategy="steps", eval_steps=50, save_strategy="steps", save_steps=50, save_total_limit=2,
     load_best_model_at_end=True, metric_for_best_model="rating_rmse", logging_steps=10, report_to="none", seed=42,
@@ -205,9 +213,15 @@ def check_checkpoint_dir(folder: str | os.PathLike, settings: dict, overwrite: b
 
 def prepare_checkpoints(stage: AlignmentArguments, config) -> str | None:
     """Check the checkpoint folder on every process, then on the main one clear old checkpoints and
-    record this run's settings there. Returns a note to print when old checkpoints were cleared."""
+    record this run's settings there. Returns a note to print when old checkpoints were cleared.
+
+    A run that saves checkpoints on several machines needs that folder shared by all of them
+    (DeepSpeed writes each rank's optimizer shard into it, and every rank loads the best checkpoint
+    back at the end): `siren.distributed.check_shared_folder` refuses it otherwise, before training.
+    """
     from accelerate import PartialState
 
+    from siren.distributed import check_shared_folder
     from siren.io import atomic_write_json
 
     folder = Path(config.output_dir)
@@ -215,6 +229,8 @@ def prepare_checkpoints(stage: AlignmentArguments, config) -> str | None:
     clear = check_checkpoint_dir(folder, settings, stage.overwrite)  # every process decides alike
     state = PartialState()
     state.wait_for_everyone()
+    if str(getattr(config.save_strategy, "value", config.save_strategy)) != "no":
+        check_shared_folder(folder, state)
     if state.is_main_process:
         if clear:
             shutil.rmtree(folder)
@@ -549,6 +565,49 @@ def build_trainer_class():
 
 
 # --------------------------------------------------------------------------------------------------
+# The schedule: how many optimizer steps, and how many of them warm up
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The optimizer steps a run will make, as the HF Trainer counts them (printed before training)."""
+
+    rows: int
+    per_device: int
+    processes: int
+    accumulation: int
+    steps_per_epoch: int
+    optimizer_steps: int
+    warmup_steps: int
+    epochs: float | None        # None when --max_steps decides
+
+    def summary(self) -> str:
+        rows_per_step = self.per_device * self.processes * self.accumulation
+        length = (f"{self.epochs:g} epoch(s) of {self.steps_per_epoch}" if self.epochs is not None
+                  else "--max_steps")
+        return (f"{self.optimizer_steps} optimizer steps ({length}; {self.rows} rows, {self.per_device} per device x "
+                f"{self.processes} process(es) x {self.accumulation} accumulation = {rows_per_step} rows per step), "
+                f"{self.warmup_steps} of them warm-up")
+
+
+def training_schedule(n_rows: int, config, processes: int) -> Schedule:
+    """Optimizer steps and warm-up steps of a run on `n_rows` rows over `processes` processes.
+
+    accelerate gives each process ceil(n_rows / (per_device * processes)) batches (the last ones
+    padded with repeated rows), the Trainer makes ceil(batches / accumulation) optimizer steps per
+    epoch and ceil(epochs * that) in all unless --max_steps is set, and warms up for
+    `config.get_warmup_steps` of them (a --warmup_steps below 1 is a fraction of the steps).
+    """
+    per_device, accumulation = config.per_device_train_batch_size, config.gradient_accumulation_steps
+    batches = math.ceil(n_rows / (per_device * processes))
+    per_epoch = max(math.ceil(batches / accumulation), 1)
+    by_epochs = config.max_steps is None or config.max_steps <= 0
+    steps = math.ceil(config.num_train_epochs * per_epoch) if by_epochs else int(config.max_steps)
+    return Schedule(n_rows, per_device, processes, accumulation, per_epoch, steps, config.get_warmup_steps(steps),
+                    config.num_train_epochs if by_epochs else None)
+
+
+# --------------------------------------------------------------------------------------------------
 # The stage's work: inputs, training, the model folders it writes
 
 
@@ -629,6 +688,7 @@ class AlignmentRun:
     log_history: list[dict]
     optimizer_steps: int
     accelerator: Any
+    schedule: Schedule | None = None
 
     @property
     def is_main_process(self) -> bool:
@@ -663,12 +723,15 @@ def train_alignment(stage: AlignmentArguments, config, inputs: AlignmentInputs) 
         peft_config=peft_config, teacher=inputs.teacher, kd_ratio=stage.kd_ratio, loss_type=stage.loss_type,
         rating_token_ids=inputs.rating_ids,
     )
+    schedule = training_schedule(len(inputs.train_dataset), trainer.args, trainer.accelerator.num_processes)
+    if trainer.accelerator.is_main_process:
+        print(f"training: {schedule.summary()}", flush=True)
     trainer.train()
     best_eval = trainer.evaluate()
     trained = trainer.accelerator.unwrap_model(trainer.model)
     check_finite_weights(trained)
     return AlignmentRun(trained, targets, best_eval, trainer.state.best_model_checkpoint,
-                        list(trainer.state.log_history), trainer.state.global_step, trainer.accelerator)
+                        list(trainer.state.log_history), trainer.state.global_step, trainer.accelerator, schedule)
 
 
 def save_adapter(peft_model, folder: str | os.PathLike, base_record: dict) -> None:
@@ -680,12 +743,15 @@ def save_adapter(peft_model, folder: str | os.PathLike, base_record: dict) -> No
     atomic_write_json(Path(folder) / ADAPTER_BASE_NAME, base_record)
 
 
-def save_merged(peft_model, folder: str | os.PathLike, base_path: str | os.PathLike) -> None:
-    """The base with the adapter merged in, plus the base's tokenizer files copied byte for byte (so
-    its tokenizer record equals the base's). Merging changes `peft_model`: save the adapter first."""
+def save_merged(adapter_dir: str | os.PathLike, folder: str | os.PathLike, base_path: str | os.PathLike) -> None:
+    """The base with the saved adapter merged in float32 and stored in the base's own dtype
+    (`siren.lora_merge`), plus the base's tokenizer files copied byte for byte (so its tokenizer
+    record equals the base's). Merged from the adapter on disk, so `merged/` is exactly what
+    base + `adapter/` give, up to one rounding to the base's dtype."""
+    from siren.lora_merge import merge_lora_float32
     from siren.modeling import copy_tokenizer_files
 
-    merged = peft_model.merge_and_unload()
+    merged = merge_lora_float32(base_path, adapter_dir)
     merged.save_pretrained(str(folder))
     if not copy_tokenizer_files(base_path, folder):
         raise SirenError(f"{base_path} holds no tokenizer files to copy into {folder}")

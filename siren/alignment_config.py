@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from siren import SirenError
-from siren.alignment import RUN_DIR_HELP, BEST_METRICS
+from siren.alignment import BEST_METRICS, RUN_DIR_HELP
 
 
 @dataclass

@@ -249,12 +249,17 @@ def prepare_parts(part_dir: Path, settings: dict, state, resume: bool) -> dict[i
     """Check or start `part_dir` on every process; returns the rows finished by an earlier run.
 
     `resume=False` deletes earlier parts. Every process checks the saved settings and gets the
-    same answer, so a mismatch stops all of them before any writes.
+    same answer, so a mismatch stops all of them before any writes. With several machines the
+    folder must be one they all share (`siren.distributed.check_shared_folder`), else every process
+    stops here, before generating anything.
     """
+    from siren.distributed import check_shared_folder
+
     if not resume:
         if state.is_main_process and part_dir.exists():
             shutil.rmtree(part_dir)
         state.wait_for_everyone()
+    check_shared_folder(part_dir, state)
     resuming = check_resume_settings(part_dir, settings)
     # Every process has decided whether to resume before the main process writes the settings.
     state.wait_for_everyone()
@@ -276,11 +281,12 @@ def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_
     generated whole, so its padding is that of an uninterrupted run; only its missing rows are
     written. `SIREN_STOP_AFTER_BATCHES=n` stops the process after n batches, as a crash would.
     Each process's first batch is its warm-up (kernel selection, the static cache's compilation):
-    its rows are marked, and the latency is measured on the other rows.
+    its rows are marked, and the latency is measured on the other rows. At the end the main process
+    must see every rank's part file, else every process stops (nothing is merged).
     """
     from tqdm import tqdm
 
-    from siren.distributed import batches, my_batches
+    from siren.distributed import batches, my_batches, require_files_on_main
     from siren.prompts import chat_prompt_text
 
     rank, world = state.process_index, state.num_processes
@@ -304,6 +310,7 @@ def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_
     finally:
         writer.close()
     state.wait_for_everyone()
+    require_files_on_main(state, [part_path(part_dir, rank) for rank in range(world)], part_dir)
 
 
 # The authors scored an unparsable answer as 5.0; that scoring is reported beside the honest one

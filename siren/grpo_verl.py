@@ -41,17 +41,13 @@ def merge_lora_adapter(model_dir: str | Path) -> dict | None:
         raise SirenError(f"{adapter_dir}/adapter_config.json has lora_alpha={adapter_config.get('lora_alpha')!r} "
                          "(verl found no lora_train_meta.json in the checkpoint); merging it would change nothing")
 
-    import torch
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from siren.lora_merge import merge_lora_float32
 
-    saved_dtype = AutoConfig.from_pretrained(model_dir).dtype or torch.float32
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged = merge_lora_float32(model_dir, adapter_dir)
     # Remove the old weight files before writing new ones: they may still be memory-mapped.
     for old in [*model_dir.glob("*.safetensors"), *model_dir.glob("*.safetensors.index.json")]:
         old.unlink()
-    merged.to(saved_dtype).save_pretrained(model_dir)
+    merged.save_pretrained(model_dir)
     shutil.rmtree(adapter_dir)
     return {"r": adapter_config.get("r"), "lora_alpha": adapter_config["lora_alpha"],
             "target_modules": sorted(adapter_config.get("target_modules") or [])}

@@ -175,7 +175,11 @@ def align_teacher_rows(tokenizer, rows: Sequence[dict], thinking: Sequence[dict]
 @contextlib.contextmanager
 def scratch_folder(path: Path, state) -> Iterator[Path]:
     """A fresh working folder the processes share; the main process removes it, and the folders
-    made for it that stayed empty, when the block ends, whether it succeeded or not."""
+    made for it that stayed empty, when the block ends, whether it succeeded or not. With several
+    machines it must be one folder on a filesystem they all mount, else every process stops here
+    (`siren.distributed.check_shared_folder`)."""
+    from siren.distributed import check_shared_folder
+
     path = Path(path)
     made = [folder for folder in (path, *path.parents) if not os.path.lexists(folder)]
     if state.is_main_process:
@@ -183,6 +187,7 @@ def scratch_folder(path: Path, state) -> Iterator[Path]:
         path.mkdir(parents=True)
     state.wait_for_everyone()
     try:
+        check_shared_folder(path, state)
         yield path
     finally:
         if state.is_main_process:
@@ -391,7 +396,14 @@ def merge_hidden_shards(parts_dir: Path, world: int, selected: Sequence[int], ro
     hold every row of `selected` once. Output rows are gathered a chunk (`chunk_bytes`) at a time:
     within a chunk each shard contributes a contiguous run of its rows, read in one piece.
     """
+    from siren.distributed import missing_ranks, shared_wait_seconds, unshared_message
+
     n = len(selected)
+    # Never merge a partial set: every rank's shard must be here (another machine's shard is missing
+    # when the folder is not shared; scratch_folder checks that up front, this is the last word).
+    missing = missing_ranks([shard_paths(parts_dir, rank)[0] for rank in range(world)], shared_wait_seconds())
+    if missing:
+        raise SirenError(unshared_message(parts_dir, missing))
     output_position = {int(row): k for k, row in enumerate(selected)}
     shards, positions, seen = [], [], 0
     try:

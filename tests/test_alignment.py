@@ -404,3 +404,81 @@ def test_a_non_finite_loss_stops_training_at_its_step(stage5_inputs, tiny_model_
     with pytest.raises(SirenError, match=r"the training loss is not finite \(NaN or infinite\) at step 2"):
         trainer.train()
     assert trainer.state.global_step == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The schedule printed before training (issue 19 item 8) and the float32 merge (item 6)
+
+
+@pytest.mark.slow
+def test_the_schedule_is_what_the_trainer_runs(stage5_inputs, tiny_model_dir, tmp_path):
+    """By epochs, with a warm-up fraction: 12 rows, 3 per step, 2 epochs = 8 optimizer steps, of
+    which ceil(0.25 * 8) = 2 warm up: steps 1 and 2 run at 0 and half the peak rate, the rest at it."""
+    from siren.alignment import training_schedule
+
+    teacher = TeacherStates(stage5_inputs["teacher"])
+    trainer, _ = _make_trainer(tiny_model_dir, stage5_inputs, tmp_path / "run", teacher, list(range(12)),
+                               max_steps=-1, num_train_epochs=2, warmup_steps=0.25,
+                               lr_scheduler_type="constant_with_warmup")
+    schedule = training_schedule(12, trainer.args, trainer.accelerator.num_processes)
+    assert (schedule.steps_per_epoch, schedule.optimizer_steps, schedule.warmup_steps) == (4, 8, 2)
+    trainer.train()
+    assert trainer.state.global_step == schedule.optimizer_steps
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert rates == pytest.approx([0.0, 5e-3] + [1e-2] * 6)
+
+
+def _bf16_base(tiny_model_dir: Path, folder: Path) -> Path:
+    """The tiny model saved in bfloat16, as a GRPO checkpoint usually is."""
+    from transformers import AutoModelForCausalLM
+
+    from siren.modeling import copy_tokenizer_files
+
+    AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16).save_pretrained(str(folder))
+    copy_tokenizer_files(tiny_model_dir, folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_the_merged_model_is_merged_in_float32_and_saved_in_the_base_dtype(tiny_model_dir, tmp_path):
+    """A bf16 base and a K/V adapter trained in bf16 (DeepSpeed's bf16 engine casts the whole model,
+    LoRA weights included): merged/ holds W + scale * B @ A formed in float32 and rounded once to
+    bf16. Merging inside the trained bf16 model (what stage 5 did) rounded the update to bf16, then
+    the sum again, and differs."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from siren.alignment import save_merged
+
+    base_dir = _bf16_base(tiny_model_dir, tmp_path / "base")
+    trained = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.bfloat16),
+                             LoraConfig(r=4, lora_alpha=8, target_modules=["k_proj", "v_proj"], task_type="CAUSAL_LM"))
+    trained = trained.to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in trained.named_parameters():
+            if "lora_B" in name:  # B starts at zero; a trained adapter's is not
+                parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
+    trained.save_pretrained(str(tmp_path / "adapter"))
+    adapter = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    base = load_file(str(base_dir / "model.safetensors"))
+
+    save_merged(tmp_path / "adapter", tmp_path / "merged", base_dir)
+    merged = load_file(str(tmp_path / "merged" / "model.safetensors"))
+    assert AutoConfig.from_pretrained(str(tmp_path / "merged")).dtype == torch.bfloat16
+    assert (tmp_path / "merged" / "tokenizer.json").is_file()
+    in_bf16 = trained.merge_and_unload().state_dict()  # the old way
+    differs_in_bf16 = 0
+    for name, weight in base.items():
+        assert merged[name].dtype == torch.bfloat16
+        module = name.removesuffix(".weight")
+        lora_a = adapter.get(f"base_model.model.{module}.lora_A.weight")
+        if lora_a is None:
+            assert torch.equal(merged[name], weight), name
+            continue
+        lora_b = adapter[f"base_model.model.{module}.lora_B.weight"]
+        expected = (weight.float() + (8 / 4) * (lora_b.float() @ lora_a.float())).to(torch.bfloat16)
+        assert torch.equal(merged[name], expected), name
+        differs_in_bf16 += int(not torch.equal(in_bf16[name], expected))
+    assert differs_in_bf16 == 4  # every K and V projection of the 2 layers

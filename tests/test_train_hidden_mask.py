@@ -68,6 +68,11 @@ def test_end_to_end_writes_adapter_merged_log_and_manifest(trained, tiny_model_d
     assert manifest["lora_target_modules"] == ["k_proj", "v_proj"]
     assert manifest["best_checkpoint"] is not None
     assert "masked in" in proc.stdout and "wrote" in proc.stdout
+    # the optimizer steps, printed before training (FAST: --max_steps 4, --warmup_steps 0)
+    assert ("training: 4 optimizer steps (--max_steps; 5 rows, 2 per device x 1 process(es) x 1 accumulation = 2 rows "
+            "per step), 0 of them warm-up") in proc.stdout
+    assert proc.stdout.index("training: ") < proc.stdout.index("wrote")
+    assert manifest["counts"]["optimizer_steps"] == 4 and manifest["counts"]["warmup_steps"] == 0
 
 
 @pytest.mark.slow
@@ -203,7 +208,7 @@ def test_stage_defaults_and_every_training_field():
     assert (stage.kd_ratio, stage.loss_type, stage.peft, stage.lora_r, stage.lora_alpha, stage.training_ratio,
             stage.max_length) == (1.0, "cosine", "KV", 8, 16, 0.1, 2048)
     assert (config.learning_rate, str(config.lr_scheduler_type.value), config.warmup_steps, config.weight_decay) == (
-        1e-4, "constant_with_warmup", 100, 0.05)
+        1e-4, "constant_with_warmup", 0.133, 0.05)  # warm-up: a fraction of the optimizer steps
     assert (config.per_device_train_batch_size, config.num_train_epochs, config.eval_steps, config.save_steps,
             config.save_total_limit, config.logging_steps, config.seed) == (4, 3, 50, 50, 2, 10, 42)
     assert config.report_to == [] and config.gradient_checkpointing is False and config.load_best_model_at_end
@@ -218,6 +223,28 @@ def test_stage_defaults_and_every_training_field():
     _, config = script.parse_args([*required, "--metric_for_best_model", "rating_acc", "--max_grad_norm", "0.5",
                                    "--adam_beta2", "0.99", "--bf16", "true"])
     assert config.greater_is_better is True and config.max_grad_norm == 0.5 and config.adam_beta2 == 0.99 and config.bf16
+
+
+def test_the_warm_up_is_a_fraction_of_the_optimizer_steps():
+    """Issue 19 item 8: the authors' 100 warm-up steps outlasted an 8-GPU run. The default is a
+    fraction: on one GPU the issue's 1,000-row mask gives 750 steps and the authors' 100 of warm-up;
+    on 8 GPUs 96 steps, 13 of them warm-up."""
+    from siren.alignment import training_schedule
+
+    script = load_script(SCRIPT)
+    required = ["--model", "m", "--data_path", "d", "--teacher_hidden_path", "t", "--teacher_mask_path", "m.pt"]
+    _, config = script.parse_args(required)
+    one, eight = training_schedule(1000, config, 1), training_schedule(1000, config, 8)
+    assert (one.steps_per_epoch, one.optimizer_steps, one.warmup_steps) == (250, 750, 100)
+    assert (eight.steps_per_epoch, eight.optimizer_steps, eight.warmup_steps) == (32, 96, 13)
+    assert eight.summary() == ("96 optimizer steps (3 epoch(s) of 32; 1000 rows, 4 per device x 8 process(es) x 1 "
+                               "accumulation = 32 rows per step), 13 of them warm-up")
+    # accumulation rounds an epoch's batches up; --max_steps decides when given; 1 or more is a step count
+    _, config = script.parse_args([*required, "--gradient_accumulation_steps", "3", "--num_train_epochs", "1"])
+    assert training_schedule(1000, config, 8).optimizer_steps == 11  # ceil(32 / 3)
+    _, config = script.parse_args([*required, "--max_steps", "40", "--warmup_steps", "5"])
+    fixed = training_schedule(1000, config, 8)
+    assert (fixed.optimizer_steps, fixed.warmup_steps, fixed.epochs) == (40, 5, None)
 
 
 def test_bad_settings_are_one_line_errors(capsys):
