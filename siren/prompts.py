@@ -24,6 +24,33 @@ _NOUNS = {
     "digital_music": "album",
     "video_games": "video game",
 }
+# The other Amazon Reviews 2023 categories (scripts/build_category.py builds any of them) whose name
+# is a department, not an item: the rule below would say "toys and game" or "all beauty". Each noun
+# takes a plain "s" plural, as the sketch wording writes "<noun>s".
+_NOUNS.update({
+    "all_beauty": "beauty product",
+    "amazon_fashion": "fashion item",
+    "arts_crafts_and_sewing": "craft product",
+    "automotive": "automotive product",
+    "beauty_and_personal_care": "beauty product",
+    "cell_phones_and_accessories": "phone product",
+    "clothing_shoes_and_jewelry": "fashion item",
+    "electronics": "electronics product",
+    "grocery_and_gourmet_food": "food product",
+    "health_and_household": "health product",
+    "health_and_personal_care": "health product",
+    "home_and_kitchen": "home product",
+    "industrial_and_scientific": "industrial product",
+    "magazine_subscriptions": "magazine",
+    "patio_lawn_and_garden": "garden product",
+    "pet_supplies": "pet product",
+    "software": "software product",
+    "sports_and_outdoors": "sports product",
+    "subscription_boxes": "subscription product",
+    "tools_and_home_improvement": "tool",
+    "toys_and_games": "toy",
+    "unknown": "product",
+})
 
 # An empty reasoning block, as Qwen3 writes it when thinking is switched off. The answer-only
 # student context is the chat prompt + EMPTY_THINK + ANSWER_OPEN; the teacher context is the chat

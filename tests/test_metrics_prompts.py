@@ -48,7 +48,7 @@ def test_metrics_rounded_accuracy_for_continuous_predictions():
 
 @pytest.mark.parametrize("category,noun", [
     ("Movies", "movie"), ("Books", "book"), ("Films", "film"), ("Video_Games", "video game"),
-    ("Toys_and_Games", "toys and game"), ("Beauty", "beauty"), ("Comedies", "comedy"),
+    ("Toys_and_Games", "toy"), ("All_Beauty", "beauty product"), ("Beauty", "beauty"), ("Comedies", "comedy"),
 ])
 def test_item_noun(category, noun):
     assert item_noun(category) == noun
