@@ -1,52 +1,122 @@
 #!/usr/bin/env bash
-# Stage 3: GRPO on the stage-2 parquet files, then a merged Hugging Face model in
-# ${CKPT_DIR}/GRPO_${DATA_NAME}_step${STEP}. Every setting is checked before anything starts.
+# Stage 3: GRPO on the stage-2 parquet files, then the merged model ${CKPT_DIR}/GRPO_${DATA_NAME}_step${STEP}.
 #
-#   MODEL_PATH=ckpt/Qwen3-4B CATEGORY=Movies bash main_grpo_amazon.sh              # verl 0.9.1, all GPUs
-#   DRY_RUN=1 MODEL_PATH=ckpt/tiny-qwen3 bash main_grpo_amazon.sh                 # print verl's composed config
+#   MODEL_PATH=ckpt/Qwen3-4B CATEGORY=Movies bash main_grpo_amazon.sh            # verl 0.9.1, every GPU of this node
+#   DRY_RUN=1 MODEL_PATH=ckpt/tiny-qwen3 bash main_grpo_amazon.sh               # check and print verl's config
+#   NNODES=2 NUM_GPUS=8 MODEL_PATH=ckpt/Qwen3-4B bash main_grpo_amazon.sh       # on a Ray cluster's head node
 #   BACKEND=trl MODEL_PATH=ckpt/tiny-qwen3 DATA_DIR=data/Movies/verl/max@10-long@True \
-#       MAX_STEPS=2 ROLLOUT_N=2 BATCH_SIZE=2 MAX_RESPONSE_LENGTH=16 bash main_grpo_amazon.sh   # TRL, 1 node/CPU
+#       MAX_STEPS=2 ROLLOUT_N=2 BATCH_SIZE=1 MICRO_BATCH_SIZE=2 MAX_RESPONSE_LENGTH=16 bash main_grpo_amazon.sh
 #
-# Settings (environment variables, defaults in the block below):
-#   BACKEND            verl (Ray + vLLM + FSDP, needs GPUs) or trl (TRL GRPOTrainer, one process, CPU or 1 GPU)
+# Settings (environment variables; verl's defaults in the block below, grpo_trl.py has the same ones):
+#   BACKEND            verl (Ray + vLLM + FSDP, GPUs) or trl (grpo_trl.py: TRL's GRPOTrainer, one process, CPU or 1 GPU)
 #   MODEL_PATH         local base model folder (required)
 #   CATEGORY, MAX_HISTORY, USE_LONG_HISTORY   pick the default DATA_DIR, data/$CATEGORY/verl/max@N-long@{True|False}
-#                      (named by siren.verl_data, as preprocess_grpo.py names it; USE_LONG_HISTORY takes true/false)
 #   DATA_DIR           folder with train.parquet and val.parquet from preprocess_grpo.py
 #   DATA_NAME          names the output: $CKPT_DIR/GRPO_${DATA_NAME}_step$STEP (default: $CATEGORY)
 #   CKPT_DIR           where the merged model goes (default: ckpt)
-#   NUM_GPUS           GPUs on this node (default: counted with nvidia-smi -L)
-#   BATCH_SIZE         prompts per GPU per step (verl data.train_batch_size = BATCH_SIZE * NUM_GPUS)
-#   MICRO_BATCH_SIZE   prompts per GPU per forward pass (the *_per_gpu micro-batch keys)
+#   NNODES, NUM_GPUS   nodes of the Ray cluster (default 1), GPUs on each (default: counted with nvidia-smi -L)
+#   BATCH_SIZE         prompts per GPU per optimizer step: data.train_batch_size = BATCH_SIZE x NUM_GPUS x NNODES
+#   MICRO_BATCH_SIZE   sequences (prompt + one response) per GPU per forward/backward pass; BATCH_SIZE x ROLLOUT_N
+#                      must be a multiple of it (verl's *_micro_batch_size_per_gpu, TRL's per_device_train_batch_size)
 #   ROLLOUT_N          responses sampled per prompt (GRPO group size)
 #   LR, KL_COEF        actor learning rate; low_var_kl KL-loss coefficient (TRL: beta)
 #   MAX_PROMPT_LENGTH, MAX_RESPONSE_LENGTH    tokens
 #   EPOCHS, MAX_STEPS  passes over train.parquet; MAX_STEPS > 0 stops earlier (0 = run the epochs)
-#   SAVE_FREQ, TEST_FREQ   steps between checkpoints / validation runs on val.parquet (0 = none)
-#   LORA_RANK, LORA_ALPHA  0 = full fine-tuning; with verl the adapter is merged into the saved model
-#   ATTN_IMPLEMENTATION    verl only: attention of the actor/ref models: sdpa (default; needs no flash-attn) or
-#                      flash_attention_2 (only where flash-attn is installed; turns remove-padding on)
+#   SAVE_FREQ, TEST_FREQ   steps between checkpoints (>= 1: the last one is merged) / validation runs (0 = none)
+#   KEEP_CHECKPOINTS   verl only: checkpoints kept in TRAINER_DIR (default 1: the latest, what merge and resume need)
+#   LORA_RANK, LORA_ALPHA  0 = full fine-tuning; the adapter is merged into the saved model
+#   OFFLOAD            verl only: auto (default: the lightest offloading whose memory estimate fits), none,
+#                      optimizer (AdamW state to host memory between updates) or all (weights too)
+#   GPU_MEMORY_GIB     verl only: memory of one card for the estimate (default: nvidia-smi's; 80 in a dry run without GPUs)
+#   GPU_MEMORY_UTILIZATION  verl only: vLLM's share of each card (default 0.6)
+#   ATTN_IMPLEMENTATION  sdpa (default; needs no flash-attn), eager, or flash_attention_2 (turns verl's remove-padding on)
 #   RESUME_MODE        verl only: disable (default; refuses a TRAINER_DIR that already holds a checkpoint),
 #                      auto (resume from its latest checkpoint), or resume_path with RESUME_FROM_PATH=.../global_step_S
 #   VAL_BEFORE_TRAIN   verl only: True (verl's default) runs one validation pass before step 1
 #   LOGGER             console, or console,wandb
-#   PROJECT_NAME, EXPERIMENT_NAME, TRAINER_DIR (raw verl/TRL checkpoints; default ckpt/$BACKEND/$PROJECT_NAME/$EXPERIMENT_NAME)
-#   GPU_MEMORY_UTILIZATION (vLLM), OVERWRITE=1 (replace an existing merged model)
+#   PROJECT_NAME, EXPERIMENT_NAME, TRAINER_DIR (raw checkpoints; verl default ckpt/verl/$PROJECT_NAME/$EXPERIMENT_NAME)
+#   OVERWRITE=1        replace an existing merged model
 #   PYTHON             interpreter (default: the repo's .venv/bin/python when it exists, else python3)
-#   DRY_RUN=1          print the config verl would run (python -m verl.trainer.main_ppo ... --cfg job) and exit;
-#                      with BACKEND=trl, print the python -m siren.grpo_trl command and exit
-# Arguments after the script name are passed on: Hydra overrides for verl, flags of
-# `python -m siren.grpo_trl` for BACKEND=trl (any GRPOConfig field, e.g. --temperature 0.8).
+#   DRY_RUN=1          verl: check the composed config (verl's validate_config too), print it and the memory
+#                      estimate, and exit; BACKEND=trl: print the grpo_trl.py command and exit
+# Arguments after the script name are passed on: Hydra overrides of keys this launcher does not set (verl),
+# flags of grpo_trl.py (TRL). A setting has one value: one given beats the default, and one given twice is refused.
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-
+export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 BACKEND=${BACKEND:-verl}
+DRY_RUN=${DRY_RUN:-0}
+OVERWRITE=${OVERWRITE:-0}
 # The project's venv (make install) has verl; the system python3 usually does not.
 if [[ -z "${PYTHON:-}" ]]; then
     PYTHON=python3
     [[ -x "$REPO_DIR/.venv/bin/python" ]] && PYTHON="$REPO_DIR/.venv/bin/python"
 fi
+
+die() { echo "error: $*" >&2; exit 2; }
+for flag in OVERWRITE DRY_RUN; do
+    [[ "${!flag}" == 0 || "${!flag}" == 1 ]] || die "$flag must be 0 or 1, got '${!flag}'"
+done
+OVERWRITE_FLAG=()
+[[ "$OVERWRITE" == 1 ]] && OVERWRITE_FLAG=(--overwrite)
+
+if [[ "$BACKEND" == trl ]]; then
+    # Only the settings given here become flags: grpo_trl.py's defaults are this launcher's, and it refuses a
+    # setting given twice (here and in its --config recipe or a flag) instead of letting one silently win.
+    for name in NNODES OFFLOAD GPU_MEMORY_GIB GPU_MEMORY_UTILIZATION KEEP_CHECKPOINTS VAL_BEFORE_TRAIN RESUME_MODE \
+            RESUME_FROM_PATH; do
+        [[ -z "${!name:-}" ]] || die "$name is read by BACKEND=verl only (BACKEND=trl runs one process on one device)"
+    done
+    [[ "${NUM_GPUS:-1}" =~ ^[01]$ ]] || die "NUM_GPUS=$NUM_GPUS: BACKEND=trl runs one process on one device"
+    TRL_ARGS=()
+    given() { [[ -n "${!1:-}" ]]; }
+    pass() { if given "$1"; then TRL_ARGS+=("$2=${!1}"); fi; }  # --flag=value: a value may start with "-"
+    pass MODEL_PATH --model
+    pass DATA_DIR --data_path
+    pass CATEGORY --category
+    pass MAX_HISTORY --max_history
+    pass USE_LONG_HISTORY --use_long_history
+    pass DATA_NAME --data_name
+    pass CKPT_DIR --output_dir
+    pass TRAINER_DIR --checkpoint_dir
+    pass EXPERIMENT_NAME --run_name
+    pass BATCH_SIZE --prompts_per_step
+    pass MICRO_BATCH_SIZE --per_device_train_batch_size
+    pass ROLLOUT_N --num_generations
+    pass LR --learning_rate
+    pass KL_COEF --beta
+    pass MAX_PROMPT_LENGTH --max_prompt_length
+    pass MAX_RESPONSE_LENGTH --max_completion_length
+    pass EPOCHS --num_train_epochs
+    pass MAX_STEPS --max_steps
+    pass LORA_ALPHA --lora_alpha
+    pass ATTN_IMPLEMENTATION --attn_implementation
+    if given SAVE_FREQ; then
+        if [[ "$SAVE_FREQ" == 0 ]]; then TRL_ARGS+=(--save_strategy=no); else pass SAVE_FREQ --save_steps; fi
+    fi
+    if given TEST_FREQ; then
+        if [[ "$TEST_FREQ" == 0 ]]; then TRL_ARGS+=(--eval_strategy=no); else pass TEST_FREQ --eval_steps; fi
+    fi
+    if given LORA_RANK; then
+        if [[ "$LORA_RANK" == 0 ]]; then TRL_ARGS+=(--use_peft=false); else TRL_ARGS+=(--use_peft=true "--lora_r=$LORA_RANK"); fi
+    fi
+    if given LOGGER; then  # verl's console logger is TRL's stdout; the others are report_to integrations
+        IFS=, read -r -a loggers <<< "$LOGGER"
+        report_to=()
+        for logger in "${loggers[@]}"; do [[ "$logger" == console ]] || report_to+=("$logger"); done
+        TRL_ARGS+=(--report_to "${report_to[@]:-none}")
+    fi
+    given PROJECT_NAME && export WANDB_PROJECT="$PROJECT_NAME"
+    TRL_COMMAND=("$PYTHON" "$REPO_DIR/grpo_trl.py" "${TRL_ARGS[@]}" "${OVERWRITE_FLAG[@]}" "$@")
+    if [[ "$DRY_RUN" == 1 ]]; then
+        printf '%q ' "${TRL_COMMAND[@]}"; echo
+        exit 0
+    fi
+    exec "${TRL_COMMAND[@]}"
+fi
+[[ "$BACKEND" == verl ]] || die "BACKEND must be verl or trl, got '$BACKEND'"
+
 MODEL_PATH=${MODEL_PATH:-}
 CATEGORY=${CATEGORY:-Movies}
 MAX_HISTORY=${MAX_HISTORY:-10}
@@ -54,6 +124,8 @@ USE_LONG_HISTORY=${USE_LONG_HISTORY:-True}
 DATA_DIR=${DATA_DIR:-}   # unset: data/$CATEGORY/verl/max@$MAX_HISTORY-long@..., below
 DATA_NAME=${DATA_NAME:-${CATEGORY}}
 CKPT_DIR=${CKPT_DIR:-ckpt}
+NNODES=${NNODES:-1}
+NUM_GPUS=${NUM_GPUS:-}   # unset: counted with nvidia-smi -L, below
 BATCH_SIZE=${BATCH_SIZE:-32}
 MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-4}
 ROLLOUT_N=${ROLLOUT_N:-8}
@@ -65,8 +137,12 @@ EPOCHS=${EPOCHS:-2}
 MAX_STEPS=${MAX_STEPS:-0}
 SAVE_FREQ=${SAVE_FREQ:-20}
 TEST_FREQ=${TEST_FREQ:-20}
+KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-1}
 LORA_RANK=${LORA_RANK:-0}
 LORA_ALPHA=${LORA_ALPHA:-32}
+OFFLOAD=${OFFLOAD:-auto}
+GPU_MEMORY_GIB=${GPU_MEMORY_GIB:-}   # unset: the smallest card nvidia-smi reports
+GPU_MEMORY_UTILIZATION=${GPU_MEMORY_UTILIZATION:-0.6}
 ATTN_IMPLEMENTATION=${ATTN_IMPLEMENTATION:-sdpa}
 RESUME_MODE=${RESUME_MODE:-disable}
 RESUME_FROM_PATH=${RESUME_FROM_PATH:-}
@@ -74,45 +150,10 @@ VAL_BEFORE_TRAIN=${VAL_BEFORE_TRAIN:-True}
 LOGGER=${LOGGER:-console}
 PROJECT_NAME=${PROJECT_NAME:-siren_grpo}
 EXPERIMENT_NAME=${EXPERIMENT_NAME:-GRPO_${DATA_NAME}}
-TRAINER_DIR=${TRAINER_DIR:-ckpt/${BACKEND}/${PROJECT_NAME}/${EXPERIMENT_NAME}}
-GPU_MEMORY_UTILIZATION=${GPU_MEMORY_UTILIZATION:-0.6}
-OVERWRITE=${OVERWRITE:-0}
-DRY_RUN=${DRY_RUN:-0}
-NUM_GPUS=${NUM_GPUS:-}   # unset: counted with nvidia-smi -L, below
+TRAINER_DIR=${TRAINER_DIR:-ckpt/verl/${PROJECT_NAME}/${EXPERIMENT_NAME}}
 
-die() { echo "error: $*" >&2; exit 2; }
-# need_int NAME MIN: the variable NAME holds a whole number >= MIN (at most 9 digits: no overflow in
-# $((...))); it is rewritten in decimal, so "08" cannot be read as octal later.
-need_int() {
-    [[ "${!1}" =~ ^[0-9]{1,9}$ ]] && (( 10#${!1} >= $2 )) || die "$1 must be a whole number >= $2, got '${!1}'"
-    printf -v "$1" '%d' "$((10#${!1}))"
-}
-# need_number NAME positive|non-negative: a decimal number (1e-6, 0.5, 3); positive = not zero.
-need_number() {
-    local value=${!1}
-    [[ "$value" =~ ^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]] || die "$1 must be a $2 number, got '$value'"
-    [[ "$2" != positive || "${value%%[eE]*}" =~ [1-9] ]] || die "$1 must be a positive number, got '$value'"
-}
-
-# Everything a run needs is checked here, before Ray or a trainer starts.
-[[ "$BACKEND" == verl || "$BACKEND" == trl ]] || die "BACKEND must be verl or trl, got '$BACKEND'"
-for flag in OVERWRITE DRY_RUN; do
-    [[ "${!flag}" == 0 || "${!flag}" == 1 ]] || die "$flag must be 0 or 1, got '${!flag}'"
-done
-for name in BATCH_SIZE MICRO_BATCH_SIZE MAX_PROMPT_LENGTH MAX_RESPONSE_LENGTH EPOCHS MAX_HISTORY LORA_ALPHA; do
-    need_int "$name" 1
-done
-need_int ROLLOUT_N 2  # GRPO's advantage compares the responses within a group
-for name in MAX_STEPS SAVE_FREQ TEST_FREQ LORA_RANK; do
-    need_int "$name" 0
-done
-need_number LR positive
-need_number KL_COEF non-negative
-need_number GPU_MEMORY_UTILIZATION positive
-awk -v v="$GPU_MEMORY_UTILIZATION" 'BEGIN { exit !(v + 0 <= 1) }' \
-    || die "GPU_MEMORY_UTILIZATION must be in (0, 1], got '$GPU_MEMORY_UTILIZATION'"
-(( BATCH_SIZE % MICRO_BATCH_SIZE == 0 )) \
-    || die "BATCH_SIZE ($BATCH_SIZE) must be a multiple of MICRO_BATCH_SIZE ($MICRO_BATCH_SIZE)"
+# Hydra and `python -m siren.grpo_verl plan` check the numbers; the shell picks what has no key of its own.
+[[ -n "$MODEL_PATH" ]] || die "set MODEL_PATH to a local model folder (e.g. MODEL_PATH=ckpt/tiny-qwen3)"
 if [[ -z "$NUM_GPUS" ]]; then
     NUM_GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
     if [[ "$DRY_RUN" == 1 && "$NUM_GPUS" == 0 ]]; then
@@ -120,71 +161,18 @@ if [[ -z "$NUM_GPUS" ]]; then
         echo "DRY_RUN: no GPU found, composing the config for NUM_GPUS=1" >&2
     fi
 fi
+[[ "$NUM_GPUS" != 0 ]] || die "NUM_GPUS=0: verl needs GPUs; use BACKEND=trl to train on CPU or a single device"
 # The folder name max@N-long@{True|False} is siren.verl_data's (stage 2 writes it); it also checks USE_LONG_HISTORY.
-if [[ -z "$DATA_DIR" ]]; then
-    DATA_DIR=$(PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" \
-        "$PYTHON" -m siren.verl_data "$CATEGORY" "$MAX_HISTORY" "$USE_LONG_HISTORY") || exit 2
-fi
-[[ -n "$MODEL_PATH" ]] || die "set MODEL_PATH to a local model folder (e.g. MODEL_PATH=ckpt/tiny-qwen3)"
-[[ -f "$MODEL_PATH/config.json" ]] || die "MODEL_PATH=$MODEL_PATH is not a model folder (no config.json)"
-for split in train val; do
-    [[ -f "$DATA_DIR/$split.parquet" ]] || die "missing parquet split: $DATA_DIR/$split.parquet (run preprocess_grpo.py first)"
-done
-[[ "$NUM_GPUS" =~ ^[0-9]+$ ]] || die "NUM_GPUS must be a whole number, got '$NUM_GPUS'"
-if [[ "$BACKEND" == verl && "$NUM_GPUS" == 0 ]]; then
-    die "NUM_GPUS=0: verl needs GPUs; use BACKEND=trl to train on CPU or a single device"
-fi
+[[ -n "$DATA_DIR" ]] || DATA_DIR=$("$PYTHON" -m siren.verl_data "$CATEGORY" "$MAX_HISTORY" "$USE_LONG_HISTORY") || exit 2
 case "$ATTN_IMPLEMENTATION" in
     sdpa|eager) REMOVE_PADDING=False ;;
     flash_attention_2) REMOVE_PADDING=True ;;  # verl's packed (varlen) forward needs flash-attn's kernels
     *) die "ATTN_IMPLEMENTATION must be sdpa, eager or flash_attention_2, got '$ATTN_IMPLEMENTATION'" ;;
 esac
-case "$RESUME_MODE" in
-    disable|auto) ;;
-    resume_path) [[ "$RESUME_FROM_PATH" == *global_step_* ]] \
-        || die "RESUME_MODE=resume_path needs RESUME_FROM_PATH=<TRAINER_DIR>/global_step_S, got '$RESUME_FROM_PATH'" ;;
-    *) die "RESUME_MODE must be disable, auto or resume_path, got '$RESUME_MODE'" ;;
-esac
-if [[ "$BACKEND" == trl && "$RESUME_MODE" != disable ]]; then
-    die "RESUME_MODE=$RESUME_MODE is read by BACKEND=verl only; the TRL backend always starts from MODEL_PATH"
-fi
-# verl's resume_mode=disable trains from scratch but writes into the same folder, and a run that
-# stops before its first save would leave the old latest_checkpointed_iteration.txt to be merged.
-if [[ "$BACKEND" == verl && "$DRY_RUN" != 1 && "$RESUME_MODE" == disable && -f "$TRAINER_DIR/latest_checkpointed_iteration.txt" ]]; then
-    die "TRAINER_DIR=$TRAINER_DIR already holds a verl checkpoint (step $(tr -d '[:space:]' < "$TRAINER_DIR/latest_checkpointed_iteration.txt")): set RESUME_MODE=auto to resume it, or choose another TRAINER_DIR"
-fi
-REWARD_FILE="$REPO_DIR/siren/reward.py"
-[[ -f "$REWARD_FILE" ]] || die "reward function file not found: $REWARD_FILE"
-REPORT_TO=none
-[[ "$LOGGER" == *wandb* ]] && REPORT_TO=wandb
-OVERWRITE_FLAG=()
-[[ "$OVERWRITE" == 1 ]] && OVERWRITE_FLAG=(--overwrite)
-
-if [[ "$BACKEND" == trl ]]; then
-    # TRL's batch sizes count completions: a micro batch is MICRO_BATCH_SIZE prompts x ROLLOUT_N responses,
-    # and BATCH_SIZE / MICRO_BATCH_SIZE micro batches make one optimizer step of BATCH_SIZE prompts, as in verl.
-    TRL_MAX_STEPS=-1  # TRL's "run the epochs"
-    [[ "$MAX_STEPS" -gt 0 ]] && TRL_MAX_STEPS=$MAX_STEPS
-    TRL_SAVE=(--save_strategy no)
-    [[ "$SAVE_FREQ" -gt 0 ]] && TRL_SAVE=(--save_strategy steps --save_steps "$SAVE_FREQ")
-    TRL_EVAL=(--eval_strategy no)
-    [[ "$TEST_FREQ" -gt 0 ]] && TRL_EVAL=(--eval_strategy steps --eval_steps "$TEST_FREQ")
-    TRL_COMMAND=("$PYTHON" -m siren.grpo_trl \
-        --model "$MODEL_PATH" --data_path "$DATA_DIR" --data_name "$DATA_NAME" --output_dir "$CKPT_DIR" \
-        --checkpoint_dir "$TRAINER_DIR" --num_train_epochs "$EPOCHS" --max_steps "$TRL_MAX_STEPS" \
-        --num_generations "$ROLLOUT_N" --per_device_train_batch_size "$((MICRO_BATCH_SIZE * ROLLOUT_N))" \
-        --gradient_accumulation_steps "$((BATCH_SIZE / MICRO_BATCH_SIZE))" \
-        --per_device_eval_batch_size "$((MICRO_BATCH_SIZE * ROLLOUT_N))" \
-        --learning_rate "$LR" --beta "$KL_COEF" --max_prompt_length "$MAX_PROMPT_LENGTH" \
-        --max_completion_length "$MAX_RESPONSE_LENGTH" "${TRL_SAVE[@]}" "${TRL_EVAL[@]}" \
-        --lora_r "$LORA_RANK" --lora_alpha "$LORA_ALPHA" --report_to "$REPORT_TO" \
-        --run_name "$EXPERIMENT_NAME" "${OVERWRITE_FLAG[@]}" "$@")
-    if [[ "$DRY_RUN" == 1 ]]; then
-        printf '%q ' "${TRL_COMMAND[@]}"; echo
-        exit 0
-    fi
-    exec "${TRL_COMMAND[@]}"
-fi
+TOTAL_STEPS=$MAX_STEPS
+[[ "$MAX_STEPS" == 0 ]] && TOTAL_STEPS=null  # run the epochs
+RESUME_FROM=null
+[[ -n "$RESUME_FROM_PATH" ]] && RESUME_FROM="'$RESUME_FROM_PATH'"
 
 # verl: every key below exists in verl 0.9.1's ppo_trainer config (Hydra rejects unknown keys), except
 # the one `+` key: model.override_config is an empty open dict there, so adding to it needs `+`.
@@ -194,18 +182,12 @@ fi
 # sdpa is torch's own kernel. It goes with use_remove_padding=False: verl's remove-padding path packs
 # a micro-batch into one sequence without an attention mask, written for flash-attn's varlen
 # kernels; the padded path passes an explicit attention mask, which every implementation honours.
-# Batch sizes in verl count prompts; ppo_mini_batch_size = the whole batch gives one update per step.
-TRAIN_BATCH_SIZE=$((BATCH_SIZE * NUM_GPUS))
-TOTAL_STEPS=()
-[[ "$MAX_STEPS" -gt 0 ]] && TOTAL_STEPS=(trainer.total_training_steps="$MAX_STEPS")
-RESUME_FROM=()
-[[ "$RESUME_MODE" == resume_path ]] && RESUME_FROM=(trainer.resume_from_path="'$RESUME_FROM_PATH'")
+# data.train_batch_size, ppo_mini_batch_size and the offload keys come from the plan below.
 VERL_ARGS=(
     algorithm.adv_estimator=grpo
     algorithm.use_kl_in_reward=False
     data.train_files="'$DATA_DIR/train.parquet'"
     data.val_files="'$DATA_DIR/val.parquet'"
-    data.train_batch_size="$TRAIN_BATCH_SIZE"
     data.max_prompt_length="$MAX_PROMPT_LENGTH"
     data.max_response_length="$MAX_RESPONSE_LENGTH"
     data.filter_overlong_prompts=True
@@ -217,7 +199,6 @@ VERL_ARGS=(
     actor_rollout_ref.model.lora_rank="$LORA_RANK"
     actor_rollout_ref.model.lora_alpha="$LORA_ALPHA"
     actor_rollout_ref.actor.optim.lr="$LR"
-    actor_rollout_ref.actor.ppo_mini_batch_size="$TRAIN_BATCH_SIZE"
     actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="$MICRO_BATCH_SIZE"
     actor_rollout_ref.actor.use_kl_loss=True
     actor_rollout_ref.actor.kl_loss_coef="$KL_COEF"
@@ -229,47 +210,48 @@ VERL_ARGS=(
     actor_rollout_ref.rollout.gpu_memory_utilization="$GPU_MEMORY_UTILIZATION"
     actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="$MICRO_BATCH_SIZE"
     actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu="$MICRO_BATCH_SIZE"
-    reward.custom_reward_function.path="'$REWARD_FILE'"
+    reward.custom_reward_function.path="'$REPO_DIR/siren/reward.py'"
     reward.custom_reward_function.name=compute_score
     trainer.logger="[${LOGGER}]"
     trainer.project_name="$PROJECT_NAME"
     trainer.experiment_name="$EXPERIMENT_NAME"
     trainer.default_local_dir="'$TRAINER_DIR'"
+    trainer.nnodes="$NNODES"
     trainer.n_gpus_per_node="$NUM_GPUS"
-    trainer.nnodes=1
     trainer.total_epochs="$EPOCHS"
+    trainer.total_training_steps="$TOTAL_STEPS"
     trainer.save_freq="$SAVE_FREQ"
+    trainer.max_actor_ckpt_to_keep="$KEEP_CHECKPOINTS"
     trainer.test_freq="$TEST_FREQ"
     trainer.val_before_train="$VAL_BEFORE_TRAIN"
     trainer.resume_mode="$RESUME_MODE"
-    "${TOTAL_STEPS[@]}"
-    "${RESUME_FROM[@]}"
+    trainer.resume_from_path="$RESUME_FROM"
 )
 
+PLAN_ARGS=(--batch_size "$BATCH_SIZE" --offload "$OFFLOAD" --gpu_memory_gib "$GPU_MEMORY_GIB"
+           --launcher "${VERL_ARGS[@]}" --user "$@")
 if [[ "$DRY_RUN" == 1 ]]; then
-    exec "$PYTHON" -m verl.trainer.main_ppo "${VERL_ARGS[@]}" "$@" --cfg job
+    exec "$PYTHON" -m siren.grpo_verl plan --dry_run "${PLAN_ARGS[@]}"
 fi
+PLANNED=$("$PYTHON" -m siren.grpo_verl plan "${PLAN_ARGS[@]}") || exit 2
+read -r -a PLANNED <<< "$PLANNED"
 
-"$PYTHON" -m verl.trainer.main_ppo "${VERL_ARGS[@]}" "$@"
+"$PYTHON" -m verl.trainer.main_ppo "${VERL_ARGS[@]}" "${PLANNED[@]}" "$@"
 
-LATEST_FILE="$TRAINER_DIR/latest_checkpointed_iteration.txt"
-[[ -f "$LATEST_FILE" ]] || die "training wrote no checkpoint ($LATEST_FILE missing; is SAVE_FREQ > 0?)"
-STEP=$(tr -d '[:space:]' < "$LATEST_FILE")
+# The merge, on this node: TRAINER_DIR must hold every rank's shard (a filesystem all nodes share).
+STEP=$("$PYTHON" -m siren.grpo_verl latest --trainer_dir "$TRAINER_DIR" --output_dir "$CKPT_DIR" \
+    --data_name "$DATA_NAME" "${OVERWRITE_FLAG[@]}") || exit 2
 TARGET="$CKPT_DIR/GRPO_${DATA_NAME}_step${STEP}"
-if [[ -e "$TARGET" && "$OVERWRITE" != 1 ]]; then
-    die "output already exists: $TARGET (set OVERWRITE=1 to replace it; the verl checkpoint is in $TRAINER_DIR/global_step_$STEP)"
-fi
-# Merge into a temporary sibling and rename, so an existing $TARGET is always a finished model.
-PARTIAL="$CKPT_DIR/.GRPO_${DATA_NAME}_step${STEP}.partial"
+PARTIAL="$CKPT_DIR/.GRPO_${DATA_NAME}_step${STEP}.partial"  # renamed once complete: $TARGET is always finished
 rm -rf "$PARTIAL"
 "$PYTHON" -m verl.model_merger merge --backend fsdp \
     --local_dir "$TRAINER_DIR/global_step_$STEP/actor" --target_dir "$PARTIAL"
-# A LoRA run's adapter is merged into the weights here (verl's merger leaves it beside them).
-"$PYTHON" -m siren.grpo_verl "$PARTIAL" backend=verl step="$STEP" model_path="$MODEL_PATH" data_dir="$DATA_DIR" \
-    num_gpus="$NUM_GPUS" batch_size="$BATCH_SIZE" rollout_n="$ROLLOUT_N" lr="$LR" kl_coef="$KL_COEF" \
+"$PYTHON" -m siren.grpo_verl finish "$PARTIAL" backend=verl step="$STEP" model_path="$MODEL_PATH" \
+    data_dir="$DATA_DIR" nnodes="$NNODES" num_gpus="$NUM_GPUS" batch_size="$BATCH_SIZE" \
+    micro_batch_size="$MICRO_BATCH_SIZE" rollout_n="$ROLLOUT_N" lr="$LR" kl_coef="$KL_COEF" \
     max_prompt_length="$MAX_PROMPT_LENGTH" max_response_length="$MAX_RESPONSE_LENGTH" epochs="$EPOCHS" \
     lora_rank="$LORA_RANK" lora_alpha="$LORA_ALPHA" attn_implementation="$ATTN_IMPLEMENTATION" \
-    resume_mode="$RESUME_MODE" trainer_dir="$TRAINER_DIR" extra_overrides="$*"
+    resume_mode="$RESUME_MODE" trainer_dir="$TRAINER_DIR" planned="${PLANNED[*]}" extra_overrides="$*"
 rm -rf "$TARGET"
 mv "$PARTIAL" "$TARGET"
 echo "merged verl step $STEP into $TARGET"

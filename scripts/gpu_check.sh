@@ -19,6 +19,9 @@
 #   tests    the GPU-marked tests and the test files that run engines on CUDA
 #   vllm     stage 4a --backend vllm on 64 rows, when vllm is importable (else recorded as skipped)
 #   verl     stage 3 with verl for 2 steps on the tiny model, when verl, ray and vllm are importable
+#   memory   one GRPO step at the Qwen3-4B shape (the random-init model) on this GPU: verl with the offloading
+#            OFFLOAD=auto chooses (when verl, ray and vllm are importable), and grpo_trl.py full fine-tuning with
+#            --beta 0 and the generate() batch it chooses; each log holds the estimate, the summary the peak
 #
 # Everything lands in --output_dir: one folder per step, logs/<step>.log, summary.json (per step:
 # status, wall seconds, peak GPU memory above what was in use before it, rows or steps per second,
@@ -30,7 +33,7 @@ set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_DIR"
-ALL_STEPS=tiny,scale,latency,tests,vllm,verl
+ALL_STEPS=tiny,scale,latency,tests,vllm,verl,memory
 OUT=results/gpu_check
 STEPS=$ALL_STEPS
 CATEGORY=Movies
@@ -97,7 +100,7 @@ if wants tiny; then
         --max_length 1024 --output_dir "$T/ckpt/warm_start"
     step tiny-stage3-trl --steps 2 -- env BACKEND=trl PYTHON="$PYTHON" MODEL_PATH="$T/ckpt/warm_start" \
         DATA_DIR="$VERL_T" CATEGORY="$CATEGORY" CKPT_DIR="$T/ckpt" TRAINER_DIR="$T/ckpt/trl" MAX_STEPS=2 \
-        ROLLOUT_N=2 BATCH_SIZE=2 MICRO_BATCH_SIZE=1 MAX_RESPONSE_LENGTH=48 TEST_FREQ=0 SAVE_FREQ=0 \
+        ROLLOUT_N=2 BATCH_SIZE=2 MICRO_BATCH_SIZE=2 MAX_RESPONSE_LENGTH=48 TEST_FREQ=0 SAVE_FREQ=0 \
         bash main_grpo_amazon.sh
     step tiny-4a --rows 64 -- "$PYTHON" inference_train_ddp.py --model "$GRPO_T" --data_path "$VERL_T" \
         --split train --max_new_tokens 48 --batch_size 16 --output_dir "$T/cot_train"
@@ -119,7 +122,7 @@ fi
 # The Qwen3-4B shape, random init, saved once and shared by scale, latency and vllm.
 RANDOM_4B="$OUT/random-qwen3-4b"
 VERL_FULL="$OUT/verl/max@10-long@False"
-if wants scale || wants latency || wants vllm; then
+if wants scale || wants latency || wants vllm || wants memory; then
     [[ -f "$RANDOM_4B/config.json" ]] || step random-qwen3-4b -- "$PYTHON" -m siren.gpu_check random-model \
         --shape qwen3-4b --tokenizer "$TINY" --output_dir "$RANDOM_4B"
     [[ -f "$VERL_FULL/test.parquet" ]] || step full-stage2 -- "$PYTHON" preprocess_grpo.py --category "$CATEGORY" \
@@ -185,6 +188,25 @@ if wants verl; then
     else
         skip verl-stage3 "verl, ray and vllm are not all installed here"
     fi
+fi
+
+if wants memory; then
+    M="$OUT/memory"
+    rm -rf "$M"
+    # The paper's settings (BATCH_SIZE=32 x ROLLOUT_N=8, MICRO_BATCH_SIZE=4, 512-token responses, which a random
+    # model always fills) on one GPU. The checkpoint keeps the model only (what the merge reads): a 4B checkpoint
+    # with AdamW's state is 45 GiB.
+    if have verl && have ray && have vllm; then
+        step memory-verl-4b --steps 1 -- env BACKEND=verl PYTHON="$PYTHON" MODEL_PATH="$RANDOM_4B" NUM_GPUS=1 \
+            DATA_DIR="$VERL_FULL" CATEGORY="$CATEGORY" CKPT_DIR="$M/ckpt" TRAINER_DIR="$M/verl" MAX_STEPS=1 \
+            SAVE_FREQ=1 TEST_FREQ=0 VAL_BEFORE_TRAIN=False bash main_grpo_amazon.sh \
+            "actor_rollout_ref.actor.checkpoint.save_contents=[model]"
+    else
+        skip memory-verl-4b "verl, ray and vllm are not all installed here"
+    fi
+    step memory-trl-4b --steps 1 -- "$PYTHON" grpo_trl.py --model "$RANDOM_4B" --data_path "$VERL_FULL" \
+        --output_dir "$M/trl" --max_steps 1 --beta 0 --prompts_per_step 8 --eval_strategy no --save_strategy no
+    rm -rf "$M"  # tens of GB of checkpoints; the peaks are in the summary
 fi
 
 "$PYTHON" -m siren.gpu_check table --summary "$SUMMARY" | tee "$OUT/summary.txt"

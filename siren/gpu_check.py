@@ -30,10 +30,19 @@ from siren.cli import positive_int, run_main
 
 def gpu_memory_used_mib() -> list[int] | None:
     """Used memory of every GPU in MiB, from nvidia-smi; None where it is not available."""
+    return _query_gpus("memory.used")
+
+
+def gpu_memory_total_mib() -> list[int] | None:
+    """Total memory of every GPU in MiB, from nvidia-smi; None where it is not available."""
+    return _query_gpus("memory.total")
+
+
+def _query_gpus(field: str) -> list[int] | None:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -112,6 +121,7 @@ def run_step(name: str, command: list[str], summary: Path, log: Path | None = No
         raise SirenError("run: give the step's command after --")
     print(f"[gpu_check] {name}: {' '.join(command)}", flush=True)
     handle = open(log, "w", encoding="utf-8") if log else None  # noqa: SIM115 - closed below
+    estimate = None
     try:
         with MemorySampler() as memory:
             start = time.perf_counter()
@@ -120,6 +130,8 @@ def run_step(name: str, command: list[str], summary: Path, log: Path | None = No
                 sys.stdout.write(line)
                 if handle:
                     handle.write(line)
+                if "memory estimate" in line:  # stage 3 prints what it expects; kept beside the measured peak
+                    estimate = line.strip()
             status = process.wait()
             seconds = time.perf_counter() - start
     finally:
@@ -129,7 +141,7 @@ def run_step(name: str, command: list[str], summary: Path, log: Path | None = No
         "name": name, "status": "ok" if status == 0 else f"failed (exit {status})", "seconds": round(seconds, 2),
         "peak_gpu_mib": memory.peak_above_baseline_mib, "rows": rows, "rows_per_s": round(rows / seconds, 3) if rows else None,
         "steps": steps, "steps_per_s": round(steps / seconds, 3) if steps else None,
-        "log": str(log) if log else None, "command": " ".join(command),
+        "log": str(log) if log else None, "command": " ".join(command), "estimate": estimate,
     }
     add_entry(summary, entry)
     print(f"[gpu_check] {name}: {entry['status']} in {seconds:.1f}s"

@@ -1,27 +1,9 @@
-r"""Stage 3 on one node: GRPO with TRL's GRPOTrainer on the stage-2 parquet files (CPU or one GPU).
+"""Stage 3 on one device: the settings, memory check, training and saving behind `grpo_trl.py`.
 
-    python -m siren.grpo_trl --model ckpt/tiny-qwen3 --data_path data/Movies/verl/max@10-long@True \
-        --output_dir ckpt --max_steps 2 --num_generations 2 --per_device_train_batch_size 2 \
-        --gradient_accumulation_steps 1 --max_completion_length 16 --eval_strategy no --save_strategy no
-
-Settings are parsed the way open-r1 parses them, `TrlParser((GRPOScriptArguments, GRPOConfig))`:
-every GRPOConfig / TrainingArguments field is a flag under its own name (--learning_rate,
---num_train_epochs, --max_steps, --save_steps, --eval_steps, --beta, --num_generations,
---max_completion_length, --temperature, --report_to, --run_name, --seed, --gradient_checkpointing,
-...), and `--config recipe.yaml` sets any of them from a YAML file (flags given as well win).
-The SIREN settings are GRPOScriptArguments below (--model, --data_path, --data_name, --limit,
---eval_limit, --lora_r, --checkpoint_dir, --overwrite, ...). TRL's batch sizes count completions:
-the defaults (--per_device_train_batch_size 32, --gradient_accumulation_steps 8, --num_generations 8)
-are 4 prompts per micro batch and 32 prompts per optimizer step, as verl runs BATCH_SIZE=32
-MICRO_BATCH_SIZE=4 ROLLOUT_N=8. main_grpo_amazon.sh runs this with BACKEND=trl and maps its
-settings onto these flags.
-
-Reads the same train/val parquet files and scores with the same reward (siren.reward) as the verl
-launcher. Writes the trained model (LoRA merged in) with its tokenizer to
-{output_dir}/GRPO_{data_name}_step{S}, with train_log.jsonl (TRL's logs, `reward` among them) and
-manifest.json; TRL's own checkpoints go to --checkpoint_dir. The policy keeps float32 weights; on
-a GPU the passes run under bf16 autocast (full fine-tuning at lr 1e-6 on bf16 weights would round
-most updates away).
+Settings are parsed as open-r1's grpo.py parses them, `TrlParser((GRPOScriptArguments, GRPOConfig,
+ModelConfig))`, with siren.recipe's precedence: a value given in the `--config` recipe or on the
+command line beats this stage's default (the verl launcher's values, `stage_defaults`), and a
+setting given twice is refused. Every number is range-checked before anything loads.
 """
 
 from __future__ import annotations
@@ -32,10 +14,22 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import GRPOConfig
+from trl import GRPOConfig, ModelConfig
 
 from siren import SirenError
-from siren.cli import run_main
+from siren.recipe import NON_NEGATIVE, POSITIVE, TRAINING_BOUNDS, Bound
+
+DEFAULT_PROMPTS_PER_STEP = 32  # the verl launcher's BATCH_SIZE
+GRPO_BOUNDS = {
+    **TRAINING_BOUNDS, "beta": NON_NEGATIVE, "temperature": POSITIVE, "top_p": Bound(0, 1, low_open=True),
+    "top_k": Bound(0, whole=True), "min_p": Bound(0, 1), "repetition_penalty": POSITIVE, "epsilon": POSITIVE,
+    "num_generations": Bound(2, whole=True), "max_completion_length": Bound(1, whole=True),
+    "num_iterations": Bound(1, whole=True), "steps_per_generation": Bound(1, whole=True),
+    "generation_batch_size": Bound(1, whole=True), "max_prompt_length": Bound(1, whole=True),
+    "limit": Bound(1, whole=True), "eval_limit": Bound(1, whole=True), "max_history": Bound(1, whole=True),
+    "prompts_per_step": Bound(1, whole=True), "lora_r": Bound(1, whole=True), "lora_alpha": POSITIVE,
+    "lora_dropout": Bound(0, 1, high_open=True),
+}
 
 
 def output_name(data_name: str, step: int) -> str:
@@ -45,26 +39,33 @@ def output_name(data_name: str, step: int) -> str:
 
 @dataclass
 class GRPOScriptArguments:
-    """The SIREN settings of the TRL backend; the training settings are GRPOConfig's own fields."""
+    """The SIREN settings of the TRL backend; training settings are GRPOConfig's, model settings ModelConfig's."""
 
-    model: str = field(metadata={"help": "local base model folder (model + tokenizer with a chat template)",
-                                 "aliases": ["--model_path"]})
-    data_path: str = field(metadata={"help": "folder with train.parquet and val.parquet from preprocess_grpo.py",
-                                     "aliases": ["--data_dir"]})
-    data_name: str = field(default="Movies", metadata={"help": "names the output folder GRPO_{data_name}_step{S}"})
+    data_path: str | None = field(
+        default=None, metadata={"help": "folder with train.parquet and val.parquet from preprocess_grpo.py; unset: "
+                                        "data/{category}/verl/max@{max_history}-long@{use_long_history}",
+                                "aliases": ["--data_dir"]})
+    category: str = field(default="Movies", metadata={"help": "dataset category (names the default --data_path)",
+                                                      "aliases": ["--data_category"]})
+    max_history: int = field(default=10, metadata={"help": "names the default --data_path"})
+    use_long_history: bool = field(default=True, metadata={"help": "names the default --data_path"})
+    data_name: str | None = field(default=None, metadata={"help": "names the output GRPO_{data_name}_step{S}; "
+                                                                   "unset: --category"})
     checkpoint_dir: str | None = field(
-        default=None,
-        metadata={"help": "TRL's intermediate checkpoints (--save_steps); unset: <output_dir>/trl/GRPO_{data_name}"})
+        default=None, metadata={"help": "TRL's intermediate checkpoints (--save_steps); unset: <output_dir>/trl/<run_name>"})
     max_prompt_length: int = field(
         default=2048, metadata={"help": "train/val rows whose chat prompt is longer are dropped and counted"})
+    prompts_per_step: int | None = field(
+        default=None, metadata={"help": "prompts per optimizer step on each device (the launcher's BATCH_SIZE); sets "
+                                         "--gradient_accumulation_steps to prompts_per_step x num_generations / "
+                                         f"per_device_train_batch_size; unset: {DEFAULT_PROMPTS_PER_STEP}"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N train rows (unset: all)",
                                                       "aliases": ["--train_limit"]})
     eval_limit: int | None = field(default=256, metadata={"help": "val rows used for evaluation",
                                                           "aliases": ["--val_limit"]})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank (all linear layers); 0 = full fine-tuning",
-                                             "aliases": ["--lora_rank"]})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing GRPO_{data_name}_step{S} folder"})
+    # Not a flag: the settings the user gave and where (the recipe or the command line), for the manifest.
+    user_given: dict = field(default_factory=dict, init=False)
 
 
 @dataclass
@@ -80,8 +81,26 @@ class SirenGRPOConfig(GRPOConfig):
                           "checkpoints go to --checkpoint_dir", "aliases": ["--out_dir"]})
 
 
+@dataclass
+class SirenModelConfig(ModelConfig):
+    """TRL's ModelConfig with the stage vocabulary's `--model` (alias `--model_path`)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "local base model folder (model + tokenizer with a chat template)",
+                                "aliases": ["--model", "--model_path"]})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank, with --use_peft true (the launcher's LORA_RANK)",
+                                              "aliases": ["--lora_rank"]})
+
+
+DATACLASSES = (GRPOScriptArguments, SirenGRPOConfig, SirenModelConfig)
+
+
 def stage_defaults() -> dict:
-    """This stage's defaults for GRPOConfig fields: the verl launcher's settings, and the device's precision."""
+    """This stage's defaults for library fields: the verl launcher's settings, and the device's precision.
+
+    Batch sizes count sequences (prompt + one response), as verl's micro batches do: 4 per forward
+    pass, and --prompts_per_step 32 x 8 generations = 256 per optimizer step, i.e. 64 micro batches.
+    """
     import torch
 
     use_cuda = torch.cuda.is_available()
@@ -90,9 +109,7 @@ def stage_defaults() -> dict:
         "beta": 0.001,                          # verl's kl_loss_coef (TRL's default is 0: no KL term)
         "num_train_epochs": 2,
         "num_generations": 8,
-        "per_device_train_batch_size": 32,      # completions: 4 prompts x 8 generations
-        "gradient_accumulation_steps": 8,       # 8 micro batches: 32 prompts per optimizer step
-        "per_device_eval_batch_size": 32,
+        "per_device_train_batch_size": 4,       # the launcher's MICRO_BATCH_SIZE
         "eval_strategy": "steps",
         "eval_steps": 20,
         "save_steps": 20,
@@ -101,55 +118,90 @@ def stage_defaults() -> dict:
         "use_cpu": not use_cuda,
         "bf16": use_cuda and torch.cuda.is_bf16_supported(),  # autocast only: the weights stay float32
         "dataloader_num_workers": 0,
+        "lora_target_modules": ["all-linear"],  # as verl's LoRA (ModelConfig's default is peft's q/v only)
     }
 
 
-def build_parser():
+def build_parser(doc: str | None = None):
     from trl import TrlParser
 
     from siren.cli import hf_parser
 
-    return hf_parser((GRPOScriptArguments, SirenGRPOConfig), __doc__, parser_class=TrlParser, **stage_defaults())
+    return hf_parser(DATACLASSES, doc or __doc__, parser_class=TrlParser, **stage_defaults())
 
 
-def parse_args(argv: list[str] | None = None):
-    """(GRPOScriptArguments, GRPOConfig) from the command line and an optional `--config recipe.yaml`."""
+def parse_args(argv: list[str] | None = None, doc: str | None = None):
+    """(GRPOScriptArguments, GRPOConfig, ModelConfig) from the command line and `--config recipe.yaml`;
+    `doc` is the --help text (the script's docstring)."""
+    from siren.recipe import build_dataclasses, check_numbers, parse_settings
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--config" in argv:
-        position = argv.index("--config")
-        recipe = Path(argv[position + 1]) if position + 1 < len(argv) else None
-        if recipe is None or not recipe.is_file():
-            raise SirenError(f"--config needs a YAML recipe file, got {recipe or 'nothing'}")
-    try:
-        script_args, config = build_parser().parse_args_and_config(argv)
-    except ValueError as err:  # GRPOConfig's own checks (batch divisibility, precision, ...) and recipe errors
-        raise SirenError(" ".join(str(err).split())) from None
-    if script_args.checkpoint_dir is None:
-        script_args.checkpoint_dir = str(Path(config.output_dir) / "trl" / f"GRPO_{script_args.data_name}")
-    if config.run_name is None:
-        config.run_name = f"GRPO_{script_args.data_name}"
-    return script_args, config
+    parser = build_parser(doc)
+    namespace, given = parse_settings(parser, argv, same_setting={"prompts_per_step": "gradient_accumulation_steps"})
+    check_numbers(parser, namespace, GRPO_BOUNDS, given)
+    _derive(namespace, given)
+    script_args, config, model_args = build_dataclasses(DATACLASSES, namespace)
+    script_args.user_given = given
+    return script_args, config, model_args
 
 
-def validate(script_args: GRPOScriptArguments, config) -> None:
+def _derive(namespace, given: dict) -> None:
+    """The settings that follow from others, unless given."""
+    from siren.verl_data import default_verl_dir
+
+    if namespace.data_name is None:
+        namespace.data_name = namespace.category
+    if namespace.data_path is None:
+        namespace.data_path = str(default_verl_dir(namespace.category, namespace.max_history,
+                                                   namespace.use_long_history))
+    if namespace.run_name is None:
+        namespace.run_name = f"GRPO_{namespace.data_name}"
+    if namespace.checkpoint_dir is None:
+        namespace.checkpoint_dir = str(Path(namespace.output_dir) / "trl" / namespace.run_name)
+    micro, groups = namespace.per_device_train_batch_size, namespace.num_generations
+    if "gradient_accumulation_steps" not in given:
+        prompts = namespace.prompts_per_step or DEFAULT_PROMPTS_PER_STEP
+        if (prompts * groups) % micro:
+            raise SirenError(f"--prompts_per_step {prompts} x --num_generations {groups} = {prompts * groups} sequences "
+                             f"per step must be a multiple of --per_device_train_batch_size {micro} (it counts "
+                             "sequences, not prompts)")
+        namespace.gradient_accumulation_steps = prompts * groups // micro
+    if "per_device_eval_batch_size" not in given:  # whole groups of generations per evaluation batch
+        namespace.per_device_eval_batch_size = math.lcm(micro, groups)
+
+
+def validate(script_args: GRPOScriptArguments, config, model_args) -> None:
+    """Inputs, the settings no library checks, and a free output folder; before anything loads."""
     from siren.verl_data import parquet_path
 
-    if not (Path(script_args.model) / "config.json").is_file():
-        raise SirenError(f"--model {script_args.model} is not a model folder (no config.json)")
+    if not model_args.model_name_or_path:
+        raise SirenError("give --model, a local model folder (e.g. --model ckpt/tiny-qwen3)")
+    if not (Path(model_args.model_name_or_path) / "config.json").is_file():
+        raise SirenError(f"--model {model_args.model_name_or_path} is not a model folder (no config.json)")
     for split in ("train", "val"):
         path = parquet_path(script_args.data_path, split)
         if not path.is_file():
             raise SirenError(f"missing parquet split: {path} (run preprocess_grpo.py first)")
-    for name in ("limit", "eval_limit", "max_prompt_length", "lora_alpha"):
-        value = getattr(script_args, name)
-        if value is not None and value < 1:
-            raise SirenError(f"--{name} must be at least 1, got {value}")
-    if script_args.lora_r < 0:
-        raise SirenError(f"--lora_r must be >= 0 (0 = full fine-tuning), got {script_args.lora_r}")
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        raise SirenError("--load_in_4bit/--load_in_8bit are not supported here: the adapter is merged into "
+                         "full-precision weights before saving")
+    lora_settings = sorted(name for name in script_args.user_given if name.startswith("lora_") or name == "use_dora")
+    if lora_settings and not model_args.use_peft:
+        raise SirenError(f"--{lora_settings[0]} is read with --use_peft true only (LoRA is off: full fine-tuning)")
+    _check_report_to(config.report_to)
     if config.max_steps <= 0 and config.num_train_epochs <= 0:
         raise SirenError("give --max_steps > 0 or --num_train_epochs > 0")
     if config.max_steps > 0:
         _check_target_free(script_args, config, config.max_steps)
+
+
+def _check_report_to(report_to) -> None:
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    unknown = [name for name in (report_to or []) if name not in INTEGRATION_TO_CALLBACK and name not in ("none", "all")]
+    if unknown:
+        raise SirenError(f"--report_to: unknown integration {', '.join(map(repr, unknown))}; choose from none, "
+                         f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
 
 
 def _check_target_free(script_args: GRPOScriptArguments, config, step: int) -> Path:
@@ -158,6 +210,52 @@ def _check_target_free(script_args: GRPOScriptArguments, config, step: int) -> P
     target = Path(config.output_dir) / output_name(script_args.data_name, step)
     check_outputs_free([target], script_args.overwrite)
     return target
+
+
+def fit_device(script_args: GRPOScriptArguments, config, model_args) -> None:
+    """On a GPU: choose how many sequences one generate() call holds (unless given) so that the run's
+    memory estimate fits the card, or refuse in one line with the estimate and what would fit."""
+    import torch
+
+    from siren.grpo_memory import GIB, model_shape, trl_estimate
+
+    if config.use_cpu or not torch.cuda.is_available():
+        print("no CUDA device: the run is not checked against a card's memory", file=sys.stderr)
+        return
+    card = torch.cuda.mem_get_info()[1] / GIB
+    shape = model_shape(model_args.model_name_or_path)
+    micro, groups = config.per_device_train_batch_size, config.num_generations
+
+    def estimate(generation_batch: int, **changes):
+        settings = dict(dtype=model_args.dtype or "float32", lora_rank=model_args.lora_r if model_args.use_peft else 0,
+                        beta=config.beta, optim=str(config.optim))
+        settings.update(changes)
+        return trl_estimate(shape, card_gib=card, micro_batch=micro, generation_batch=generation_batch,
+                            max_prompt_length=script_args.max_prompt_length,
+                            max_completion_length=config.max_completion_length, **settings)
+
+    given = script_args.user_given
+    if "steps_per_generation" in given or "generation_batch_size" in given:
+        chosen = estimate(config.generation_batch_size)
+    else:
+        # generate() takes steps_per_generation micro batches at once; on-policy when it divides the
+        # gradient accumulation (TRL then needs no old log-probabilities), and whole groups of generations.
+        steps = [s for s in range(config.gradient_accumulation_steps, 0, -1)
+                 if config.gradient_accumulation_steps % s == 0 and (micro * s) % groups == 0]
+        fitting = [s for s in steps if estimate(micro * s).fits]
+        chosen_steps = fitting[0] if fitting else steps[-1]
+        config.steps_per_generation, config.generation_batch_size = chosen_steps, micro * chosen_steps
+        chosen = estimate(micro * chosen_steps)
+    if not chosen.fits:
+        alternatives = {"--beta 0 (no reference model)": estimate(chosen.generation_batch, beta=0.0),
+                        "--use_peft true (LoRA r 16)": estimate(chosen.generation_batch, lora_rank=16),
+                        "--use_peft true --dtype bfloat16": estimate(chosen.generation_batch, lora_rank=16,
+                                                                     dtype="bfloat16")}
+        fits = [f"{name}: {alt.total:.1f} GiB" for name, alt in alternatives.items() if alt.fits]
+        raise SirenError(f"the run does not fit this GPU: {chosen.describe()}; "
+                         + (f"fits with {'; '.join(fits)}" if fits else "use a bigger card or BACKEND=verl")
+                         + " (or a smaller --per_device_train_batch_size / --max_completion_length)")
+    print(f"memory estimate: {chosen.describe()}", file=sys.stderr)
 
 
 def load_grpo_split(data_path, split: str, tokenizer, max_prompt_length: int, limit: int | None = None):
@@ -189,8 +287,9 @@ def load_grpo_split(data_path, split: str, tokenizer, max_prompt_length: int, li
     return Dataset.from_list(records), len(rows) - len(kept)
 
 
-def load_policy(model_path: str | Path):
-    """The policy with float32 master weights, on CPU and GPU alike.
+def load_policy(model_path: str | Path, dtype: str = "float32", attn_implementation: str | None = None,
+                revision: str = "main"):
+    """The policy, float32 by default on CPU and GPU alike (ModelConfig's --dtype).
 
     On a GPU, GRPOConfig(bf16=True) runs forward and backward under bf16 autocast while AdamW keeps
     updating float32 weights. Loaded in bfloat16, full fine-tuning at lr 1e-6 would barely move:
@@ -200,18 +299,19 @@ def load_policy(model_path: str | Path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype, attn_implementation=attn_implementation,
+                                                revision=revision)
 
 
-def train(script_args: GRPOScriptArguments, config):
+def train(script_args: GRPOScriptArguments, config, model_args):
     """Run GRPOTrainer; returns (trainer, counts of the rows used and dropped)."""
-    from peft import LoraConfig
-    from trl import GRPOTrainer
+    from trl import GRPOTrainer, get_peft_config
 
     from siren.reward import trl_reward
     from siren.tokenization import load_tokenizer
 
-    tokenizer = load_tokenizer(script_args.model)
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_set, train_dropped = load_grpo_split(script_args.data_path, "train", tokenizer,
                                                script_args.max_prompt_length, script_args.limit)
     if len(train_set) == 0:
@@ -224,22 +324,21 @@ def train(script_args: GRPOScriptArguments, config):
         print(f"dropped {train_dropped} train and {eval_dropped} val rows longer than "
               f"{script_args.max_prompt_length} prompt tokens", file=sys.stderr)
 
-    peft_config = None
-    if script_args.lora_r > 0:
-        peft_config = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
     trainer = GRPOTrainer(
-        model=load_policy(script_args.model),  # float32; config.bf16 only autocasts
+        model=load_policy(model_args.model_name_or_path, model_args.dtype or "float32",
+                          model_args.attn_implementation, model_args.model_revision),
         reward_funcs=trl_reward,
         args=config,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=get_peft_config(model_args),
     )
     prompts_per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps // config.num_generations
+    lora = f"LoRA r {model_args.lora_r}" if model_args.use_peft else "full fine-tuning"
     print(f"GRPO (TRL) on {config.device.type}: {len(train_set)} train prompts, {config.num_generations} responses "
-          f"each, {prompts_per_step} prompts per step, lora_r {script_args.lora_r}")
+          f"each, {prompts_per_step} prompts per step in micro batches of {config.per_device_train_batch_size} "
+          f"sequences, {config.generation_batch_size} sequences per generate(), {lora}")
     trainer.train()
     counts = {"train_rows": len(train_set), "train_rows_dropped_too_long": train_dropped,
               "val_rows": 0 if eval_set is None else len(eval_set), "val_rows_dropped_too_long": eval_dropped,
@@ -247,7 +346,7 @@ def train(script_args: GRPOScriptArguments, config):
     return trainer, counts
 
 
-def save_trained(trainer, script_args: GRPOScriptArguments, config, counts: dict, seconds: float) -> Path:
+def save_trained(trainer, script_args: GRPOScriptArguments, config, model_args, counts: dict, seconds: float) -> Path:
     """Write GRPO_{data_name}_step{S} (model with LoRA merged, tokenizer, train_log.jsonl, manifest.json)."""
     from siren.io import atomic_path, atomic_write_jsonl, write_manifest
     from siren.verl_data import parquet_path
@@ -255,17 +354,18 @@ def save_trained(trainer, script_args: GRPOScriptArguments, config, counts: dict
     step = int(trainer.state.global_step)
     target = _check_target_free(script_args, config, step)
     trained = trainer.model
-    if script_args.lora_r > 0:
+    if model_args.use_peft:
         trained = trained.merge_and_unload()  # a plain model that AutoModelForCausalLM reloads
     log_history = list(trainer.state.log_history)
     rewards = [entry["reward"] for entry in log_history if "reward" in entry]
-    settings = {**config.to_dict(), **dataclasses.asdict(script_args), "output_dir": config.output_dir}
+    settings = {**config.to_dict(), **dataclasses.asdict(model_args), **dataclasses.asdict(script_args),
+                "output_dir": config.output_dir}
     with atomic_path(target) as tmp:
         trained.save_pretrained(tmp)
         trainer.processing_class.save_pretrained(tmp)
         atomic_write_jsonl(tmp / "train_log.jsonl", log_history)
         write_manifest(
-            tmp, script="siren.grpo_trl", args=settings,
+            tmp, script="grpo_trl.py", args=settings,
             inputs=[parquet_path(script_args.data_path, "train"), parquet_path(script_args.data_path, "val")],
             outputs=[target], seconds=seconds,
             counts={**counts, "steps": step, "reward_first": rewards[0] if rewards else None,
@@ -275,28 +375,25 @@ def save_trained(trainer, script_args: GRPOScriptArguments, config, counts: dict
     return target
 
 
-def main(argv: list[str] | None = None) -> None:
-    script_args, config = parse_args(argv)
-    validate(script_args, config)
-
+def run(script_args: GRPOScriptArguments, config, model_args) -> Path:
+    """Validate, check the memory, train, save; returns the output folder."""
     from siren.io import RunTimer, check_output_dir
 
+    validate(script_args, config, model_args)
+    fit_device(script_args, config, model_args)
     timer = RunTimer()
     output_dir = config.output_dir
     check_output_dir(script_args.checkpoint_dir)
     config.output_dir = script_args.checkpoint_dir  # GRPOTrainer writes its checkpoints there
-    trainer, counts = train(script_args, config)
+    trainer, counts = train(script_args, config, model_args)
     config.output_dir = output_dir
 
-    target = save_trained(trainer, script_args, config, counts, timer.seconds)
+    target = save_trained(trainer, script_args, config, model_args, counts, timer.seconds)
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     summary = ", ".join(f"{r:.3f}" for r in rewards[:3]) + (" ... " + f"{rewards[-1]:.3f}" if len(rewards) > 3 else "")
     print(f"mean reward per logged step: {summary or 'none logged'}")
-    print(f"wrote {target} (step {trainer.state.global_step}, {'LoRA merged' if script_args.lora_r else 'full model'}) "
+    print(f"wrote {target} (step {trainer.state.global_step}, {'LoRA merged' if model_args.use_peft else 'full model'}) "
           f"in {timer.seconds:.1f}s; logs in {target / 'train_log.jsonl'}")
     if any(not math.isfinite(r) for r in rewards):
         print("warning: non-finite rewards were logged", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    sys.exit(run_main(main))
+    return target

@@ -34,7 +34,7 @@ def test_bad_arguments_are_one_line_errors(args, message, tmp_path):
 def test_help_describes_every_step_group():
     proc = run_check("--help")
     assert proc.returncode == 0
-    for group in ("tiny", "scale", "latency", "tests", "vllm", "verl"):
+    for group in ("tiny", "scale", "latency", "tests", "vllm", "verl", "memory"):
         assert f"\n  {group} " in proc.stdout
     assert "set -euo" not in proc.stdout
 
@@ -49,14 +49,16 @@ def test_refuses_a_machine_without_cuda(tmp_path):
 def test_step_runner_records_time_status_rate_and_skips(tmp_path):
     summary = tmp_path / "summary.json"
     ok = run_script("-m", "siren.gpu_check", "run", "--summary", str(summary), "--name", "sleepy", "--rows", "10",
-                    "--log", str(tmp_path / "sleepy.log"), "--", sys.executable, "-c", "import time; print('hi'); time.sleep(0.3)")
-    assert "hi" in ok.stdout and (tmp_path / "sleepy.log").read_text() == "hi\n"
+                    "--log", str(tmp_path / "sleepy.log"), "--", sys.executable, "-c",
+                    "import time; print('hi'); print('memory estimate: 12.0 GiB'); time.sleep(0.3)")
+    assert "hi" in ok.stdout and (tmp_path / "sleepy.log").read_text() == "hi\nmemory estimate: 12.0 GiB\n"
     failed = run_script("-m", "siren.gpu_check", "run", "--summary", str(summary), "--name", "broken", "--",
                         sys.executable, "-c", "raise SystemExit(3)", check=False)
     assert failed.returncode == 1
     run_script("-m", "siren.gpu_check", "skip", "--summary", str(summary), "--name", "vllm-4a", "--reason", "no vllm")
     steps = {s["name"]: s for s in json.loads(summary.read_text())["steps"]}
     assert steps["sleepy"]["status"] == "ok" and steps["sleepy"]["seconds"] >= 0.3
+    assert steps["sleepy"]["estimate"] == "memory estimate: 12.0 GiB"  # beside the measured peak
     assert steps["sleepy"]["rows_per_s"] == pytest.approx(10 / steps["sleepy"]["seconds"], rel=0.02)
     assert steps["broken"]["status"] == "failed (exit 3)"
     assert steps["vllm-4a"]["status"] == "skipped: no vllm"

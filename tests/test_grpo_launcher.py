@@ -1,4 +1,5 @@
-"""main_grpo_amazon.sh: the verl 0.9.1 config it composes (DRY_RUN=1) and its input checks."""
+"""main_grpo_amazon.sh: the verl 0.9.1 config it composes and checks (DRY_RUN=1, `siren.grpo_verl plan`),
+the merge after training, and the settings it hands to grpo_trl.py with BACKEND=trl."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from siren import SirenError
+
 LAUNCHER = REPO / "main_grpo_amazon.sh"
 
 
@@ -25,6 +28,40 @@ def run_launcher(env: dict, cwd: Path, *args: str) -> subprocess.CompletedProces
                           timeout=600)
 
 
+def _fake_python(tmp_path: Path) -> tuple[str, Path]:
+    """A PYTHON that only records that it was started (appending its arguments, one a line, to the marker)."""
+    marker = tmp_path / "python_was_started"
+    script = tmp_path / "fake_python"
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" >> {marker}\nexit 0\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script), marker
+
+
+def plan_args(env: dict, tmp_path: Path, *args: str) -> list[str]:
+    """The `python -m siren.grpo_verl ...` arguments the launcher's dry run would run (recorded, not run)."""
+    fake_python, marker = _fake_python(tmp_path)
+    proc = run_launcher({"PYTHON": fake_python, "DRY_RUN": "1", **env}, tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr
+    recorded = marker.read_text().splitlines()
+    marker.unlink()
+    assert recorded[:2] == ["-m", "siren.grpo_verl"], recorded[:3]
+    return recorded[2:]
+
+
+def run_plan(args: list[str], capsys) -> tuple[str, str]:
+    """`python -m siren.grpo_verl ARGS` in this process (Hydra's composition is fast once imported)."""
+    from siren.grpo_verl import main
+
+    main(args)
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+@pytest.fixture
+def base_env(tiny_model_dir, verl_dir) -> dict:
+    return {"MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2"}
+
+
 @pytest.fixture(scope="module")
 def composed(tiny_model_dir, verl_dir, tmp_path_factory) -> dict:
     """verl's composed config, from a directory other than the repo (paths must not depend on cwd)."""
@@ -32,13 +69,16 @@ def composed(tiny_model_dir, verl_dir, tmp_path_factory) -> dict:
 
     cwd = tmp_path_factory.mktemp("elsewhere")
     proc = run_launcher({"DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir),
-                         "NUM_GPUS": "4", "LOGGER": "console,wandb"}, cwd, "trainer.val_before_train=False")
+                         "NUM_GPUS": "4", "LOGGER": "console,wandb", "VAL_BEFORE_TRAIN": "False"}, cwd,
+                        "actor_rollout_ref.rollout.temperature=0.9")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[validate_config] All configuration checks passed" in proc.stderr and "memory estimate" in proc.stderr
     return yaml.safe_load(proc.stdout)
 
 
 @pytest.mark.slow
 def test_dry_run_sets_the_keys_verl_reads(composed, tiny_model_dir, verl_dir):
+    """The keys whose name or meaning changed in verl 0.9.1, and what the launcher derives (not its defaults)."""
     actor_rollout_ref = composed["actor_rollout_ref"]
     actor, rollout, ref = actor_rollout_ref["actor"], actor_rollout_ref["rollout"], actor_rollout_ref["ref"]
     reward_fn = composed["reward"]["custom_reward_function"]
@@ -48,29 +88,259 @@ def test_dry_run_sets_the_keys_verl_reads(composed, tiny_model_dir, verl_dir):
     assert re.search(r"^def compute_score\(", reward_path.read_text(), flags=re.M)
     # the pre-0.9 top-level key is left alone: verl 0.9.1 reads reward.custom_reward_function
     assert composed["custom_reward_function"] == {"path": None, "name": None}
-    assert rollout["name"] == "vllm"
-    assert rollout["tensor_model_parallel_size"] == 1
-    assert rollout["n"] == 8
-    # only the *_per_gpu micro-batch keys are set
-    assert actor["ppo_micro_batch_size"] is None and actor["ppo_micro_batch_size_per_gpu"] == 4
-    assert rollout["log_prob_micro_batch_size"] is None and rollout["log_prob_micro_batch_size_per_gpu"] == 4
-    assert ref["log_prob_micro_batch_size"] is None and ref["log_prob_micro_batch_size_per_gpu"] == 4
-    assert composed["algorithm"]["adv_estimator"] == "grpo"
-    assert composed["algorithm"]["use_kl_in_reward"] is False
-    assert actor["use_kl_loss"] is True and actor["kl_loss_coef"] == 0.001 and actor["kl_loss_type"] == "low_var_kl"
-    assert actor["optim"]["lr"] == 1e-6
-    data = composed["data"]
-    assert data["train_batch_size"] == 32 * 4 and actor["ppo_mini_batch_size"] == 32 * 4
-    assert data["max_prompt_length"] == 2048 and data["max_response_length"] == 512
-    assert data["train_files"] == str(verl_dir / "train.parquet") and data["val_files"] == str(verl_dir / "val.parquet")
+    assert rollout["name"] == "vllm" and rollout["tensor_model_parallel_size"] == 1  # no default / default 2
+    # only the *_per_gpu micro-batch keys are set (verl refuses both), all three from MICRO_BATCH_SIZE
+    assert actor["ppo_micro_batch_size"] is None and rollout["log_prob_micro_batch_size"] is None
+    assert ref["log_prob_micro_batch_size"] is None
+    assert actor["ppo_micro_batch_size_per_gpu"] == rollout["log_prob_micro_batch_size_per_gpu"] \
+        == ref["log_prob_micro_batch_size_per_gpu"] == 4
+    # BATCH_SIZE counts prompts per GPU: the train batch and the one mini batch per step span the 4 GPUs
+    assert composed["data"]["train_batch_size"] == actor["ppo_mini_batch_size"] == 32 * 4
+    assert composed["data"]["train_files"] == str(verl_dir / "train.parquet")  # from another working directory
     assert actor_rollout_ref["model"]["path"] == str(tiny_model_dir)
+    # the tiny model fits without offloading (OFFLOAD=auto)
+    assert actor["fsdp_config"]["param_offload"] is False and actor["fsdp_config"]["optimizer_offload"] is False
     trainer = composed["trainer"]
-    assert trainer["total_epochs"] == 2 and trainer["save_freq"] == 20 and trainer["test_freq"] == 20
-    assert trainer["n_gpus_per_node"] == 4 and trainer["nnodes"] == 1
-    assert trainer["logger"] == ["console", "wandb"]
-    assert trainer["project_name"] == "siren_grpo" and trainer["experiment_name"] == "GRPO_Movies"
-    assert trainer["val_before_train"] is False  # extra Hydra overrides pass through
+    assert trainer["total_training_steps"] is None  # MAX_STEPS=0: the epochs
+    assert trainer["logger"] == ["console", "wandb"] and trainer["val_before_train"] is False
     assert trainer["resume_mode"] == "disable"  # stated, not verl's silent "auto"
+    # checkpoints: only the latest is kept, with what the merge (model) and a resume (optimizer, extra) read
+    assert trainer["max_actor_ckpt_to_keep"] == 1
+    assert actor["checkpoint"]["save_contents"] == ["model", "optimizer", "extra"]
+    assert rollout["temperature"] == 0.9  # extra Hydra overrides of keys the launcher leaves alone pass through
+
+
+@pytest.mark.slow
+def test_the_dry_run_prints_what_main_ppo_composes(tiny_model_dir, verl_dir, tmp_path):
+    """The dry run composes in-process; a real run hands the same overrides to main_ppo: `--cfg job` of
+    that command prints the same config."""
+    stand_in = tmp_path / "python_cfg_job"
+    stand_in.write_text(f"""#!/bin/bash
+if [[ "$1 $2" == "-m verl.trainer.main_ppo" ]]; then shift 2; exec {sys.executable} -m verl.trainer.main_ppo "$@" --cfg job; fi
+exec {sys.executable} "$@"
+""")
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IEXEC)
+    env = {"MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2", "NNODES": "2",
+           "TRAINER_DIR": str(tmp_path / "trainer")}
+    dry = run_launcher({**env, "DRY_RUN": "1"}, tmp_path)
+    real = run_launcher({**env, "PYTHON": str(stand_in)}, tmp_path)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "training wrote no checkpoint" in real.stderr  # --cfg job trains nothing
+    assert real.stdout == dry.stdout and "train_batch_size: 128" in dry.stdout
+
+
+@pytest.mark.parametrize("nnodes, gpus", [(1, 1), (1, 2), (1, 4), (1, 8), (2, 8)])
+def test_the_dry_run_passes_verls_validation_for_every_gpu_count(nnodes, gpus, base_env, tmp_path, capsys):
+    import yaml
+
+    args = plan_args({**base_env, "NNODES": str(nnodes), "NUM_GPUS": str(gpus)}, tmp_path)
+    out, err = run_plan(args, capsys)
+    config = yaml.safe_load(out)
+    every_gpu = nnodes * gpus
+    assert config["data"]["train_batch_size"] == 32 * every_gpu  # BATCH_SIZE prompts per GPU of every node
+    assert config["actor_rollout_ref"]["actor"]["ppo_mini_batch_size"] == 32 * every_gpu
+    assert (config["trainer"]["nnodes"], config["trainer"]["n_gpus_per_node"]) == (nnodes, gpus)
+    assert "[validate_config] All configuration checks passed" in err
+    assert f"{every_gpu} GPU(s)" in err and "256 sequences per GPU per step" in err
+
+
+def test_verls_own_validation_runs_in_the_dry_run(base_env, tmp_path, capsys):
+    """verl's validate_config refuses both micro-batch keys set at once; `--cfg job` printed such a config."""
+    args = plan_args(base_env, tmp_path, "actor_rollout_ref.actor.ppo_micro_batch_size=8")
+    with pytest.raises(SirenError, match=r"^verl's validate_config rejects the config: .*\[actor\] You have set both"):
+        run_plan(args, capsys)
+
+
+# The launcher's numbers are checked by Hydra, verl and `siren.grpo_verl plan`: one line naming the setting.
+BAD_PLAN_SETTINGS = {
+    "val_before_train": ({"VAL_BEFORE_TRAIN": "maybe"}, "VAL_BEFORE_TRAIN (trainer.val_before_train) must be True or False, got 'maybe'"),
+    "logger": ({"LOGGER": "bogus"}, "LOGGER (trainer.logger): unknown logger 'bogus'"),
+    "logger_one_of_two": ({"LOGGER": "console,wandbb"}, "unknown logger 'wandbb'"),
+    "batch_zero": ({"BATCH_SIZE": "0"}, "BATCH_SIZE must be a whole number >= 1, got '0'"),
+    "batch_word": ({"BATCH_SIZE": "abc"}, "BATCH_SIZE must be a whole number >= 1, got 'abc'"),
+    "batch_huge": ({"BATCH_SIZE": "99999999999"}, "BATCH_SIZE must be a whole number >= 1"),
+    "micro_zero": ({"MICRO_BATCH_SIZE": "0"}, "MICRO_BATCH_SIZE (actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu) must be a whole number >= 1"),
+    "micro_word": ({"MICRO_BATCH_SIZE": "four"}, "MICRO_BATCH_SIZE (actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu) must be a whole number >= 1, got 'four'"),
+    "micro_not_dividing": ({"BATCH_SIZE": "3", "MICRO_BATCH_SIZE": "5"}, "BATCH_SIZE x ROLLOUT_N = 3 x 8 = 24 sequences per GPU must be a multiple of MICRO_BATCH_SIZE"),
+    "rollout_one": ({"ROLLOUT_N": "1"}, "ROLLOUT_N (actor_rollout_ref.rollout.n) must be a whole number >= 2, got 1"),
+    "prompt_length": ({"MAX_PROMPT_LENGTH": "2k"}, "MAX_PROMPT_LENGTH (data.max_prompt_length) must be a whole number >= 1, got '2k'"),
+    "response_length": ({"MAX_RESPONSE_LENGTH": "0"}, "MAX_RESPONSE_LENGTH (data.max_response_length) must be a whole number >= 1"),
+    "epochs_fraction": ({"EPOCHS": "1.5"}, "EPOCHS (trainer.total_epochs) must be a whole number >= 1, got 1.5"),
+    "max_steps_negative": ({"MAX_STEPS": "-1"}, "MAX_STEPS (trainer.total_training_steps) must be a whole number >= 1 (or 0"),
+    "save_freq_word": ({"SAVE_FREQ": "x"}, "SAVE_FREQ (trainer.save_freq) must be a whole number >= 1, got 'x'"),
+    "save_freq_zero": ({"SAVE_FREQ": "0"}, "SAVE_FREQ (trainer.save_freq) must be a whole number >= 1, got 0"),
+    "test_freq": ({"TEST_FREQ": "-5"}, "TEST_FREQ (trainer.test_freq) must be a whole number >= 0, got -5"),
+    "lora_rank": ({"LORA_RANK": "eight"}, "LORA_RANK (actor_rollout_ref.model.lora_rank) must be a whole number >= 0"),
+    "keep": ({"KEEP_CHECKPOINTS": "0"}, "KEEP_CHECKPOINTS (trainer.max_actor_ckpt_to_keep) must be a whole number >= 1"),
+    "nnodes": ({"NNODES": "0"}, "NNODES (trainer.nnodes) must be a whole number >= 1, got 0"),
+    "num_gpus_word": ({"NUM_GPUS": "two"}, "NUM_GPUS (trainer.n_gpus_per_node) must be a whole number >= 1, got 'two'"),
+    "lr_zero": ({"LR": "0"}, "LR (actor_rollout_ref.actor.optim.lr) must be a finite number > 0, got 0"),
+    "lr_negative": ({"LR": "-1e-6"}, "LR (actor_rollout_ref.actor.optim.lr) must be a finite number > 0, got -1e-06"),
+    "lr_word": ({"LR": "fast"}, "LR (actor_rollout_ref.actor.optim.lr) must be a finite number > 0, got 'fast'"),
+    "lr_nan": ({"LR": "nan"}, "must be a finite number > 0, got nan"),
+    "kl_negative": ({"KL_COEF": "-0.1"}, "KL_COEF (actor_rollout_ref.actor.kl_loss_coef) must be a finite number >= 0, got -0.1"),
+    "gpu_memory_zero": ({"GPU_MEMORY_UTILIZATION": "0"}, "GPU_MEMORY_UTILIZATION (actor_rollout_ref.rollout.gpu_memory_utilization) must be a finite number in (0, 1], got 0"),
+    "gpu_memory_over_one": ({"GPU_MEMORY_UTILIZATION": "1.2"}, "must be a finite number in (0, 1], got 1.2"),
+    "offload": ({"OFFLOAD": "yes"}, "OFFLOAD must be auto, none, optimizer or all, got 'yes'"),
+    "card": ({"GPU_MEMORY_GIB": "lots"}, "GPU_MEMORY_GIB must be a positive number, got 'lots'"),
+    "resume_mode": ({"RESUME_MODE": "yes"}, "RESUME_MODE (trainer.resume_mode) must be disable, auto or resume_path, got 'yes'"),
+    "resume_path_unset": ({"RESUME_MODE": "resume_path"}, "RESUME_MODE=resume_path needs RESUME_FROM_PATH"),
+    "model_missing": ({"MODEL_PATH": "no_such_model"}, "MODEL_PATH=no_such_model is not a model folder (no config.json)"),
+    "missing_val": ({"DATA_DIR": "data"}, "missing parquet split: data/val.parquet"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PLAN_SETTINGS))
+def test_bad_settings_are_one_line_before_ray_starts(case, base_env, verl_dir, tmp_path, capsys, monkeypatch):
+    (tmp_path / "data").mkdir()
+    shutil.copy(verl_dir / "train.parquet", tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    settings, expected = BAD_PLAN_SETTINGS[case]
+    args = plan_args({**base_env, **settings}, tmp_path)
+    with pytest.raises(SirenError) as refused:
+        run_plan(args, capsys)
+    assert str(refused.value).startswith(expected) or expected in str(refused.value), str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings, expected", [({"VAL_BEFORE_TRAIN": "maybe"}, "VAL_BEFORE_TRAIN"),
+                                                ({"LOGGER": "bogus"}, "LOGGER")])
+def test_the_dry_run_and_the_run_refuse_what_verl_would_accept(settings, expected, base_env, tmp_path):
+    """Issue 20: VAL_BEFORE_TRAIN=maybe and LOGGER=bogus passed the dry run (and a real run found out after Ray
+    had started and the model had loaded)."""
+    stand_in = tmp_path / "python"
+    calls = tmp_path / "calls"
+    stand_in.write_text(f"""#!/bin/bash
+[[ "$1 $2" == "-m verl.trainer.main_ppo" ]] && {{ echo main_ppo >> {calls}; exit 0; }}
+exec {sys.executable} "$@"
+""")
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IEXEC)
+    for dry_run in ("1", "0"):
+        proc = run_launcher({**base_env, **settings, "DRY_RUN": dry_run, "PYTHON": str(stand_in)}, tmp_path)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.startswith(f"error: {expected}") and proc.stderr.count("\n") == 1, proc.stderr
+    assert not calls.exists()
+
+
+def test_a_hydra_override_of_a_launcher_setting_is_refused(base_env, tmp_path, capsys):
+    """One setting, one value: LR and actor_rollout_ref.actor.optim.lr=... would have been two."""
+    for override, setting in (("actor_rollout_ref.actor.optim.lr=2e-6", "LR"),
+                              ("trainer.val_before_train=False", "VAL_BEFORE_TRAIN"),
+                              ("actor_rollout_ref.actor.fsdp_config.param_offload=True", "OFFLOAD"),
+                              ("data.train_batch_size=64", "BATCH_SIZE")):
+        args = plan_args(base_env, tmp_path, override)
+        with pytest.raises(SirenError, match=rf"sets .*which the launcher sets from {setting}: set {setting} instead"):
+            run_plan(args, capsys)
+
+
+def _model_of_the_4b_shape(tiny_model_dir: Path, out: Path) -> Path:
+    """A model folder with Qwen3-4B's config.json (no weights) and the tiny model's tokenizer."""
+    from siren.latency import RANDOM_INIT_SHAPES
+
+    shutil.copytree(tiny_model_dir, out)
+    for weights in out.glob("*.safetensors"):
+        weights.unlink()
+    config = json.loads((out / "config.json").read_text())
+    config.update(RANDOM_INIT_SHAPES["qwen3-4b"])
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.parametrize("gpus, card, expected", [("1", "80", "optimizer"), ("2", "80", "none"), ("1", "40", None)])
+def test_offloading_is_chosen_from_the_gpus_and_the_model(gpus, card, expected, tiny_model_dir, verl_dir, tmp_path,
+                                                          capsys):
+    import yaml
+
+    from siren.grpo_memory import OFFLOAD_LEVELS
+
+    model = _model_of_the_4b_shape(tiny_model_dir, tmp_path / "qwen3-4b-shape")
+    env = {"MODEL_PATH": str(model), "DATA_DIR": str(verl_dir), "NUM_GPUS": gpus, "GPU_MEMORY_GIB": card}
+    args = plan_args(env, tmp_path)
+    if expected is None:
+        with pytest.raises(SirenError, match=r"does not fit even with all offloading: offload=all: update 72\.\d GiB"):
+            run_plan(args, capsys)
+        return
+    out, err = run_plan(args, capsys)
+    fsdp = yaml.safe_load(out)["actor_rollout_ref"]["actor"]["fsdp_config"]
+    assert {key: fsdp[key] for key in OFFLOAD_LEVELS[expected]} == OFFLOAD_LEVELS[expected]
+    assert f"offload={expected}: update" in err and "4.02B parameters" in err and "OFFLOAD=auto" in err
+    # what a real run adds to main_ppo's command line
+    out, _ = run_plan([arg for arg in args if arg != "--dry_run"], capsys)
+    assert out.split() == ["data.train_batch_size=" + str(32 * int(gpus)),
+                           "actor_rollout_ref.actor.ppo_mini_batch_size=" + str(32 * int(gpus)),
+                           f"actor_rollout_ref.actor.fsdp_config.param_offload={OFFLOAD_LEVELS[expected]['param_offload']}",
+                           f"actor_rollout_ref.actor.fsdp_config.optimizer_offload="
+                           f"{OFFLOAD_LEVELS[expected]['optimizer_offload']}"]
+    # OFFLOAD=none is taken as given, and refused where it cannot fit
+    if expected != "none":
+        with pytest.raises(SirenError, match="the run does not fit: offload=none"):
+            run_plan(plan_args({**env, "OFFLOAD": "none"}, tmp_path), capsys)
+
+
+def test_an_old_checkpoint_is_refused_unless_resumed(base_env, tmp_path, capsys):
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "latest_checkpointed_iteration.txt").write_text("7\n")
+    env = {**base_env, "TRAINER_DIR": str(tmp_path / "trainer")}
+    args = plan_args(env, tmp_path)
+    run_plan(args, capsys)  # a dry run starts nothing, so it is not refused
+    real_run = [arg for arg in args if arg != "--dry_run"]
+    with pytest.raises(SirenError, match=r"already holds a verl checkpoint \(step 7\): set RESUME_MODE=auto"):
+        run_plan(real_run, capsys)
+    resumed = plan_args({**env, "RESUME_MODE": "auto"}, tmp_path)
+    run_plan([arg for arg in resumed if arg != "--dry_run"], capsys)
+    assert "trainer.resume_mode=auto" in resumed
+    resume_path = plan_args({**env, "RESUME_MODE": "resume_path", "RESUME_FROM_PATH": "trainer/global_step_7"}, tmp_path)
+    assert "trainer.resume_mode=resume_path" in resume_path
+    assert "trainer.resume_from_path='trainer/global_step_7'" in resume_path
+
+
+BAD_SHELL_SETTINGS = {
+    "model_unset": ({"MODEL_PATH": ""}, "set MODEL_PATH"),
+    "no_gpus": ({"NUM_GPUS": "0"}, "NUM_GPUS=0"),
+    "bad_backend": ({"BACKEND": "deepspeed"}, "BACKEND must be verl or trl"),
+    "bad_attention": ({"ATTN_IMPLEMENTATION": "flash_attention_3"}, "ATTN_IMPLEMENTATION must be"),
+    "overwrite_word": ({"OVERWRITE": "yes"}, "OVERWRITE must be 0 or 1, got 'yes'"),
+    "dry_run_word": ({"DRY_RUN": "2"}, "DRY_RUN must be 0 or 1, got '2'"),
+    "trl_resume": ({"BACKEND": "trl", "RESUME_MODE": "auto"}, "RESUME_MODE is read by BACKEND=verl only"),
+    "trl_offload": ({"BACKEND": "trl", "OFFLOAD": "all"}, "OFFLOAD is read by BACKEND=verl only"),
+    "trl_val": ({"BACKEND": "trl", "VAL_BEFORE_TRAIN": "False"}, "VAL_BEFORE_TRAIN is read by BACKEND=verl only"),
+    "trl_gpus": ({"BACKEND": "trl", "NUM_GPUS": "2"}, "NUM_GPUS=2: BACKEND=trl runs one process on one device"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SHELL_SETTINGS))
+def test_what_only_the_shell_reads_is_checked_there(case, base_env, tmp_path):
+    fake_python, marker = _fake_python(tmp_path)
+    settings, expected = BAD_SHELL_SETTINGS[case]
+    proc = run_launcher({**base_env, "PYTHON": fake_python, **settings}, tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and expected in proc.stderr and proc.stderr.count("\n") == 1
+    assert not marker.exists()
+
+
+def test_launcher_uses_no_plus_prefixed_overrides():
+    """`+key=value` would add a key verl never reads instead of failing on a wrong name. The one
+    exception adds to model.override_config, an empty open dict in verl's schema whose
+    attn_implementation verl reads (checked through verl in the test below)."""
+    overrides = re.findall(r"^\s+(\+?[a-z_]+\.[a-z_.]+)=", LAUNCHER.read_text(), flags=re.M)
+    assert len(overrides) > 20
+    plus = [key for key in overrides if key.startswith("+")]
+    assert plus == ["+actor_rollout_ref.model.override_config.attn_implementation"]
+
+
+def test_the_settings_named_in_messages_are_the_ones_the_launcher_sets():
+    """siren.grpo_verl names the launcher's setting behind a key: each pair is in the launcher."""
+    from siren.grpo_verl import SETTING_OF_KEY
+
+    text = LAUNCHER.read_text()
+    for key, setting in SETTING_OF_KEY.items():
+        line = re.search(rf"^\s+{re.escape(key)}=(.*)$", text, flags=re.M)
+        assert line, key
+        names = re.findall(r"\$\{?([A-Z_]+)", line.group(1))
+        # the setting itself, or a variable the launcher derives from it (TOTAL_STEPS=$MAX_STEPS)
+        assert setting in names or any(re.search(rf"^{name}=\${setting}$", text, flags=re.M) for name in names), \
+            (key, setting, names)
 
 
 @pytest.mark.slow
@@ -102,16 +372,6 @@ def test_actor_and_ref_load_with_what_requirements_installs(composed):
     assert not need_critic(config) and not composed["reward_model"]["enable"]
 
 
-def test_launcher_uses_no_plus_prefixed_overrides():
-    """`+key=value` would add a key verl never reads instead of failing on a wrong name. The one
-    exception adds to model.override_config, an empty open dict in verl's schema whose
-    attn_implementation verl reads (checked through verl in the test above)."""
-    overrides = re.findall(r"^\s+(\+?[a-z_]+\.[a-z_.]+)=", LAUNCHER.read_text(), flags=re.M)
-    assert len(overrides) > 20
-    plus = [key for key in overrides if key.startswith("+")]
-    assert plus == ["+actor_rollout_ref.model.override_config.attn_implementation"]
-
-
 # The reward cases of the foundation issue, called the way verl 0.9.1 calls the custom reward.
 REWARD_CASES = [
     ("<think>likes dramas</think><answer>4.0</answer>", "4.0", 3.0),
@@ -141,70 +401,11 @@ def test_reward_cases_through_verl_entry_point(composed, response, label, expect
     assert result["format_score"] + result["content_score"] == pytest.approx(result["score"])
 
 
-def _fake_python(tmp_path: Path) -> tuple[str, Path]:
-    """A PYTHON that only records that it was started (appending its arguments, one a line, to the marker)."""
-    marker = tmp_path / "python_was_started"
-    script = tmp_path / "fake_python"
-    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" >> {marker}\nexit 0\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return str(script), marker
-
-
-BAD_SETTINGS = {
-    "model_unset": ({"MODEL_PATH": ""}, "set MODEL_PATH"),
-    "model_missing": ({"MODEL_PATH": "no_such_model"}, "is not a model folder"),
-    "no_gpus": ({"NUM_GPUS": "0"}, "NUM_GPUS=0"),
-    "missing_val": ({"DATA_DIR": "data"}, "missing parquet split: data/val.parquet"),
-    "bad_backend": ({"BACKEND": "deepspeed"}, "BACKEND must be verl or trl"),
-    "bad_attention": ({"ATTN_IMPLEMENTATION": "flash_attention_3"}, "ATTN_IMPLEMENTATION must be"),
-    "bad_resume_mode": ({"RESUME_MODE": "yes"}, "RESUME_MODE must be disable, auto or resume_path"),
-    "resume_path_unset": ({"RESUME_MODE": "resume_path"}, "RESUME_MODE=resume_path needs RESUME_FROM_PATH"),
-    "trl_resume": ({"BACKEND": "trl", "RESUME_MODE": "auto"}, "is read by BACKEND=verl only"),
-    "checkpoint_exists": ({"TRAINER_DIR": "trainer"}, "TRAINER_DIR=trainer already holds a verl checkpoint (step 7)"),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_SETTINGS))
-def test_bad_settings_stop_before_anything_starts(case, tiny_model_dir, verl_dir, tmp_path):
-    fake_python, marker = _fake_python(tmp_path)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "train.parquet").write_bytes((verl_dir / "train.parquet").read_bytes())
-    (tmp_path / "trainer").mkdir()
-    (tmp_path / "trainer" / "latest_checkpointed_iteration.txt").write_text("7\n")
-    settings, expected = BAD_SETTINGS[case]
-    env = {"PYTHON": fake_python, "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2",
-           **settings}
-    proc = run_launcher(env, tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and expected in proc.stderr and proc.stderr.count("\n") == 1
-    assert not marker.exists()
-
-
-def test_resume_settings_reach_verl(tiny_model_dir, verl_dir, tmp_path):
-    fake_python, marker = _fake_python(tmp_path)
-    (tmp_path / "trainer").mkdir()
-    (tmp_path / "trainer" / "latest_checkpointed_iteration.txt").write_text("7\n")
-    env = {"PYTHON": fake_python, "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2",
-           "TRAINER_DIR": "trainer", "DRY_RUN": "1"}
-    assert run_launcher(env, tmp_path).returncode == 0  # a dry run starts nothing, so it is not refused
-    assert "trainer.resume_mode=disable" in marker.read_text().splitlines()
-    marker.unlink()
-    run_launcher({**env, "RESUME_MODE": "resume_path", "RESUME_FROM_PATH": "trainer/global_step_7"}, tmp_path)
-    args = marker.read_text().splitlines()
-    assert "trainer.resume_mode=resume_path" in args and "trainer.resume_from_path='trainer/global_step_7'" in args
-    marker.unlink()
-    # RESUME_MODE=auto trains on from the checkpoint: verl is started (here a stand-in that writes nothing)
-    proc = run_launcher({**env, "DRY_RUN": "0", "RESUME_MODE": "auto"}, tmp_path)
-    assert "trainer.resume_mode=auto" in marker.read_text().splitlines()
-    assert "already holds" not in proc.stderr
-
-
 @pytest.mark.parametrize("has_venv", [True, False])
 def test_python_defaults_to_the_repo_venv(has_venv, tiny_model_dir, verl_dir, tmp_path):
     """With PYTHON unset, the launcher runs <repo>/.venv/bin/python (make install's venv) when it exists."""
     repo = tmp_path / "repo"
-    (repo / "siren").mkdir(parents=True)
-    (repo / "siren" / "reward.py").write_text("")
+    repo.mkdir()
     (repo / LAUNCHER.name).write_text(LAUNCHER.read_text())
     if has_venv:
         (repo / ".venv" / "bin").mkdir(parents=True)
@@ -215,18 +416,23 @@ def test_python_defaults_to_the_repo_venv(has_venv, tiny_model_dir, verl_dir, tm
     proc = subprocess.run(["bash", str(repo / LAUNCHER.name)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split()[0] == (str(repo / ".venv" / "bin" / "python") if has_venv else "python3")
+    assert proc.stdout.split()[:2] == [str(repo / ".venv" / "bin" / "python") if has_venv else "python3",
+                                       str(repo / "grpo_trl.py")]
 
 
-def _verl_stand_in(tmp_path: Path, merger_output: Path | None = None) -> tuple[Path, Path]:
-    """A PYTHON that plays verl's trainer (writes global_step_7) and merger (copies `merger_output`)."""
+def _verl_stand_in(tmp_path: Path, merger_output: Path | None = None, ranks: tuple = (0, 1)) -> tuple[Path, Path]:
+    """A PYTHON that plays verl's trainer (writes global_step_7 with the model shards of `ranks` of 2) and
+    merger (copies `merger_output`); the plan answers with fixed overrides (it is tested above)."""
     calls = tmp_path / "calls.txt"
     stand_in = tmp_path / "python_stand_in"
     merge = f'cp -r {merger_output}/. "$target"' if merger_output else "echo '{}' > \"$target/config.json\""
+    shards = " ".join(f'"$dir/global_step_7/actor/model_world_size_2_rank_{rank}.pt"' for rank in ranks)
     stand_in.write_text(f"""#!/bin/bash
-if [[ "$1 $2" == "-m verl.trainer.main_ppo" ]]; then
+if [[ "$1 $2 $3" == "-m siren.grpo_verl plan" ]]; then
+    echo "data.train_batch_size=64 actor_rollout_ref.actor.ppo_mini_batch_size=64"
+elif [[ "$1 $2" == "-m verl.trainer.main_ppo" ]]; then
     for arg in "$@"; do [[ "$arg" == trainer.default_local_dir=* ]] && dir="${{arg#*=}}" && dir="${{dir//\\'/}}"; done
-    mkdir -p "$dir/global_step_7/actor" && echo 7 > "$dir/latest_checkpointed_iteration.txt"
+    mkdir -p "$dir/global_step_7/actor" && touch {shards} && echo 7 > "$dir/latest_checkpointed_iteration.txt"
     echo "main_ppo $*" >> {calls}
 elif [[ "$1 $2" == "-m verl.model_merger" ]]; then
     while [[ $# -gt 0 ]]; do case "$1" in --local_dir) local_dir=$2;; --target_dir) target=$2;; esac; shift; done
@@ -249,14 +455,27 @@ def test_after_training_the_latest_checkpoint_is_merged(tiny_model_dir, verl_dir
     assert proc.returncode == 0, proc.stderr
     merged = tmp_path / "ckpt" / "GRPO_Movies_step7"
     assert (merged / "config.json").exists()
-    manifest = (merged / "manifest.json").read_text()
-    assert '"step": "7"' in manifest and '"backend": "verl"' in manifest
+    manifest = json.loads((merged / "manifest.json").read_text())
+    assert manifest["args"]["step"] == "7" and manifest["args"]["backend"] == "verl"
+    assert manifest["args"]["planned"] == "data.train_batch_size=64 actor_rollout_ref.actor.ppo_mini_batch_size=64"
+    assert "data.train_batch_size=64" in calls.read_text().splitlines()[0].split()  # the plan reached main_ppo
     assert f"merge {tmp_path / 'trainer'}/global_step_7/actor" in calls.read_text()
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["GRPO_Movies_step7"]  # no partial left
     env["RESUME_MODE"] = "auto"  # the trainer folder now holds step 7
     again = run_launcher(env, tmp_path)
     assert again.returncode == 2 and "output already exists" in again.stderr
     assert run_launcher({**env, "OVERWRITE": "1"}, tmp_path).returncode == 0
+
+
+def test_a_checkpoint_missing_a_ranks_shard_is_not_merged(tiny_model_dir, verl_dir, tmp_path):
+    """Two nodes without a shared TRAINER_DIR: the head sees only its own ranks' shards."""
+    stand_in, calls = _verl_stand_in(tmp_path, ranks=(0,))
+    env = {"PYTHON": str(stand_in), "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "1",
+           "NNODES": "2", "TRAINER_DIR": str(tmp_path / "trainer"), "CKPT_DIR": str(tmp_path / "ckpt")}
+    proc = run_launcher(env, tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "lacks the model shards of rank(s) 1 of 2" in proc.stderr and "shares; nothing merged" in proc.stderr
+    assert "merge" not in calls.read_text() and not (tmp_path / "ckpt").exists()
 
 
 def _lora_merger_output(tiny_model_dir: Path, out: Path, rank: int, alpha: int) -> None:
@@ -318,7 +537,6 @@ def test_a_lora_run_without_an_adapter_is_an_error(tiny_model_dir, verl_dir, tmp
 
 
 def test_an_adapter_that_lost_its_alpha_is_refused(tmp_path):
-    from siren import SirenError
     from siren.grpo_verl import merge_lora_adapter
 
     adapter = tmp_path / "lora_adapter"
@@ -329,130 +547,145 @@ def test_an_adapter_that_lost_its_alpha_is_refused(tmp_path):
     assert merge_lora_adapter(tmp_path / "no_adapter_here") is None
 
 
-def test_trl_dry_run_maps_the_settings_onto_grpo_trl_flags(tiny_model_dir, verl_dir, tmp_path):
-    """BACKEND=trl: the launcher's settings become GRPOConfig fields under their HF names (TRL counts
-    completions, so a micro batch is MICRO_BATCH_SIZE x ROLLOUT_N and BATCH_SIZE / MICRO_BATCH_SIZE of
-    them make one step) and SIREN's own flags."""
+def _trl_command(env: dict, tmp_path: Path, *args: str) -> list[str]:
     fake_python, marker = _fake_python(tmp_path)
-    env = {"PYTHON": fake_python, "BACKEND": "trl", "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir),
-           "DATA_DIR": str(verl_dir), "NUM_GPUS": "0", "LORA_RANK": "8", "LOGGER": "console,wandb"}
-    proc = run_launcher(env, tmp_path, "--val_limit", "3")
+    proc = run_launcher({"PYTHON": fake_python, "BACKEND": "trl", "DRY_RUN": "1", **env}, tmp_path, *args)
     assert proc.returncode == 0, proc.stderr
-    command = proc.stdout.split()
-    flags = dict(zip(command[3::2], command[4::2], strict=False))
-    assert command[1:3] == ["-m", "siren.grpo_trl"]
-    assert flags["--num_generations"] == "8"
-    assert flags["--per_device_train_batch_size"] == "32" and flags["--gradient_accumulation_steps"] == "8"
-    assert flags["--per_device_eval_batch_size"] == "32"
-    assert flags["--learning_rate"] == "1e-6" and flags["--beta"] == "0.001"
-    assert flags["--max_prompt_length"] == "2048" and flags["--max_completion_length"] == "512"
-    assert flags["--num_train_epochs"] == "2" and flags["--max_steps"] == "-1"
-    assert flags["--save_strategy"] == "steps" and flags["--save_steps"] == "20"
-    assert flags["--eval_strategy"] == "steps" and flags["--eval_steps"] == "20"
-    assert flags["--lora_r"] == "8" and flags["--report_to"] == "wandb" and flags["--val_limit"] == "3"
-    assert flags["--output_dir"] == "ckpt" and flags["--data_name"] == "Movies"
-    assert flags["--model"] == str(tiny_model_dir) and flags["--data_path"] == str(verl_dir)
-    assert flags["--checkpoint_dir"] == "ckpt/trl/siren_grpo/GRPO_Movies"
     assert not marker.exists()
+    command = shlex.split(proc.stdout)
+    assert command[:2] == [fake_python, str(REPO / "grpo_trl.py")]
+    return command[2:]
 
-    settings = {"BATCH_SIZE": "4", "MICRO_BATCH_SIZE": "2", "ROLLOUT_N": "3", "MAX_STEPS": "5", "SAVE_FREQ": "0",
-                "TEST_FREQ": "0", "CKPT_DIR": "models", "TRAINER_DIR": "raw"}
-    command = run_launcher({**env, **settings}, tmp_path).stdout.split()
-    flags = dict(zip(command[3::2], command[4::2], strict=False))
-    assert flags["--per_device_train_batch_size"] == "6" and flags["--gradient_accumulation_steps"] == "2"
-    assert flags["--max_steps"] == "5" and flags["--save_strategy"] == "no" and flags["--eval_strategy"] == "no"
-    assert "--save_steps" not in flags and "--eval_steps" not in flags
-    assert flags["--output_dir"] == "models" and flags["--checkpoint_dir"] == "raw"
+
+def test_trl_gets_only_the_settings_given(tiny_model_dir, verl_dir, tmp_path):
+    """Issue 20: the launcher's defaults, passed as flags, beat a --config recipe. Now only a setting given to
+    the launcher becomes a flag (grpo_trl.py's defaults are the launcher's)."""
+    assert _trl_command({"MODEL_PATH": str(tiny_model_dir)}, tmp_path, "--val_limit", "3") == \
+        [f"--model={tiny_model_dir}", "--val_limit", "3"]
+    env = {"MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "BATCH_SIZE": "4", "MICRO_BATCH_SIZE": "2",
+           "ROLLOUT_N": "3", "LR": "2e-6", "KL_COEF": "0", "EPOCHS": "3", "MAX_STEPS": "5", "SAVE_FREQ": "0",
+           "TEST_FREQ": "7", "LORA_RANK": "8", "LOGGER": "console,wandb", "CKPT_DIR": "models", "TRAINER_DIR": "raw",
+           "OVERWRITE": "1", "NUM_GPUS": "1"}
+    command = _trl_command(env, tmp_path)
+    assert command[-3:] == ["--report_to", "wandb", "--overwrite"]
+    flags = dict(flag.split("=", 1) for flag in command[:-3])
+    assert flags == {"--model": str(tiny_model_dir), "--data_path": str(verl_dir), "--output_dir": "models",
+                     "--checkpoint_dir": "raw", "--prompts_per_step": "4", "--per_device_train_batch_size": "2",
+                     "--num_generations": "3", "--learning_rate": "2e-6", "--beta": "0", "--num_train_epochs": "3",
+                     "--max_steps": "5", "--save_strategy": "no", "--eval_steps": "7", "--use_peft": "true",
+                     "--lora_r": "8"}
+    assert run_launcher({"BACKEND": "trl", "DRY_RUN": "1", "LOGGER": "console"}, tmp_path).stdout.split()[-2:] == \
+        ["--report_to", "none"]
 
 
 def test_the_trl_command_parses_into_grpo_config(tiny_model_dir, verl_dir, tmp_path):
-    """What the launcher passes is what siren.grpo_trl's parser reads (no flag of an older name)."""
+    """What the launcher passes is what grpo_trl.py's parser reads; MICRO_BATCH_SIZE means sequences in both
+    backends: 4 prompts x 2 responses in micro batches of 2 sequences is 4 accumulation steps."""
     from siren.grpo_trl import parse_args
 
-    fake_python, _ = _fake_python(tmp_path)
-    env = {"PYTHON": fake_python, "BACKEND": "trl", "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir),
-           "DATA_DIR": str(verl_dir), "NUM_GPUS": "0", "BATCH_SIZE": "4", "MICRO_BATCH_SIZE": "2", "ROLLOUT_N": "2",
-           "LR": "2e-6", "KL_COEF": "0", "EPOCHS": "3", "TEST_FREQ": "5", "LORA_RANK": "4", "OVERWRITE": "1"}
-    command = shlex.split(run_launcher(env, tmp_path).stdout)
-    script, config = parse_args(command[3:])
-    assert (script.model, script.data_path, script.lora_r, script.overwrite) == (str(tiny_model_dir), str(verl_dir), 4, True)
+    env = {"MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "BATCH_SIZE": "4", "MICRO_BATCH_SIZE": "2",
+           "ROLLOUT_N": "2", "LR": "2e-6", "KL_COEF": "0", "EPOCHS": "3", "TEST_FREQ": "5", "LORA_RANK": "4",
+           "OVERWRITE": "1", "USE_LONG_HISTORY": "false"}
+    script, config, model = parse_args(_trl_command(env, tmp_path))
+    assert (model.model_name_or_path, script.data_path, model.use_peft, model.lora_r, script.overwrite) == \
+        (str(tiny_model_dir), str(verl_dir), True, 4, True)
     assert (config.learning_rate, config.beta, config.num_train_epochs, config.eval_steps) == (2e-6, 0.0, 3, 5)
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (2, 4)
     assert config.per_device_train_batch_size * config.gradient_accumulation_steps // config.num_generations == 4
+    # without DATA_DIR the folder follows from CATEGORY, MAX_HISTORY and USE_LONG_HISTORY, as for verl
+    from siren.verl_data import default_verl_dir
+
+    env.pop("DATA_DIR")
+    script = parse_args(_trl_command({**env, "MAX_HISTORY": "5"}, tmp_path))[0]
+    assert script.data_path == str(default_verl_dir("Movies", 5, False))
 
 
-BAD_NUMBERS = {
-    "batch_zero": ({"BATCH_SIZE": "0"}, "BATCH_SIZE must be a whole number >= 1, got '0'"),
-    "batch_word": ({"BATCH_SIZE": "abc"}, "BATCH_SIZE must be a whole number >= 1, got 'abc'"),
-    "batch_huge": ({"BATCH_SIZE": "99999999999"}, "BATCH_SIZE must be a whole number >= 1"),
-    "micro_zero": ({"MICRO_BATCH_SIZE": "0"}, "MICRO_BATCH_SIZE must be a whole number >= 1"),
-    "batch_not_multiple": ({"BATCH_SIZE": "6"}, "BATCH_SIZE (6) must be a multiple of MICRO_BATCH_SIZE (4)"),
-    "rollout_one": ({"ROLLOUT_N": "1"}, "ROLLOUT_N must be a whole number >= 2, got '1'"),
-    "prompt_length": ({"MAX_PROMPT_LENGTH": "2k"}, "MAX_PROMPT_LENGTH must be a whole number >= 1"),
-    "response_length": ({"MAX_RESPONSE_LENGTH": "0"}, "MAX_RESPONSE_LENGTH must be a whole number >= 1"),
-    "epochs_fraction": ({"EPOCHS": "1.5"}, "EPOCHS must be a whole number >= 1, got '1.5'"),
-    "max_steps_negative": ({"MAX_STEPS": "-1"}, "MAX_STEPS must be a whole number >= 0"),
-    "save_freq": ({"SAVE_FREQ": "x"}, "SAVE_FREQ must be a whole number >= 0"),
-    "test_freq": ({"TEST_FREQ": "-5"}, "TEST_FREQ must be a whole number >= 0"),
-    "lora_rank": ({"LORA_RANK": "eight"}, "LORA_RANK must be a whole number >= 0"),
-    "lr_zero": ({"LR": "0"}, "LR must be a positive number, got '0'"),
-    "lr_negative": ({"LR": "-1e-6"}, "LR must be a positive number, got '-1e-6'"),
-    "lr_word": ({"LR": "fast"}, "LR must be a positive number, got 'fast'"),
-    "kl_negative": ({"KL_COEF": "-0.1"}, "KL_COEF must be a non-negative number, got '-0.1'"),
-    "gpu_memory_zero": ({"GPU_MEMORY_UTILIZATION": "0"}, "GPU_MEMORY_UTILIZATION must be a positive number"),
-    "gpu_memory_over_one": ({"GPU_MEMORY_UTILIZATION": "1.2"}, "GPU_MEMORY_UTILIZATION must be in (0, 1], got '1.2'"),
-    "overwrite_word": ({"OVERWRITE": "yes"}, "OVERWRITE must be 0 or 1, got 'yes'"),
-    "max_history_zero": ({"MAX_HISTORY": "0"}, "MAX_HISTORY must be a whole number >= 1"),
+def test_the_trl_defaults_are_the_launchers(tiny_model_dir, tmp_path):
+    """grpo_trl.py stands in for the launcher's defaults with BACKEND=trl: they must be the same values."""
+    from siren.grpo_trl import DEFAULT_PROMPTS_PER_STEP, parse_args
+
+    defaults = dict(re.findall(r"^([A-Z_]+)=\$\{\1:-([^}$]*)\}$", LAUNCHER.read_text(), flags=re.M))
+    script, config, model = parse_args(["--model", str(tiny_model_dir)])
+    assert int(defaults["BATCH_SIZE"]) == DEFAULT_PROMPTS_PER_STEP \
+        == config.per_device_train_batch_size * config.gradient_accumulation_steps // config.num_generations
+    assert int(defaults["MICRO_BATCH_SIZE"]) == config.per_device_train_batch_size
+    assert int(defaults["ROLLOUT_N"]) == config.num_generations
+    assert float(defaults["LR"]) == config.learning_rate and float(defaults["KL_COEF"]) == config.beta
+    assert int(defaults["EPOCHS"]) == config.num_train_epochs
+    assert int(defaults["MAX_PROMPT_LENGTH"]) == script.max_prompt_length
+    assert int(defaults["MAX_RESPONSE_LENGTH"]) == config.max_completion_length
+    assert int(defaults["SAVE_FREQ"]) == config.save_steps and int(defaults["TEST_FREQ"]) == config.eval_steps
+    assert int(defaults["LORA_ALPHA"]) == model.lora_alpha and defaults["LORA_RANK"] == "0" and not model.use_peft
+    assert defaults["CATEGORY"] == script.category and int(defaults["MAX_HISTORY"]) == script.max_history
+    assert defaults["ATTN_IMPLEMENTATION"] == "sdpa" and defaults["CKPT_DIR"] == config.output_dir
+
+
+def test_a_recipe_beats_the_defaults_and_a_setting_given_twice_is_refused(tiny_model_dir, tmp_path):
+    """Issue 20: `BACKEND=trl bash main_grpo_amazon.sh --config r.yaml` trained with the launcher's 1e-6 and 0.001."""
+    from siren.grpo_trl import parse_args
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rate: 5e-3\nbeta: 0.5\n")
+    env = {"MODEL_PATH": str(tiny_model_dir)}
+    script, config, _ = parse_args(_trl_command(env, tmp_path, "--config", str(recipe)))
+    assert (config.learning_rate, config.beta) == (5e-3, 0.5)
+    assert script.user_given["learning_rate"] == f"--config {recipe}"
+    with pytest.raises(SirenError, match=r"^learning_rate is given twice: in .*r\.yaml and as --learning_rate"):
+        parse_args(_trl_command({**env, "LR": "1e-5"}, tmp_path, "--config", str(recipe)))
+    with pytest.raises(SirenError, match=r"^num_generations is given twice on the command line"):
+        parse_args(_trl_command({**env, "ROLLOUT_N": "4"}, tmp_path, "--num_generations", "2"))
+
+
+BAD_TRL_SETTINGS = {
+    "batch_zero": ({"BATCH_SIZE": "0"}, "--prompts_per_step must be a whole number >= 1, got 0"),
+    "batch_word": ({"BATCH_SIZE": "abc"}, "argument --prompts_per_step/--prompts-per-step: invalid int value: 'abc'"),
+    "micro_not_dividing": ({"BATCH_SIZE": "3", "ROLLOUT_N": "2", "MICRO_BATCH_SIZE": "4"},
+                           "--prompts_per_step 3 x --num_generations 2 = 6 sequences per step must be a multiple of "
+                           "--per_device_train_batch_size 4"),
+    "rollout_one": ({"ROLLOUT_N": "1"}, "--num_generations must be a whole number >= 2, got 1"),
+    "lr_negative": ({"LR": "-1e-6"}, "--learning_rate must be a finite number > 0, got -1e-06"),
+    "lr_word": ({"LR": "fast"}, "argument --learning_rate/--learning-rate: invalid float value: 'fast'"),
+    "kl_negative": ({"KL_COEF": "-0.1"}, "--beta must be a finite number >= 0, got -0.1"),
+    "max_steps": ({"MAX_STEPS": "-5"}, "--max_steps must be a whole number >= -1, got -5"),
+    "epochs_zero": ({"EPOCHS": "0"}, "--num_train_epochs must be a finite number > 0, got 0.0"),
+    "response_length": ({"MAX_RESPONSE_LENGTH": "0"}, "--max_completion_length must be a whole number >= 1, got 0"),
+    "lora_negative": ({"LORA_RANK": "-3"}, "--lora_r must be a whole number >= 1, got -3"),
+    "long_history": ({"USE_LONG_HISTORY": "maybe"}, "argument --use_long_history/--use-long-history: Truthy value expected: got maybe"),
 }
 
 
-@pytest.mark.parametrize("backend", ["verl", "trl"])
-@pytest.mark.parametrize("case", list(BAD_NUMBERS))
-def test_bad_numbers_stop_before_anything_starts(case, backend, tiny_model_dir, verl_dir, tmp_path):
-    """Issue 14: BATCH_SIZE=0 composed a verl config with batch 0, BATCH_SIZE=abc died on an unbound
-    variable, and TRL with BATCH_SIZE=0 ended in a traceback."""
-    fake_python, marker = _fake_python(tmp_path)
-    settings, expected = BAD_NUMBERS[case]
-    for dry_run in ("1", "0"):
-        env = {"PYTHON": fake_python, "BACKEND": backend, "DRY_RUN": dry_run, "MODEL_PATH": str(tiny_model_dir),
-               "DATA_DIR": str(verl_dir), "NUM_GPUS": "2", **settings}
-        proc = run_launcher(env, tmp_path)
-        assert proc.returncode == 2, proc.stdout + proc.stderr
-        assert proc.stderr.startswith(f"error: {expected}")
-        assert proc.stderr.count("\n") == 1 and not marker.exists()
+@pytest.mark.parametrize("case", list(BAD_TRL_SETTINGS))
+def test_bad_trl_settings_are_one_line_before_anything_loads(case, tiny_model_dir, tmp_path):
+    from siren.grpo_trl import parse_args
 
-
-def test_accepted_numbers_are_passed_on_in_decimal(tiny_model_dir, verl_dir, tmp_path):
-    fake_python, marker = _fake_python(tmp_path)
-    env = {"PYTHON": fake_python, "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir),
-           "NUM_GPUS": "2", "BATCH_SIZE": "08", "MICRO_BATCH_SIZE": "2", "LR": "5e-7", "KL_COEF": "0",
-           "GPU_MEMORY_UTILIZATION": "1", "MAX_STEPS": "010"}
-    assert run_launcher(env, tmp_path).returncode == 0
-    args = marker.read_text().splitlines()
-    assert "data.train_batch_size=16" in args and "actor_rollout_ref.actor.optim.lr=5e-7" in args
-    assert "trainer.total_training_steps=10" in args and "actor_rollout_ref.actor.kl_loss_coef=0" in args
+    settings, expected = BAD_TRL_SETTINGS[case]
+    with pytest.raises(SirenError) as refused:
+        parse_args(_trl_command({"MODEL_PATH": str(tiny_model_dir), **settings}, tmp_path))
+    assert expected in str(refused.value) and "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize("value, folder", [("true", "max@10-long@True"), ("False", "max@10-long@False"),
                                            ("1", "max@10-long@True")])
-def test_default_data_dir_is_named_by_siren_verl_data(value, folder, tiny_model_dir, verl_dir, tmp_path):
-    """USE_LONG_HISTORY=true gave long@true in bash while stage 2 writes long@True: the launcher now
-    asks siren.verl_data for the folder name."""
+def test_default_data_dir_is_named_by_siren_verl_data(value, folder, tiny_model_dir, tmp_path):
+    """USE_LONG_HISTORY=true gave long@true in bash while stage 2 writes long@True: the launcher asks
+    siren.verl_data for the folder name (and grpo_trl.py uses the same function)."""
     from siren.verl_data import default_verl_dir
 
-    (tmp_path / "data" / "Movies" / "verl" / folder).mkdir(parents=True)
-    for stem in ("train", "val"):
-        shutil.copy(verl_dir / f"{stem}.parquet", tmp_path / "data" / "Movies" / "verl" / folder)
-    env = {"BACKEND": "trl", "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir), "USE_LONG_HISTORY": value,
-           "NUM_GPUS": "0", "PYTHONPATH": str(REPO)}
-    proc = run_launcher(env, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    flags = dict(zip(proc.stdout.split()[3::2], proc.stdout.split()[4::2], strict=False))
-    assert flags["--data_path"] == f"data/Movies/verl/{folder}" == str(default_verl_dir("Movies", 10, value != "False"))
+    stand_in = tmp_path / "python"
+    calls = tmp_path / "calls"
+    stand_in.write_text(f"#!/bin/bash\n[[ \"$2\" == siren.verl_data ]] && exec {sys.executable} \"$@\"\n"
+                        f"printf '%s\\n' \"$@\" > {calls}\n")
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IEXEC)
+    env = {"PYTHON": str(stand_in), "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir), "USE_LONG_HISTORY": value,
+           "NUM_GPUS": "1"}
+    assert run_launcher(env, tmp_path).returncode == 0
+    expected = default_verl_dir("Movies", 10, value != "False")
+    assert f"data.train_files='{expected}/train.parquet'" in calls.read_text().splitlines()
+    assert str(expected) == f"data/Movies/verl/{folder}"
 
 
 def test_a_bad_use_long_history_is_one_line(tiny_model_dir, tmp_path):
-    env = {"BACKEND": "trl", "DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir), "USE_LONG_HISTORY": "maybe",
-           "NUM_GPUS": "0", "PYTHONPATH": str(REPO)}
+    env = {"DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir), "USE_LONG_HISTORY": "maybe", "NUM_GPUS": "1"}
     proc = run_launcher(env, tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == "error: USE_LONG_HISTORY: expected a boolean (true/false), got 'maybe'\n"
