@@ -137,7 +137,8 @@ step "stage 6 on the warm start"
 step "stage 3: GRPO, TRL backend, $GRPO_STEPS steps of $GRPO_PROMPTS prompts x $ROLLOUT_N responses"
 BACKEND=trl PYTHON="$PY" MODEL_PATH="$WARM" CATEGORY="$CATEGORY" DATA_DIR="$VERL" \
     CKPT_DIR="$RUN/ckpt" TRAINER_DIR="$RUN/ckpt/trl" MAX_STEPS="$GRPO_STEPS" ROLLOUT_N="$ROLLOUT_N" \
-    BATCH_SIZE="$GRPO_PROMPTS" MICRO_BATCH_SIZE="$GRPO_PROMPTS" LR="$GRPO_LR" MAX_RESPONSE_LENGTH="$MAX_NEW_TOKENS" \
+    BATCH_SIZE="$GRPO_PROMPTS" MICRO_BATCH_SIZE="$(( GRPO_PROMPTS * ROLLOUT_N ))" LR="$GRPO_LR" \
+    MAX_RESPONSE_LENGTH="$MAX_NEW_TOKENS" \
     TEST_FREQ=1 SAVE_FREQ=0 bash main_grpo_amazon.sh --eval_limit "$GRPO_EVAL_ROWS"
 cp "$GRPO/train_log.jsonl" "$RUN/grpo_train_log.jsonl"
 

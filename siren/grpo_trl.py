@@ -261,7 +261,7 @@ def fit_device(script_args: GRPOScriptArguments, config, model_args) -> None:
 def load_grpo_split(data_path, split: str, tokenizer, max_prompt_length: int, limit: int | None = None):
     """A `datasets.Dataset` of one parquet split for GRPOTrainer, without prompts over the length limit.
 
-    Columns: `prompt` (the chat list), `ground_truth` and `data_source` (read by siren.reward.trl_reward),
+    Columns: `prompt` (the chat list), `ground_truth` and `data_source` (read by siren.reward.TRL_REWARDS),
     `index` (the parquet row). Returns (dataset, number of rows dropped for length).
     """
     from datasets import Dataset
@@ -308,7 +308,7 @@ def train(script_args: GRPOScriptArguments, config, model_args):
     """Run GRPOTrainer; returns (trainer, counts of the rows used and dropped)."""
     from trl import GRPOTrainer, get_peft_config
 
-    from siren.reward import trl_reward
+    from siren.reward import TRL_REWARDS
     from siren.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
@@ -327,7 +327,7 @@ def train(script_args: GRPOScriptArguments, config, model_args):
     trainer = GRPOTrainer(
         model=load_policy(model_args.model_name_or_path, model_args.dtype or "float32",
                           model_args.attn_implementation, model_args.model_revision),
-        reward_funcs=trl_reward,
+        reward_funcs=list(TRL_REWARDS),
         args=config,
         train_dataset=train_set,
         eval_dataset=eval_set,

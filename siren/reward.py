@@ -2,7 +2,9 @@
 
 verl: `reward.custom_reward_function.path=<this file>` and `.name=compute_score`. verl loads this
 file by path, so it imports the rest of `siren` absolutely (the package must be installed).
-TRL: `trl_reward` is a GRPOTrainer reward function over the same `compute_score`.
+TRL: `TRL_REWARDS`, the same `compute_score` as two GRPOTrainer reward functions, `format_reward`
+and `content_reward`, weighted 1 each: their sum is the score, and TRL logs each one's mean
+(`rewards/format_reward/mean`, its eval twin), from which the format rate per step follows.
 
 score = format + content, in [-3, 3]:
   format  +1 if exactly one <think>, </think>, <answer>, </answer> in that order, else -1
@@ -55,12 +57,30 @@ def _completion_text(completion) -> str:
     return str(completion)
 
 
-def trl_reward(prompts=None, completions=None, ground_truth=None, data_source=None, **kwargs) -> list[float]:
-    """GRPOTrainer reward function: `ground_truth` (and `data_source`) are dataset columns."""
+def _scores(key: str, completions, ground_truth, data_source) -> list[float]:
     if completions is None or ground_truth is None:
-        raise ValueError("trl_reward needs `completions` and a `ground_truth` dataset column")
+        raise ValueError("the TRL rewards need `completions` and a `ground_truth` dataset column")
     sources = data_source if data_source is not None else [None] * len(completions)
     return [
-        compute_score(source, _completion_text(completion), truth)["score"]
+        compute_score(source, _completion_text(completion), truth)[key]
         for source, completion, truth in zip(sources, completions, ground_truth)
     ]
+
+
+def trl_reward(prompts=None, completions=None, ground_truth=None, data_source=None, **kwargs) -> list[float]:
+    """The whole score (format + content) as one GRPOTrainer reward function."""
+    return _scores("score", completions, ground_truth, data_source)
+
+
+def format_reward(prompts=None, completions=None, ground_truth=None, data_source=None, **kwargs) -> list[float]:
+    """The format part of the score: +1 well formed, -1 not."""
+    return _scores("format_score", completions, ground_truth, data_source)
+
+
+def content_reward(prompts=None, completions=None, ground_truth=None, data_source=None, **kwargs) -> list[float]:
+    """The content part of the score: 2 - 4 |error| / 4, -2 for a missing or non-numeric answer."""
+    return _scores("content_score", completions, ground_truth, data_source)
+
+
+# What GRPOTrainer gets (reward_weights default to 1 each): the same total as trl_reward.
+TRL_REWARDS = (format_reward, content_reward)

@@ -3,7 +3,7 @@
 import pytest
 
 from siren.answer import check_format, extract_answer, extract_reasoning, parse_rating, parse_response
-from siren.reward import compute_score, trl_reward
+from siren.reward import TRL_REWARDS, compute_score, content_reward, format_reward, trl_reward
 
 GOOD = "<think>The user loves sci-fi.</think><answer>{}</answer>"
 
@@ -102,3 +102,12 @@ def test_verl_extra_kwargs_are_accepted():
 def test_trl_reward_plain_and_conversational():
     completions = [GOOD.format("4"), [{"role": "assistant", "content": GOOD.format("2")}]]
     assert trl_reward(prompts=["p", "p"], completions=completions, ground_truth=["4.0", "4.0"]) == [3.0, 1.0 + 0.0]
+
+
+def test_the_trl_rewards_add_up_to_the_score():
+    completions = ["<think>x</think><answer>4.0</answer>", "<answer>2.0</answer>", "no answer"]
+    truth = ["4.0", "4.0", "3.0"]
+    assert format_reward(completions=completions, ground_truth=truth) == [1.0, -1.0, -1.0]
+    assert content_reward(completions=completions, ground_truth=truth) == [2.0, 0.0, -2.0]
+    totals = [sum(parts) for parts in zip(*(f(completions=completions, ground_truth=truth) for f in TRL_REWARDS))]
+    assert totals == trl_reward(completions=completions, ground_truth=truth) == [3.0, -1.0, -3.0]
