@@ -82,6 +82,9 @@ class HFGenerator:
                 max_new_tokens=self.settings.max_new_tokens,
                 eos_token_id=self.eos_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
+                # A model fresh from a trainer with gradient checkpointing has config.use_cache
+                # False; without the KV cache every new token recomputes the whole prompt.
+                use_cache=True,
                 **({"cache_implementation": "static"} if static else {}),
                 **sampling,
             )
