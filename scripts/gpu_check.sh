@@ -97,7 +97,7 @@ if wants tiny; then
     step tiny-stage2 -- "$PYTHON" preprocess_grpo.py --category "$CATEGORY" --data_root "$T/data" --max_history 10 \
         --use_long_history False --limit 64 --output_dir "$VERL_T"
     step tiny-warm-start -- "$PYTHON" scripts/warm_start_format.py --model "$TINY" --data_path "$VERL_T" \
-        --max_length 1024 --output_dir "$T/ckpt/warm_start"
+        --max_length 1024 --recipe mean --learning_rate 1e-2 --max_steps 60 --output_dir "$T/ckpt/warm_start"
     step tiny-stage3-trl --steps 2 -- env BACKEND=trl PYTHON="$PYTHON" MODEL_PATH="$T/ckpt/warm_start" \
         DATA_DIR="$VERL_T" CATEGORY="$CATEGORY" CKPT_DIR="$T/ckpt" TRAINER_DIR="$T/ckpt/trl" MAX_STEPS=2 \
         ROLLOUT_N=2 BATCH_SIZE=2 MICRO_BATCH_SIZE=2 MAX_RESPONSE_LENGTH=48 TEST_FREQ=0 SAVE_FREQ=0 \
