@@ -90,6 +90,18 @@ def _damaged(ao_folder: Path, tmp_path: Path, damage: str, split: str) -> Path:
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_4c_split_is_named_with_what_is_wrong(ao_folder, tmp_path, damage):
+    from siren.ao_data import load_ao_dataset
+
+    folder = _damaged(ao_folder, tmp_path, damage, "test")
+    with pytest.raises(SirenError) as err:
+        load_ao_dataset(folder, ("test",))
+    assert str(err.value).startswith(f"{folder}/test")
+    assert re.search(DAMAGES[damage][1].format(split="test"), str(err.value)), str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["arrow cut short", "no rows"])
 def test_stage6_names_a_damaged_4c_split_in_one_line(ao_folder, tiny_model_dir, tmp_path, capsys, damage):
     folder = _damaged(ao_folder, tmp_path, damage, "test")
     message = _one_line_refusal("inference_ao_ddp.py", ["--model", str(tiny_model_dir), "--data_path", str(folder),
@@ -98,8 +110,8 @@ def test_stage6_names_a_damaged_4c_split_in_one_line(ao_folder, tiny_model_dir, 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("damage", "split"), [("arrow cut short", "train"), ("no rows", "valid"),
-                                               ("no rows", "train")])
+@pytest.mark.slow
+@pytest.mark.parametrize(("damage", "split"), [("arrow cut short", "train"), ("no rows", "valid")])
 def test_stage5_names_a_damaged_4c_split_in_one_line(ao_folder, tiny_model_dir, tmp_path, capsys, damage, split):
     """Stage 5 reads the 4c folder before the mask and the teacher states (here: paths that do not exist)."""
     folder = _damaged(ao_folder, tmp_path, damage, split)
@@ -116,13 +128,14 @@ def test_a_damaged_split_the_stage_does_not_read_does_not_stop_it(ao_folder, tin
     from siren.tokenization import load_tokenizer
 
     folder = _damaged(ao_folder, tmp_path, "arrow cut short", "train")
-    rows = load_ao_rows(folder, "test", load_tokenizer(tiny_model_dir))
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = load_ao_rows(folder, "test", tokenizer)
     assert [row["index"] for row in rows] == [0, 1, 2, 3]
     with pytest.raises(SirenError, match=r"/train: cannot read the saved split"):
         load_ao_dataset(folder)  # stage 5 reads train and valid
     (folder / "dataset_dict.json").write_text("[]")
     with pytest.raises(SirenError, match=r"dataset_dict\.json: no list of splits"):
-        load_ao_rows(folder, "test", load_tokenizer(tiny_model_dir))
+        load_ao_rows(folder, "test", tokenizer)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,16 +183,17 @@ def test_a_parquet_row_of_the_wrong_type_is_named(verl_dir, tmp_path, change, me
     assert len(load_split_rows(folder, "test", limit=2)) == 2  # rows past --limit are not read
 
 
-@pytest.mark.parametrize(("script", "split_stem", "extra"), [
-    ("inference_train_ddp.py", "train", []),
-    ("preprocess_hidden.py", "val", []),
-    ("inference_ao_ddp.py", "test", []),
+@pytest.mark.slow
+@pytest.mark.parametrize(("script", "split_stem"), [
+    ("inference_train_ddp.py", "train"),  # 4a reads train by default
+    ("preprocess_hidden.py", "val"),      # 4c reads all three
+    ("inference_ao_ddp.py", "test"),      # 6 reads test by default
 ])
 def test_a_non_numeric_ground_truth_is_one_line_in_every_stage(verl_dir, tiny_model_dir, tmp_path, capsys, script,
-                                                               split_stem, extra):
+                                                               split_stem):
     folder = _with_row(verl_dir, tmp_path / "max@10-long@False", split_stem, 3, _ground_truth("four"))
     message = _one_line_refusal(script, ["--model", str(tiny_model_dir), "--data_path", str(folder),
-                                         "--output_dir", str(tmp_path / "out"), *extra], capsys)
+                                         "--output_dir", str(tmp_path / "out")], capsys)
     assert message == (f"{folder / (split_stem + '.parquet')}: row 3: reward_model.ground_truth must be a rating "
                        "from 1 to 5 (e.g. \"4.0\"), got 'four'")
     assert not (tmp_path / "out").exists()
