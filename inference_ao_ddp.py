@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine", choices=ENGINES, default="eager",
                         help="forward pass: eager, compiled (static shapes; CUDA graphs on a GPU) or vllm (GPU)")
     parser.add_argument("--buckets", nargs="+", type=cli.positive_int, default=list(DEFAULT_BUCKETS),
-                        help="--engine compiled: prompt length buckets in tokens; longer rows run eagerly (counted)")
+                        help="--engine compiled: prompt length buckets in tokens; longer rows run eagerly (counted "
+                             "in metrics.json, with a note); buckets that most rows do not fit are refused")
     parser.add_argument("--compile_backend", default="inductor",
                         help="--engine compiled: torch.compile backend (aot_eager compiles in seconds on a CPU)")
     cli.add_dtype(parser)
@@ -84,14 +85,18 @@ def main(argv: list[str] | None = None) -> None:
     from siren.ao import ao_batches, ao_metrics, gather_predictions, load_ao_model, predict
     from siren.ao_data import load_ao_rows
     from siren.distributed import process_state
-    from siren.engines import build_ao_engine, make_vllm_engine
+    from siren.engines import build_ao_engine, check_bucket_fallback, count_fallback_rows, make_vllm_engine
     from siren.io import atomic_outputs, atomic_write_json, atomic_write_jsonl, write_manifest
     from siren.modeling import device_name, resolve_dtype
-    from siren.tokenization import load_tokenizer, rating_token_ids
+    from siren.tokenization import count_tokens, load_tokenizer, rating_token_ids
 
     state = process_state()
     tokenizer = load_tokenizer(args.model, padding_side="left")
     rows = load_ao_rows(args.data_path, args.split, tokenizer, limit=args.limit)
+    if args.engine == "compiled":
+        # Over every row, so every process gets the same answer, before the model loads.
+        prompt_lengths = count_tokens(tokenizer, [row["prompt"] for row in rows])
+        notes.append(check_bucket_fallback(prompt_lengths, args.buckets))
     dtype = resolve_dtype(args.dtype, state.device.type)
     if args.engine == "vllm":
         model, llm = None, make_vllm_engine(args.model, str(dtype).removeprefix("torch."), state.num_processes)
@@ -107,10 +112,14 @@ def main(argv: list[str] | None = None) -> None:
     if gathered is None:  # not the main process
         return
     results, process_seconds = gathered
+    engine_report = engine.report()
+    if args.engine == "compiled":
+        # The rows of every process (the engine counted its own process's): each row once.
+        engine_report["fallback_rows"] = count_fallback_rows(prompt_lengths, args.buckets)
     metrics = ao_metrics(results, decode=args.decode, invalid_fill=args.invalid_fill, device=device_name(state.device),
                          num_processes=state.num_processes, batch_size=args.batch_size,
                          dtype=str(dtype).removeprefix("torch."), process_seconds=process_seconds,
-                         engine=engine.report(), warmup_seconds=warmup_seconds)
+                         engine=engine_report, warmup_seconds=warmup_seconds)
     ao, expected = metrics["predictions"]["ao"], metrics["predictions"]["ao_expected"]
     with atomic_outputs(out_dir, OUTPUTS, overwrite=args.overwrite) as staged:
         atomic_write_jsonl(staged.path("predictions.jsonl"), results)

@@ -8,7 +8,8 @@ response with the exact rating), metrics.json and manifest.json (with the model'
 stage 4b checks) to --output_dir, all or none of them. Any number of processes (`accelerate launch
 --num_processes K`, on GPUs or, with --multi_gpu, on CPU over gloo) gives the same files. Each
 process flushes its finished rows to <output_dir>/partial/ after every batch; rerunning the same
-command after a crash skips them, unless the model or the parquet file changed meanwhile (refused).
+command after a crash skips them, unless the model (weights, config.json, generation_config.json,
+tokenizer, chat template) or the parquet file changed meanwhile (refused).
 The authors' README command (`--model_path ... --data_path ...`) is accepted as written.
 """
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     generator = load_generator(args.backend, args.model, args.dtype, settings, state, args.seed, tokenizer,
                                args.cache_implementation)
     cot.generate_results(rows, tokenizer, generator, state=state, part_dir=part_dir, finished=finished,
-                         batch_size=args.batch_size, seed=args.seed)
+                         batch_size=args.batch_size, seed=args.seed, settings=resume_key)
 
     if state.is_main_process:
         results = cot.CotResults.from_parts(part_dir, len(rows), device_name(state.device), engine=generator.name,

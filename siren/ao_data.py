@@ -98,13 +98,23 @@ def is_ao_dataset(path: str | os.PathLike) -> bool:
     return (Path(path) / "dataset_dict.json").is_file()
 
 
+def listed_splits(path: str | os.PathLike) -> list[str]:
+    """The splits a saved DatasetDict's dataset_dict.json lists."""
+    index = Path(path) / "dataset_dict.json"
+    value = read_json(index)
+    splits = value.get("splits") if isinstance(value, dict) else None
+    if not isinstance(splits, list) or not all(isinstance(name, str) for name in splits):
+        raise SirenError(f"{index}: no list of splits (not written by save_to_disk); rebuild it with preprocess_hidden.py")
+    return splits
+
+
 def check_data_path(data_path: str | os.PathLike, split: str) -> str:
     """Which kind `data_path` is ("datasetdict" or "parquet"), and that it has `split`; file checks only."""
     data_path, split = Path(data_path), canonical_split(split)
     if not data_path.exists():
         raise SirenError(f"--data_path does not exist: {data_path}")
     if is_ao_dataset(data_path):
-        splits = read_json(data_path / "dataset_dict.json").get("splits", [])
+        splits = listed_splits(data_path)
         if split not in splits:
             raise SirenError(f"{data_path}: no {split!r} split (has {', '.join(splits)})")
         return "datasetdict"
@@ -118,23 +128,50 @@ def check_data_path(data_path: str | os.PathLike, split: str) -> str:
     )
 
 
+def _load_saved_split(path: Path, split: str):
+    """One split of a saved DatasetDict, read on its own (a damaged split the stage does not read
+    does not stop it). A split without rows, an .arrow file cut short, a state.json that is not
+    save_to_disk's: one-line errors that say to rebuild the folder."""
+    from datasets import Dataset
+
+    from siren.reading import one_line
+
+    where, rebuild = f"{path}/{split}", "rebuild it with preprocess_hidden.py"
+    state = read_json(path / split / "state.json")
+    data_files = state.get("_data_files") if isinstance(state, dict) else None
+    if not isinstance(data_files, list):
+        raise SirenError(f"{where}/state.json lists no data files (not written by save_to_disk); {rebuild}")
+    if not data_files:
+        raise SirenError(f"{where}: the split has no rows; {rebuild}")
+    try:
+        dataset = Dataset.load_from_disk(str(path / split))
+    except Exception as err:  # noqa: BLE001 - pyarrow and datasets raise many kinds for a damaged file
+        raise SirenError(f"{where}: cannot read the saved split ({type(err).__name__}: {one_line(err)}); "
+                         f"{rebuild}") from None
+    if len(dataset) == 0:
+        raise SirenError(f"{where}: the split has no rows; {rebuild}")
+    return dataset
+
+
 def load_ao_dataset(path: str | os.PathLike, splits: Sequence[str] = ("train", "valid")):
-    """The 4c DatasetDict, with `splits` present and holding every column; train's `index` must be
-    0..n-1 in order (stage 5 matches rows to mask.pt by it) and prompts must end with `<answer>`."""
-    from datasets import DatasetDict, load_from_disk
+    """The 4c DatasetDict's `splits` (only those are read), each with rows and every column;
+    train's `index` must be 0..n-1 in order (stage 5 matches rows to mask.pt by it) and prompts
+    must end with `<answer>`."""
+    from datasets import DatasetDict
 
     if not is_ao_dataset(path):
         raise SirenError(f"{path} is not a DatasetDict saved with save_to_disk (run preprocess_hidden.py)")
-    dataset_dict = load_from_disk(str(path))
-    if not isinstance(dataset_dict, DatasetDict):
-        raise SirenError(f"{path} is not a DatasetDict")
+    path = Path(path)
+    listed = listed_splits(path)
     for split in splits:
-        if split not in dataset_dict:
-            raise SirenError(f"{path}: no {split!r} split (has {', '.join(dataset_dict)})")
+        if split not in listed:
+            raise SirenError(f"{path}: no {split!r} split (has {', '.join(listed)})")
+    dataset_dict = DatasetDict({split: _load_saved_split(path, split) for split in splits})
+    for split in splits:
         missing = [c for c in AO_COLUMNS[:4] if c not in dataset_dict[split].column_names]
         if missing:
             raise SirenError(f"{path}/{split}: missing column(s) {', '.join(missing)}")
-        if len(dataset_dict[split]) and not dataset_dict[split][0]["prompt"].endswith(ANSWER_OPEN):
+        if not dataset_dict[split][0]["prompt"].endswith(ANSWER_OPEN):
             raise SirenError(f"{path}/{split}: prompts must end with {ANSWER_OPEN} (the aligned position); row 0 does not")
     if "train" in splits:
         train = dataset_dict["train"]

@@ -7,11 +7,14 @@ same batch-mates, and the same padding, whatever K is and wherever a resumed run
 Each process appends one JSON line per finished row to its own part file, flushed and fsynced after
 every batch. A rerun reads every part file, skips the rows already there and generates only the
 rest, so a crash costs at most one batch per process. The parts carry the settings they were made
-with (`settings.json`): the model's weights digest and tokenizer files, the sha256 of the input
-parquet, the sampling settings; a rerun whose settings differ is refused, so parts of another model
-or of a parquet rebuilt at the same path are never mixed in. The main process then merges the
-parts into dataset order. Stage 4b and stage 5 read results.jsonl, mask.pt and 4a's manifest back
-through this module only.
+with (`settings.json`): the model's fingerprint (`siren.modeling.model_fingerprint`: weights,
+config.json, generation_config.json, tokenizer and chat template), the sha256 of the input parquet,
+the sampling settings; a rerun whose settings differ is refused, so parts of another model or of a
+parquet rebuilt at the same path are never mixed in. settings.json is written with the first
+finished rows, and a folder without finished rows is nothing to resume: a run that fails before
+its first batch (a broken model) leaves nothing that blocks its corrected rerun. The main process
+then merges the parts into dataset order. Stage 4b and stage 5 read results.jsonl, mask.pt and
+4a's manifest back through this module only.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -101,16 +105,28 @@ def part_path(part_dir: Path, rank: int) -> Path:
     return part_dir / f"rank{rank}.jsonl"
 
 
-def check_resume_settings(part_dir: Path, settings: dict) -> bool:
-    """True if `part_dir` holds parts made with `settings`; an error if made with others.
+def holds_finished_rows(part_dir: Path) -> bool:
+    """Whether any part file in `part_dir` holds a complete row (a line ended by a newline)."""
+    for path in part_dir.glob("rank*.jsonl"):
+        with open(path, "rb") as handle:
+            if b"\n" in handle.read():
+                return True
+    return False
 
-    Every process calls this and gets the same answer, so a mismatch stops all of them.
+
+def check_resume_settings(part_dir: Path, settings: dict) -> bool:
+    """True if `part_dir` holds finished rows made with `settings`; an error if made with others.
+
+    False when it holds no finished row: what a run that stopped before writing its first batch
+    left (a settings.json of an older version, an empty part file) is nothing to resume, and does
+    not block this run. Every process calls this and gets the same answer, so a mismatch stops all
+    of them.
     """
     path = part_dir / SETTINGS_NAME
-    if not path.exists():
-        if any(part_dir.glob("rank*.jsonl")):
-            raise SirenError(f"{part_dir} holds part files but no {SETTINGS_NAME}; delete it or pass --resume false")
+    if not part_dir.is_dir() or not holds_finished_rows(part_dir):
         return False
+    if not path.exists():
+        raise SirenError(f"{part_dir} holds part files but no {SETTINGS_NAME}; delete it or pass --resume false")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -169,28 +185,58 @@ def read_parts(part_dir: Path) -> dict[int, dict]:
 
 
 class PartWriter:
-    """Appends finished rows to this process's part file; each batch reaches the disk before the next."""
+    """Appends finished rows to this process's part file; each batch reaches the disk before the next.
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    Nothing is written before the first rows: then the folder, `settings` as settings.json (the
+    resume settings, unless there already) and the part file. A run that fails before finishing a
+    batch therefore leaves nothing for its rerun to check. A write the disk refuses (full, quota,
+    read-only) is a one-line error; the rows of earlier batches stay, and a rerun resumes from them.
+    """
+
+    def __init__(self, path: Path, settings: dict | None = None) -> None:
         self.path = path
-        if path.exists():
+        self.settings = settings
+        self.handle = None
+
+    def _open(self) -> None:
+        from siren.io import atomic_write_json
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        settings_path = self.path.parent / SETTINGS_NAME
+        if self.settings is not None and not settings_path.exists():
+            # Every process may write it; the content is the same, and each write is a rename.
+            atomic_write_json(settings_path, self.settings)
+        if self.path.exists():
             # Cut a torn last line so that the next append starts on a fresh line.
-            data = path.read_bytes()
+            data = self.path.read_bytes()
             keep = data.rfind(b"\n") + 1
             if keep != len(data):
-                with open(path, "r+b") as handle:
+                with open(self.path, "r+b") as handle:
                     handle.truncate(keep)
-        self.handle = open(path, "a", encoding="utf-8")
+        self.handle = open(self.path, "a", encoding="utf-8")
 
     def write(self, rows: Iterable[dict]) -> None:
-        for row in rows:
-            self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        from siren.reading import one_line
+
+        lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+        if not lines:
+            return
+        try:
+            if self.handle is None:
+                self._open()
+            self.handle.writelines(lines)
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as err:
+            raise SirenError(f"cannot append to {self.path} ({one_line(err)}); the rows of earlier batches are kept "
+                             "there, and rerunning the same command resumes from them") from None
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            try:
+                self.handle.close()
+            except OSError:
+                pass  # a failed flush was reported by write(); the torn line is cut on the next open
 
 
 def merge_parts(part_dir: Path, n_rows: int) -> list[dict]:
@@ -235,38 +281,38 @@ def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
 
 def resume_settings(*, model: dict, data_file: Path, **values) -> dict:
     """What a resume must find unchanged: `values` (backend, dtype, seed, the SamplingSettings)
-    plus the identity of the inputs, not only their paths: the model's weights digest and
-    tokenizer files (`model` is `siren.modeling.model_record`) and the sha256 of the parquet file,
-    so a model retrained or a parquet rebuilt at the same path (other --max_history, another row
-    order) does not pass for the one the parts came from."""
+    plus the identity of the inputs, not only their paths: the model's fingerprint (`model` is
+    `siren.modeling.model_record`; `model_fingerprint` holds the weights, config.json,
+    generation_config.json, tokenizer and chat template digests) and the sha256 of the parquet
+    file, so a model retrained or edited (rope_theta, an eos id) or a parquet rebuilt at the same
+    path (other --max_history, another row order) does not pass for the one the parts came from."""
+    from siren.modeling import model_fingerprint
+
     return settings_record(
-        model=model["path"], model_weights_digest=model.get("weights_digest"), **(model.get("tokenizer") or {}),
+        model=model["path"], **model_fingerprint(model),
         data=Path(data_file), data_sha256=file_sha256(data_file), **values,
     )
 
 
 def prepare_parts(part_dir: Path, settings: dict, state, resume: bool) -> dict[int, dict]:
-    """Check or start `part_dir` on every process; returns the rows finished by an earlier run.
+    """Check `part_dir` on every process; returns the rows finished by an earlier run.
 
-    `resume=False` deletes earlier parts. Every process checks the saved settings and gets the
-    same answer, so a mismatch stops all of them before any writes. With several machines the
-    folder must be one they all share (`siren.distributed.check_shared_folder`), else every process
-    stops here, before generating anything.
+    Every process checks the saved settings and gets the same answer, so a mismatch stops all of
+    them before any writes. With `resume=False`, or nothing to resume, the main process clears the
+    folder; the settings are written with the first finished rows (`PartWriter`). With several
+    machines the folder must be one they all share (`siren.distributed.check_shared_folder`), else
+    every process stops here, before generating anything.
     """
     from siren.distributed import check_shared_folder
 
-    if not resume:
-        if state.is_main_process and part_dir.exists():
-            shutil.rmtree(part_dir)
-        state.wait_for_everyone()
-    check_shared_folder(part_dir, state)
-    resuming = check_resume_settings(part_dir, settings)
-    # Every process has decided whether to resume before the main process writes the settings.
+    resuming = resume and check_resume_settings(part_dir, settings)
+    # Every process has decided whether to resume before the main process clears the folder.
     state.wait_for_everyone()
-    if state.is_main_process and not resuming:
-        from siren.io import atomic_write_json
-
-        atomic_write_json(part_dir / SETTINGS_NAME, settings)
+    if state.is_main_process and not resuming and part_dir.exists():
+        shutil.rmtree(part_dir)
+    state.wait_for_everyone()
+    check_shared_folder(part_dir, state)
+    state.wait_for_everyone()
     finished = read_parts(part_dir) if resuming else {}
     # Nobody appends to a part file before everyone has read them all.
     state.wait_for_everyone()
@@ -274,8 +320,9 @@ def prepare_parts(part_dir: Path, settings: dict, state, resume: bool) -> dict[i
 
 
 def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_dir: Path, finished: dict[int, dict],
-                     batch_size: int, seed: int) -> None:
-    """Generate this process's unfinished batches, appending each batch's rows to its part file.
+                     batch_size: int, seed: int, settings: dict) -> None:
+    """Generate this process's unfinished batches, appending each batch's rows to its part file
+    (`settings`, the resume settings, go to settings.json with the first rows).
 
     A batch some of whose rows are finished (a torn write, a rerun with another process count) is
     generated whole, so its padding is that of an uninterrupted run; only its missing rows are
@@ -295,7 +342,7 @@ def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_
     if state.is_main_process:
         print(f"{len(rows)} rows, {world} process(es); {sum(p < len(rows) for p in finished)} already done in "
               f"{part_dir}, {sum(len(b) for _, b in todo)} to generate on process 0")
-    writer = PartWriter(part_path(part_dir, rank))
+    writer = PartWriter(part_path(part_dir, rank), settings)
     stop_after = stop_after_batches()
     try:
         for done, (number, positions) in enumerate(tqdm(todo, desc="generate", disable=not state.is_main_process), 1):
@@ -501,6 +548,25 @@ def save_mask(path: str | os.PathLike, correct: Sequence[bool]) -> Path:
     return Path(path)
 
 
+def _saved_file_kind(path: Path) -> str:
+    """What a file that torch.load(weights_only=True) refused holds, from its first bytes."""
+    import zipfile
+
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(b"\x93NUMPY"):
+        return "a numpy array saved with np.save"
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return "a zip archive cut short"
+        return "a torch.save archive of other Python objects (a pickled numpy array?)"
+    if head[:1] == b"\x80":
+        return "a plain Python pickle"
+    if not head:
+        return "nothing (an empty file)"
+    return "bytes of another format (text?)"
+
+
 def load_mask(path: str | os.PathLike, n_rows: int, rows_name: str = "the training split") -> torch.Tensor:
     """mask.pt: a 1-D torch.bool tensor of `n_rows` entries (True where the teacher's CoT rating was
     exactly right). Anything else (floats, ints, another length, not a tensor) is refused."""
@@ -510,9 +576,14 @@ def load_mask(path: str | os.PathLike, n_rows: int, rows_name: str = "the traini
     if not path.is_file():
         raise SirenError(f"missing correctness mask: {path} (written by inference_train_ddp.py)")
     try:
-        mask = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise SirenError(f"{path}: cannot read a tensor ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol remarks; the refusal below says it all
+            mask = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch raises many kinds for a bad file
+        # torch's own message advises weights_only=False, i.e. running the file's code: say what
+        # the file is instead.
+        raise SirenError(f"{path} holds {_saved_file_kind(path)}, not a tensor saved with torch.save; "
+                         f"{MASK_NAME} is written by inference_train_ddp.py (rerun it)") from None
     if not isinstance(mask, torch.Tensor) or mask.ndim != 1 or mask.dtype != torch.bool:
         found = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise SirenError(f"{path}: expected a 1-D torch.bool tensor, got {found}")

@@ -5,8 +5,12 @@
     compiled  the same forward through `torch.compile(dynamic=False)`: each batch is left-padded to
               a fixed length bucket and a fixed batch size, so every (batch, bucket) shape is
               captured once (CUDA graphs on a GPU) and replayed. Rows longer than the largest
-              bucket go through the eager forward and are counted. `prepare()` compiles the shapes a
-              set of prompts needs before any timing starts; that time is reported as warm-up.
+              bucket go through the eager forward. `prepare()` is given the prompts of the run:
+              it compiles the shapes they need before any timing starts (that time is reported as
+              warm-up) and counts the rows that will run eagerly (`fallback_rows`, each row once,
+              however often it is scored). A run where most rows would fall back is refused
+              (`check_bucket_fallback`): its latency would be the eager engine's under the
+              compiled engine's name.
     vllm      one generated token restricted to the rating tokens (`allowed_token_ids`), with
               their log-probabilities (GPU; the engine is built by `make_vllm_engine`, which stage
               4a's vLLM backend shares).
@@ -66,6 +70,28 @@ def left_padded(tokenizer, prompts: Sequence[str], width: int | None = None, row
         attention_mask[i, width - len(row):] = 1
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return input_ids, attention_mask, position_ids
+
+
+def count_fallback_rows(lengths: Sequence[int], buckets: Sequence[int]) -> int:
+    """How many prompts of these token `lengths` are longer than the largest bucket (run eagerly)."""
+    largest = max(buckets)
+    return sum(length > largest for length in lengths)
+
+
+def check_bucket_fallback(lengths: Sequence[int], buckets: Sequence[int]) -> str | None:
+    """Refuse (one line) buckets that most of the prompts (token `lengths`) do not fit: those rows
+    would run eagerly and the latency measured would be the eager engine's, reported as the
+    compiled one's. Returns a one-line note when some rows (at most half) fall back, else None."""
+    fallback = count_fallback_rows(lengths, buckets)
+    if not fallback:
+        return None
+    largest, longest = max(buckets), max(lengths)
+    if 2 * fallback > len(lengths):
+        raise SirenError(f"{fallback} of {len(lengths)} rows are longer than the largest --buckets value ({largest} "
+                         f"tokens; the longest has {longest}) and would run eagerly, not compiled: add a bucket of "
+                         f"at least {longest}, or use --engine eager")
+    return (f"note: {fallback} of {len(lengths)} rows are longer than the largest bucket ({largest} tokens) and run "
+            f"eagerly; the compiled latency includes them (engine.fallback_rows)")
 
 
 class EagerAO:
@@ -164,9 +190,12 @@ class CompiledAO(EagerAO):
         return logits[: len(prompts)]
 
     def prepare(self, prompts: Sequence[str]) -> float:
-        """Compile every (batch, bucket) shape that `prompts` will need, before any timing."""
+        """Compile every (batch, bucket) shape that `prompts` (the run's rows) will need, before any
+        timing, and count the rows among them that will run eagerly (`fallback_rows`)."""
         before = self.warmup_seconds
-        needed = sorted({b for b in map(self.bucket_of, self._lengths(prompts)) if b is not None})
+        lengths = self._lengths(prompts)
+        self.fallback_rows = count_fallback_rows(lengths, self.buckets)
+        needed = sorted({b for b in map(self.bucket_of, lengths) if b is not None})
         for bucket in needed:
             if (self.batch_size, bucket) not in self.shapes:
                 # A one-token prompt fits every bucket; its result is thrown away.
@@ -188,7 +217,6 @@ class CompiledAO(EagerAO):
                 chunk = positions[start:start + self.batch_size]
                 texts = [prompts[p] for p in chunk]
                 if bucket is None:
-                    self.fallback_rows += len(chunk)
                     out = self._run(self._forward, texts)
                 else:
                     out = self._call(texts, bucket)
@@ -209,10 +237,13 @@ def make_vllm_engine(model_path: str | os.PathLike, dtype: str = "auto", num_pro
     returned log-probabilities those after `allowed_token_ids` is applied, i.e. renormalised over
     the allowed tokens; the default (raw) would be over the whole vocabulary.
     """
+    from siren.modeling import check_weight_files
+
     try:
         from vllm import LLM
     except ImportError:
         raise SirenError("the vllm engine needs the vllm package (pip install -r requirements.txt)") from None
+    check_weight_files(model_path)
     engine_args = {"distributed_executor_backend": "external_launcher"} if num_processes > 1 else {}
     return LLM(model=str(model_path), dtype=dtype, tensor_parallel_size=1, seed=seed,
                logprobs_mode="processed_logprobs", **engine_args, **kwargs)

@@ -107,7 +107,6 @@ def time_answer_only(engine, prompts: list[str], device: str, *, batch_size: int
             engine.score(batch)
         _synchronize(device)
         warmup_seconds = time.perf_counter() - start
-        fallback_before = getattr(engine, "fallback_rows", 0)
         choices, seconds = [], []
         for batch in tqdm(batches, desc=f"answer-only ({engine.name}, batch {batch_size})", disable=not progress):
             _synchronize(device)
@@ -117,8 +116,9 @@ def time_answer_only(engine, prompts: list[str], device: str, *, batch_size: int
             elapsed = time.perf_counter() - batch_start
             seconds += [elapsed / len(batch)] * len(batch)
             choices += scores.rating_probs.argmax(-1).tolist()
+    # prepare() counted the prompts that run eagerly, each once (the warm-up batches are not counted again).
     timing = Timing(seconds, [1] * len(prompts), "ao", engine.name, batch_size, warmup_seconds,
-                    getattr(engine, "fallback_rows", 0) - fallback_before)
+                    getattr(engine, "fallback_rows", 0))
     return timing, choices
 
 

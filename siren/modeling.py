@@ -34,20 +34,82 @@ def resolve_dtype(name: str, device_type: str):
 
 
 def load_causal_lm(model_path: str | os.PathLike, dtype, device):
-    """A causal LM in eval mode on `device`, with a one-line error for a path that holds no model."""
+    """A causal LM in eval mode on `device`. A path that holds no model, or whose weight files are
+    cut short (`check_weight_files`, before anything loads), is a one-line error."""
+    from safetensors import SafetensorError
+
     from siren.cli import gc_paused
 
     path = Path(model_path)
     if not (path / "config.json").is_file():
         raise SirenError(f"{path} holds no model (no config.json)")
+    check_weight_files(path)
     with gc_paused():
         from transformers import AutoModelForCausalLM
 
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, SafetensorError) as err:
             raise SirenError(f"cannot load a model from {path}: {str(err).splitlines()[0]}") from None
     return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Weight files checked before loading: a copy cut short (a full disk, an interrupted transfer) is
+# named in one line by every loader (transformers, vLLM), not by a deserializer's traceback.
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a .safetensors file's layout, or None. The format is an 8-byte
+    little-endian header length, a JSON header giving each tensor's [begin, end) in the data
+    block, then the data block, which must end exactly where the file ends."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"holds {size} bytes, less than a safetensors header"
+        header_bytes = int.from_bytes(head, "little")
+        if 8 + header_bytes > size:
+            return f"is cut short: its header needs {8 + header_bytes} bytes, the file holds {size}"
+        try:
+            header = json.loads(handle.read(header_bytes))
+            ends = [int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"]
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError, IndexError, AttributeError):
+            return "has no valid safetensors header"
+    expected = 8 + header_bytes + max(ends, default=0)
+    if size < expected:
+        return f"is cut short: its tensors need {expected} bytes, the file holds {size}"
+    if size > expected:
+        return f"holds {size - expected} bytes past its last tensor"
+    return None
+
+
+def check_weight_files(model_path: str | os.PathLike) -> None:
+    """Refuse (one line) a model folder whose weights cannot all be read: a .safetensors file whose
+    bytes do not match its header, a torch .bin zip archive without its end (cut short), a shard
+    that model.safetensors.index.json names but the folder lacks. Reads headers only."""
+    import zipfile
+
+    folder = Path(model_path)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = (_read_json_object(index) or {}).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise SirenError(f"{index}: no weight_map (not a safetensors index)")
+        missing = sorted({str(name) for name in weight_map.values()} - {p.name for p in folder.iterdir()})
+        if missing:
+            raise SirenError(f"{folder}: {index.name} names {len(missing)} weight file(s) the folder lacks "
+                             f"({', '.join(missing[:3])})")
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = _safetensors_problem(path)
+        if problem:
+            raise SirenError(f"{path} {problem}; the weights are damaged or were not copied whole")
+    for path in sorted(folder.glob("*.bin")):
+        with open(path, "rb") as handle:
+            is_zip = handle.read(4) == b"PK\x03\x04"
+        if is_zip and not zipfile.is_zipfile(path):
+            raise SirenError(f"{path} is a zip archive without its end (cut short); the weights are damaged "
+                             "or were not copied whole")
 
 
 def device_name(device) -> str:
@@ -215,25 +277,69 @@ def copy_tokenizer_files(source: str | os.PathLike, target: str | os.PathLike) -
     return copied
 
 
+# Keys of config.json and generation_config.json that say how the file was written, not what the
+# model computes or when it stops: a re-save by a newer transformers changes them.
+_CONFIG_METADATA_KEYS = frozenset({"transformers_version", "_name_or_path", "_commit_hash", "_from_model_config"})
+
+
+def _config_sha256(path: Path) -> str | None:
+    """SHA-256 of a model config file's settings (key order and spacing ignored, metadata keys left
+    out); of its bytes when it is not a JSON object; None when there is no file."""
+    if not path.is_file():
+        return None
+    config = _read_json_object(path)
+    if config is None:
+        return _file_sha256(path)
+    return _digest({key: value for key, value in config.items() if key not in _CONFIG_METADATA_KEYS})
+
+
+def config_files_record(model_path: str | os.PathLike) -> dict:
+    """Digests of what decides the computation and the stopping of a model folder besides its
+    weights and tokenizer: config.json (rope_theta, rms_norm_eps, the attention and layer settings,
+    ...) and generation_config.json (the eos ids generation stops at, sampling defaults)."""
+    folder = Path(model_path)
+    return {
+        "config_sha256": _config_sha256(folder / "config.json"),
+        "generation_config_sha256": _config_sha256(folder / "generation_config.json"),
+    }
+
+
 def model_record(model_path: str | os.PathLike) -> dict:
     """What identifies a model folder for the manifests: its path, architecture and shapes (from
-    config.json), a weights fingerprint and its tokenizer files. Later stages compare the parts
-    that matter to them with `check_same_model`."""
+    config.json), a weights fingerprint, its config files and its tokenizer files. Later stages
+    compare the parts that matter to them with `check_same_model`; a resume compares them all
+    (`model_fingerprint`)."""
     folder = Path(model_path)
-    config = {}
-    if (folder / "config.json").is_file():
-        try:
-            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            config = {}
+    config = _read_json_object(folder / "config.json") or {}
     keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "vocab_size")
     return {
         "path": str(folder.resolve()),
         "architecture": {k: config.get(k) for k in keys},
         "weights_digest": weights_digest(folder) if folder.is_dir() else None,
+        "config": config_files_record(folder) if folder.is_dir() else None,
         "tokenizer": tokenizer_files_record(folder) if folder.is_dir() else None,
     }
+
+
+# The parts of a model_record that change what the model computes or when it stops generating:
+# the weights, config.json and generation_config.json, the tokenizer and chat template.
+FINGERPRINT_PARTS = ("weights_digest", "config", "tokenizer")
+
+
+def model_fingerprint(record: dict) -> dict:
+    """Every identity digest of a `model_record` as one flat dict (weights_digest, config_sha256,
+    generation_config_sha256, vocabulary_sha256, special_tokens_sha256, chat_template_sha256).
+    What a resumed stage compares: work made by a model that differs in any of them is not
+    continued."""
+    fingerprint = {}
+    for part in FINGERPRINT_PARTS:
+        value = record.get(part)
+        if isinstance(value, dict):
+            fingerprint.update(value)
+        else:
+            fingerprint[part] = value
+    return fingerprint
 
 
 def check_same_model(recorded: dict | None, actual: dict, *, what: str, parts=("architecture", "weights_digest")) -> None:

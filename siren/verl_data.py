@@ -80,8 +80,76 @@ def read_parquet_frame(path: Path):
         raise SirenError(f"{path}: not a readable parquet file ({reason})") from None
 
 
+def _shown(value) -> str:
+    text = repr(value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _ground_truth_rating(value) -> float | None:
+    """reward_model.ground_truth as a rating: a number, or a string of one ("4.0"), from 1 to 5."""
+    import numbers
+
+    from siren.answer import RATING_MAX, RATING_MIN
+
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if not isinstance(value, numbers.Real):
+        return None
+    rating = float(value)
+    return rating if RATING_MIN <= rating <= RATING_MAX else None  # also None for NaN
+
+
+def _whole_number(value) -> int | None:
+    import numbers
+
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def check_parquet_row(row: dict, path: Path, position: int) -> dict:
+    """One verl parquet row (data/README.md) as the stages read it, in place: `prompt` a list of
+    {role, content} messages, `label` the float of reward_model.ground_truth. A field of the wrong
+    type or a ground truth that is not a rating from 1 to 5 is a one-line error naming the row."""
+    where = f"{path}: row {position}"
+    info, reward = row["extra_info"], row["reward_model"]
+    if not isinstance(info, dict) or any(info.get(key) is None for key in ("index", "user_id", "parent_asin")):
+        raise SirenError(f"{where}: extra_info must hold index, user_id and parent_asin, got {_shown(info)}")
+    index = _whole_number(info["index"])
+    if index is None:
+        raise SirenError(f"{where}: extra_info.index must be a whole number, got {_shown(info['index'])}")
+    if index != position:
+        raise SirenError(f"{where} has extra_info.index {index}; rows must be in index order")
+    truth = reward.get("ground_truth") if isinstance(reward, dict) else None
+    label = _ground_truth_rating(truth)
+    if label is None:
+        raise SirenError(f"{where}: reward_model.ground_truth must be a rating from 1 to 5 (e.g. \"4.0\"), "
+                         f"got {_shown(truth) if isinstance(reward, dict) else _shown(reward)}")
+    messages = row["prompt"]
+    if isinstance(messages, (str, bytes, dict)) or not hasattr(messages, "__iter__"):
+        raise SirenError(f"{where}: prompt must be a list of chat messages, got {_shown(messages)}")
+    messages = list(messages)
+    if not messages or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                               and isinstance(m.get("content"), str) for m in messages):
+        raise SirenError(f"{where}: prompt must be a non-empty list of {{role, content}} string messages, "
+                         f"got {_shown(messages)}")
+    row["prompt"] = [dict(m) for m in messages]
+    row["label"] = label
+    return row
+
+
 def load_split_rows(parquet_dir: str | os.PathLike, split: str, limit: int | None = None) -> list[dict]:
-    """Read a verl parquet split as a list of row dicts, checking the schema and row order."""
+    """Read a verl parquet split as a list of row dicts, checking the schema, each row's fields
+    (`check_parquet_row`) and the row order."""
     path = parquet_path(parquet_dir, split)
     if not path.is_file():
         raise SirenError(f"missing parquet split: {path} (run preprocess_grpo.py first)")
@@ -93,15 +161,7 @@ def load_split_rows(parquet_dir: str | os.PathLike, split: str, limit: int | Non
         raise SirenError(f"{path}: the split is empty")
     if limit is not None:
         frame = frame.iloc[:limit]
-    rows = []
-    for position, row in enumerate(frame.to_dict("records")):
-        info = row["extra_info"]
-        if int(info["index"]) != position:
-            raise SirenError(f"{path}: row {position} has extra_info.index {info['index']}; rows must be in index order")
-        row["prompt"] = [dict(m) for m in row["prompt"]]
-        row["label"] = float(row["reward_model"]["ground_truth"])
-        rows.append(row)
-    return rows
+    return [check_parquet_row(row, path, position) for position, row in enumerate(frame.to_dict("records"))]
 
 
 def category_of(rows: Sequence[dict], override: str | None = None) -> str:

@@ -83,26 +83,94 @@ def test_check_thinking_model_compares_the_4a_manifest(tmp_path):
         check_thinking_model(path, wider)
 
 
-def test_resume_settings_fingerprint_the_parquet_bytes_and_the_weights(tmp_path):
+def _fake_model(folder: Path) -> Path:
+    """A model folder's identity files (no loadable weights are needed to fingerprint it)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen3", "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+                                                    "transformers_version": "5.9.0"}))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2], "transformers_version": "5.9.0"}))
+    (folder / "model.safetensors").write_bytes(b"\x00" * 4096)
+    (folder / "tokenizer.json").write_text('{"model": "bpe"}')
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    return folder
+
+
+def _with_a_finished_row(part_dir: Path, settings: dict) -> Path:
+    part_dir.mkdir(parents=True, exist_ok=True)
+    (part_dir / "settings.json").write_text(json.dumps(settings))
+    (part_dir / "rank0.jsonl").write_text(json.dumps({"index": 0}) + "\n")
+    return part_dir
+
+
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}, indent=4))
+
+
+def test_resume_settings_fingerprint_the_parquet_bytes_and_the_whole_model(tmp_path):
+    """Issue 20: every file that changes what the model computes or when it stops is in the one
+    fingerprint the resume compares; re-saving metadata (transformers_version, spacing) is not."""
+    from siren.modeling import model_record
+
     parquet = tmp_path / "train.parquet"
     parquet.write_bytes(b"first build")
-    model = {"path": "/m", "weights_digest": "a" * 64, "tokenizer": {"tokenizer_json_sha256": "t" * 64}}
-    first = resume_settings(model=model, data_file=parquet, backend="hf", seed=0)
-    assert first["data_sha256"] == file_sha256(parquet) and first["model_weights_digest"] == "a" * 64
-    assert first["tokenizer_json_sha256"] == "t" * 64
+    model = _fake_model(tmp_path / "model")
 
-    part_dir = tmp_path / "partial"
-    part_dir.mkdir()
-    (part_dir / "settings.json").write_text(json.dumps(first))
-    assert check_resume_settings(part_dir, resume_settings(model=model, data_file=parquet, backend="hf", seed=0))
+    def settings() -> dict:
+        return resume_settings(model=model_record(model), data_file=parquet, backend="hf", seed=0)
+
+    first = settings()
+    assert first["data_sha256"] == file_sha256(parquet) and first["weights_digest"] == model_record(model)["weights_digest"]
+    assert {"config_sha256", "generation_config_sha256", "vocabulary_sha256", "chat_template_sha256"} <= set(first)
+    part_dir = _with_a_finished_row(tmp_path / "partial", first)
+    assert check_resume_settings(part_dir, settings())
 
     parquet.write_bytes(b"rebuilt at the same path")  # another --max_history, another row order
     with pytest.raises(SirenError, match=r"other settings \(data_sha256: '[0-9a-f]{12}\.\.\.' -> '[0-9a-f]{12}\.\.\.'\)"):
-        check_resume_settings(part_dir, resume_settings(model=model, data_file=parquet, backend="hf", seed=0))
+        check_resume_settings(part_dir, settings())
     parquet.write_bytes(b"first build")
-    retrained = {**model, "weights_digest": "b" * 64}
-    with pytest.raises(SirenError, match="model_weights_digest: 'aaaaaaaaaaaa...' -> 'bbbbbbbbbbbb...'"):
-        check_resume_settings(part_dir, resume_settings(model=retrained, data_file=parquet, backend="hf", seed=0))
+
+    # A newer transformers re-saving the same settings (other version, spacing, key order) is the same model.
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**dict(reversed(config.items())), "transformers_version": "5.10.0"}))
+    assert check_resume_settings(part_dir, settings())
+
+    originals = {name: (model / name).read_bytes() for name in
+                 ("config.json", "generation_config.json", "model.safetensors", "chat_template.jinja")}
+    edits = {
+        "config_sha256": lambda: _edit_json(model / "config.json", rope_theta=1e6),
+        "generation_config_sha256": lambda: _edit_json(model / "generation_config.json", eos_token_id=[2, 7]),
+        "weights_digest": lambda: (model / "model.safetensors").write_bytes(b"\x01" * 4096),
+        "chat_template_sha256": lambda: (model / "chat_template.jinja").write_text("{{ messages }}!"),
+    }
+    for key, edit in edits.items():
+        edit()
+        with pytest.raises(SirenError, match=rf"other settings \({key}: "):
+            check_resume_settings(part_dir, settings())
+        for name, data in originals.items():
+            (model / name).write_bytes(data)
+    _edit_json(model / "config.json", rms_norm_eps=1e-5)
+    with pytest.raises(SirenError, match=r"other settings \(config_sha256: "):
+        check_resume_settings(part_dir, settings())
+    (model / "generation_config.json").unlink()  # a file that appears or disappears counts too
+    with pytest.raises(SirenError, match=r"config_sha256: .*generation_config_sha256: '[0-9a-f]{12}\.\.\.' -> None"):
+        check_resume_settings(part_dir, settings())
+
+
+def test_a_folder_without_finished_rows_is_nothing_to_resume(tmp_path):
+    """Issue 20: settings.json (or an empty part file) left by a run that failed before its first
+    batch does not block the corrected rerun, whatever settings it records."""
+    part_dir = tmp_path / "partial"
+    assert check_resume_settings(part_dir, {"max_new_tokens": 8}) is False
+    part_dir.mkdir()
+    (part_dir / "settings.json").write_text(json.dumps({"max_new_tokens": 16, "weights_digest": "old"}))
+    (part_dir / "rank0.jsonl").write_text('{"index": 0, "resp')  # a torn first line: no finished row
+    assert check_resume_settings(part_dir, {"max_new_tokens": 8}) is False
+    (part_dir / "rank0.jsonl").write_text('{"index": 0}\n')
+    with pytest.raises(SirenError, match="max_new_tokens: 16 -> 8"):
+        check_resume_settings(part_dir, {"max_new_tokens": 8})
+    (part_dir / "settings.json").unlink()
+    with pytest.raises(SirenError, match="holds part files but no settings.json"):
+        check_resume_settings(part_dir, {"max_new_tokens": 8})
 
 
 def test_fixed_batches_do_not_depend_on_the_process_count():
@@ -123,3 +191,49 @@ def test_mask_bytes_depend_only_on_the_values(tmp_path):
     save_mask(second, [True, False, True])
     assert first.read_bytes() == second.read_bytes()
     assert load_mask(first, 3).tolist() == [True, False, True]
+
+
+def _numpy_mask(path: Path) -> None:
+    import numpy as np
+
+    with open(path, "wb") as handle:
+        np.save(handle, np.array([True, False, True]))
+
+
+def _torch_saved_numpy(path: Path) -> None:
+    import numpy as np
+    import torch
+
+    torch.save(np.array([True, False, True]), path)
+
+
+def _pickled(path: Path) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps([True, False, True]))
+
+
+def _cut_short(path: Path) -> None:
+    save_mask(path, [True, False, True])
+    path.write_bytes(path.read_bytes()[:40])
+
+
+@pytest.mark.parametrize(("write", "kind"), [
+    (_numpy_mask, "a numpy array saved with np.save"),
+    (_torch_saved_numpy, "a torch.save archive of other Python objects (a pickled numpy array?)"),
+    (_pickled, "a plain Python pickle"),
+    (_cut_short, "a zip archive cut short"),
+    (lambda path: path.write_text("1,0,1\n"), "bytes of another format (text?)"),
+    (lambda path: path.write_bytes(b""), "nothing (an empty file)"),
+])
+def test_a_mask_torch_cannot_read_is_named_for_what_it_is(tmp_path, capsys, write, kind):
+    """Issue 20: torch's own message advises weights_only=False (running the file's code) and
+    "will likely succeed"; the refusal says what the file holds and who writes mask.pt."""
+    path = tmp_path / MASK_NAME
+    write(path)
+    with pytest.raises(SirenError) as err:
+        load_mask(path, 3)
+    message = str(err.value)
+    assert message == (f"{path} holds {kind}, not a tensor saved with torch.save; "
+                       "mask.pt is written by inference_train_ddp.py (rerun it)")
+    assert "weights_only" not in message + capsys.readouterr().err

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from siren import SirenError
-from siren.engines import CompiledAO, EagerAO, build_ao_engine, left_padded, rating_probs_from_logprobs
+from siren.engines import (
+    CompiledAO,
+    EagerAO,
+    build_ao_engine,
+    check_bucket_fallback,
+    count_fallback_rows,
+    left_padded,
+    rating_probs_from_logprobs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +63,8 @@ def test_compiled_engine_gives_the_eager_ratings(tiny, ao_prompts, one_thread):
     assert warmup > 0 and engine.shapes == {(3, cut), (3, max(lengths) - 1)}
     compiled = engine.score(ao_prompts)
     assert engine.fallback_rows == sum(length > max(lengths) - 1 for length in lengths) >= 1
+    engine.score(ao_prompts[-3:])  # a row scored again (a warm-up batch) is not a second fallback row
+    assert engine.fallback_rows == sum(length > max(lengths) - 1 for length in lengths)
     assert engine.warmup_seconds == pytest.approx(warmup)  # no new shape while scoring
     assert torch.equal(compiled.rating_probs.argmax(-1), eager.rating_probs.argmax(-1))
     assert torch.allclose(compiled.rating_probs, eager.rating_probs, atol=1e-5)
@@ -94,3 +104,21 @@ def test_unknown_engine_and_bad_shapes_are_refused(tiny):
         build_ao_engine("fast", model, tokenizer, ratings)
     with pytest.raises(SirenError, match="batch size >= 1"):
         CompiledAO(model, tokenizer, ratings, batch_size=0)
+
+
+def test_buckets_most_rows_do_not_fit_are_refused_and_some_are_a_note():
+    """Issue 20: with buckets most rows exceed, the "compiled" latency would be the eager engine's:
+    refused in one line. Some rows past the largest bucket (at most half) are counted, with a note."""
+    lengths = [300, 280, 260, 250, 240, 120, 100, 90]
+    assert count_fallback_rows(lengths, (16, 32)) == 8 and count_fallback_rows(lengths, (128, 512)) == 0
+    with pytest.raises(SirenError) as err:
+        check_bucket_fallback(lengths, (16, 32))
+    assert str(err.value) == ("8 of 8 rows are longer than the largest --buckets value (32 tokens; the longest has "
+                              "300) and would run eagerly, not compiled: add a bucket of at least 300, or use "
+                              "--engine eager")
+    with pytest.raises(SirenError, match="5 of 8 rows are longer"):
+        check_bucket_fallback(lengths, (128, 200))  # most: 5 of 8
+    assert check_bucket_fallback(lengths, (128, 245)) == (
+        "note: 4 of 8 rows are longer than the largest bucket (245 tokens) and run eagerly; the compiled latency "
+        "includes them (engine.fallback_rows)")  # half is not most
+    assert check_bucket_fallback(lengths, (512,)) is None

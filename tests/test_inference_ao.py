@@ -179,15 +179,28 @@ def test_two_processes_equal_one(one_process, ao_data, tiny_model_dir, tmp_path)
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["latency"]["num_processes"] == 2
 
 
+def _prompt_lengths(ao_data, tiny_model_dir) -> list[int]:
+    from datasets import load_from_disk
+
+    from siren.tokenization import count_tokens, load_tokenizer
+
+    return count_tokens(load_tokenizer(tiny_model_dir), list(load_from_disk(str(ao_data))["test"]["prompt"]))
+
+
 @pytest.mark.slow
 def test_compiled_engine_gives_the_eager_ratings(one_process, ao_data, tiny_model_dir, tmp_path):
     """Issue 12: the compiled engine (static length buckets and batch size) decodes as the eager one.
-    aot_eager captures the static-shape graphs without a code generator: seconds on a CPU."""
+    aot_eager captures the static-shape graphs without a code generator: seconds on a CPU.
+    Issue 20: the 3 longest rows exceed the largest bucket and run eagerly; they are counted once
+    each (they are also the warm-up batch, scored twice), and a note says so."""
     out, _ = one_process
     compiled = tmp_path / "compiled"
-    run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--output_dir", str(compiled),
-               "--batch_size", "4", "--engine", "compiled", "--compile_backend", "aot_eager", "--buckets", "128", "1024",
-               env=CPU_ONLY)
+    lengths = sorted(_prompt_lengths(ao_data, tiny_model_dir))
+    largest = lengths[-4]  # the 3 longest of the 10 rows do not fit
+    assert lengths[-3] > largest
+    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--output_dir", str(compiled),
+                      "--batch_size", "4", "--engine", "compiled", "--compile_backend", "aot_eager",
+                      "--buckets", "128", str(largest), env=CPU_ONLY)
     eager, ours = _predictions(out), _predictions(compiled)
     assert [p["prediction"] for p in ours] == [p["prediction"] for p in eager]
     for a, b in zip(eager, ours, strict=True):  # the padded width differs (bucket vs longest row)
@@ -195,8 +208,24 @@ def test_compiled_engine_gives_the_eager_ratings(one_process, ao_data, tiny_mode
     metrics = json.loads((compiled / "metrics.json").read_text())
     engine, latency = metrics["engine"], metrics["latency"]
     assert latency["engine"] == "compiled" and latency["warmup_seconds"] > 0
-    assert engine["buckets"] == [128, 1024] and engine["batch_size"] == 4 and engine["fallback_rows"] == 0
+    assert engine["buckets"] == [128, largest] and engine["batch_size"] == 4 and engine["fallback_rows"] == 3
     assert engine["compiled_shapes"] and all(shape[0] == 4 for shape in engine["compiled_shapes"])
+    assert f"note: 3 of 10 rows are longer than the largest bucket ({largest} tokens) and run eagerly" in proc.stdout
+
+
+def test_compiled_engine_with_buckets_most_rows_exceed_is_refused(ao_data, tiny_model_dir, tmp_path, capsys):
+    """Issue 20: `--buckets 16 32` ran every row eagerly under the name "compiled"; now one line,
+    before the model loads, and nothing written."""
+    from siren.cli import run_main
+
+    script = load_script(SCRIPT)
+    argv = ["--model", str(tiny_model_dir), "--data_path", str(ao_data), "--output_dir", str(tmp_path / "out"),
+            "--engine", "compiled", "--buckets", "16", "32"]
+    assert run_main(lambda: script.main(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 10 of 10 rows are longer than the largest --buckets value (32 tokens; the longest "
+                          "has ") and err.endswith(", or use --engine eager\n") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.gpu

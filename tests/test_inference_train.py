@@ -75,8 +75,10 @@ def test_part_files_survive_a_torn_last_line(tmp_path):
 def test_resume_refuses_parts_made_with_other_settings(tmp_path):
     part_dir = tmp_path / "partial"
     assert check_resume_settings(part_dir, {"max_new_tokens": 8}) is False
-    part_dir.mkdir()
-    (part_dir / "settings.json").write_text(json.dumps({"max_new_tokens": 8}))
+    writer = PartWriter(part_dir / "rank0.jsonl", {"max_new_tokens": 8})
+    writer.write([{**dict.fromkeys(RESULT_FIELDS), "index": 0}])  # the settings go with the first rows
+    writer.close()
+    assert json.loads((part_dir / "settings.json").read_text()) == {"max_new_tokens": 8}
     assert check_resume_settings(part_dir, {"max_new_tokens": 8}) is True
     with pytest.raises(SirenError, match="max_new_tokens: 8 -> 16"):
         check_resume_settings(part_dir, {"max_new_tokens": 16})
@@ -263,9 +265,119 @@ def test_resume_refuses_parts_of_a_rebuilt_parquet_or_a_retrained_model(tiny_mod
     shutil.rmtree(out)
     stop_after_one_batch()
     retrain_in_place(model)
-    with pytest.raises(SirenError, match=r"other settings \(model_weights_digest: "):
+    with pytest.raises(SirenError, match=r"other settings \(weights_digest: "):
         script.main(argv)
     assert not (out / "results.jsonl").exists()
+
+
+def _edit_json(path: Path, change) -> None:
+    value = json.loads(path.read_text())
+    change(value)
+    path.write_text(json.dumps(value, indent=2))
+
+
+def _add_eos(generation_config: dict, token_id: int) -> None:
+    eos = generation_config.get("eos_token_id")
+    generation_config["eos_token_id"] = [*(eos if isinstance(eos, list) else [eos]), token_id]
+
+
+@pytest.mark.slow
+def test_resume_refuses_parts_of_a_model_whose_config_or_stopping_changed(tiny_model_dir, verl_dir, tmp_path,
+                                                                          monkeypatch, one_thread):
+    """Issue 20: 4a killed after one batch, then rerun after config.json changed (rope_theta,
+    rms_norm_eps) or an eos id was added to generation_config.json: refused,
+    never finished with the new model behind the old model's first batch. The model restored, the
+    rerun resumes the parts."""
+    from siren.tokenization import load_tokenizer
+
+    script = load_script("inference_train_ddp.py")
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    out = tmp_path / "out"
+    argv = ["--model", str(model), "--data_path", str(verl_dir), "--out_dir", str(out), "--limit", "8",
+            "--max_new_tokens", "4", "--batch_size", "4"]
+    monkeypatch.setenv("SIREN_STOP_AFTER_BATCHES", "1")
+    with pytest.raises(SystemExit, match="stopped after 1 batch"):
+        script.main(argv)
+    monkeypatch.delenv("SIREN_STOP_AFTER_BATCHES")
+    assert sorted(read_parts(out / "partial")) == [0, 1, 2, 3]
+
+    think_end = load_tokenizer(model).convert_tokens_to_ids("</think>")  # an id the model can emit
+    edits = [
+        ("config.json", lambda c: c["rope_parameters"].update(rope_theta=1_000_000.0), "config_sha256"),
+        ("config.json", lambda c: c.update(rms_norm_eps=1e-5), "config_sha256"),
+        ("generation_config.json", lambda c: _add_eos(c, think_end), "generation_config_sha256"),
+    ]
+    for name, change, key in edits:
+        original = (model / name).read_bytes()
+        _edit_json(model / name, change)
+        with pytest.raises(SirenError, match=rf"partial results in .* were made with other settings \({key}: "):
+            script.main(argv)
+        assert not (out / "results.jsonl").exists() and sorted(read_parts(out / "partial")) == [0, 1, 2, 3]
+        (model / name).write_bytes(original)
+    script.main(argv)
+    assert json.loads((out / "manifest.json").read_text())["counts"]["resumed_rows"] == 4
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_before_its_first_batch_leaves_nothing_that_blocks_the_fix(tiny_model_dir, verl_dir,
+                                                                                    tmp_path, one_thread):
+    """Issue 20: 4a with a broken model (weights cut short, or none) fails in one line before any
+    row and leaves no partial/settings.json; the corrected rerun runs. A settings.json without
+    rows, as earlier versions left, is nothing to resume either."""
+    script = load_script("inference_train_ddp.py")
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    out = tmp_path / "out"
+    argv = ["--model", str(model), "--data_path", str(verl_dir), "--out_dir", str(out), "--limit", "4",
+            "--max_new_tokens", "4", "--batch_size", "4"]
+    weights = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # a copy cut short
+    with pytest.raises(SirenError, match=r"model\.safetensors is cut short: its tensors need \d+ bytes, the file "
+                                         r"holds \d+; the weights are damaged or were not copied whole"):
+        script.main(argv)
+    assert not out.exists()
+    (model / "model.safetensors").unlink()  # no weights at all
+    with pytest.raises(SirenError, match="cannot load a model from"):
+        script.main(argv)
+    assert not out.exists()
+
+    # What the old code left after the failure: settings of the broken model, no rows.
+    (out / "partial").mkdir(parents=True)
+    (out / "partial" / "settings.json").write_text(json.dumps({"weights_digest": None, "max_new_tokens": 4}))
+    (model / "model.safetensors").write_bytes(weights)
+    script.main(argv)
+    assert json.loads((out / "manifest.json").read_text())["counts"]["resumed_rows"] == 0
+    assert not (out / "partial").exists()
+
+
+# Runs a script with writes past `limit` bytes refused by the kernel (RLIMIT_FSIZE: EFBIG, as a full
+# disk refuses them with ENOSPC) and SIGXFSZ ignored so that the write fails instead of killing.
+_FILE_SIZE_LIMITED = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                      "resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); sys.argv = sys.argv[1:]; "
+                      "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_appending_rows_is_one_line_and_the_rerun_resumes(tiny_model_dir, verl_dir, tmp_path):
+    """Issue 20: the disk refusing a part-file append (here in the second batch: settings.json,
+    ~1 KB, and the first batch's four rows, ~1.3 KB, fit under 2,000 bytes) is one line, exit 2, no
+    traceback; the finished rows stay, and the same command then resumes from them."""
+    out = tmp_path / "out"
+    args = ["inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
+            "--out_dir", str(out), "--limit", "8", "--max_new_tokens", "8", "--batch_size", "4"]
+    env = {**CPU_ONE_THREAD, "PYTHONDONTWRITEBYTECODE": "1"}
+    full = run_script("-c", _FILE_SIZE_LIMITED.format(limit=2000), *args, env=env, check=False)
+    assert full.returncode == 2, full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot append to {out / 'partial' / 'rank0.jsonl'} (File too large); the rows "
+                           "of earlier batches are kept there"), full.stderr
+    assert "Traceback" not in full.stderr
+    kept = read_parts(out / "partial")
+    assert {0, 1, 2, 3} <= set(kept) and not (out / "results.jsonl").exists()
+
+    run_script(*args, env=CPU_ONE_THREAD)
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in results] == list(range(8))
+    assert json.loads((out / "manifest.json").read_text())["counts"]["resumed_rows"] == len(kept)
 
 
 def test_outputs_appear_together_and_overwrite_keeps_other_files(tiny_model_dir, verl_dir, tmp_path, monkeypatch,

@@ -124,3 +124,91 @@ def test_check_upstream_model_reads_the_manifest(tmp_path):
         check_upstream_model(upstream, model_record(other), what=f"the states in {upstream} were made with", made_by="x")
     # only the tokenizer compared: other weights, same tokenizer files, pass
     assert check_upstream_model(upstream, model_record(other), what="w", made_by="x", parts=("tokenizer",)) is None
+
+
+def _safetensors(path, n_values: int = 64):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.arange(n_values, dtype=torch.float32)}, str(path))
+    return path
+
+
+def test_weight_files_cut_short_or_missing_are_named_before_loading(tmp_path):
+    """Issue 20: a model.safetensors cut short was a deserializer's traceback (4a, 6); every loader
+    now checks the files' layout first and names the file in one line."""
+    import zipfile
+
+    from siren.modeling import check_weight_files
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weights = _safetensors(folder / "model.safetensors")
+    check_weight_files(folder)  # whole: nothing to say
+    data = weights.read_bytes()
+
+    weights.write_bytes(data[:-10])
+    with pytest.raises(SirenError) as err:
+        check_weight_files(folder)
+    assert str(err.value) == (f"{weights} is cut short: its tensors need {len(data)} bytes, the file holds "
+                              f"{len(data) - 10}; the weights are damaged or were not copied whole")
+    weights.write_bytes(data[:20])
+    with pytest.raises(SirenError, match=r"is cut short: its header needs \d+ bytes, the file holds 20"):
+        check_weight_files(folder)
+    weights.write_bytes(data[:5])
+    with pytest.raises(SirenError, match="holds 5 bytes, less than a safetensors header"):
+        check_weight_files(folder)
+    weights.write_bytes(data + b"junk")
+    with pytest.raises(SirenError, match="holds 4 bytes past its last tensor"):
+        check_weight_files(folder)
+    weights.write_bytes((8).to_bytes(8, "little") + b"not json" + data)
+    with pytest.raises(SirenError, match="has no valid safetensors header"):
+        check_weight_files(folder)
+    weights.unlink()
+
+    # Sharded: the index names a shard the folder lacks.
+    _safetensors(folder / "model-00001-of-00002.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(SirenError, match=r"model\.safetensors\.index\.json names 1 weight file\(s\) the folder lacks "
+                                         r"\(model-00002-of-00002\.safetensors\)"):
+        check_weight_files(folder)
+    _safetensors(folder / "model-00002-of-00002.safetensors")
+    check_weight_files(folder)
+
+    # A torch .bin (a zip archive) without its end.
+    archive = folder / "pytorch_model.bin"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("archive/data.pkl", b"x" * 1000)
+    check_weight_files(folder)
+    archive.write_bytes(archive.read_bytes()[:500])
+    with pytest.raises(SirenError, match=r"pytorch_model\.bin is a zip archive without its end \(cut short\)"):
+        check_weight_files(folder)
+
+
+def test_the_fingerprint_holds_config_and_generation_config_but_not_their_metadata(tmp_path):
+    """Issue 20: config.json (rope_theta, rms_norm_eps) and generation_config.json (eos ids) are in
+    the model's one fingerprint; a re-save that changes only transformers_version and spacing is not
+    a change."""
+    from siren.modeling import model_fingerprint
+
+    folder = _fake_model(tmp_path / "m", b"\x00" * 5000)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, "transformers_version": "5.9.0"}))
+    base = model_fingerprint(model_record(folder))
+    assert set(base) == {"weights_digest", "config_sha256", "generation_config_sha256", "vocabulary_sha256",
+                         "special_tokens_sha256", "chat_template_sha256"}
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "transformers_version": "9.9", "_name_or_path": "x"},
+                                                   indent=7))
+    assert model_fingerprint(model_record(folder)) == base
+    (folder / "config.json").write_text(json.dumps({**config, "rope_theta": 1e6}))
+    assert model_fingerprint(model_record(folder))["config_sha256"] != base["config_sha256"]
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 5]}))
+    changed = model_fingerprint(model_record(folder))
+    assert changed["generation_config_sha256"] != base["generation_config_sha256"]
+    assert {k: v for k, v in changed.items() if k != "generation_config_sha256"} == {
+        k: v for k, v in base.items() if k != "generation_config_sha256"}
+    (folder / "config.json").write_text("{not json")  # unreadable: its bytes still count
+    assert model_fingerprint(model_record(folder))["config_sha256"] not in (None, base["config_sha256"])
