@@ -42,12 +42,12 @@ def test_reduced_demo_end_to_end(tiny_model_dir, synthetic_root, tmp_path):
                  "NUM_USERS": "30", "LIMIT": "30", "MAX_NEW_TOKENS": "40", "CACHE_DIR": str(tmp_path / "cache"),
                  "BENCH_SAMPLES": "2", "BENCH_COT_TOKENS": "8"}, tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "[17/17]" in proc.stdout and "tables.md" in proc.stdout
+    assert "[16/16]" in proc.stdout and "tables.md" in proc.stdout
     for name in ("tables.md", "accuracy.csv", "token_efficiency.csv", "latency.csv", "tables.png", "timings.csv"):
         assert (run / name).is_file(), name
 
     timings = json.loads((run / "timings.json").read_text())
-    assert len(timings["steps"]) == 17 and all(step["seconds"] >= 0 for step in timings["steps"])
+    assert len(timings["steps"]) == 16 and all(step["seconds"] >= 0 for step in timings["steps"])
     assert "## 4. Wall time per step" in (run / "tables.md").read_text()
 
     accuracy = read_csv(run / "accuracy.csv")

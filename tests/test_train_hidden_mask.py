@@ -308,7 +308,7 @@ def test_teacher_states_of_another_model_are_refused(inputs, tiny_model_dir, tmp
 
 def test_prompts_built_with_another_tokenizer_are_refused(inputs, tiny_model_dir, tmp_path, capsys):
     def other_tokenizer(record):
-        record["tokenizer"]["tokenizer_json_sha256"] = "0" * 64
+        record["tokenizer"]["vocabulary_sha256"] = "0" * 64
 
     hidden = _with_manifest_model(inputs["instructions"], tmp_path / "hidden", other_tokenizer)
     args = _args(inputs, tiny_model_dir, tmp_path / "out")
