@@ -36,7 +36,7 @@ case "$PROFILE" in
         D_MODEL=ckpt/tiny-qwen3; D_RUN=results/demo
         D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=200; D_DTYPE=float32
         # The random model learns only the one-line recipe, and only at a high learning rate.
-        D_WARM_RECIPE=mean; D_WARM_LR=1e-2; D_WARM_STEPS=60; D_WARM_ROWS=64; D_WARM_MIN_FORMAT=0.9
+        D_WARM_RECIPE=mean; D_WARM_LR=1e-2; D_WARM_STEPS=60; D_WARM_ROWS=64; D_WARM_BATCH=8; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=2; D_GRPO_PROMPTS=2; D_ROLLOUT_N=2; D_GRPO_LR=1e-6; D_GRPO_EVAL_ROWS=4
         D_MAX_NEW_TOKENS=40; D_ALIGN_STEPS=20; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8
         D_BENCH_SAMPLES=4; D_BENCH_COT_TOKENS=64
@@ -44,7 +44,7 @@ case "$PROFILE" in
     real)
         D_MODEL=ckpt/smollm2-135m-instruct; D_RUN=results/demo-real
         D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=400; D_DTYPE=float32
-        D_WARM_RECIPE=prompt; D_WARM_LR=1e-4; D_WARM_STEPS=24; D_WARM_ROWS=192; D_WARM_MIN_FORMAT=0.9
+        D_WARM_RECIPE=prompt; D_WARM_LR=2e-4; D_WARM_STEPS=24; D_WARM_ROWS=96; D_WARM_BATCH=4; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=4; D_GRPO_PROMPTS=4; D_ROLLOUT_N=4; D_GRPO_LR=1e-6; D_GRPO_EVAL_ROWS=16
         D_MAX_NEW_TOKENS=96; D_ALIGN_STEPS=60; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=8; D_LORA_R=8
         D_BENCH_SAMPLES=8; D_BENCH_COT_TOKENS=64
@@ -60,7 +60,8 @@ DTYPE=${DTYPE:-$D_DTYPE}                        # inference dtype of 4a, 4b and 
 WARM_RECIPE=${WARM_RECIPE:-$D_WARM_RECIPE}      # the warm start's reasoning (scripts/warm_start_format.py)
 WARM_LR=${WARM_LR:-$D_WARM_LR}
 WARM_STEPS=${WARM_STEPS:-$D_WARM_STEPS}
-WARM_ROWS=${WARM_ROWS:-$D_WARM_ROWS}
+WARM_ROWS=${WARM_ROWS:-$D_WARM_ROWS}            # train rows spread over the split (many users)
+WARM_BATCH=${WARM_BATCH:-$D_WARM_BATCH}
 WARM_MIN_FORMAT=${WARM_MIN_FORMAT:-$D_WARM_MIN_FORMAT}
 GRPO_STEPS=${GRPO_STEPS:-$D_GRPO_STEPS}
 GRPO_PROMPTS=${GRPO_PROMPTS:-$D_GRPO_PROMPTS}   # prompts per GRPO step
@@ -127,7 +128,8 @@ step "stage 4c: answer-only prompt/completion dataset; stage 6 on the untouched 
 
 step "format warm start ($WARM_RECIPE recipe: stands in for a pretrained model's <think>/<answer>)"
 "$PY" scripts/warm_start_format.py --model "$MODEL" --data_path "$VERL" --max_length 1024 --recipe "$WARM_RECIPE" \
-    --learning_rate "$WARM_LR" --max_steps "$WARM_STEPS" --limit "$WARM_ROWS" --check_limit 32 \
+    --learning_rate "$WARM_LR" --max_steps "$WARM_STEPS" --limit "$WARM_ROWS" --per_device_train_batch_size "$WARM_BATCH" \
+    --check_limit 32 \
     --max_new_tokens "$MAX_NEW_TOKENS" --min_format_rate "$WARM_MIN_FORMAT" --output_dir "$WARM"
 
 step "stage 6 on the warm start"
@@ -139,7 +141,7 @@ BACKEND=trl PYTHON="$PY" MODEL_PATH="$WARM" CATEGORY="$CATEGORY" DATA_DIR="$VERL
     CKPT_DIR="$RUN/ckpt" TRAINER_DIR="$RUN/ckpt/trl" MAX_STEPS="$GRPO_STEPS" ROLLOUT_N="$ROLLOUT_N" \
     BATCH_SIZE="$GRPO_PROMPTS" MICRO_BATCH_SIZE="$(( GRPO_PROMPTS * ROLLOUT_N ))" LR="$GRPO_LR" \
     MAX_RESPONSE_LENGTH="$MAX_NEW_TOKENS" \
-    TEST_FREQ=1 SAVE_FREQ=0 bash main_grpo_amazon.sh --eval_limit "$GRPO_EVAL_ROWS"
+    TEST_FREQ=1 SAVE_FREQ=0 bash main_grpo_amazon.sh --eval_limit "$GRPO_EVAL_ROWS" --gradient_checkpointing false
 cp "$GRPO/train_log.jsonl" "$RUN/grpo_train_log.jsonl"
 
 step "stage 4a: CoT answers of the GRPO model (test rows: the CoT table row; $TRAIN_ROWS train rows: the teacher)"

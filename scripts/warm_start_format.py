@@ -148,7 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cli.add_model(parser, "model + tokenizer folder to fine-tune", required=False, default="ckpt/tiny-qwen3")
     cli.add_data_path(parser, "verl parquet folder written by preprocess_grpo.py")
     cli.add_split(parser, default="train", help="parquet split to train and measure on: train, valid (or val) or test")
-    cli.add_limit(parser, help="use the first N rows of the split")
+    cli.add_limit(parser, help="train on N rows spread evenly over the split (every k-th row, the first one "
+                                "first), so that many users are seen; unset: every row")
     parser.set_defaults(limit=64)
     cli.add_output_dir(parser, "folder of the fine-tuned model (created atomically)", required=True)
     parser.add_argument("--max_steps", type=positive_int, default=60, help="optimizer steps")
@@ -181,6 +182,14 @@ def validate(args: argparse.Namespace) -> None:
         raise SirenError(f"--data_path is not a directory: {args.data_path} (run preprocess_grpo.py first)")
     if not (Path(args.model) / "config.json").is_file():
         raise SirenError(f"--model {args.model} holds no model (no config.json)")
+
+
+def spread_rows(rows: list[dict], n: int | None) -> list[dict]:
+    """`n` rows spread evenly over `rows` (positions floor(i * len / n)): the split files hold each
+    user's rows together, so the first n rows would be a handful of users."""
+    if n is None or n >= len(rows):
+        return list(rows)
+    return [rows[i * len(rows) // n] for i in range(n)]
 
 
 def training_pairs(rows: list[dict], tokenizer, max_length: int, recipe: str = "prompt"):
@@ -290,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     timer = RunTimer()
     out_dir = Path(args.output_dir)
     check_outputs_free([out_dir], args.overwrite)
-    rows = load_split_rows(args.data_path, args.split, args.limit)
+    rows = spread_rows(load_split_rows(args.data_path, args.split), args.limit)
     tokenizer = load_tokenizer(args.model)
     dataset, prompts, completions, too_long = training_pairs(rows, tokenizer, args.max_length, args.recipe)
     trainer = train_format(args, dataset, tokenizer)

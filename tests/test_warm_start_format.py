@@ -109,6 +109,13 @@ def test_a_warm_start_that_cannot_write_the_format_is_refused(tmp_path, tiny_mod
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".warm")]
 
 
+def test_rows_are_spread_over_the_split():
+    ws = load_script(SCRIPT)
+    rows = [{"i": i} for i in range(10)]
+    assert [r["i"] for r in ws.spread_rows(rows, 4)] == [0, 2, 5, 7]
+    assert ws.spread_rows(rows, None) == rows and ws.spread_rows(rows, 20) == rows
+
+
 def test_bad_numbers_are_refused_before_loading():
     ws = load_script(SCRIPT)
     for flag, value in (("--learning_rate", "nan"), ("--learning_rate", "-1"), ("--min_format_rate", "1.5")):
