@@ -37,7 +37,9 @@ $(TINY)/model.safetensors: $(STAMP) siren/tiny_model.py
 real-model: $(STAMP)
 	$(PY) scripts/make_real_model.py --output_dir $(REAL)
 
+# Lint first: a style error fails the suite (and CI) before the tests spend minutes.
 test: install real-model
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The quick tests: everything not marked slow (a script run end to end, training, several

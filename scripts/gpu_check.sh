@@ -3,7 +3,11 @@
 #
 #   bash scripts/gpu_check.sh                                  # every step group, into results/gpu_check
 #   bash scripts/gpu_check.sh --steps tiny,latency --output_dir results/gpu_check
-#   source .gpu/env.sh && bash scripts/gpu_check.sh --steps scale   # on the remote GPU machine (../shared/gpu)
+#
+# It needs this repo's Python environment on a CUDA machine: torch with CUDA, the packages of
+# requirements.txt (trl, peft, datasets, deepspeed, transformers 5.9.0, faiss, cornac; vllm and
+# verl/ray only for the groups that say so), the package itself (`pip install -e . --no-deps`),
+# and the Movies data where `python -m siren.data Movies` finds it. It has not run on a GPU yet.
 #
 # Step groups (--steps, comma-separated; default all of them, in this order):
 #   tiny     the tiny pipeline, stages 2-6 on the GPU: a 40-user slice, stage 2, the format warm start,
