@@ -125,6 +125,7 @@ class CheckpointFolder:
             check_shared_folder(self.path, state)
         if state.is_main_process and clear:
             shutil.rmtree(self.path)
+            self.made.insert(0, self.path)  # what is made there from now on is this run's
         state.wait_for_everyone()
         return f"note: cleared the checkpoints of an earlier run in {self.path}" if clear else None
 

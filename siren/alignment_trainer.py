@@ -51,7 +51,7 @@ class HiddenAlignmentTrainer(Trainer):
     a full disk while saving one is a one-line error that leaves no partial checkpoint.
     """
 
-    def __init__(self, *args, teacher: TeacherStates, kd_ratio: float, loss_type: str,
+    def __init__(self, model, args, *, teacher: TeacherStates, kd_ratio: float, loss_type: str,
                  rating_token_ids: dict[int, int], peft_config=None, checkpoints: CheckpointFolder | None = None,
                  **kwargs):
         if loss_type not in LOSS_TYPES:
@@ -59,8 +59,8 @@ class HiddenAlignmentTrainer(Trainer):
         if peft_config is not None:
             from peft import get_peft_model
 
-            kwargs["model"] = get_peft_model(kwargs["model"], peft_config)
-        super().__init__(*args, **kwargs)
+            model = get_peft_model(model, peft_config)
+        super().__init__(model=model, args=args, **kwargs)
         self.teacher = teacher
         self.kd_ratio = float(kd_ratio)
         self.loss_type = loss_type
