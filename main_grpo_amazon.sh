@@ -89,7 +89,7 @@ if [[ "$BACKEND" == trl ]]; then
     pass MAX_PROMPT_LENGTH --max_prompt_length
     pass MAX_RESPONSE_LENGTH --max_completion_length
     pass EPOCHS --num_train_epochs
-    pass MAX_STEPS --max_steps
+    [[ "${MAX_STEPS:-}" == 0 ]] || pass MAX_STEPS --max_steps  # 0 = run the epochs, as for verl (TRL: no flag)
     pass LORA_ALPHA --lora_alpha
     pass ATTN_IMPLEMENTATION --attn_implementation
     if given SAVE_FREQ; then

@@ -14,9 +14,11 @@ towards the teacher's state at the same token after prompt + CoT (stage 4b). Wri
         --teacher_mask_path results_train/Movies/mask.pt \
         --output_dir ckpt/AO_Movies_HA
 
-(--instruction_path, the authors' name of --data_path, is accepted.) Every field of TRL's
-SFTConfig / transformers' TrainingArguments is a flag (--learning_rate, --num_train_epochs,
---max_steps, --gradient_accumulation_steps, ...), with this stage's defaults. The 4c and 4b
+(--instruction_path, the authors' name of --data_path, is accepted.) Every field of transformers'
+TrainingArguments is a flag (--learning_rate, --num_train_epochs, --max_steps,
+--gradient_accumulation_steps, ...), with this stage's defaults; `--config recipe.yaml` sets any of
+them (a setting given there and as a flag, or twice, is refused). Every number is range-checked
+before anything loads (--max_steps -1 means: train for --num_train_epochs). The 4c and 4b
 manifests are read: prompts built with another tokenizer, or teacher states extracted with another
 model than --model, are refused. Before training the main process prints the optimizer steps and
 how many warm up (--warmup_steps below 1 is a fraction of them; default 0.133). merged/ is the base
@@ -30,24 +32,14 @@ from __future__ import annotations
 
 import sys
 
-from siren import SirenError
-from siren.cli import hf_parser, run_main
+from siren.cli import run_main
 
 
 def parse_args(argv: list[str] | None = None):
     """(AlignmentArguments, AlignmentTrainingConfig); bad values are one-line errors."""
-    from siren.alignment import TRAINING_DEFAULTS, AlignmentArguments
-    from siren.alignment_config import AlignmentTrainingConfig
+    from siren.alignment_config import parse_alignment_args
 
-    parser = hf_parser((AlignmentArguments, AlignmentTrainingConfig), __doc__, **TRAINING_DEFAULTS)
-    try:
-        stage, config, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True,
-                                                                     look_for_args_file=False)
-    except ValueError as err:  # TrainingArguments.__post_init__ refusing a combination of settings
-        raise SirenError(f"training settings: {' '.join(str(err).split())}") from None
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return stage, config
+    return parse_alignment_args(sys.argv[1:] if argv is None else list(argv), __doc__)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,27 +48,17 @@ def main(argv: list[str] | None = None) -> None:
     timer = RunTimer()
     stage, config = parse_args(argv)
 
-    from siren.alignment import (
-        RUN_OUTPUTS,
-        load_alignment_inputs,
-        prepare_checkpoints,
-        resolve_run_dir,
-        save_adapter,
-        save_merged,
-        train_alignment,
-    )
-    from siren.io import atomic_outputs, atomic_write_jsonl, check_outputs_free, write_manifest
-    from siren.modeling import MANIFEST_MODEL_KEY, adapter_base_record, model_record
+    from siren.alignment import RUN_OUTPUTS, load_alignment_inputs, save_adapter, save_merged, train_alignment, validate
+    from siren.io import atomic_outputs, atomic_write_jsonl, write_manifest
+    from siren.modeling import MANIFEST_MODEL_KEY, adapter_base_record
 
-    run_dir = resolve_run_dir(stage, config)
-    check_outputs_free([run_dir / name for name in RUN_OUTPUTS], stage.overwrite)  # every process, before any work
-    base = model_record(stage.model)
+    run_dir, base, checkpoints = validate(stage, config)  # every process, before anything loads
     inputs = load_alignment_inputs(stage, base)
-    notes = [*inputs.notes, prepare_checkpoints(stage, config)]
+    notes = [*inputs.notes, checkpoints.prepare(config.save_strategy)]
     if config.process_index == 0:
         print("\n".join(note for note in notes if note) or "checked the 4c and 4b manifests against --model")
 
-    run = train_alignment(stage, config, inputs)
+    run = train_alignment(stage, config, inputs, checkpoints)
     if run.is_main_process:
         counts = {**inputs.counts, "optimizer_steps": run.optimizer_steps, "warmup_steps": run.schedule.warmup_steps,
                   "processes": run.accelerator.num_processes}

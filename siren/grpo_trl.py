@@ -17,7 +17,7 @@ from pathlib import Path
 from trl import GRPOConfig, ModelConfig
 
 from siren import SirenError
-from siren.recipe import NON_NEGATIVE, POSITIVE, TRAINING_BOUNDS, Bound
+from siren.bounds import NON_NEGATIVE, POSITIVE, TRAINING_BOUNDS, Bound
 
 DEFAULT_PROMPTS_PER_STEP = 32  # the verl launcher's BATCH_SIZE
 GRPO_BOUNDS = {
@@ -133,7 +133,8 @@ def build_parser(doc: str | None = None):
 def parse_args(argv: list[str] | None = None, doc: str | None = None):
     """(GRPOScriptArguments, GRPOConfig, ModelConfig) from the command line and `--config recipe.yaml`;
     `doc` is the --help text (the script's docstring)."""
-    from siren.recipe import build_dataclasses, check_numbers, parse_settings
+    from siren.bounds import check_numbers
+    from siren.recipe import build_dataclasses, parse_settings
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(doc)
@@ -172,6 +173,7 @@ def _derive(namespace, given: dict) -> None:
 
 def validate(script_args: GRPOScriptArguments, config, model_args) -> None:
     """Inputs, the settings no library checks, and a free output folder; before anything loads."""
+    from siren.bounds import check_report_to
     from siren.verl_data import parquet_path
 
     if not model_args.model_name_or_path:
@@ -188,20 +190,9 @@ def validate(script_args: GRPOScriptArguments, config, model_args) -> None:
     lora_settings = sorted(name for name in script_args.user_given if name.startswith("lora_") or name == "use_dora")
     if lora_settings and not model_args.use_peft:
         raise SirenError(f"--{lora_settings[0]} is read with --use_peft true only (LoRA is off: full fine-tuning)")
-    _check_report_to(config.report_to)
-    if config.max_steps <= 0 and config.num_train_epochs <= 0:
-        raise SirenError("give --max_steps > 0 or --num_train_epochs > 0")
+    check_report_to(config.report_to)
     if config.max_steps > 0:
         _check_target_free(script_args, config, config.max_steps)
-
-
-def _check_report_to(report_to) -> None:
-    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
-
-    unknown = [name for name in (report_to or []) if name not in INTEGRATION_TO_CALLBACK and name not in ("none", "all")]
-    if unknown:
-        raise SirenError(f"--report_to: unknown integration {', '.join(map(repr, unknown))}; choose from none, "
-                         f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
 
 
 def _check_target_free(script_args: GRPOScriptArguments, config, step: int) -> Path:

@@ -299,7 +299,7 @@ def merge_lora_adapter(model_dir: str | Path) -> dict | None:
         raise SirenError(f"{adapter_dir}/adapter_config.json has lora_alpha={adapter_config.get('lora_alpha')!r} "
                          "(verl found no lora_train_meta.json in the checkpoint); merging it would change nothing")
 
-    from siren.lora_merge import merge_lora_float32
+    from siren.lora import merge_lora_float32
 
     merged = merge_lora_float32(model_dir, adapter_dir)
     # Remove the old weight files before writing new ones: they may still be memory-mapped.

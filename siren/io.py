@@ -55,6 +55,11 @@ _TRACKED_PACKAGES = (
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
+def is_disk_full(err: OSError) -> bool:
+    """Did a write fail because the disk, quota or file system refused it (a one-line error, not a bug)?"""
+    return err.errno in _DISK_FULL_ERRNOS
+
+
 # --------------------------------------------------------------------------------------------
 # Output folders: checked before any work
 # --------------------------------------------------------------------------------------------

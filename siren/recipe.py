@@ -5,66 +5,18 @@ on the command line, once in the recipe and once on the command line, or under t
 setting. (TRL's `TrlParser.parse_args_and_config` lets a flag silently win over the recipe, and
 passes recipe values around argparse's types, so `beta: [1, 2]` trained until the first step.)
 Recipe values go through the same argparse types as flags, so a wrong type stops the run before
-anything loads, and every number is checked against its range (`check_numbers`) before a
-dataclass is built. Errors are one line (SirenError).
+anything loads; the stage then checks every number against its range (`siren.bounds.check_numbers`)
+before a dataclass is built. Errors are one line (SirenError).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from siren import SirenError
-
-UNBOUNDED = math.inf
-
-
-@dataclass(frozen=True)
-class Bound:
-    """A number's range: low (inclusive unless low_open) to high (inclusive unless high_open)."""
-
-    low: float = -UNBOUNDED
-    high: float = UNBOUNDED
-    low_open: bool = False
-    high_open: bool = False
-    whole: bool = False
-
-    def describe(self) -> str:
-        kind = "a whole number" if self.whole else "a finite number"
-        parts = []
-        if self.low != -UNBOUNDED:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high != UNBOUNDED:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        return f"{kind} {' and '.join(parts)}".rstrip()
-
-    def accepts(self, value) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return False
-        if self.whole and value != int(value):
-            return False
-        if value < self.low or (self.low_open and value == self.low):
-            return False
-        return not (value > self.high or (self.high_open and value == self.high))
-
-
-POSITIVE = Bound(0, low_open=True)
-NON_NEGATIVE = Bound(0)
-# TrainingArguments' numbers (transformers checks almost none of them: a negative learning rate or
-# weight decay trains, 0 epochs saves the untrained model).
-TRAINING_BOUNDS = {
-    "learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "max_grad_norm": NON_NEGATIVE,
-    "adam_beta1": Bound(0, 1, high_open=True), "adam_beta2": Bound(0, 1, high_open=True),
-    "adam_epsilon": POSITIVE, "num_train_epochs": POSITIVE, "max_steps": Bound(-1, whole=True),
-    "per_device_train_batch_size": Bound(1, whole=True), "per_device_eval_batch_size": Bound(1, whole=True),
-    "gradient_accumulation_steps": Bound(1, whole=True), "warmup_ratio": Bound(0, 1), "warmup_steps": NON_NEGATIVE,
-    "logging_steps": POSITIVE, "save_steps": POSITIVE, "eval_steps": POSITIVE, "save_total_limit": Bound(1, whole=True),
-    "seed": Bound(0, whole=True), "dataloader_num_workers": Bound(0, whole=True),
-}
 
 
 def _one_line(text: str) -> str:
@@ -199,22 +151,6 @@ def parse_settings(parser: argparse.ArgumentParser, argv: list[str],
             raise SirenError(f"{first} ({given[first]}) and {second} ({given[second]}) set the same thing; give one")
     namespace = parser.parse_args(recipe_tokens + argv)
     return namespace, given
-
-
-def check_numbers(parser: argparse.ArgumentParser, namespace: argparse.Namespace, bounds: dict[str, Bound],
-                  given: dict[str, str]) -> None:
-    """Every float setting finite, and every setting of `bounds` in range (None = unset is allowed)."""
-    for action in parser._actions:
-        value = getattr(namespace, action.dest, None)
-        bound = bounds.get(action.dest)
-        if value is None or isinstance(value, (list, str, bool)) or not action.option_strings:
-            continue
-        where = f" (in {given[action.dest].removeprefix('--config ')})" \
-            if given.get(action.dest, "").startswith("--config ") else ""
-        if bound is not None and not bound.accepts(value):
-            raise SirenError(f"{action.option_strings[0]} must be {bound.describe()}, got {value}{where}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SirenError(f"{action.option_strings[0]} must be a finite number, got {value}{where}")
 
 
 def build_dataclasses(dataclass_types, namespace: argparse.Namespace) -> list:

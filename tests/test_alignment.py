@@ -1,10 +1,9 @@
-"""siren.alignment: losses on literal tensors, the aligned position, teacher lookup, row selection,
-LoRA targets, row-index pairing under a shuffled loader, overfitting one batch, and the stops on
-non-finite teacher states, losses and weights."""
+"""Stage 5's parts: losses on literal tensors (siren.alignment_losses, pure torch), the aligned
+position, teacher lookup, row selection, LoRA targets, row-index pairing under a shuffled loader,
+overfitting one batch, and the stops on non-finite teacher states, losses and weights."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,97 +12,26 @@ import torch
 from stage_inputs import build_stage5_inputs
 
 from siren import SirenError
-from siren.alignment import (
-    IGNORE_INDEX,
+from siren.alignment import check_finite_weights
+from siren.alignment_data import (
     ROW_INDEX,
     RowIndexCollator,
-    alignment_loss,
-    answer_positions,
-    build_trainer_class,
-    check_finite_weights,
-    completion_lm_loss,
-    lora_target_modules,
-    mix_losses,
-    per_layer_alignment_loss,
     select_training_rows,
     tokenize_ao_example,
     tokenize_ao_split,
 )
+from siren.alignment_losses import (
+    IGNORE_INDEX,
+    answer_positions,
+    completion_lm_loss,
+)
 from siren.ao_data import completion_text
 from siren.cot import load_mask
 from siren.hidden import TeacherStates
+from siren.lora import lora_target_modules
 
 # --------------------------------------------------------------------------------------------------
-# Losses
-
-
-def test_cosine_identical_is_zero_and_opposite_is_two():
-    vectors = torch.tensor([[[1.0, 2.0, -3.0], [0.5, 0.0, 4.0]]])  # [B=1, L=2, H=3]
-    assert torch.allclose(per_layer_alignment_loss(vectors, vectors.clone(), "cosine"), torch.zeros(1, 2), atol=1e-6)
-    assert torch.allclose(per_layer_alignment_loss(vectors, -vectors, "cosine"), torch.full((1, 2), 2.0), atol=1e-6)
-    orthogonal = per_layer_alignment_loss(torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.0, 3.0]]]), "cosine")
-    assert torch.allclose(orthogonal, torch.ones(1, 1))
-
-
-def test_mse_and_mae_by_hand_and_the_layer_average():
-    student = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]])
-    teacher = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
-    # layer 1: diffs (0, 2, 3); layer 2: diffs (-1, -1, -1)
-    assert torch.allclose(per_layer_alignment_loss(student, teacher, "mse"), torch.tensor([[13 / 3, 1.0]]))
-    assert torch.allclose(per_layer_alignment_loss(student, teacher, "mae"), torch.tensor([[5 / 3, 1.0]]))
-    assert math.isclose(alignment_loss(student, teacher, "mse").item(), (13 / 3 + 1.0) / 2, rel_tol=1e-6)
-
-
-def test_zscore_losses_by_hand():
-    teacher = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])
-    # An affine copy with positive scale standardises to the same vector.
-    assert per_layer_alignment_loss(3 * teacher + 7, teacher, "mse_zscore").abs().max() < 1e-6
-    assert per_layer_alignment_loss(3 * teacher + 7, teacher, "std_mae").abs().max() < 1e-6
-    # A flipped copy: z(s) = -z(t), so mse = mean (2 z)^2 = 4 * (n-1)/n with the unbiased std (n=4).
-    assert math.isclose(per_layer_alignment_loss(-teacher, teacher, "mse_zscore").item(), 4 * 3 / 4, rel_tol=1e-4)
-    z = (teacher - 2.5) / teacher.std()
-    assert math.isclose(per_layer_alignment_loss(-teacher, teacher, "std_mae").item(), (2 * z).abs().mean().item(),
-                        rel_tol=1e-4)
-    # mse_zscore_t divides the plain mse by the teacher's variance: shift by 1 -> 1 / var(t).
-    assert math.isclose(per_layer_alignment_loss(teacher + 1, teacher, "mse_zscore_t").item(),
-                        1 / teacher.var().item(), rel_tol=1e-4)
-
-
-@pytest.mark.parametrize("loss_type", ["cosine", "mse", "mae", "mse_zscore", "mse_zscore_t", "std_mae"])
-def test_teacher_is_stop_gradient(loss_type):
-    student = torch.randn(2, 3, 8, requires_grad=True)
-    teacher = torch.randn(2, 3, 8, requires_grad=True)
-    alignment_loss(student, teacher, loss_type).backward()
-    assert teacher.grad is None
-    assert student.grad is not None and student.grad.abs().sum() > 0
-
-
-def test_unknown_loss_and_shape_mismatch():
-    with pytest.raises(ValueError, match="unknown loss_type"):
-        alignment_loss(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), "kl")
-    with pytest.raises(ValueError, match="shapes differ"):
-        alignment_loss(torch.zeros(1, 2, 2), torch.zeros(1, 1, 2))
-
-
-def test_mix_losses():
-    align, lm = torch.tensor(2.0), torch.tensor(10.0)
-    assert mix_losses(align, lm, 1.0).item() == 2.0
-    assert mix_losses(align, lm, 0.0).item() == 10.0
-    assert math.isclose(mix_losses(align, lm, 0.25).item(), 0.25 * 2 + 0.75 * 10)
-    assert mix_losses(align, torch.tensor(float("nan")), 1.0).item() == 2.0
-
-
-# --------------------------------------------------------------------------------------------------
-# Aligned position
-
-
-def test_answer_positions_right_and_left_padding():
-    right = torch.tensor([[-100, -100, -100, 7, 8, -100], [-100, 5, 6, -100, -100, -100]])
-    left = torch.tensor([[-100, -100, -100, -100, 7, 8], [-100, -100, -100, -100, 5, 6]])
-    assert answer_positions(right).tolist() == [2, 0]
-    assert answer_positions(left).tolist() == [3, 3]
-    with pytest.raises(ValueError, match="no completion"):
-        answer_positions(torch.full((1, 3), IGNORE_INDEX))
+# Aligned position (the losses themselves: test_alignment_losses.py)
 
 
 @pytest.mark.slow
@@ -254,7 +182,7 @@ def test_non_finite_trained_weights_are_refused():
     check_finite_weights(layer)
     with torch.no_grad():
         layer.weight[1, 2] = float("inf")
-    with pytest.raises(SirenError, match="training left non-finite values in weight; nothing was written"):
+    with pytest.raises(SirenError, match="training left non-finite values in weight; the outputs were not written"):
         check_finite_weights(layer)
 
 
@@ -292,9 +220,9 @@ def test_lora_targets_come_from_the_model(tiny_model_dir):
 def _make_trainer(model_dir: Path, inputs: dict[str, Path], out: Path, teacher: TeacherStates, rows: list[int], **overrides):
     from datasets import load_from_disk
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
-    from trl import SFTConfig
+    from transformers import AutoModelForCausalLM, TrainingArguments
 
+    from siren.alignment_trainer import HiddenAlignmentTrainer
     from siren.tokenization import load_tokenizer, rating_token_ids
 
     tokenizer = load_tokenizer(model_dir, padding_side="right")
@@ -304,14 +232,12 @@ def _make_trainer(model_dir: Path, inputs: dict[str, Path], out: Path, teacher: 
     settings = dict(
         output_dir=str(out), max_steps=4, per_device_train_batch_size=3, learning_rate=1e-2, warmup_steps=0,
         lr_scheduler_type="constant", use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
-        eval_strategy="no", max_length=None, dataset_kwargs={"skip_prepare_dataset": True},
-        remove_unused_columns=False, seed=3,
+        eval_strategy="no", remove_unused_columns=False, seed=3,
     )
     settings.update(overrides)
-    trainer_class = build_trainer_class()
-    return trainer_class(
+    return HiddenAlignmentTrainer(
         model=AutoModelForCausalLM.from_pretrained(str(model_dir)),
-        args=SFTConfig(**settings),
+        args=TrainingArguments(**settings),
         train_dataset=train,
         eval_dataset=valid,
         processing_class=tokenizer,
@@ -380,6 +306,19 @@ def test_overfitting_one_batch_halves_the_alignment_loss(stage5_inputs, tiny_mod
     assert align[-1] <= 0.5 * align[0], align
     assert any(key.startswith("cos_layer_") for key in trainer.state.log_history[0])
     assert "lm_loss" in trainer.state.log_history[0]
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_still_trains_the_adapter(stage5_inputs, tiny_model_dir, tmp_path):
+    """The adapter behind frozen embeddings still gets gradients through checkpointed blocks (TRL
+    calls `enable_input_require_grads` for this; transformers 5.9's Trainer needs no help): the LoRA
+    B matrices, zero at the start, move."""
+    teacher = TeacherStates(stage5_inputs["teacher"])
+    trainer, _ = _make_trainer(tiny_model_dir, stage5_inputs, tmp_path / "run", teacher, [0, 1, 2],
+                               max_steps=2, gradient_checkpointing=True)
+    trainer.train()
+    lora_b = [p for name, p in trainer.model.named_parameters() if "lora_B" in name]
+    assert lora_b and all(p.detach().abs().sum() > 0 for p in lora_b)
 
 
 @pytest.mark.slow

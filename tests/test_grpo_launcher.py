@@ -557,6 +557,12 @@ def _trl_command(env: dict, tmp_path: Path, *args: str) -> list[str]:
     return command[2:]
 
 
+def test_max_steps_0_runs_the_epochs_with_trl_too(tiny_model_dir, tmp_path):
+    """MAX_STEPS=0 means "run the epochs" (verl: total_training_steps null); TRL's --max_steps 0 would
+    make zero steps and is refused (siren.bounds), so the launcher passes no flag."""
+    assert _trl_command({"MODEL_PATH": str(tiny_model_dir), "MAX_STEPS": "0"}, tmp_path) == [f"--model={tiny_model_dir}"]
+
+
 def test_trl_gets_only_the_settings_given(tiny_model_dir, verl_dir, tmp_path):
     """Issue 20: the launcher's defaults, passed as flags, beat a --config recipe. Now only a setting given to
     the launcher becomes a flag (grpo_trl.py's defaults are the launcher's)."""
@@ -646,7 +652,8 @@ BAD_TRL_SETTINGS = {
     "lr_negative": ({"LR": "-1e-6"}, "--learning_rate must be a finite number > 0, got -1e-06"),
     "lr_word": ({"LR": "fast"}, "argument --learning_rate/--learning-rate: invalid float value: 'fast'"),
     "kl_negative": ({"KL_COEF": "-0.1"}, "--beta must be a finite number >= 0, got -0.1"),
-    "max_steps": ({"MAX_STEPS": "-5"}, "--max_steps must be a whole number >= -1, got -5"),
+    "max_steps": ({"MAX_STEPS": "-5"}, "--max_steps must be a whole number >= 1, or -1 (train for --num_train_epochs), "
+                                       "got -5"),
     "epochs_zero": ({"EPOCHS": "0"}, "--num_train_epochs must be a finite number > 0, got 0.0"),
     "response_length": ({"MAX_RESPONSE_LENGTH": "0"}, "--max_completion_length must be a whole number >= 1, got 0"),
     "lora_negative": ({"LORA_RANK": "-3"}, "--lora_r must be a whole number >= 1, got -3"),

@@ -96,7 +96,7 @@ def test_reward_and_parser_read_what_this_tokenizer_decodes(tokenizer):
 def test_lora_targets_and_dtype_on_llama(real_model_dir):
     import torch
 
-    from siren.alignment import lora_target_modules
+    from siren.lora import lora_target_modules
     from siren.modeling import load_causal_lm
 
     model = load_causal_lm(real_model_dir, torch.float32, "cpu")

@@ -1,11 +1,13 @@
-"""train_hidden_mask.py end to end on the tiny model (CPU), its flags (HfArgumentParser over the
-stage's dataclass and SFTConfig; the authors' names) and its refusals of bad input."""
+"""train_hidden_mask.py end to end on the tiny model (CPU), its flags (the stage's dataclass and
+TrainingArguments; the authors' names; a recipe), its refusals of bad input before anything loads,
+and what a failed run leaves behind (nothing that blocks the corrected rerun)."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -139,11 +141,12 @@ def test_mask_of_the_wrong_length(inputs, tiny_model_dir, tmp_path):
     _expect_error(args, "has 11 entries but the training split has 10 rows", tmp_path / "out")
 
 
-def test_bad_flags(inputs, tiny_model_dir, tmp_path):
-    _expect_error(_args(inputs, tiny_model_dir, tmp_path / "out", "--kd_ratio", "1.5"), "--kd_ratio must be in [0, 1]",
-                  tmp_path / "out")
-    _expect_error(_args(inputs, tiny_model_dir, tmp_path / "out", "--save_steps", "3"), "multiple of --eval_steps",
-                  tmp_path / "out")
+def test_bad_flags(inputs, tiny_model_dir, tmp_path, capsys):
+    _refused(_args(inputs, tiny_model_dir, tmp_path / "out", "--kd_ratio", "1.5"),
+             "--kd_ratio must be a finite number >= 0 and <= 1, got 1.5", tmp_path / "out", capsys)
+    args = _args(inputs, tiny_model_dir, tmp_path / "out")
+    args[args.index("--save_steps") + 1] = "3"
+    _refused(args, "multiple of --eval_steps", tmp_path / "out", capsys)
 
 
 @pytest.mark.slow
@@ -178,7 +181,7 @@ def _refused(args: list[str], pattern: str, out_dir: Path, capsys) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Flags: the stage's dataclass + SFTConfig, the authors' names, the stage's defaults
+# Flags: the stage's dataclass + TrainingArguments, the authors' names, the stage's defaults
 
 
 def test_the_authors_flags_parse():
@@ -199,7 +202,7 @@ def test_the_authors_flags_parse():
 
 
 def test_stage_defaults_and_every_training_field():
-    from siren.alignment import CHECKPOINTS_DIR, resolve_run_dir
+    from siren.alignment_config import CHECKPOINTS_DIR, resolve_run_dir
 
     script = load_script(SCRIPT)
     required = ["--model", "ckpt/GRPO_Movies_step100", "--data_path", "d", "--teacher_hidden_path", "t",
@@ -214,8 +217,16 @@ def test_stage_defaults_and_every_training_field():
     assert config.report_to == [] and config.gradient_checkpointing is False and config.load_best_model_at_end
     assert config.metric_for_best_model == "rating_rmse" and config.greater_is_better is False
     assert config.bf16 is False and config.use_cpu  # no CUDA here: float32 on the CPU
-    assert config.max_length is None and config.remove_unused_columns is False  # stage 5 drops long rows itself
-    assert config.dataset_kwargs == {"skip_prepare_dataset": True} and config.loss_type == "nll"
+    assert config.remove_unused_columns is False  # row_index and rating_label reach the collator
+    # one definition per setting: no field of the stage's dataclass is also a TrainingArguments field
+    import dataclasses
+
+    from siren.alignment_config import AlignmentArguments, AlignmentTrainingConfig
+
+    shared = {f.name for f in dataclasses.fields(AlignmentArguments)} & {
+        f.name for f in dataclasses.fields(AlignmentTrainingConfig)}
+    assert shared == set(), shared
+    assert not hasattr(config, "packing") and not hasattr(config, "dataset_text_field")  # no SFT flags that do nothing
     run_dir = resolve_run_dir(stage, config)
     assert run_dir == Path("ckpt/AO_GRPO_Movies_step100_KV-cosine-kd1")
     assert Path(config.output_dir) == run_dir / CHECKPOINTS_DIR
@@ -247,18 +258,19 @@ def test_the_warm_up_is_a_fraction_of_the_optimizer_steps():
     assert (fixed.optimizer_steps, fixed.warmup_steps, fixed.epochs) == (40, 5, None)
 
 
-def test_bad_settings_are_one_line_errors(capsys):
+def test_bad_settings_are_one_line_errors():
     script = load_script(SCRIPT)
     required = ["--model", "m", "--data_path", "d", "--teacher_hidden_path", "t", "--teacher_mask_path", "m.pt"]
-    for extra, message in ((["--kd_ratio", "-0.1"], "--kd_ratio must be in [0, 1]"),
-                           (["--lora_r", "0"], "--lora_r must be at least 1"),
-                           (["--eval_limit", "0"], "--eval_limit must be at least 1"),
-                           (["--eval_steps", "2", "--save_steps", "3"], "multiple of --eval_steps (2)")):
+    for extra, message in ((["--kd_ratio", "-0.1"], "--kd_ratio must be a finite number >= 0 and <= 1, got -0.1"),
+                           (["--lora_r", "0"], "--lora_r must be a whole number >= 1, got 0"),
+                           (["--eval_limit", "0"], "--eval_limit must be a whole number >= 1, got 0"),
+                           (["--training_ratio", "0"], "--training_ratio must be a finite number > 0 and <= 1, got 0.0"),
+                           (["--lora_dropout", "1"], "--lora_dropout must be a finite number >= 0 and < 1, got 1.0"),
+                           (["--eval_steps", "2", "--save_steps", "3"], "multiple of --eval_steps (2)"),
+                           (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag 1"),
+                           (["--max_steps", "4", "--max_steps", "5"], "max_steps is given twice on the command line")):
         with pytest.raises(SirenError, match=re.escape(message)):
             script.parse_args([*required, *extra])
-    with pytest.raises(SystemExit):
-        script.parse_args([*required, "--no_such_flag", "1"])
-    assert "unrecognized arguments: --no_such_flag 1" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -346,7 +358,8 @@ def test_checkpoints_of_another_run_are_refused_or_cleared(inputs, tiny_model_di
 
     script = load_script(SCRIPT)
     stage, config = script.parse_args(args[1:])
-    from siren.alignment import check_checkpoint_dir, resolve_run_dir, run_settings
+    from siren.alignment_checkpoints import check_checkpoint_dir, run_settings
+    from siren.alignment_config import resolve_run_dir
 
     resolve_run_dir(stage, config)
     killed = run_settings(stage, config)
@@ -364,3 +377,162 @@ def test_output_dir_that_is_a_file(inputs, tiny_model_dir, tmp_path, capsys):
     (tmp_path / "taken").write_text("a file")
     _refused(_args(inputs, tiny_model_dir, tmp_path / "taken"), "is an existing file, not a folder", tmp_path / "x", capsys)
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 20: every number range-checked before anything loads (siren.bounds, shared with stage 3),
+# and a failed run leaves nothing that blocks the corrected rerun
+
+
+def _with(args: list[str], flag: str, value: str) -> list[str]:
+    """`args` with `flag` set to `value` (a setting may be given once)."""
+    args = list(args)
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    return args
+
+
+RANGE_CASES = {
+    "no_epochs": (["--max_steps", "-1", "--num_train_epochs", "0"], "--num_train_epochs must be a finite number > 0, got 0.0"),
+    "negative_epochs": (["--max_steps", "-1", "--num_train_epochs", "-1"],
+                        "--num_train_epochs must be a finite number > 0, got -1.0"),
+    "zero_steps": (["--max_steps", "0"], "--max_steps must be a whole number >= 1, or -1 (train for --num_train_epochs), "
+                                         "got 0"),
+    "weight_decay": (["--weight_decay", "-1"], "--weight_decay must be a finite number >= 0, got -1.0"),
+    "lr_nan": (["--learning_rate", "nan"], "--learning_rate must be a finite number > 0, got nan"),
+    "lr_negative": (["--learning_rate", "-1"], "--learning_rate must be a finite number > 0, got -1.0"),
+    "batch_zero": (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be a whole number >= 1, got 0"),
+    "accumulation_zero": (["--gradient_accumulation_steps", "0"],
+                          "--gradient_accumulation_steps must be a whole number >= 1, got 0"),
+    "report_to": (["--report_to", "bogus"], "--report_to: unknown integration 'bogus'; choose from none, all, "),
+    "warmup": (["--warmup_steps", "-5"], "--warmup_steps must be a finite number >= 0, got -5.0"),  # not "an integer or a float"
+    # beyond the issue's list
+    "grad_norm_inf": (["--max_grad_norm", "inf"], "--max_grad_norm must be a finite number >= 0, got inf"),
+    "eval_batch_zero": (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size must be a whole number >= 1"),
+    "adam_beta": (["--adam_beta1", "1"], "--adam_beta1 must be a finite number >= 0 and < 1, got 1.0"),
+    "lora_alpha": (["--lora_alpha", "0"], "--lora_alpha must be a whole number >= 1, got 0"),
+    "max_length": (["--max_length", "0"], "--max_length must be a whole number >= 1, got 0"),
+    "kd_nan": (["--kd_ratio", "nan"], "--kd_ratio must be a finite number >= 0 and <= 1, got nan"),
+    "dataset_seed": (["--dataset_seed", "-1"], "--dataset_seed must be a whole number >= 0, got -1"),
+    "fractional_steps": (["--max_steps", "2.5"], "invalid int value: '2.5'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RANGE_CASES))
+def test_numbers_out_of_range_stop_the_run_before_anything_loads(case, inputs, tiny_model_dir, tmp_path, capsys):
+    """`--max_steps 0` or 0 epochs wrote a merged model identical to the base with exit 0, a
+    negative weight decay trained, and a NaN learning rate, a zero batch size or an unknown
+    --report_to failed with a traceback after all the loading, leaving checkpoints/run_settings.json
+    behind. Now: one line, exit 2, and no folder at all."""
+    extra, message = RANGE_CASES[case]
+    args = _args(inputs, tiny_model_dir, tmp_path / "out")
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        args = _with(args, flag, value)
+    _refused(args, message, tmp_path / "out", capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_recipe_value_is_range_checked_and_a_clash_refused(inputs, tiny_model_dir, tmp_path, capsys):
+    """Stage 5 reads `--config recipe.yaml` with stage 3's rule (siren.recipe): a recipe value goes
+    through the same checks as a flag, and a setting given in both is refused."""
+    recipe = tmp_path / "stage5.yaml"
+    recipe.write_text("weight_decay: -0.5\nkd_ratio: 0.5\n")
+    args = _args(inputs, tiny_model_dir, tmp_path / "out", "--config", str(recipe))
+    _refused(args, f"--weight_decay must be a finite number >= 0, got -0.5 (in {recipe})", tmp_path / "out", capsys)
+    recipe.write_text("learning_rate: 0.001\n")
+    _refused(args, f"learning_rate is given twice: in {recipe} and as --learning_rate on the command line",
+             tmp_path / "out", capsys)
+    script = load_script(SCRIPT)
+    recipe.write_text("kd_ratio: 0.25\nloss_type: mse\n")
+    stage, _ = script.parse_args(["--model", "m", "--data_path", "d", "--teacher_hidden_path", "t",
+                                  "--teacher_mask_path", "m.pt", "--config", str(recipe)])
+    assert (stage.kd_ratio, stage.loss_type) == (0.25, "mse")
+
+
+def test_a_model_folder_without_weights_is_refused_before_loading(inputs, tiny_model_dir, tmp_path, capsys):
+    """It failed in from_pretrained after the inputs were tokenized, and left run_settings.json."""
+    model = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, model, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    _refused(_args(inputs, model, tmp_path / "out"),
+             f"--model {model} holds no weights (no .safetensors or .bin file)", tmp_path / "out", capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_settings_record_without_checkpoints_guards_nothing(tmp_path):
+    """A folder holding only run_settings.json (left by an older version's failed run) is cleared,
+    not refused for "checkpoints of a run with other settings" that do not exist."""
+    from siren.alignment_checkpoints import CHECKPOINT_SETTINGS_NAME, check_checkpoint_dir
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / CHECKPOINT_SETTINGS_NAME).write_text(json.dumps({"training": {"learning_rate": float("nan")}}))
+    assert check_checkpoint_dir(folder, {"training": {"learning_rate": 0.01}}, overwrite=False) is True
+    (folder / "checkpoint-2").mkdir()
+    with pytest.raises(SirenError, match="holds checkpoints of a run with other settings"):
+        check_checkpoint_dir(folder, {"training": {"learning_rate": 0.01}}, overwrite=False)
+
+
+def test_a_failed_run_tidies_its_checkpoint_folder(tmp_path):
+    """What stays after a failure: checkpoints that were saved, with their settings; without any,
+    neither the settings record nor the folders the run made."""
+    from types import SimpleNamespace
+
+    from siren.alignment_checkpoints import CHECKPOINT_SETTINGS_NAME, CheckpointFolder
+
+    stage = AlignmentStub()
+    config = SimpleNamespace(output_dir=str(tmp_path / "run" / "checkpoints"), to_dict=lambda: {"learning_rate": 0.5})
+    folder = CheckpointFolder.check(stage, config)
+    assert folder.made == [tmp_path / "run" / "checkpoints", tmp_path / "run"]
+    folder.path.mkdir(parents=True)
+    folder.record_settings()
+    assert folder.tidy_after_failure() == ""
+    assert not (tmp_path / "run").exists()
+
+    folder = CheckpointFolder.check(stage, config)
+    (folder.path / "checkpoint-2").mkdir(parents=True)
+    folder.record_settings()
+    note = folder.tidy_after_failure()
+    assert note == (f"; the checkpoints saved before it (checkpoint-2) stay in {folder.path} (a rerun with the same "
+                    "settings clears them)")
+    assert (folder.path / CHECKPOINT_SETTINGS_NAME).is_file()
+    assert json.loads((folder.path / CHECKPOINT_SETTINGS_NAME).read_text())["training"] == {"learning_rate": 0.5}
+
+
+@dataclass
+class AlignmentStub:
+    overwrite: bool = False
+    kd_ratio: float = 1.0
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_leaves_nothing_and_the_corrected_rerun_runs(inputs, tiny_model_dir, tmp_path, capsys):
+    """A learning rate of 1e30 trains step 1 and blows up the weights: step 2's loss is NaN. The stop
+    said "nothing written" but left checkpoints/run_settings.json, so the rerun with a sane learning
+    rate was refused for checkpoints "of a run with other settings" that did not exist."""
+    out = tmp_path / "out"
+    args = _with(_args(inputs, tiny_model_dir, out), "--learning_rate", "1e30")
+    err = _refused(args, "the training loss is not finite (NaN or infinite) at step 2; stopped, the outputs were not "
+                         "written", out, capsys)
+    assert "stay in" not in err
+    assert not out.exists()
+    status, err = _main(_args(inputs, tiny_model_dir, out)[1:], capsys)
+    assert status == 0, err
+    assert (out / "merged" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_disk_full_while_saving_a_checkpoint_is_one_line(inputs, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """ENOSPC inside the trainer's checkpoint save was a traceback; now one line, and neither the
+    partial checkpoint nor the settings record nor the run folder is left."""
+    import errno
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)  # training_args.bin, optimizer.pt, ...: the checkpoint's files
+    out = tmp_path / "out"
+    _refused(_args(inputs, tiny_model_dir, out), f"cannot write checkpoint {out / 'checkpoints' / 'checkpoint-2'}: "
+             "No space left on device; stopped, the outputs were not written", out, capsys)
+    assert not out.exists()

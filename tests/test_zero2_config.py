@@ -98,7 +98,7 @@ def test_the_scripts_accumulation_and_clipping_decide(tmp_path, monkeypatch):
 
 
 def test_the_scripts_own_settings_fill_the_launched_config(tmp_path, monkeypatch):
-    """train_hidden_mask.py's parsed training config (SFTConfig fields, the stage's defaults) under
+    """train_hidden_mask.py's parsed training config (TrainingArguments fields, the stage's defaults) under
     `accelerate launch --config_file config_Zero2.yaml`: DeepSpeed's "auto" values come from it."""
     import importlib.util
 
