@@ -413,17 +413,13 @@ def model_label(model_path: str | os.PathLike, adapter_path: str | os.PathLike |
 
 
 def tokenizer_record(tokenizer, path: str | os.PathLike) -> dict:
-    """What identifies the tokenizer, for the manifest (stage 5 can compare it with its model's)."""
+    """The tokenizer a stage rendered prompts with, for its manifest: its identity (the same digests
+    `tokenizer_files_record` gives, which later stages compare), its size and the aligned tokens."""
     path = Path(path)
-    digest = None
-    if (path / "tokenizer.json").is_file():
-        digest = hashlib.sha256((path / "tokenizer.json").read_bytes()).hexdigest()
-    template = getattr(tokenizer, "chat_template", None) or ""
     return {
         "path": str(path.resolve()),
         "class": type(tokenizer).__name__,
         "vocab_size": len(tokenizer),
-        "tokenizer_json_sha256": digest,
-        "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
+        **tokenizer_files_record(path),
         "answer_tag_ids": answer_tag_ids(tokenizer),
     }

@@ -69,7 +69,7 @@ def test_end_to_end(tiny_model_dir, verl_dir, tmp_path, capsys):
         assert part["completion"] == [f"{label:.1f}</answer>" for label in part["label"]]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tokenizer"]["path"] == str(tiny_model_dir.resolve())
-    assert manifest["tokenizer"]["tokenizer_json_sha256"] and manifest["category"] == "Movies"
+    assert manifest["tokenizer"]["vocabulary_sha256"] and manifest["category"] == "Movies"
     assert manifest["counts"]["train"] == dataset["train"].num_rows
     # the --model folder's identity, which stages 5 and 6 compare with theirs (its tokenizer files)
     from siren.modeling import model_record
