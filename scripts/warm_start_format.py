@@ -328,10 +328,10 @@ def main(argv: list[str] | None = None) -> None:
                        counts=counts, seconds=timer.seconds)
 
     n = counts["rows"]
-    print(f"read {n} {args.split} rows from {args.data_path}; trained {counts['steps']} steps on {len(dataset)} of "
-          f"them (loss {_fmt(counts['first_loss'])} -> {_fmt(counts['final_loss'])}; {too_long} rows over "
-          f"{args.max_length} tokens left out)")
-    print(f"greedy format check: format_ok {counts['format_ok']}/{n} ({counts['format_ok_fraction']:.0%}), valid "
+    print(f"read {len(rows)} {args.split} rows from {args.data_path}; trained {counts['steps']} steps on "
+          f"{len(dataset)} of them (loss {_fmt(counts['first_loss'])} -> {_fmt(counts['final_loss'])}; {too_long} rows "
+          f"over {args.max_length} tokens left out)")
+    print(f"greedy format check on {n} of them: format_ok {counts['format_ok']}/{n} ({counts['format_ok_fraction']:.0%}), valid "
           f"{counts['valid']}/{n} ({counts['valid_fraction']:.0%}), both {counts['format_ok_and_valid']}/{n}, "
           f"exactly correct {counts['correct']}/{n}")
     print(f"wrote {out_dir} (model, tokenizer, generations.jsonl, train_log.jsonl, manifest.json) in {timer.seconds:.1f}s")
