@@ -37,16 +37,16 @@ case "$PROFILE" in
         D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=200; D_DTYPE=float32
         # The random model learns only the one-line recipe, and only at a high learning rate.
         D_WARM_RECIPE=mean; D_WARM_LR=1e-2; D_WARM_STEPS=60; D_WARM_ROWS=64; D_WARM_BATCH=8; D_WARM_MIN_FORMAT=0.9
-        D_GRPO_STEPS=2; D_GRPO_PROMPTS=2; D_ROLLOUT_N=2; D_GRPO_LR=1e-6; D_GRPO_EVAL_ROWS=4
-        D_MAX_NEW_TOKENS=40; D_ALIGN_STEPS=20; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8
+        D_GRPO_STEPS=2; D_GRPO_PROMPTS=2; D_ROLLOUT_N=2; D_GRPO_LR=1e-6; D_GRPO_KL=0.001; D_GRPO_EVAL_ROWS=4
+        D_MAX_NEW_TOKENS=40; D_COT_BATCH=16; D_ALIGN_STEPS=20; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8
         D_BENCH_SAMPLES=4; D_BENCH_COT_TOKENS=64
         ;;
     real)
         D_MODEL=ckpt/smollm2-135m-instruct; D_RUN=results/demo-real
-        D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=400; D_DTYPE=float32
-        D_WARM_RECIPE=prompt; D_WARM_LR=2e-4; D_WARM_STEPS=24; D_WARM_ROWS=96; D_WARM_BATCH=4; D_WARM_MIN_FORMAT=0.9
-        D_GRPO_STEPS=4; D_GRPO_PROMPTS=4; D_ROLLOUT_N=4; D_GRPO_LR=1e-6; D_GRPO_EVAL_ROWS=16
-        D_MAX_NEW_TOKENS=96; D_ALIGN_STEPS=60; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=8; D_LORA_R=8
+        D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=400; D_DTYPE=bfloat16
+        D_WARM_RECIPE=prompt; D_WARM_LR=2e-4; D_WARM_STEPS=16; D_WARM_ROWS=64; D_WARM_BATCH=4; D_WARM_MIN_FORMAT=0.9
+        D_GRPO_STEPS=3; D_GRPO_PROMPTS=4; D_ROLLOUT_N=4; D_GRPO_LR=1e-6; D_GRPO_KL=0; D_GRPO_EVAL_ROWS=8
+        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=40; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8
         D_BENCH_SAMPLES=8; D_BENCH_COT_TOKENS=64
         ;;
     *) die "PROFILE must be tiny or real, got '$PROFILE'" ;;
@@ -67,8 +67,10 @@ GRPO_STEPS=${GRPO_STEPS:-$D_GRPO_STEPS}
 GRPO_PROMPTS=${GRPO_PROMPTS:-$D_GRPO_PROMPTS}   # prompts per GRPO step
 ROLLOUT_N=${ROLLOUT_N:-$D_ROLLOUT_N}            # responses per prompt
 GRPO_LR=${GRPO_LR:-$D_GRPO_LR}
+GRPO_KL=${GRPO_KL:-$D_GRPO_KL}                  # KL coefficient (TRL's beta); 0 needs no reference model
 GRPO_EVAL_ROWS=${GRPO_EVAL_ROWS:-$D_GRPO_EVAL_ROWS}  # held-out (valid) rows of GRPO's learning curve, every step
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-$D_MAX_NEW_TOKENS}
+COT_BATCH=${COT_BATCH:-$D_COT_BATCH}            # 4a's batch (decoding is per-step overhead: bigger is cheaper)
 ALIGN_STEPS=${ALIGN_STEPS:-$D_ALIGN_STEPS}
 ALIGN_LR=${ALIGN_LR:-$D_ALIGN_LR}
 ALIGN_BATCH=${ALIGN_BATCH:-$D_ALIGN_BATCH}
@@ -89,7 +91,7 @@ AO_DATA="$RUN/ao_data"
 WARM="$RUN/ckpt/warm_start"
 GRPO="$RUN/ckpt/GRPO_${CATEGORY}_step${GRPO_STEPS}"
 SLICE="$RUN/data"
-AO=(--engine eager --batch_size 16 --dtype "$DTYPE")   # stage 6, the same way for every model
+AO=(--engine eager --batch_size "$COT_BATCH" --dtype "$DTYPE")   # stage 6, the same way for every model and as 4a
 STEPS=16
 START=$SECONDS
 STEP_START=$SECONDS
@@ -139,16 +141,17 @@ step "stage 6 on the warm start"
 step "stage 3: GRPO, TRL backend, $GRPO_STEPS steps of $GRPO_PROMPTS prompts x $ROLLOUT_N responses"
 BACKEND=trl PYTHON="$PY" MODEL_PATH="$WARM" CATEGORY="$CATEGORY" DATA_DIR="$VERL" \
     CKPT_DIR="$RUN/ckpt" TRAINER_DIR="$RUN/ckpt/trl" MAX_STEPS="$GRPO_STEPS" ROLLOUT_N="$ROLLOUT_N" \
-    BATCH_SIZE="$GRPO_PROMPTS" MICRO_BATCH_SIZE="$(( GRPO_PROMPTS * ROLLOUT_N ))" LR="$GRPO_LR" \
+    BATCH_SIZE="$GRPO_PROMPTS" MICRO_BATCH_SIZE="$(( GRPO_PROMPTS * ROLLOUT_N ))" LR="$GRPO_LR" KL_COEF="$GRPO_KL" \
     MAX_RESPONSE_LENGTH="$MAX_NEW_TOKENS" \
-    TEST_FREQ=1 SAVE_FREQ=0 bash main_grpo_amazon.sh --eval_limit "$GRPO_EVAL_ROWS" --gradient_checkpointing false
+    TEST_FREQ=1 SAVE_FREQ=0 bash main_grpo_amazon.sh --eval_limit "$GRPO_EVAL_ROWS" \
+    --num_generations_eval 1 --gradient_checkpointing false
 cp "$GRPO/train_log.jsonl" "$RUN/grpo_train_log.jsonl"
 
 step "stage 4a: CoT answers of the GRPO model (test rows: the CoT table row; $TRAIN_ROWS train rows: the teacher)"
 "$PY" inference_train_ddp.py --model "$GRPO" --data_path "$VERL" --split test --limit "$LIMIT" --dtype "$DTYPE" \
-    --max_new_tokens "$MAX_NEW_TOKENS" --batch_size 16 --output_dir "$RUN/cot_test"
+    --max_new_tokens "$MAX_NEW_TOKENS" --batch_size "$COT_BATCH" --output_dir "$RUN/cot_test"
 "$PY" inference_train_ddp.py --model "$GRPO" --data_path "$VERL" --split train --limit "$TRAIN_ROWS" --dtype "$DTYPE" \
-    --max_new_tokens "$MAX_NEW_TOKENS" --batch_size 16 --output_dir "$RUN/cot_train"
+    --max_new_tokens "$MAX_NEW_TOKENS" --batch_size "$COT_BATCH" --output_dir "$RUN/cot_train"
 
 step "stage 6 on the GRPO model (answer-only before alignment)"
 "$PY" inference_ao_ddp.py --model "$GRPO" --data_path "$AO_DATA" --split test --limit "$LIMIT" "${AO[@]}" \
