@@ -324,3 +324,12 @@ def test_an_empty_run_folder_is_refused(tmp_path):
     proc = run_script("scripts/make_tables.py", "--run_dir", str(tmp_path / "empty"), check=False)
     assert proc.returncode == 2 and "no inputs in" in proc.stderr
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == []
+
+
+def test_the_tables_never_go_where_their_inputs_are(run_dir):
+    """Issue 20: the tables' default folder is <run_dir>/tables; the run folder itself holds inputs."""
+    proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), "--output_dir", str(run_dir), "--overwrite",
+                      check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "(--output_dir) holds this stage's input" in proc.stderr
+    assert not (run_dir / "tables.md").exists() and not (run_dir / "manifest.json").exists()
