@@ -41,58 +41,74 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def validate(args: argparse.Namespace) -> dict:
+    """Inputs (stage 4a's manifest among them) and the output folder, on every process, before any model loads."""
+    from siren import SirenError, cot, hidden
+    from siren.manifest import check_input_manifest
+    from siren.outputs import StageOutputs
+    from siren.verl_data import category_of, load_split_rows, parquet_path
+
+    thinking_path = cot.thinking_file(args.thinking_path)
+    data_file = parquet_path(args.data_path, args.split)
+    check_input_manifest(args.data_path, made_by="preprocess_grpo.py", flag="--data_path")
+    stage4a = check_input_manifest(thinking_path, made_by=cot.SCRIPT_NAME, flag="--thinking_path",
+                                   expect={"split": (args.split, "--split"), "limit": (args.limit, "--limit")})
+    recorded = (stage4a or {}).get("data_sha256")
+    if data_file.is_file() and recorded and recorded != cot.file_sha256(data_file):
+        # Same rows, other prompts (e.g. another max@N folder): the reasoning was written for other prompts.
+        raise SirenError(f"--thinking_path {thinking_path} was written for another parquet file than {data_file} "
+                         "(its manifest's data_sha256 differs): give the --data_path stage 4a read")
+    rows = load_split_rows(args.data_path, args.split, args.limit)
+    outputs = StageOutputs(args.output_dir or f"results_hidden/{category_of(rows)}",
+                           [hidden.HIDDEN_NAME, hidden.INDEX_NAME], script="extract_last_hidden_ddp.py",
+                           inputs=[data_file, thinking_path, args.model], overwrite=args.overwrite).check()
+    return {"thinking_path": thinking_path, "data_file": data_file, "rows": rows, "outputs": outputs}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from pathlib import Path
+    checked = validate(args)
 
     from siren import cot, hidden
     from siren.distributed import process_state
-    from siren.io import MANIFEST_NAME, RunTimer, atomic_outputs, check_outputs_free, write_manifest
+    from siren.io import MANIFEST_NAME, RunTimer
     from siren.modeling import load_causal_lm, model_record, resolve_dtype
     from siren.tokenization import load_tokenizer
-    from siren.verl_data import category_of, load_split_rows, parquet_path
 
     timer = RunTimer()
-    thinking_path = cot.thinking_file(args.thinking_path)
-    data_file = parquet_path(args.data_path, args.split)
-    rows = load_split_rows(args.data_path, args.split, args.limit)
-    out_dir = Path(args.output_dir or f"results_hidden/{category_of(rows)}")
-    names = (hidden.HIDDEN_NAME, hidden.INDEX_NAME, MANIFEST_NAME)
-    check_outputs_free([out_dir / name for name in names], args.overwrite)
-    thinking, mask = cot.read_stage4a(thinking_path, rows, with_mask=args.only_correct)
-    selection = hidden.select_teacher_rows(thinking, mask)
-    tokenizer = load_tokenizer(args.model)  # a missing --model folder stops here, before its record is compared
-    selection, lengths = hidden.align_teacher_rows(tokenizer, rows, thinking, selection)
-    model = model_record(args.model)
-    note = cot.check_thinking_model(thinking_path, model)
-
+    rows, thinking_path, outputs = checked["rows"], checked["thinking_path"], checked["outputs"]
+    out_dir = outputs.folder
     state = process_state()
-    if note and state.is_main_process:
-        print(note)
-    memory = hidden.PeakMemory()
-    lm = load_causal_lm(args.model, resolve_dtype(args.dtype, state.device.type), state.device)
-    memory.model_loaded()
-    with hidden.scratch_folder(out_dir / ".hidden_parts", state) as parts_dir:
-        extraction = hidden.extract_teacher_states(lm, tokenizer, rows, thinking, selection.positions, state=state,
-                                                   parts_dir=parts_dir, batch_size=args.batch_size,
-                                                   save_dtype=args.save_dtype, lengths=lengths)
+    with outputs.claimed(state):
+        thinking, mask = cot.read_stage4a(thinking_path, rows, with_mask=args.only_correct)
+        selection = hidden.select_teacher_rows(thinking, mask)
+        tokenizer = load_tokenizer(args.model)  # a missing --model folder stops here, before its record is compared
+        selection, lengths = hidden.align_teacher_rows(tokenizer, rows, thinking, selection)
+        model = model_record(args.model)
+        note = cot.check_thinking_model(thinking_path, model)
+        if note and state.is_main_process:
+            print(note)
+        memory = hidden.PeakMemory()
+        lm = load_causal_lm(args.model, resolve_dtype(args.dtype, state.device.type), state.device)
+        memory.model_loaded()
+        with hidden.scratch_folder(out_dir / ".hidden_parts", state) as parts_dir:
+            extraction = hidden.extract_teacher_states(lm, tokenizer, rows, thinking, selection.positions, state=state,
+                                                       parts_dir=parts_dir, batch_size=args.batch_size,
+                                                       save_dtype=args.save_dtype, lengths=lengths)
+            if state.is_main_process:
+                with outputs.commit(args, timer) as staged:
+                    hidden.write_teacher_files(staged.dir, extraction, rows)
+                    # rows/s: the main process's forward passes only, no start-up
+                    staged.record(counts={**selection.counts(), **extraction.counts()},
+                                  extra={"model": model, **memory.record(),
+                                         "rows_per_s_per_process": round(extraction.rows_per_s, 3)})
         if state.is_main_process:
-            with atomic_outputs(out_dir, names, overwrite=args.overwrite) as staged:
-                hidden.write_teacher_files(staged.dir, extraction, rows)
-                # rows/s: the main process's forward passes only, no start-up
-                write_manifest(staged.dir, script="extract_last_hidden_ddp.py", args=args,
-                               inputs=[data_file, thinking_path, args.model],
-                               outputs=[staged.final_path(name) for name in names[:2]],
-                               counts={**selection.counts(), **extraction.counts()}, seconds=timer.seconds,
-                               extra={"model": model, **memory.record(),
-                                      "rows_per_s_per_process": round(extraction.rows_per_s, 3)})
-    if state.is_main_process:
-        size_mb = (out_dir / hidden.HIDDEN_NAME).stat().st_size / 2**20
-        print(f"read {len(rows)} rows of {data_file} and {thinking_path}; {selection.summary()}")
-        print(f"wrote {out_dir / hidden.HIDDEN_NAME} [{len(selection.positions)}, {extraction.row_shape[0]}, "
-              f"{extraction.row_shape[1]}] {args.save_dtype} ({size_mb:.1f} MiB), {hidden.INDEX_NAME} and "
-              f"{MANIFEST_NAME} in {timer.seconds:.1f}s")
-    state.wait_for_everyone()
+            size_mb = (out_dir / hidden.HIDDEN_NAME).stat().st_size / 2**20
+            print(f"read {len(rows)} rows of {checked['data_file']} and {thinking_path}; {selection.summary()}")
+            print(f"wrote {out_dir / hidden.HIDDEN_NAME} [{len(selection.positions)}, {extraction.row_shape[0]}, "
+                  f"{extraction.row_shape[1]}] {args.save_dtype} ({size_mb:.1f} MiB), {hidden.INDEX_NAME} and "
+                  f"{MANIFEST_NAME} in {timer.seconds:.1f}s")
+        state.wait_for_everyone()
 
 
 if __name__ == "__main__":

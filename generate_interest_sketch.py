@@ -53,10 +53,12 @@ def default_output_dir(args: argparse.Namespace) -> Path:
 
 
 def validate(args: argparse.Namespace):
-    """Check flags and inputs before anything is loaded; returns (resolved paths, the stage's SketchConfig)."""
+    """Check flags, inputs and outputs before anything is loaded; returns (resolved paths, the
+    stage's SketchConfig, its StageOutputs)."""
     from siren.data import resolve_category_dir, split_path
-    from siren.io import check_output_clear_of_inputs, check_output_dir, missing_file_message
-    from siren.sketch import SketchConfig
+    from siren.io import check_output_clear_of_inputs, check_output_folder, missing_file_message
+    from siren.outputs import StageOutputs
+    from siren.sketch import SketchConfig, output_files
     from siren.topic_names import check_namer
 
     check_namer(args.namer, args.llm_base_url, args.llm_model, args.llm_local_model)
@@ -80,10 +82,10 @@ def validate(args: argparse.Namespace):
     if args.tokenizer is not None and not Path(args.tokenizer).exists():
         raise SirenError(f"--tokenizer {args.tokenizer} does not exist")
 
-    inputs = [*split_files, history_path, args.meta_path, args.tokenizer]
+    inputs = [history_path, *split_files, args.meta_path, args.tokenizer]
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args)
-    check_output_clear_of_inputs(output_dir, inputs)
-    check_output_dir(output_dir)
+    outputs = StageOutputs(output_dir, output_files(args.n_clusters).values(), script="generate_interest_sketch.py",
+                           inputs=inputs, overwrite=args.overwrite).check()
     if args.cache_dir is None:
         cache_dir = Path("data") / args.category / "sketch" / "embedding_cache"
     elif args.cache_dir.lower() == "none":
@@ -92,43 +94,35 @@ def validate(args: argparse.Namespace):
         cache_dir = Path(args.cache_dir)
     if cache_dir is not None:
         check_output_clear_of_inputs(cache_dir, inputs, "--cache_dir")
-        check_output_dir(cache_dir)
+        check_output_folder(cache_dir)
     settings = {f.name: getattr(args, f.name) for f in fields(SketchConfig)}
     config = SketchConfig(**{**settings, "cache_dir": cache_dir})
-    return {"split_files": split_files, "history_path": history_path, "output_dir": output_dir}, config
+    return {"split_files": split_files, "history_path": history_path}, config, outputs
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    paths, config = validate(args)
+    paths, config, outputs = validate(args)
 
-    from siren.io import MANIFEST_NAME, RunTimer, atomic_outputs, check_outputs_free, write_manifest
-    from siren.sketch import build_sketch, output_files
+    from siren.io import RunTimer
+    from siren.sketch import build_sketch
 
     timer = RunTimer()
-    out = paths["output_dir"]
-    names = [*output_files(config.n_clusters).values(), MANIFEST_NAME]
-    check_outputs_free([out / name for name in names], args.overwrite)
+    with outputs.claimed():
+        result = build_sketch(config, paths["history_path"], paths["split_files"], meta_path=args.meta_path)
 
-    result = build_sketch(config, paths["history_path"], paths["split_files"], meta_path=args.meta_path)
-
-    start = time.perf_counter()
-    with atomic_outputs(out, names, overwrite=args.overwrite) as staged:
-        staging = staged.dir
-        written = result.write(staging)
-        result.timings["write"] = time.perf_counter() - start
-        write_manifest(
-            staging, script="generate_interest_sketch.py", args=args,
-            inputs=[paths["history_path"], *paths["split_files"], *([args.meta_path] if args.meta_path else [])],
-            outputs=[out / path.name for path in written], counts=result.counts(), seconds=timer.seconds,
-            extra={"encoder": result.encoder, "kmeans_backend": result.clusters.backend,
-                   "timings": {step: round(seconds, 3) for step, seconds in result.timings.items()},
-                   "output_dir": str(out)},
-        )
+        start = time.perf_counter()
+        with outputs.commit(args, timer) as staged:
+            result.write(staged.dir)
+            result.timings["write"] = time.perf_counter() - start
+            staged.record(counts=result.counts(),
+                          extra={"encoder": result.encoder, "kmeans_backend": result.clusters.backend,
+                                 "timings": {step: round(seconds, 3) for step, seconds in result.timings.items()},
+                                 "output_dir": str(outputs.folder)})
 
     for line in result.summary():
         print(line)
-    print(f"wrote {', '.join(names)} to {out} in {timer.seconds:.1f}s")
+    print(f"wrote {', '.join(outputs.names)} to {outputs.folder} in {timer.seconds:.1f}s")
 
 
 if __name__ == "__main__":

@@ -46,57 +46,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    import shutil
-    from pathlib import Path
+def validate(args: argparse.Namespace) -> dict:
+    """Flags, the parquet split and the output folder, on every process, before any model loads."""
 
     from siren import cot
-    from siren.distributed import process_state
-    from siren.generation import SamplingSettings, check_backend, load_generator
-    from siren.io import MANIFEST_NAME, RunTimer, atomic_outputs, check_outputs_free, write_manifest
-    from siren.modeling import device_name, model_record
-    from siren.tokenization import load_tokenizer
+    from siren.generation import SamplingSettings, check_backend
+    from siren.manifest import check_input_manifest
+    from siren.outputs import StageOutputs
     from siren.verl_data import category_of, load_split_rows, parquet_path
 
-    timer = RunTimer()
     settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p)
     settings.check()
     check_backend(args.backend, args.cache_implementation)
     data_file = parquet_path(args.data_path, args.split)
+    check_input_manifest(args.data_path, made_by="preprocess_grpo.py", flag="--data_path")
     rows = load_split_rows(args.data_path, args.split, args.limit)
     category = category_of(rows)
-    out_dir = Path(args.output_dir or f"results_{args.split}/{category}")
-    names = (cot.RESULTS_NAME, cot.MASK_NAME, cot.METRICS_NAME, MANIFEST_NAME)
-    check_outputs_free([out_dir / name for name in names], args.overwrite)
-    tokenizer = load_tokenizer(args.model)
-    model = model_record(args.model)
+    outputs = StageOutputs(args.output_dir or f"results_{args.split}/{category}",
+                           [cot.RESULTS_NAME, cot.MASK_NAME, cot.METRICS_NAME], script=cot.SCRIPT_NAME,
+                           inputs=[data_file, args.model], overwrite=args.overwrite).check()
+    return {"settings": settings, "data_file": data_file, "rows": rows, "category": category, "outputs": outputs}
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    checked = validate(args)
+    import shutil
+
+    from siren import cot
+    from siren.distributed import process_state
+    from siren.generation import load_generator
+    from siren.io import RunTimer
+    from siren.modeling import device_name, model_record
+    from siren.tokenization import load_tokenizer
+
+    timer = RunTimer()
+    rows, settings, outputs = checked["rows"], checked["settings"], checked["outputs"]
     state = process_state()
-    part_dir = cot.partial_dir(out_dir)
-    resume_key = cot.resume_settings(model=model, data_file=data_file, backend=args.backend, dtype=args.dtype,
-                                     seed=args.seed, sampling=settings, cache=args.cache_implementation)
-    finished = cot.prepare_parts(part_dir, resume_key, state, resume=args.resume)
-    generator = load_generator(args.backend, args.model, args.dtype, settings, state, args.seed, tokenizer,
-                               args.cache_implementation)
-    cot.generate_results(rows, tokenizer, generator, state=state, part_dir=part_dir, finished=finished,
-                         batch_size=args.batch_size, seed=args.seed, settings=resume_key)
+    with outputs.claimed(state):
+        tokenizer = load_tokenizer(args.model)
+        model = model_record(args.model)
+        part_dir = cot.partial_dir(outputs.folder)
+        resume_key = cot.resume_settings(model=model, data_file=checked["data_file"], backend=args.backend,
+                                         dtype=args.dtype, seed=args.seed, sampling=settings,
+                                         cache=args.cache_implementation)
+        finished = cot.prepare_parts(part_dir, resume_key, state, resume=args.resume)
+        generator = load_generator(args.backend, args.model, args.dtype, settings, state, args.seed, tokenizer,
+                                   args.cache_implementation)
+        cot.generate_results(rows, tokenizer, generator, state=state, part_dir=part_dir, finished=finished,
+                             batch_size=args.batch_size, seed=args.seed, settings=resume_key)
 
-    if state.is_main_process:
-        results = cot.CotResults.from_parts(part_dir, len(rows), device_name(state.device), engine=generator.name,
-                                            batch_size=args.batch_size, dtype=generator.dtype_name)
-        with atomic_outputs(out_dir, names, overwrite=args.overwrite) as staged:
-            metrics = results.write(staged.dir)
-            write_manifest(staged.dir, script=cot.SCRIPT_NAME, args=args, inputs=[data_file, args.model],
-                           outputs=[staged.final_path(name) for name in names[:3]],
-                           counts={**metrics["responses"], "processes": state.num_processes,
-                                   "resumed_rows": len(finished)},
-                           seconds=timer.seconds, extra={"category": category, "model": model,
-                                                         "data_sha256": resume_key["data_sha256"]})
-        shutil.rmtree(part_dir)
-        print(f"read {len(rows)} rows of {data_file}; {cot.metrics_line(metrics)}")
-        print(f"wrote {', '.join(names)} to {out_dir} in {timer.seconds:.1f}s")
-    state.wait_for_everyone()
+        if state.is_main_process:
+            results = cot.CotResults.from_parts(part_dir, len(rows), device_name(state.device), engine=generator.name,
+                                                batch_size=args.batch_size, dtype=generator.dtype_name)
+            with outputs.commit(args, timer) as staged:
+                metrics = results.write(staged.dir)
+                staged.record(counts={**metrics["responses"], "processes": state.num_processes,
+                                      "resumed_rows": len(finished)},
+                              extra={"category": checked["category"], "model": model,
+                                     "data_sha256": resume_key["data_sha256"]})
+            shutil.rmtree(part_dir)
+            print(f"read {len(rows)} rows of {checked['data_file']}; {cot.metrics_line(metrics)}")
+            print(f"wrote {', '.join(outputs.names)} to {outputs.folder} in {timer.seconds:.1f}s")
+        state.wait_for_everyone()
 
 
 if __name__ == "__main__":

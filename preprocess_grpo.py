@@ -45,10 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def validate(args: argparse.Namespace) -> dict:
-    """Check the flags and inputs before anything is read; returns the resolved paths."""
+    """Check the flags, inputs and outputs before anything is read; returns the resolved paths and
+    the stage's StageOutputs."""
     from siren.data import resolve_category_dir, split_path
-    from siren.io import check_output_clear_of_inputs, check_output_dir, missing_file_message
-    from siren.verl_data import default_verl_dir
+    from siren.io import missing_file_message
+    from siren.manifest import check_input_manifest
+    from siren.outputs import StageOutputs
+    from siren.verl_data import PARQUET_SPLITS, STATS_NAME, TEST_COUNTS_NAME, default_verl_dir
 
     if args.max_history < 1:
         # max@N means the N most recent ratings; with 0 every prompt would claim the user has none.
@@ -65,41 +68,44 @@ def validate(args: argparse.Namespace) -> dict:
     for path in split_files:
         if not path.is_file():
             raise SirenError(missing_file_message(path, "split file"))
-    if args.sketch_path is not None and not Path(args.sketch_path).is_file():
-        raise SirenError(f"--sketch_path: {missing_file_message(args.sketch_path, 'sketch file')}")
+    if args.sketch_path is not None:
+        if not Path(args.sketch_path).is_file():
+            raise SirenError(f"--sketch_path: {missing_file_message(args.sketch_path, 'sketch file')}")
+        check_input_manifest(args.sketch_path, made_by="generate_interest_sketch.py", flag="--sketch_path",
+                             expect={"category": (args.category, "--category")})
     if args.tokenizer is not None and not Path(args.tokenizer).exists():
         raise SirenError(f"--tokenizer does not exist: {args.tokenizer}")
     output_dir = Path(args.output_dir) if args.output_dir else default_verl_dir(
         args.category, args.max_history, args.use_long_history)
-    check_output_clear_of_inputs(output_dir, [*split_files, args.sketch_path, args.tokenizer])
-    check_output_dir(output_dir)
-    return {"category_dir": category_dir, "split_files": split_files, "output_dir": output_dir}
+    names = [f"{stem}.parquet" for stem in PARQUET_SPLITS.values()]
+    names += [STATS_NAME, TEST_COUNTS_NAME] if args.tokenizer is not None else []
+    outputs = StageOutputs(output_dir, names, script="preprocess_grpo.py",
+                           inputs=[*split_files, args.sketch_path, args.tokenizer], overwrite=args.overwrite).check()
+    return {"category_dir": category_dir, "outputs": outputs}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     paths = validate(args)
 
-    from siren.io import MANIFEST_NAME, RunTimer, atomic_outputs, check_outputs_free, write_manifest
-    from siren.verl_data import STATS_NAME, build_parquets, output_names
+    from siren.io import RunTimer
+    from siren.verl_data import STATS_NAME, build_parquets
 
     timer = RunTimer()
-    out = paths["output_dir"]
-    names = [*output_names(with_token_report=args.tokenizer is not None), MANIFEST_NAME]
-    check_outputs_free([out / name for name in names], args.overwrite)
+    outputs = paths["outputs"]
+    out = outputs.folder
     if args.sketch_path is None:
         print("no --sketch_path given (--use_long_history false): prompts carry no sketch")
 
-    build = build_parquets(
-        paths["category_dir"], category=args.category, max_history=args.max_history,
-        use_long_history=args.use_long_history, sketch_path=args.sketch_path, limit=args.limit,
-        tokenizer_path=args.tokenizer, max_prompt_tokens=args.max_prompt_tokens,
-    )
-    with atomic_outputs(out, names, overwrite=args.overwrite) as staged:
-        build.write(staged.dir)
-        write_manifest(staged.dir, script="preprocess_grpo.py", args=args,
-                       inputs=[*paths["split_files"], *([args.sketch_path] if args.sketch_path else [])],
-                       outputs=[out / name for name in names[:-1]], counts=build.counts(), seconds=timer.seconds)
+    with outputs.claimed():
+        build = build_parquets(
+            paths["category_dir"], category=args.category, max_history=args.max_history,
+            use_long_history=args.use_long_history, sketch_path=args.sketch_path, limit=args.limit,
+            tokenizer_path=args.tokenizer, max_prompt_tokens=args.max_prompt_tokens,
+        )
+        with outputs.commit(args, timer) as staged:
+            build.write(staged.dir)
+            staged.record(counts=build.counts())
 
     for warning in build.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         print(line)
     if args.tokenizer is None:
         print("no --tokenizer: prompt-token report skipped")
-    print(f"wrote {', '.join(names)} to {out} in {timer.seconds:.1f}s")
+    print(f"wrote {', '.join(outputs.names)} to {out} in {timer.seconds:.1f}s")
 
 
 if __name__ == "__main__":

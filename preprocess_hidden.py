@@ -63,34 +63,48 @@ def resolve_data_path(args: argparse.Namespace) -> Path:
     return Path(args.data_path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def validate(args: argparse.Namespace) -> dict:
+    """The parquet folder (its name and stage 2's manifest against the flags), its rows, and the
+    output folder; before the tokenizer loads."""
+    from siren.ao_data import DATASET_DICT_ENTRIES, default_hidden_dir, read_parquet_splits
+    from siren.manifest import check_input_manifest
+    from siren.outputs import StageOutputs
+    from siren.verl_data import category_of
+
     data_path = resolve_data_path(args)
-
-    from siren.ao_data import AO_OUTPUT_NAMES, build_ao_dataset, default_hidden_dir, read_parquet_splits
-    from siren.io import RunTimer, atomic_outputs, check_outputs_free, write_manifest
-    from siren.modeling import MANIFEST_MODEL_KEY, model_record, tokenizer_record
-    from siren.tokenization import load_tokenizer
-    from siren.verl_data import PARQUET_SPLITS, category_of, parquet_path
-
-    timer = RunTimer()
+    check_input_manifest(data_path, made_by="preprocess_grpo.py", flag="--data_path",
+                         expect={"max_history": (args.max_history, "--max_history"),
+                                 "use_long_history": (args.use_long_history, "--use_long_history"),
+                                 "category": (args.category, "--category")})
     rows = read_parquet_splits(data_path, args.limit)
     category = category_of([row for split_rows in rows.values() for row in split_rows], args.category)
-    out_dir = Path(args.output_dir) if args.output_dir else default_hidden_dir(data_path, category)
-    check_outputs_free([out_dir / name for name in AO_OUTPUT_NAMES], args.overwrite)  # before the tokenizer loads
-    tokenizer = load_tokenizer(args.model)
-    dataset, counts, prompt_tokens = build_ao_dataset(tokenizer, rows)
+    out_dir = args.output_dir or default_hidden_dir(data_path, category)
+    outputs = StageOutputs(out_dir, DATASET_DICT_ENTRIES, script="preprocess_hidden.py", inputs=[data_path, args.model],
+                           overwrite=args.overwrite).check()
+    return {"data_path": data_path, "rows": rows, "category": category, "outputs": outputs}
 
-    with atomic_outputs(out_dir, AO_OUTPUT_NAMES, overwrite=args.overwrite) as staged:
-        dataset.save_to_disk(str(staged.dir))
-        write_manifest(staged.dir, script="preprocess_hidden.py", args={**vars(args), "data_path": str(data_path)},
-                       inputs=[parquet_path(data_path, stem) for stem in PARQUET_SPLITS.values()],
-                       outputs=[staged.final_path(name) for name in AO_OUTPUT_NAMES[:-1]], counts=counts,
-                       seconds=timer.seconds,
-                       extra={"category": category, MANIFEST_MODEL_KEY: model_record(args.model),
-                              "tokenizer": tokenizer_record(tokenizer, args.model), "prompt_tokens": prompt_tokens})
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    checked = validate(args)
+
+    from siren.ao_data import build_ao_dataset
+    from siren.io import RunTimer
+    from siren.modeling import MANIFEST_MODEL_KEY, model_record, tokenizer_record
+    from siren.tokenization import load_tokenizer
+
+    timer = RunTimer()
+    data_path, category, outputs = checked["data_path"], checked["category"], checked["outputs"]
+    with outputs.claimed():
+        tokenizer = load_tokenizer(args.model)
+        dataset, counts, prompt_tokens = build_ao_dataset(tokenizer, checked["rows"])
+        with outputs.commit({**vars(args), "data_path": str(data_path)}, timer) as staged:
+            dataset.save_to_disk(str(staged.dir))
+            staged.record(counts=counts, extra={"category": category, MANIFEST_MODEL_KEY: model_record(args.model),
+                                                "tokenizer": tokenizer_record(tokenizer, args.model),
+                                                "prompt_tokens": prompt_tokens})
     print(f"read {', '.join(f'{n} {split}' for split, n in counts.items())} rows from {data_path}")
-    print(f"wrote the answer-only DatasetDict to {out_dir} (prompt tokens, mean: "
+    print(f"wrote the answer-only DatasetDict to {outputs.folder} (prompt tokens, mean: "
           + ", ".join(f"{split} {s['mean']}" for split, s in prompt_tokens.items()) + f") in {timer.seconds:.1f}s")
 
 

@@ -48,40 +48,38 @@ def main(argv: list[str] | None = None) -> None:
     timer = RunTimer()
     stage, config = parse_args(argv)
 
-    from siren.alignment import RUN_OUTPUTS, load_alignment_inputs, save_adapter, save_merged, train_alignment, validate
-    from siren.io import atomic_outputs, atomic_write_jsonl, write_manifest
+    from siren.alignment import load_alignment_inputs, save_adapter, save_merged, train_alignment, validate
+    from siren.io import atomic_write_jsonl
     from siren.modeling import MANIFEST_MODEL_KEY, adapter_base_record
 
-    run_dir, base, checkpoints = validate(stage, config)  # every process, before anything loads
-    inputs = load_alignment_inputs(stage, base)
-    notes = [*inputs.notes, checkpoints.prepare(config.save_strategy)]
-    if config.process_index == 0:
-        print("\n".join(note for note in notes if note) or "checked the 4c and 4b manifests against --model")
+    outputs, base, checkpoints = validate(stage, config)  # every process, before anything loads
+    # The processes were set up when the settings were parsed (TrainingArguments' device set-up).
+    with outputs.claimed(config.distributed_state):
+        inputs = load_alignment_inputs(stage, base)
+        notes = [*inputs.notes, checkpoints.prepare(config.save_strategy)]
+        if config.process_index == 0:
+            print("\n".join(note for note in notes if note) or "checked the 4c and 4b manifests against --model")
 
-    run = train_alignment(stage, config, inputs, checkpoints)
-    if run.is_main_process:
-        counts = {**inputs.counts, "optimizer_steps": run.optimizer_steps, "warmup_steps": run.schedule.warmup_steps,
-                  "processes": run.accelerator.num_processes}
-        with atomic_outputs(run_dir, RUN_OUTPUTS, overwrite=stage.overwrite) as staged:
-            save_adapter(run.model, staged.path("adapter"), adapter_base_record(stage.model, inputs.model_config))
-            save_merged(staged.path("adapter"), staged.path("merged"), stage.model)
-            atomic_write_jsonl(staged.path("train_log.jsonl"), run.log_history)
-            write_manifest(
-                staged.dir, script="train_hidden_mask.py", args={"alignment": vars(stage), "training": config.to_dict()},
-                inputs=[stage.model, stage.data_path, inputs.teacher.path, stage.teacher_mask_path],
-                outputs=[staged.final_path(name) for name in RUN_OUTPUTS[:3]], counts=counts, seconds=timer.seconds,
-                extra={MANIFEST_MODEL_KEY: base, "lora_target_modules": run.lora_target_modules, "bf16": config.bf16,
-                       "best_checkpoint": run.best_checkpoint, "best_eval": run.best_eval},
+        run = train_alignment(stage, config, inputs, checkpoints)
+        if run.is_main_process:
+            counts = {**inputs.counts, "optimizer_steps": run.optimizer_steps,
+                      "warmup_steps": run.schedule.warmup_steps, "processes": run.accelerator.num_processes}
+            with outputs.commit({"alignment": vars(stage), "training": config.to_dict()}, timer) as staged:
+                save_adapter(run.model, staged.path("adapter"), adapter_base_record(stage.model, inputs.model_config))
+                save_merged(staged.path("adapter"), staged.path("merged"), stage.model)
+                atomic_write_jsonl(staged.path("train_log.jsonl"), run.log_history)
+                staged.record(counts=counts, extra={MANIFEST_MODEL_KEY: base, "lora_target_modules": run.lora_target_modules,
+                                                    "bf16": config.bf16, "best_checkpoint": run.best_checkpoint,
+                                                    "best_eval": run.best_eval})
+            metric = config.metric_for_best_model
+            print(
+                f"read {counts['train_rows']} train rows ({counts['masked_in_rows']} masked in, {counts['selected_rows']} "
+                f"selected by --training_ratio {stage.training_ratio}, {counts['dropped_too_long_train']} dropped as too "
+                f"long) and {counts['eval_rows']} valid rows; trained LoRA on {', '.join(run.lora_target_modules)} for "
+                f"{run.optimizer_steps} steps; best eval {metric} {run.best_eval.get(f'eval_{metric}')}; wrote "
+                f"{outputs.folder}/adapter, merged, train_log.jsonl, manifest.json in {timer.seconds:.1f}s"
             )
-        metric = config.metric_for_best_model
-        print(
-            f"read {counts['train_rows']} train rows ({counts['masked_in_rows']} masked in, {counts['selected_rows']} "
-            f"selected by --training_ratio {stage.training_ratio}, {counts['dropped_too_long_train']} dropped as too "
-            f"long) and {counts['eval_rows']} valid rows; trained LoRA on {', '.join(run.lora_target_modules)} for "
-            f"{run.optimizer_steps} steps; best eval {metric} {run.best_eval.get(f'eval_{metric}')}; wrote "
-            f"{run_dir}/adapter, merged, train_log.jsonl, manifest.json in {timer.seconds:.1f}s"
-        )
-    run.accelerator.wait_for_everyone()
+        run.accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":

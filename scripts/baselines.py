@@ -34,46 +34,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-
-    from pathlib import Path
-
-    from siren.baselines import FIT_CHOICES, ModelSettings, format_table, run_baselines
-    from siren.data import load_split, resolve_category_dir, split_path
-    from siren.io import MANIFEST_NAME, RunTimer, atomic_outputs, atomic_write_json, check_outputs_free, write_manifest
-
-    timer = RunTimer()
-    out_dir = Path(args.output_dir)
-    metrics_path = out_dir / "metrics.json"
-    check_outputs_free([metrics_path, out_dir / MANIFEST_NAME], args.overwrite)  # and a usable output folder
+def validate(args: argparse.Namespace) -> dict:
+    """The split files and the output folder, clear of them; before anything is read."""
+    from siren.baselines import FIT_CHOICES
+    from siren.data import require_file, resolve_category_dir, split_path
+    from siren.outputs import StageOutputs
 
     category_dir = resolve_category_dir(args.category, args.data_root)
-    fit_paths = [split_path(category_dir, split) for split in FIT_CHOICES[args.fit_on]]
-    test_path = split_path(category_dir, "test")
-    fit_splits = [load_split(path, warn=False) for path in fit_paths]
-    test_split = load_split(test_path, warn=False)
-    fit_records = [record for rows in fit_splits for record in rows[: args.limit]]
-    test_records = test_split[: args.limit]
+    fit_paths = [require_file(split_path(category_dir, split), "split file") for split in FIT_CHOICES[args.fit_on]]
+    test_path = require_file(split_path(category_dir, "test"), "split file")
+    outputs = StageOutputs(args.output_dir, ["metrics.json"], script="baselines.py", inputs=[*fit_paths, test_path],
+                           overwrite=args.overwrite).check()
+    return {"category_dir": category_dir, "fit_paths": fit_paths, "test_path": test_path, "outputs": outputs}
 
-    settings = ModelSettings(k=args.k, max_iter=args.max_iter, pmf_max_iter=args.pmf_max_iter, seed=args.seed)
-    results = run_baselines(fit_records, test_records, tuple(args.methods), settings, progress=True)
-    report = {
-        "category": args.category,
-        "category_dir": str(category_dir),
-        "fit_on": args.fit_on,
-        "eval_split": "test",
-        "limit": args.limit,
-        "fallback_rule": "a test row whose user or item is not in the fit data is predicted as the fit global mean",
-        **results,
-    }
-    with atomic_outputs(out_dir, [metrics_path.name, MANIFEST_NAME], overwrite=args.overwrite) as staged:
-        atomic_write_json(staged.path(metrics_path.name), report)
-        write_manifest(
-            staged.dir, script="baselines.py", args=args, inputs=[*fit_paths, test_path], outputs=[metrics_path],
-            counts={"fit_rows": results["n_fit_rows"], "test_rows": results["n_eval_rows"], **results["unknown"]},
-            seconds=timer.seconds,
-        )
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    checked = validate(args)
+
+    from siren.baselines import ModelSettings, format_table, run_baselines
+    from siren.data import load_split
+    from siren.io import RunTimer, atomic_write_json
+
+    timer = RunTimer()
+    category_dir, fit_paths, test_path = checked["category_dir"], checked["fit_paths"], checked["test_path"]
+    outputs = checked["outputs"]
+    with outputs.claimed():
+        fit_splits = [load_split(path, warn=False) for path in fit_paths]
+        test_split = load_split(test_path, warn=False)
+        fit_records = [record for rows in fit_splits for record in rows[: args.limit]]
+        test_records = test_split[: args.limit]
+
+        settings = ModelSettings(k=args.k, max_iter=args.max_iter, pmf_max_iter=args.pmf_max_iter, seed=args.seed)
+        results = run_baselines(fit_records, test_records, tuple(args.methods), settings, progress=True)
+        report = {
+            "category": args.category,
+            "category_dir": str(category_dir),
+            "fit_on": args.fit_on,
+            "eval_split": "test",
+            "limit": args.limit,
+            "fallback_rule": "a test row whose user or item is not in the fit data is predicted as the fit global mean",
+            **results,
+        }
+        with outputs.commit(args, timer) as staged:
+            atomic_write_json(staged.path("metrics.json"), report)
+            staged.record(counts={"fit_rows": results["n_fit_rows"], "test_rows": results["n_eval_rows"],
+                                  **results["unknown"]})
 
     for rows in fit_splits:
         if rows.duplicates.count:
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"test rows with an unseen user: {unknown['rows_unknown_user']}, unseen item: "
           f"{unknown['rows_unknown_item']}, either (global-mean fallback): {unknown['rows_fallback']}")
     print(format_table(results))
-    print(f"wrote {metrics_path} in {timer.seconds:.1f}s")
+    print(f"wrote {outputs.folder / 'metrics.json'} in {timer.seconds:.1f}s")
 
 
 if __name__ == "__main__":

@@ -35,16 +35,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def validate(args):
+    """The output folder, before anything loads; returns its StageOutputs."""
+    from siren.outputs import StageOutputs
+
+    return StageOutputs(args.output_dir, ["flops.json"], script="scripts/bench_ao_flops.py",
+                        inputs=[args.model, args.data_path], overwrite=args.overwrite).check()
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from pathlib import Path
+    outputs = validate(args)
 
-    from siren.io import RunTimer, atomic_write_json, check_outputs_free, write_manifest
+    from siren.io import RunTimer, atomic_write_json
 
     timer = RunTimer()
-    out = Path(args.output_dir)
-    check_outputs_free([out / "flops.json", out / "manifest.json"], args.overwrite)
+    with outputs.claimed():
+        summary = measure(args)
+        with outputs.commit(args, timer) as staged:
+            atomic_write_json(staged.path("flops.json"), summary)
+            staged.record(counts={"measurements": len(summary["results"])})
+    print(f"wrote {outputs.folder / 'flops.json'} in {timer.seconds:.1f}s")
 
+
+def measure(args) -> dict:
+    """Every dtype x batch size of the flags: rows/s, achieved and matmul GFLOP/s; flops.json's content."""
     import torch
 
     from siren.ao import ao_batches, predict
@@ -89,11 +104,7 @@ def main(argv=None) -> None:
     summary = {"model": args.model, "mean_prompt_tokens": round(sum(lengths) / len(lengths), 1),
                "flops_per_row_mean_gflop": round(useful_flops(shape, lengths) / len(lengths) / 1e9, 2),
                "results": results}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "flops.json", summary)
-    write_manifest(out, script="scripts/bench_ao_flops.py", args=args, inputs=[args.model, args.data_path],
-                   outputs=[out / "flops.json"], counts={"measurements": len(results)}, seconds=timer.seconds)
-    print(f"wrote {out / 'flops.json'} in {timer.seconds:.1f}s")
+    return summary
 
 
 if __name__ == "__main__":

@@ -161,10 +161,10 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from siren.io import atomic_write_json, check_outputs_free
+    from siren.io import atomic_write_json, check_output_folder
 
     out_json = Path(args.output_dir) / "bench_build_category.json"
-    check_outputs_free([out_json], args.overwrite)
+    check_output_folder(out_json.parent, [out_json.name], args.overwrite)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="siren-bench-build-"))
     work.mkdir(parents=True, exist_ok=True)
     runs = []

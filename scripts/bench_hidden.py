@@ -82,12 +82,12 @@ def main(argv=None) -> None:
     from siren import SirenError
     from siren.cot import result_row
     from siren.data import load_split, resolve_category_dir
-    from siren.io import atomic_write_json, atomic_write_text, check_outputs_free
+    from siren.io import atomic_write_json, atomic_write_text, check_output_folder
     from siren.verl_data import load_split_rows, make_row
 
     out_dir = Path(args.output_dir)
     report_path = out_dir / "bench_hidden.json"
-    check_outputs_free([report_path], args.overwrite)
+    check_output_folder(out_dir, [report_path.name], args.overwrite)
     n_max = max(args.rows)
     records = load_split(resolve_category_dir(args.category, args.data_root) / "train.jsonl.gz")
     if len(records) < n_max:

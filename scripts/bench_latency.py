@@ -87,26 +87,55 @@ def load_messages(args) -> tuple[list[list[dict]], list]:
     return messages, [Path(path)]
 
 
-def main() -> None:
-    args = parse_args()
-
-    import importlib.util
+def validate(args: argparse.Namespace):
+    """Flags and the output folder, before anything loads; returns the StageOutputs."""
     from pathlib import Path
 
     from siren import SirenError
-    from siren.io import RunTimer, atomic_write_json, check_outputs_free, write_manifest
+    from siren.outputs import StageOutputs
 
-    timer = RunTimer()
     if not args.random_init and not (Path(args.model) / "config.json").is_file():
         raise SirenError(f"{args.model} holds no model (no config.json); build one with scripts/make_tiny_model.py")
     if not 0 < args.vllm_gpu_memory_utilization <= 1:
         raise SirenError(f"--vllm_gpu_memory_utilization must be in (0, 1], got {args.vllm_gpu_memory_utilization}")
-    out_dir = Path(args.output_dir)
-    latency_path = out_dir / "latency.json"
-    check_outputs_free([latency_path], args.overwrite)
+    inputs = [None if args.random_init else args.model, args.tokenizer, args.data_path]
+    return StageOutputs(args.output_dir, ["latency.json"], script="bench_latency.py", inputs=inputs,
+                        overwrite=args.overwrite).check()
+
+
+def main() -> None:
+    args = parse_args()
+    outputs = validate(args)
+
+    from siren.io import RunTimer, atomic_write_json
+
+    timer = RunTimer()
+    with outputs.claimed():
+        report = measure(args)
+        with outputs.commit(args, timer) as staged:
+            atomic_write_json(staged.path("latency.json"), report)
+            staged.record(counts={"samples": report["n"], "rows": len(report["rows"])},
+                          extra={"prompts_from": report["prompts_from"]})
+
+    print(f"read {report['n']} prompts from {', '.join(report['prompts_from'])}; model {report['model']} "
+          f"({report['dtype']}) on {report['device']}")
+    print(f"{'decoding':>8} {'engine':>16} {'batch':>5} {'ms/sample':>10} {'samples/s':>10} {'ms/token':>9} {'warm-up s':>9}")
+    for row in report["rows"]:
+        per_token = f"{row['ms_per_token']:9.2f}" if row["decoding"] == "cot" else f"{'':9}"
+        print(f"{row['decoding']:>8} {row['engine']:>16} {row['batch_size']:>5} {row['ms_per_sample']:10.2f} "
+              f"{row['samples_per_s']:10.2f} {per_token} {row['warmup_seconds']:9.1f}")
+    if report["speedup"]:
+        print(f"speedup (CoT {report['cot']['engine']} / AO {report['ao']['engine']}, batch 1): {report['speedup']:.1f}x")
+    print(f"wrote {outputs.folder / 'latency.json'} in {timer.seconds:.1f}s")
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Time every engine and cache asked for; returns latency.json's content."""
+    import importlib.util
 
     import torch
 
+    from siren import SirenError
     from siren.engines import build_ao_engine, make_vllm_engine
     from siren.latency import build_random_model, like_for_like_speedups, time_answer_only, time_cot
     from siren.modeling import device_name, load_causal_lm
@@ -193,20 +222,7 @@ def main() -> None:
         "ao": fastest_ao,
         "speedup": fastest_cot["ms_per_sample"] / fastest_ao["ms_per_sample"] if fastest_ao else None,
     }
-    atomic_write_json(latency_path, report)
-    write_manifest(out_dir, script="bench_latency.py", args=args, inputs=data_files, outputs=[latency_path],
-                   counts={"samples": len(prompts), "rows": len(rows)}, seconds=timer.seconds)
-
-    print(f"read {len(prompts)} prompts from {', '.join(map(str, data_files))}; model {model_label} "
-          f"({dtype_name}) on {hardware}")
-    print(f"{'decoding':>8} {'engine':>16} {'batch':>5} {'ms/sample':>10} {'samples/s':>10} {'ms/token':>9} {'warm-up s':>9}")
-    for row in rows:
-        per_token = f"{row['ms_per_token']:9.2f}" if row["decoding"] == "cot" else f"{'':9}"
-        print(f"{row['decoding']:>8} {row['engine']:>16} {row['batch_size']:>5} {row['ms_per_sample']:10.2f} "
-              f"{row['samples_per_s']:10.2f} {per_token} {row['warmup_seconds']:9.1f}")
-    if report["speedup"]:
-        print(f"speedup (CoT {fastest_cot['engine']} / AO {fastest_ao['engine']}, batch 1): {report['speedup']:.1f}x")
-    print(f"wrote {latency_path} in {timer.seconds:.1f}s")
+    return report
 
 
 if __name__ == "__main__":

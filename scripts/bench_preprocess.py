@@ -47,11 +47,11 @@ def validate(args: argparse.Namespace) -> None:
         raise SirenError(f"--tokenizer {args.tokenizer} not found; build it: python scripts/make_tiny_model.py "
                          f"--out_dir {args.tokenizer}")
     if args.out_json:
-        from siren.io import check_outputs_free
+        from siren.io import check_output_folder
 
         if Path(args.out_json).is_dir():
             raise SirenError(f"--out_json {args.out_json} is a folder; give a file path")
-        check_outputs_free([args.out_json], args.overwrite)
+        check_output_folder(Path(args.out_json).parent, [Path(args.out_json).name], args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,46 +79,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def validate(args: argparse.Namespace) -> dict:
+    """The settings and the output folder (clear of the raw files), before hours of reading."""
+    from siren.outputs import StageOutputs
+    from siren.raw_reviews import SPLIT_FILES, STATS_NAME, BuildSettings
 
-    from siren.hidden import peak_rss_mb
-    from siren.io import MANIFEST_NAME, RunTimer, atomic_outputs, atomic_write_json, check_outputs_free, write_manifest
-    from siren.prompts import item_noun
-    from siren.raw_reviews import (
-        SPLIT_FILES,
-        STATS_NAME,
-        BuildSettings,
-        describe_counts,
-        plan_build,
-        stats_record,
-        write_splits,
-    )
-
-    timer = RunTimer()
     settings = BuildSettings(
         k_core=args.k_core, item_k_core=args.item_k_core, min_history=args.min_history, max_users=args.max_users,
         seed=args.seed, since=args.since, until=args.until, max_missing_meta=args.max_missing_meta,
     )
     settings.check()
-    out = Path(args.output_root) / args.category
-    names = [*SPLIT_FILES, STATS_NAME, MANIFEST_NAME]
-    check_outputs_free([out / name for name in names], args.overwrite)  # before hours of reading
+    outputs = StageOutputs(Path(args.output_root) / args.category, [*SPLIT_FILES, STATS_NAME],
+                           script="scripts/build_category.py", inputs=[args.reviews, args.meta],
+                           overwrite=args.overwrite, flag="--output_root").check()
+    return {"settings": settings, "outputs": outputs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    checked = validate(args)
+
+    from siren.hidden import peak_rss_mb
+    from siren.io import RunTimer, atomic_write_json
+    from siren.prompts import item_noun
+    from siren.raw_reviews import STATS_NAME, describe_counts, plan_build, stats_record, write_splits
+
+    timer = RunTimer()
+    settings, outputs = checked["settings"], checked["outputs"]
 
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    plan = plan_build(args.reviews, args.meta, settings, progress=progress)
-    with atomic_outputs(out, names, overwrite=args.overwrite) as staged:
-        writing = RunTimer()
-        counts = write_splits(staged.dir, plan.reviews, plan.texts, settings.min_history)
-        stats = stats_record(args.category, counts, plan, settings)
-        atomic_write_json(staged.path(STATS_NAME), stats)
-        write_manifest(staged.dir, script="scripts/build_category.py", args=args, inputs=[args.reviews, args.meta],
-                       outputs=[out / name for name in names[:-1]], counts={**stats["table"], **plan.report},
-                       seconds=timer.seconds,
-                       extra={"item_noun": item_noun(args.category), "peak_rss_mb": round(peak_rss_mb(), 1),
-                              "phase_seconds": {**plan.seconds, "writing": writing.seconds}})
+    with outputs.claimed():
+        plan = plan_build(args.reviews, args.meta, settings, progress=progress)
+        with outputs.commit(args, timer) as staged:
+            writing = RunTimer()
+            counts = write_splits(staged.dir, plan.reviews, plan.texts, settings.min_history)
+            stats = stats_record(args.category, counts, plan, settings)
+            atomic_write_json(staged.path(STATS_NAME), stats)
+            staged.record(counts={**stats["table"], **plan.report},
+                          extra={"item_noun": item_noun(args.category), "peak_rss_mb": round(peak_rss_mb(), 1),
+                                 "phase_seconds": {**plan.seconds, "writing": writing.seconds}})
 
     for warning in plan.warnings(Path(args.meta)):
         print(f"warning: {warning}", file=sys.stderr)
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{report['reviews_missing_meta']:,} reviews without meta, {report['users_below_k_core']:,} users under "
           f"--k_core {args.k_core}, {report['users_sampled_out']:,} users not sampled")
     print(f"{args.category}: {describe_counts(counts)}; items are called \"{item_noun(args.category)}\" in prompts")
-    print(f"wrote {', '.join(names)} to {out} in {timer.seconds:.1f}s (reading the reviews "
+    print(f"wrote {', '.join(outputs.names)} to {outputs.folder} in {timer.seconds:.1f}s (reading the reviews "
           f"{plan.seconds['reading_reviews']:.1f}s, the meta {plan.seconds['reading_meta']:.1f}s; peak memory "
           f"{peak_rss_mb():,.0f} MB)")
 

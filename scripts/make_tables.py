@@ -10,7 +10,8 @@ with none of them is refused. A file that is not that input's kind (e.g. any JSO
 a prediction run on another split than test (its manifest.json), or a number out of its range (a
 negative RMSE) is refused with one line. Writes tables.md, accuracy.csv, token_efficiency.csv,
 latency.csv, tables.png (+ timings.csv with timings.json) and manifest.json into --output_dir
-(default: the run directory), all of them or none. Takes a few seconds.
+(default: <run_dir>/tables, beside its inputs, not among them), all of them or none. Takes a few
+seconds.
 """
 
 import argparse
@@ -19,15 +20,13 @@ import sys
 from siren import cli
 from siren.cli import run_main
 
-OUTPUT_NAMES = ("tables.md", "accuracy.csv", "token_efficiency.csv", "latency.csv", "tables.png")
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from siren.tables import INPUTS
 
     parser = cli.stage_parser(__doc__)
     parser.add_argument("--run_dir", default="results/demo", help="the run directory the inputs are read from")
-    cli.add_output_dir(parser, "where the tables go; unset: --run_dir")
+    cli.add_output_dir(parser, "where the tables go; unset: <run_dir>/tables")
     for spec in INPUTS:
         parser.add_argument(f"--{spec.key}", default=None,
                             help=f"{spec.what}; unset: <run_dir>/{spec.relative_path}")
@@ -38,16 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-
+def validate(args: argparse.Namespace) -> dict:
+    """The inputs found (at least one) and the output folder, clear of them; before any is read."""
     from pathlib import Path
 
     from siren import SirenError
-    from siren.io import MANIFEST_NAME, RunTimer, atomic_outputs, check_outputs_free, write_manifest
-    from siren.tables import INPUTS, RunInputs, build_tables, load_token_counts, write_tables
+    from siren.outputs import StageOutputs
+    from siren.tables import INPUTS, RunInputs
 
-    timer = RunTimer()
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise SirenError(f"run directory {run_dir} does not exist")
@@ -55,27 +52,37 @@ def main(argv: list[str] | None = None) -> None:
     for spec in INPUTS:
         if getattr(args, spec.key):
             setattr(inputs, spec.key, Path(getattr(args, spec.key)))
-    out_dir = Path(args.output_dir) if args.output_dir else run_dir
     found = {name: path for name, path in inputs.as_dict().items() if path.is_file()}
     if not found:
         raise SirenError(f"no inputs in {run_dir}: none of {', '.join(spec.relative_path for spec in INPUTS)} is there")
-    names = [n for n in OUTPUT_NAMES if not (args.no_figure and n.endswith(".png"))]
-    names += ["timings.csv"] * ("timings" in found) + [MANIFEST_NAME]
-    check_outputs_free([out_dir / n for n in names], args.overwrite)
+    names = ["tables.md", "accuracy.csv", "token_efficiency.csv", "latency.csv"]
+    names += ["tables.png"] * (not args.no_figure) + ["timings.csv"] * ("timings" in found)
+    outputs = StageOutputs(args.output_dir or run_dir / "tables", names, script="make_tables.py",
+                           inputs=found.values(), overwrite=args.overwrite).check()
+    return {"run_dir": run_dir, "inputs": inputs, "found": found, "outputs": outputs}
 
-    tables = build_tables(inputs, args.token_split)  # reads and checks every input first
-    token_counts = None if args.no_figure else load_token_counts(inputs.prompt_tokens)
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    checked = validate(args)
+
+    from siren.io import RunTimer
+    from siren.tables import INPUTS, build_tables, load_token_counts, write_tables
+
+    timer = RunTimer()
+    run_dir, inputs, found, outputs = checked["run_dir"], checked["inputs"], checked["found"], checked["outputs"]
     missing = [spec.key for spec in INPUTS if spec.key not in found]
-    with atomic_outputs(out_dir, names, overwrite=args.overwrite) as staged:
-        markdown = write_tables(staged.dir, tables, run_dir, token_counts, figure=not args.no_figure)
-        write_manifest(staged.dir, script="make_tables.py", args=args, inputs=list(found.values()),
-                       outputs=[out_dir / n for n in names[:-1]],
-                       counts={"inputs_found": len(found), "inputs_missing": missing}, seconds=timer.seconds)
+    with outputs.claimed():
+        tables = build_tables(inputs, args.token_split)  # reads and checks every input first
+        token_counts = None if args.no_figure else load_token_counts(inputs.prompt_tokens)
+        with outputs.commit(args, timer) as staged:
+            markdown = write_tables(staged.dir, tables, run_dir, token_counts, figure=not args.no_figure)
+            staged.record(counts={"inputs_found": len(found), "inputs_missing": missing})
 
     print(markdown)
     print(f"read {len(found)} of {len(INPUTS)} inputs from {run_dir}"
           + (f" (not run: {', '.join(missing)})" if missing else ""))
-    print(f"wrote {', '.join(names)} to {out_dir}")
+    print(f"wrote {', '.join(outputs.names)} to {outputs.folder}")
 
 
 if __name__ == "__main__":

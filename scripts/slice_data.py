@@ -5,8 +5,8 @@ r"""Cut a category's data down to its first N users (history order), for demos a
 Writes <output_root>/<category>/{history,train,valid,test}.jsonl.gz holding only those users' rows,
 byte for byte as in the source, so every stage runs on the slice exactly as on the full data (pass
 the same folder as their --data_root). Every source row is checked as the stages check it
-(siren.data); the four files appear together or not at all (a missing, corrupt or truncated source
-file leaves nothing behind).
+(siren.data); the four files and manifest.json appear together or not at all (a missing, corrupt
+or truncated source file leaves nothing behind).
 """
 
 import argparse
@@ -32,19 +32,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-
-    from siren.data import check_history_record, check_split_record, require_file, resolve_category_dir
-    from siren.io import atomic_outputs, check_output_clear_of_inputs, iter_jsonl, iter_jsonl_lines
+def validate(args: argparse.Namespace) -> dict:
+    """The source files and the output folder, clear of them; before any is read."""
+    from siren.data import require_file, resolve_category_dir
+    from siren.outputs import StageOutputs
 
     source = resolve_category_dir(args.category, args.data_root)
     sources = {name: require_file(source / f"{name}.jsonl.gz", f"{name} file") for name in FILES}
-    target = check_output_clear_of_inputs(Path(args.output_root) / args.category, sources.values(), "--output_root")
-    outputs = [f"{name}.jsonl.gz" for name in FILES]
+    outputs = StageOutputs(Path(args.output_root) / args.category, [f"{name}.jsonl.gz" for name in FILES],
+                           script="scripts/slice_data.py", inputs=sources.values(), overwrite=args.overwrite,
+                           flag="--output_root").check()
+    return {"source": source, "sources": sources, "outputs": outputs}
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    checked = validate(args)
+
+    from siren.data import check_history_record, check_split_record
+    from siren.io import RunTimer, iter_jsonl, iter_jsonl_lines
+
+    timer = RunTimer()
+    sources, outputs = checked["sources"], checked["outputs"]
     counts = {}
-    with atomic_outputs(target, outputs, overwrite=args.overwrite) as staged:
+    with outputs.claimed(), outputs.commit(args, timer) as staged:
         users: set[str] = set()
         for _, record in iter_jsonl(sources["history"], check_history_record):
             if len(users) == args.num_users:
@@ -60,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
                         dst.write(line)
                         kept += 1
             counts[name] = kept
-    print(f"sliced {source} to {len(users)} users -> {target}: "
+        staged.record(counts={"users": len(users), **{f"{name}_rows": n for name, n in counts.items()}})
+    print(f"sliced {checked['source']} to {len(users)} users -> {outputs.folder}: "
           + ", ".join(f"{name} {n} rows" for name, n in counts.items()))
 
 

@@ -292,13 +292,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     validate(args)
 
-    from siren.io import RunTimer, atomic_path, atomic_write_jsonl, check_outputs_free, write_manifest
+    from siren.io import RunTimer, atomic_write_jsonl
+    from siren.outputs import StageOutputs
     from siren.tokenization import load_tokenizer
     from siren.verl_data import load_split_rows, parquet_path
 
     timer = RunTimer()
     out_dir = Path(args.output_dir)
-    check_outputs_free([out_dir], args.overwrite)
+    outputs = StageOutputs(out_dir, None, script="scripts/warm_start_format.py", overwrite=args.overwrite,
+                           inputs=[args.model, parquet_path(args.data_path, args.split)]).check()
     rows = spread_rows(load_split_rows(args.data_path, args.split), args.limit)
     tokenizer = load_tokenizer(args.model)
     dataset, prompts, completions, too_long = training_pairs(rows, tokenizer, args.max_length, args.recipe)
@@ -318,14 +320,12 @@ def main(argv: list[str] | None = None) -> None:
     counts = {"train_rows": len(dataset), "rows_too_long": too_long, "steps": int(trainer.state.global_step),
               "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None, **check}
 
-    with atomic_path(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_jsonl(tmp / "generations.jsonl", generations)
-        atomic_write_jsonl(tmp / "train_log.jsonl", log_history)
-        write_manifest(tmp, script="scripts/warm_start_format.py", args=args,
-                       inputs=[args.model, parquet_path(args.data_path, args.split)], outputs=[out_dir],
-                       counts=counts, seconds=timer.seconds)
+    with outputs.claimed(), outputs.commit(args, timer) as staged:
+        trainer.model.save_pretrained(staged.dir)
+        tokenizer.save_pretrained(staged.dir)
+        atomic_write_jsonl(staged.dir / "generations.jsonl", generations)
+        atomic_write_jsonl(staged.dir / "train_log.jsonl", log_history)
+        staged.record(counts=counts)
 
     n = counts["rows"]
     print(f"read {len(rows)} {args.split} rows from {args.data_path}; trained {counts['steps']} steps on "

@@ -23,11 +23,6 @@ from siren import SirenError
 from siren.alignment_checkpoints import CheckpointFolder
 from siren.alignment_config import AlignmentArguments, resolve_run_dir
 
-# What stage 5 writes into its run folder (--output_dir), all together or none; the trainer's
-# checkpoints go to <output_dir>/checkpoints, with the settings of the run that made them.
-RUN_OUTPUTS = ("adapter", "merged", "train_log.jsonl", "manifest.json")
-
-
 # --------------------------------------------------------------------------------------------------
 # The schedule: how many optimizer steps, and how many of them warm up
 
@@ -75,22 +70,35 @@ def training_schedule(n_rows: int, config, processes: int) -> Schedule:
 # Before anything loads
 
 
-def validate(stage: AlignmentArguments, config) -> tuple[Path, dict, CheckpointFolder]:
-    """(run folder, `model_record` of --model, the checkpoint folder), on every process, before
-    anything loads: finished outputs in the run folder are refused unless --overwrite, checkpoints
-    of another run are refused (`siren.alignment_checkpoints`), and --model must hold a config and
-    weights. The settings' own ranges were checked when they were parsed."""
-    from siren.io import check_outputs_free
+def validate(stage: AlignmentArguments, config):
+    """(the run folder's StageOutputs, `model_record` of --model, the checkpoint folder), on every
+    process, before anything loads. The run folder holds adapter/, merged/, train_log.jsonl and
+    manifest.json, all together or none; the trainer's checkpoints go to <output_dir>/checkpoints,
+    with the settings of the run that made them. Refused: finished outputs in the run folder without
+    --overwrite, a run folder among the inputs, checkpoints of another run
+    (`siren.alignment_checkpoints`), inputs whose manifests say they are another stage's or another
+    split's than train, and a --model without a config or weights. The settings' own ranges were
+    checked when they were parsed."""
+    from siren.manifest import check_input_manifest
     from siren.modeling import model_record
+    from siren.outputs import StageOutputs
 
     run_dir = resolve_run_dir(stage, config)
-    check_outputs_free([run_dir / name for name in RUN_OUTPUTS], stage.overwrite)
+    outputs = StageOutputs(run_dir, ["adapter", "merged", "train_log.jsonl"], script="train_hidden_mask.py",
+                           inputs=[stage.model, stage.data_path, stage.teacher_hidden_path, stage.teacher_mask_path,
+                                   stage.teacher_index_path], overwrite=stage.overwrite).check()
+    check_input_manifest(stage.data_path, made_by="preprocess_hidden.py", flag="--data_path")
+    trains_on = "stage 5 trains on the train split"
+    check_input_manifest(stage.teacher_hidden_path, made_by="extract_last_hidden_ddp.py", flag="--teacher_hidden_path",
+                         expect={"split": ("train", trains_on)})
+    check_input_manifest(stage.teacher_mask_path, made_by="inference_train_ddp.py", flag="--teacher_mask_path",
+                         expect={"split": ("train", trains_on)})
     if not (Path(stage.model) / "config.json").is_file():
         raise SirenError(f"--model {stage.model} holds no model (no config.json)")
     base = model_record(stage.model)
     if base["weights_digest"] is None:
         raise SirenError(f"--model {stage.model} holds no weights (no .safetensors or .bin file)")
-    return run_dir, base, CheckpointFolder.check(stage, config)
+    return outputs, base, CheckpointFolder.check(stage, config)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,15 +15,15 @@ from pathlib import Path
 from siren import SirenError
 from siren.answer import ANSWER_OPEN
 from siren.data import SPLITS, canonical_split
-from siren.io import MANIFEST_NAME, read_json
+from siren.io import read_json
 from siren.prompts import answer_only_context, chat_prompt_text
 from siren.verl_data import PARQUET_SPLITS, load_split_rows, parquet_path, parse_verl_dir_name
 
 # Columns of every split of the 4c DatasetDict (data/README.md).
 AO_COLUMNS = ("prompt", "completion", "label", "index", "user_id", "parent_asin")
-# What stage 4c writes into its folder: the DatasetDict's own entries (save_to_disk) and the
-# manifest. `--overwrite` replaces these and nothing else.
-AO_OUTPUT_NAMES = ("dataset_dict.json", *SPLITS, MANIFEST_NAME)
+# The entries `DatasetDict.save_to_disk` writes into stage 4c's folder (beside its manifest.json):
+# `--overwrite` replaces these and nothing else.
+DATASET_DICT_ENTRIES = ("dataset_dict.json", *SPLITS)
 
 
 def student_text(tokenizer, row: dict) -> str:

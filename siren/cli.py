@@ -220,6 +220,29 @@ def _freeze_heap_at_exit() -> None:
     gc.freeze()
 
 
+# The error file torch's launcher (under `accelerate launch` or torchrun) gives each process it
+# starts: what a failed process writes there is what the launcher reports as that process's error.
+LAUNCHER_ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+
+
+def _tell_the_launcher(line: str) -> None:
+    """Under a launcher, write the one-line error where it looks for a process's error (the format
+    torch's ProcessFailure reads: a string message and a timestamp), so `python -m siren.launch`
+    can print it last and the launcher's own report names it."""
+    import json
+    import os
+    import time
+
+    path = os.environ.get(LAUNCHER_ERROR_FILE_ENV)
+    if not path:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump({"message": line, "timestamp": int(time.time())}, handle)
+    except OSError:
+        pass  # the one line is on stderr already
+
+
 def run_main(main: Callable[[], object]) -> int:
     """Run a script's main(); a SirenError becomes a one-line message and exit status 2."""
     global _FAST_EXIT_REGISTERED
@@ -229,7 +252,9 @@ def run_main(main: Callable[[], object]) -> int:
     try:
         main()
     except SirenError as err:
-        print(f"error: {err}", file=sys.stderr)
+        line = f"error: {err}"
+        print(line, file=sys.stderr)
+        _tell_the_launcher(line)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

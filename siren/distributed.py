@@ -118,8 +118,8 @@ def unshared_message(folder: Path, missing: Sequence[int]) -> str:
             "(NFS, Lustre, ...)")
 
 
-def _from_main(state, value):
-    """`value` as the main process has it, on every process."""
+def from_main(state, value):
+    """`value` as the main process has it, on every process (a collective: every process calls it)."""
     if state.num_processes == 1:
         return value
     from accelerate.utils import broadcast_object_list
@@ -131,7 +131,7 @@ def require_files_on_main(state, paths: Sequence[Path], folder: Path) -> None:
     """Collective: every process stops with the same one-line error unless the main process sees
     `paths[r]`, the file rank r wrote, for every rank. Call it after a barrier."""
     missing = missing_ranks(paths, shared_wait_seconds()) if state.is_main_process else None
-    missing = _from_main(state, missing)
+    missing = from_main(state, missing)
     if missing:
         raise SirenError(unshared_message(folder, missing))
 
@@ -148,7 +148,7 @@ def check_shared_folder(folder: str | os.PathLike, state) -> None:
     folder = Path(folder)
     made = [f for f in (folder, *folder.parents) if not os.path.lexists(f)]
     folder.mkdir(parents=True, exist_ok=True)
-    token = _from_main(state, secrets.token_hex(6))
+    token = from_main(state, secrets.token_hex(6))
     markers = [folder / f".shared-check-{token}-rank{rank}" for rank in range(state.num_processes)]
     mine = markers[state.process_index]
     mine.touch()

@@ -191,16 +191,26 @@ def validate(script_args: GRPOScriptArguments, config, model_args) -> None:
     if lora_settings and not model_args.use_peft:
         raise SirenError(f"--{lora_settings[0]} is read with --use_peft true only (LoRA is off: full fine-tuning)")
     check_report_to(config.report_to)
+    from siren.manifest import check_input_manifest
+
+    # The flags that name the default --data_path must not contradict a --data_path given with them.
+    named_by = {key: (getattr(script_args, key), f"--{key}") for key in ("max_history", "use_long_history", "category")
+                if key in script_args.user_given}
+    check_input_manifest(script_args.data_path, made_by="preprocess_grpo.py", flag="--data_path", expect=named_by)
     if config.max_steps > 0:
-        _check_target_free(script_args, config, config.max_steps)
+        trained_model_outputs(script_args, config, model_args, config.max_steps).check()
 
 
-def _check_target_free(script_args: GRPOScriptArguments, config, step: int) -> Path:
-    from siren.io import check_outputs_free
+def trained_model_outputs(script_args: GRPOScriptArguments, config, model_args, step: int):
+    """The StageOutputs of the model folder GRPO_{data_name}_step{step}: the folder is the output
+    (replaced whole with --overwrite); the verl backend's folder of that name is this stage's too."""
+    from siren.outputs import StageOutputs
+    from siren.verl_data import parquet_path
 
-    target = Path(config.output_dir) / output_name(script_args.data_name, step)
-    check_outputs_free([target], script_args.overwrite)
-    return target
+    return StageOutputs(Path(config.output_dir) / output_name(script_args.data_name, step), None, script="grpo_trl.py",
+                        also_written_by=("main_grpo_amazon.sh",), overwrite=script_args.overwrite,
+                        inputs=[model_args.model_name_or_path, parquet_path(script_args.data_path, "train"),
+                                parquet_path(script_args.data_path, "val")])
 
 
 def fit_device(script_args: GRPOScriptArguments, config, model_args) -> None:
@@ -337,13 +347,12 @@ def train(script_args: GRPOScriptArguments, config, model_args):
     return trainer, counts
 
 
-def save_trained(trainer, script_args: GRPOScriptArguments, config, model_args, counts: dict, seconds: float) -> Path:
+def save_trained(trainer, script_args: GRPOScriptArguments, config, model_args, counts: dict, timer) -> Path:
     """Write GRPO_{data_name}_step{S} (model with LoRA merged, tokenizer, train_log.jsonl, manifest.json)."""
-    from siren.io import atomic_path, atomic_write_jsonl, write_manifest
-    from siren.verl_data import parquet_path
+    from siren.io import atomic_write_jsonl
 
     step = int(trainer.state.global_step)
-    target = _check_target_free(script_args, config, step)
+    outputs = trained_model_outputs(script_args, config, model_args, step).check()
     trained = trainer.model
     if model_args.use_peft:
         trained = trained.merge_and_unload()  # a plain model that AutoModelForCausalLM reloads
@@ -351,35 +360,32 @@ def save_trained(trainer, script_args: GRPOScriptArguments, config, model_args, 
     rewards = [entry["reward"] for entry in log_history if "reward" in entry]
     settings = {**config.to_dict(), **dataclasses.asdict(model_args), **dataclasses.asdict(script_args),
                 "output_dir": config.output_dir}
-    with atomic_path(target) as tmp:
-        trained.save_pretrained(tmp)
-        trainer.processing_class.save_pretrained(tmp)
-        atomic_write_jsonl(tmp / "train_log.jsonl", log_history)
-        write_manifest(
-            tmp, script="grpo_trl.py", args=settings,
-            inputs=[parquet_path(script_args.data_path, "train"), parquet_path(script_args.data_path, "val")],
-            outputs=[target], seconds=seconds,
-            counts={**counts, "steps": step, "reward_first": rewards[0] if rewards else None,
-                    "reward_last": rewards[-1] if rewards else None},
-            extra={"backend": "trl", "device": config.device.type},
-        )
-    return target
+    with outputs.claimed(), outputs.commit(settings, timer) as staged:
+        trained.save_pretrained(staged.dir)
+        trainer.processing_class.save_pretrained(staged.dir)
+        atomic_write_jsonl(staged.dir / "train_log.jsonl", log_history)
+        staged.record(counts={**counts, "steps": step, "reward_first": rewards[0] if rewards else None,
+                              "reward_last": rewards[-1] if rewards else None},
+                      extra={"backend": "trl", "device": config.device.type})
+    return outputs.folder
 
 
 def run(script_args: GRPOScriptArguments, config, model_args) -> Path:
     """Validate, check the memory, train, save; returns the output folder."""
-    from siren.io import RunTimer, check_output_dir
+    from siren.io import RunTimer, check_output_folder
+    from siren.outputs import claimed_folder
 
     validate(script_args, config, model_args)
     fit_device(script_args, config, model_args)
     timer = RunTimer()
     output_dir = config.output_dir
-    check_output_dir(script_args.checkpoint_dir)
-    config.output_dir = script_args.checkpoint_dir  # GRPOTrainer writes its checkpoints there
-    trainer, counts = train(script_args, config, model_args)
-    config.output_dir = output_dir
-
-    target = save_trained(trainer, script_args, config, model_args, counts, timer.seconds)
+    check_output_folder(script_args.checkpoint_dir)
+    # One run per checkpoint folder: a second run with the same --run_name would mix its checkpoints in.
+    with claimed_folder(script_args.checkpoint_dir, config.distributed_state, "--checkpoint_dir"):
+        config.output_dir = script_args.checkpoint_dir  # GRPOTrainer writes its checkpoints there
+        trainer, counts = train(script_args, config, model_args)
+        config.output_dir = output_dir
+        target = save_trained(trainer, script_args, config, model_args, counts, timer)
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     summary = ", ".join(f"{r:.3f}" for r in rewards[:3]) + (" ... " + f"{rewards[-1]:.3f}" if len(rewards) > 3 else "")
     print(f"mean reward per logged step: {summary or 'none logged'}")

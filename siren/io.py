@@ -2,14 +2,15 @@
 
 Reading: `iter_text_lines`, `iter_jsonl`, `read_text` and `read_json` live in siren.reading and
 are re-exported here: every way a file can be unreadable is a one-line `SirenError` naming the
-file and, where known, the line.
+file and, where known, the line. Whether an input's manifest fits the stage: siren.manifest.
 
 Writing: every output file is first written to a temporary sibling and then renamed into place
 (`atomic_path`), so an interrupted run (crash, full disk, Ctrl-C) never leaves a file that looks
 finished. A stage with several outputs stages them all in one hidden folder and moves them into
-place together (`atomic_outputs`), so they appear together or not at all. `check_output_dir`,
-`prepare_output_dir` and `check_outputs_free` refuse an unusable output path before any work;
-`check_output_clear_of_inputs` refuses an output folder where the stage's own inputs are.
+place together (`atomic_outputs`), so they appear together or not at all. `check_output_folder`
+refuses an unusable output folder, or finished outputs without --overwrite, before any work;
+`check_output_clear_of_inputs` refuses an output folder where the stage's own inputs are. A stage
+uses all of them through `siren.outputs.StageOutputs`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import errno
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -65,16 +67,18 @@ def is_disk_full(err: OSError) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def check_output_dir(path: str | os.PathLike) -> Path:
-    """Check, changing nothing on disk, that `path` is or can become a folder we can write into.
+def check_output_folder(folder: str | os.PathLike, names: Iterable[str] = (), overwrite: bool = False) -> Path:
+    """Check, changing nothing on disk, that `folder` is or can become a folder we can write into,
+    and that none of the outputs `names` (entries directly in it) exists, unless `overwrite`.
 
-    Refuses (one-line SirenError) an existing file at `path` or at any parent, and a folder we
-    cannot create a file in. The test is an actual write, not os.access: a temporary file in the
-    deepest existing folder, removed at once (the folders that do not exist yet are not created).
-    Root writes into folders whatever their permission bits, so for root (as in CI) only a file in
-    the way or a read-only file system fails here; tests of this use a parent that is a file.
+    Refuses (one-line SirenError) an existing file at `folder` or at any parent, a dangling link,
+    a folder we cannot create a file in, and finished outputs ("pass --overwrite"). The write test
+    is an actual write, not os.access: a temporary file in the deepest existing folder, removed at
+    once (the folders that do not exist yet are not created). Root writes into folders whatever
+    their permission bits, so for root (as in CI) only a file in the way or a read-only file system
+    fails here; tests of this use a parent that is a file. Returns `folder` as a Path.
     """
-    path = Path(path)
+    path = Path(folder)
     existing = path
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
@@ -92,6 +96,9 @@ def check_output_dir(path: str | os.PathLike) -> Path:
         raise SirenError(f"cannot write output folder {path}: {existing} is not writable ({_one_line(err)})") from None
     os.close(fd)
     os.unlink(probe)
+    finished = [str(path / name) for name in names if os.path.lexists(path / name)]
+    if finished and not overwrite:
+        raise SirenError(f"output already exists: {', '.join(finished)} (pass --overwrite to replace it)")
     return path
 
 
@@ -124,7 +131,7 @@ def check_output_clear_of_inputs(output_dir: str | os.PathLike, inputs: Iterable
     return output_dir
 
 
-def _make_dirs(path: Path) -> list[Path]:
+def make_folders(path: Path) -> list[Path]:
     """mkdir -p `path`; returns the folders it created, deepest last; one-line error on failure."""
     missing = []
     current = path
@@ -134,7 +141,7 @@ def _make_dirs(path: Path) -> list[Path]:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        check_output_dir(path)  # names the file in the way, if that is the cause
+        check_output_folder(path)  # names the file in the way, if that is the cause
         raise SirenError(f"cannot create folder {path} ({_one_line(err)})") from None
     return missing[::-1]
 
@@ -143,13 +150,6 @@ def _remove_empty_dirs(created: list[Path]) -> None:
     for folder in reversed(created):
         with contextlib.suppress(OSError):
             folder.rmdir()
-
-
-def prepare_output_dir(path: str | os.PathLike) -> Path:
-    """`check_output_dir(path)`, then create the folder; returns it as a Path."""
-    path = check_output_dir(path)
-    _make_dirs(path)
-    return path
 
 
 @contextlib.contextmanager
@@ -161,7 +161,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     one-line SirenError.
     """
     target = Path(path)
-    _make_dirs(target.parent)
+    make_folders(target.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -195,16 +195,16 @@ class OutputGroup:
 
     def path(self, name: str) -> Path:
         """Where to write output `name` (a file or folder directly inside the output folder)."""
-        _check_output_name(name)
+        check_output_name(name)
         return self.dir / name
 
     def final_path(self, name: str) -> Path:
         """Where output `name` will be once the block has succeeded (for messages and manifests)."""
-        _check_output_name(name)
+        check_output_name(name)
         return self.out_dir / name
 
 
-def _check_output_name(name: str) -> None:
+def check_output_name(name: str) -> None:
     if not name or name in (".", "..") or "/" in name or os.sep in name:
         raise SirenError(f"internal error: output name {name!r} must be one file or folder name")
 
@@ -221,7 +221,7 @@ def atomic_outputs(
             ...
             write_manifest(staged.dir, ...)
 
-    On entry (before the block's work) the output folder is checked (`check_output_dir`) and the
+    On entry (before the block's work) the output folder is checked (`check_output_folder`): the
     named outputs must not exist unless `overwrite`. The block writes into a hidden staging folder
     `.<out_dir name>.staging-*` beside `out_dir`. When the block ends without an exception, every
     name must have been written; then every entry of the staging folder is moved into `out_dir`
@@ -229,17 +229,17 @@ def atomic_outputs(
     is renamed in turn, the old versions set aside first and put back if a rename fails). Other
     files already in `out_dir` are never touched. When the block fails, the staging folder and
     any parent folders this call created are removed: nothing is left behind. A run killed with
-    SIGKILL can leave a `.<name>.staging-*` folder, which is safe to delete.
+    SIGKILL can leave a `.<name>.staging-*` folder (`leftover_scratch`); the next run of the stage
+    removes it (`siren.outputs.StageOutputs.claimed`).
     """
     out_dir = Path(out_dir)
     names = tuple(names)
     for name in names:
-        _check_output_name(name)
-    check_output_dir(out_dir)
-    check_outputs_free([out_dir / name for name in names], overwrite)
-    created = _make_dirs(out_dir.parent)
+        check_output_name(name)
+    check_output_folder(out_dir, names, overwrite)
+    created = make_folders(out_dir.parent)
     committed = False
-    staging = _new_hidden_dir(out_dir.parent, f".{out_dir.name}.staging-")
+    staging = _new_hidden_dir(out_dir.parent, f".{out_dir.name}{_STAGING}")
     try:
         yield OutputGroup(out_dir, staging, names)
         missing = [name for name in names if not os.path.lexists(staging / name)]
@@ -256,6 +256,26 @@ def atomic_outputs(
             shutil.rmtree(staging, ignore_errors=True)
         if not committed:
             _remove_empty_dirs(created)
+
+
+# The hidden names written beside an output `<name>` while it is written: atomic_outputs' staging
+# folder (`.<name>.staging-<8 hex>`), the old versions it sets aside (`.<name>.replaced-<mkdtemp's
+# 8 characters>`) and atomic_path's temporary (`.<name>.<8 characters>.tmp`).
+_STAGING, _REPLACED = ".staging-", ".replaced-"
+
+
+def leftover_scratch(target: str | os.PathLike) -> list[Path]:
+    """The hidden staging folders and temporaries of `target` (an output folder or file) beside it.
+
+    Only a run writing `target` makes them, and removes them when it ends, so those found while
+    no run writes `target` (its lock is free: siren.outputs) were left by a killed run.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    name = re.escape(target.name)
+    pattern = re.compile(rf"\.{name}(\.staging-[0-9a-f]{{8}}|\.replaced-[a-z0-9_]{{8}}|\.[a-z0-9_]{{8}}\.tmp)")
+    return sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name))
 
 
 def _new_hidden_dir(parent: Path, prefix: str) -> Path:
@@ -277,11 +297,12 @@ def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
             return
         except OSError:
             pass  # created meanwhile by someone else: move entry by entry below
-    entries = sorted(p.name for p in staging.iterdir())
+    # manifest.json last: a move cut short never shows a new manifest beside old outputs.
+    entries = sorted((p.name for p in staging.iterdir()), key=lambda name: (name == MANIFEST_NAME, name))
     clashes = [str(out_dir / name) for name in entries if os.path.lexists(out_dir / name)]
     if clashes and not overwrite:
         raise SirenError(f"output already exists: {', '.join(clashes)} (pass --overwrite to replace it)")
-    replaced = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.replaced-", dir=out_dir.parent))
+    replaced = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{_REPLACED}", dir=out_dir.parent))
     moved_old: list[str] = []
     moved_new: list[str] = []
     try:
@@ -327,20 +348,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def check_outputs_free(paths: Iterable[str | os.PathLike], overwrite: bool) -> None:
-    """Refuse to replace finished outputs unless --overwrite was given, and unusable output folders.
-
-    Each output's folder is checked with `check_output_dir` (a file in the way, not writable), so
-    a stage that calls this before its work fails in one line before doing any.
-    """
-    paths = [Path(p) for p in paths]
-    for folder in dict.fromkeys(p.parent for p in paths):
-        check_output_dir(folder)
-    existing = [str(p) for p in paths if os.path.lexists(p)]
-    if existing and not overwrite:
-        raise SirenError(f"output already exists: {', '.join(existing)} (pass --overwrite to replace it)")
 
 
 def package_versions() -> dict[str, str]:

@@ -204,26 +204,10 @@ _PREDICTION_SCRIPTS = {key: "inference_ao_ddp.py" for key in PREDICTION_INPUTS} 
 def check_prediction_manifest(key: str, path: Path) -> None:
     """The manifest.json beside a prediction input must say it is that input's kind and a test-split
     run: a valid-split stage-6 run or a train-split 4a run is not an accuracy row on test."""
-    from siren.data import canonical_split
-    from siren.io import read_manifest
+    from siren.manifest import check_input_manifest
 
-    manifest = read_manifest(path.parent)
-    if manifest is None:
-        return  # a metrics file without its manifest (an older run, or copied): nothing to compare
-    if not isinstance(manifest, dict):
-        raise SirenError(f"{path.parent / 'manifest.json'}: expected a JSON object (given as --{key})")
-    script = Path(str(manifest.get("script", ""))).name
-    if script and script != _PREDICTION_SCRIPTS[key]:
-        raise SirenError(f"{path} was written by {script}, not {_PREDICTION_SCRIPTS[key]} (given as --{key})")
-    split = (manifest.get("args") or {}).get("split") if isinstance(manifest.get("args"), dict) else None
-    if split is not None:
-        try:
-            split = canonical_split(split)
-        except SirenError:
-            raise SirenError(f"{path.parent / 'manifest.json'}: unknown split {split!r} (given as --{key})") from None
-        if split != "test":
-            raise SirenError(f"{path} comes from a run on the {split} split, not test: it cannot be an accuracy row "
-                             f"on test (given as --{key})")
+    check_input_manifest(path, made_by=_PREDICTION_SCRIPTS[key], flag=f"--{key}",
+                         expect={"split": ("test", "an accuracy row on test")})
 
 
 def read_log(path: Path, key: str) -> list[dict] | None:

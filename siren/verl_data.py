@@ -287,12 +287,6 @@ STATS_NAME = "prompt_stats.json"
 TEST_COUNTS_NAME = "prompt_tokens_test.npz"
 
 
-def output_names(with_token_report: bool) -> list[str]:
-    """The files stage 2 writes into its folder, manifest.json aside."""
-    names = [f"{stem}.parquet" for stem in PARQUET_SPLITS.values()]
-    return names + ([STATS_NAME, TEST_COUNTS_NAME] if with_token_report else [])
-
-
 @dataclass
 class TokenReport:
     """Prompt tokens per split and variant (prompt_stats.json) and per test row (prompt_tokens_test.npz)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 
 import pytest
 from conftest import run_script
@@ -174,3 +175,13 @@ def test_repeated_rows_are_reported_with_what_the_baselines_do(tmp_path):
     assert "train.jsonl.gz: 1 row(s) repeat an earlier (user_id, parent_asin), first ('u1', 'a1') at lines 1 and 2; " \
            "the models fit the first rating of each repeated (user, item)" in proc.stderr
     assert proc.stderr.count("warning:") == 1 and (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_the_output_folder_may_not_hold_the_split_files(small_movies_root, tmp_path):
+    """Issue 20: no stage writes into a folder that holds its own inputs, or above them."""
+    for out in (small_movies_root / "Movies", small_movies_root):
+        proc = run_script("scripts/baselines.py", "--data_root", str(small_movies_root), "--output_dir", str(out),
+                          "--overwrite", check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert re.search(r"\(--output_dir\) (holds|lies above) this stage's input .*\.jsonl\.gz", proc.stderr)
+    assert not (small_movies_root / "Movies" / "metrics.json").exists()

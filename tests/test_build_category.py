@@ -576,3 +576,14 @@ def test_benchmark_script_builds_the_file_it_generates(tmp_path):
                                              "writing"}
     assert result["machine"]["cores"] == os.cpu_count()
     assert "review lines/s" in proc.stdout
+
+
+def test_the_output_folder_may_not_hold_the_raw_files(tmp_path, capsys):
+    """Issue 20: no stage writes into a folder that holds its own inputs (here the raw review file)."""
+    folder = tmp_path / "data" / CATEGORY
+    folder.mkdir(parents=True)
+    reviews = write_jsonl_gz(folder / f"{CATEGORY}.jsonl.gz", RAW_REVIEWS)
+    meta = write_jsonl_gz(tmp_path / f"meta_{CATEGORY}.jsonl.gz", RAW_META)
+    code, err = _run_builder(tmp_path, reviews, meta, "--overwrite", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and "(--output_root) holds this stage's input" in err, err
+    assert sorted(p.name for p in folder.iterdir()) == [f"{CATEGORY}.jsonl.gz"]

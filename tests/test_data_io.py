@@ -20,11 +20,9 @@ from siren.io import (
     atomic_outputs,
     atomic_path,
     atomic_write_json,
-    check_output_dir,
-    check_outputs_free,
+    check_output_folder,
     iter_jsonl,
     iter_text_lines,
-    prepare_output_dir,
     read_json,
     read_manifest,
     read_text,
@@ -127,8 +125,8 @@ def test_atomic_path_replaces_directories(tmp_path):
 def test_overwrite_guard(tmp_path):
     (tmp_path / "done.json").write_text("{}")
     with pytest.raises(SirenError, match="--overwrite"):
-        check_outputs_free([tmp_path / "done.json"], overwrite=False)
-    check_outputs_free([tmp_path / "done.json"], overwrite=True)
+        check_output_folder(tmp_path, ["done.json"], overwrite=False)
+    assert check_output_folder(tmp_path, ["done.json"], overwrite=True) == tmp_path
 
 
 def test_manifest_records_args_versions_inputs(tmp_path):
@@ -391,21 +389,19 @@ def test_output_dir_that_is_a_file_or_under_a_file(tmp_path):
     a_file = tmp_path / "taken"
     a_file.write_text("x")
     with pytest.raises(SirenError, match=r"output folder .*taken is an existing file, not a folder"):
-        check_output_dir(a_file)
+        check_output_folder(a_file)
     # A parent that is a regular file cannot be written into, for root too (CI runs as root).
     with pytest.raises(SirenError, match=r"cannot create output folder .*taken/out/deeper: .*taken is a file"):
-        prepare_output_dir(a_file / "out" / "deeper")
+        check_output_folder(a_file / "out" / "deeper")
     with pytest.raises(SirenError, match=r"taken is an existing file, not a folder"):
-        check_outputs_free([a_file / "train.parquet"], overwrite=True)
+        check_output_folder(a_file, ["train.parquet"], overwrite=True)
     assert a_file.read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # the checks left nothing behind
 
 
-def test_prepare_output_dir_creates_and_probes(tmp_path):
-    out = prepare_output_dir(tmp_path / "a" / "b")
-    assert out.is_dir() and list(out.iterdir()) == []
-    check_output_dir(tmp_path / "x" / "y")
-    assert not (tmp_path / "x").exists()  # check_output_dir changes nothing
+def test_check_output_folder_changes_nothing(tmp_path):
+    assert check_output_folder(tmp_path / "x" / "y", ["a.json"]) == tmp_path / "x" / "y"
+    assert list(tmp_path.iterdir()) == []  # the write probe is removed, no folder is made
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into folders without write permission")
@@ -414,7 +410,7 @@ def test_output_dir_without_write_permission(tmp_path):
     locked.mkdir(mode=0o500)
     try:
         with pytest.raises(SirenError, match=r"cannot write output folder .*locked/out: .*locked is not writable"):
-            check_outputs_free([locked / "out" / "metrics.json"], overwrite=False)
+            check_output_folder(locked / "out", ["metrics.json"], overwrite=False)
     finally:
         locked.chmod(0o700)
 
@@ -598,9 +594,9 @@ def test_a_dangling_symlink_is_called_a_dangling_symlink(tmp_path):
     link.symlink_to(tmp_path / "gone")
     with pytest.raises(SirenError, match=r"cannot use output folder .*out: .*out is a symlink to .*gone, which does "
                                          r"not exist"):
-        check_output_dir(link)
+        check_output_folder(link)
     with pytest.raises(SirenError, match=r"cannot use output folder .*out/deeper: .*out is a symlink to .*gone"):
-        check_outputs_free([link / "deeper" / "a.json"], overwrite=True)
+        check_output_folder(link / "deeper", ["a.json"], overwrite=True)
     with pytest.raises(SirenError, match=r"split file .*out is a symlink to .*gone, which does not exist"):
         load_split(link)
     with pytest.raises(SirenError, match=r"^file .*out is a symlink to .*gone, which does not exist$"):

@@ -378,3 +378,58 @@ def test_disk_full_during_the_merge_leaves_no_finished_looking_file(tiny_model_d
     leftovers = sorted(p.name for p in out.iterdir() if p.is_file()) if out.exists() else []
     assert leftovers == [], leftovers  # no teacher_hidden.npy, no temporary file, no manifest
     assert not out.exists()  # nor the shards, nor the output folder made for them
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 20: stage 4a's manifest against the flags; outputs never where the inputs are; one line last
+
+
+def _stage4a_copy(thinking_dir: Path, folder: Path, verl_dir: Path, **args) -> Path:
+    """A copy of the hand-written 4a output with the manifest stage 4a writes (its args and the
+    sha256 of the parquet it read)."""
+    from siren.cot import file_sha256
+    from siren.io import write_manifest
+
+    shutil.copytree(thinking_dir, folder)
+    write_manifest(folder, script="inference_train_ddp.py", args={"split": "train", "limit": N_ROWS, **args},
+                   extra={"data_sha256": file_sha256(verl_dir / "train.parquet")})
+    return folder
+
+
+def test_a_stage4a_run_of_another_split_limit_or_parquet_is_refused(tiny_model_dir, verl_dir, thinking_dir, tmp_path):
+    script = load_script("extract_last_hidden_ddp.py")
+    base = ["--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", str(N_ROWS)]
+    on_test = _stage4a_copy(thinking_dir, tmp_path / "on_test", verl_dir, split="test")
+    with pytest.raises(SirenError, match=r"--thinking_path .*on_test/results\.jsonl was made with split 'test' .* asks "
+                                         r"for 'train' \(--split\)"):
+        script.main([*base, "--thinking_path", str(on_test), "--out_dir", str(tmp_path / "a")])
+    limited = _stage4a_copy(thinking_dir, tmp_path / "limited", verl_dir, limit=6)
+    with pytest.raises(SirenError, match=r"made with limit 6 .* asks for 14 \(--limit\)"):
+        script.main([*base, "--thinking_path", str(limited), "--out_dir", str(tmp_path / "b")])
+    # The same rows with other prompts (e.g. another max@N folder): the reasoning answered other prompts.
+    other_prompts = tmp_path / "max@3-long@False"
+    shutil.copytree(verl_dir, other_prompts)
+    frame = __import__("pandas").read_parquet(other_prompts / "train.parquet")
+    frame["ability"] = "other"
+    frame.to_parquet(other_prompts / "train.parquet", index=False)
+    matching = _stage4a_copy(thinking_dir, tmp_path / "matching", verl_dir)
+    with pytest.raises(SirenError, match=r"was written for another parquet file than .*max@3-long@False/train\.parquet"):
+        script.main([*base[:2], "--data_path", str(other_prompts), "--limit", str(N_ROWS), "--thinking_path",
+                     str(matching), "--out_dir", str(tmp_path / "c")])
+    with pytest.raises(SirenError, match=r"\(--output_dir\) holds this stage's input .*results\.jsonl"):
+        script.main([*base, "--thinking_path", str(matching), "--out_dir", str(matching), "--overwrite"])
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_a_failure_of_two_processes_ends_with_its_one_line(tmp_path):
+    """Issue 20: with 2 processes, 4b's one-line error was followed by accelerate's ChildFailedError
+    traceback; `python -m siren.launch` (accelerate launch's flags) prints the line last."""
+    args = ["extract_last_hidden_ddp.py", "--model", str(tmp_path / "m"), "--data_path", str(tmp_path),
+            "--thinking_path", str(tmp_path / "missing")]
+    line = f"error: no thinking file at {tmp_path / 'missing'} (run inference_train_ddp.py first)"
+    wrapped = run_script("-m", "siren.launch", *accelerate_launch(2)[2:], *args, env=CPU_ONE_THREAD, check=False)
+    assert wrapped.returncode == 2 and wrapped.stderr.strip().splitlines()[-1] == line, wrapped.stderr
+    assert "Traceback" not in wrapped.stderr
+    plain = run_script(*accelerate_launch(2), *args, env=CPU_ONE_THREAD, check=False)
+    assert plain.returncode != 0 and "ChildFailedError" in plain.stderr  # what the wrapper leaves out
+    assert line in plain.stderr  # the launcher's report names the line too (the error file run_main writes)

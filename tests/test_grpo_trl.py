@@ -373,3 +373,22 @@ def test_the_config_pickles_as_every_trl_checkpoint_stores_it():
 
     _, config, _ = parse_args(["--model", "m", "--output_dir", "out"])
     assert pickle.loads(pickle.dumps(config)).output_dir == "out"
+
+
+def test_flags_that_contradict_the_parquet_folders_manifest_are_refused(short_prompt_dir, tiny_model_dir, tmp_path):
+    """Issue 20: each stage reads the manifest beside its input; --max_history names the default
+    --data_path, so given with a --data_path built otherwise it contradicts that folder."""
+    data = tmp_path / "parquet"
+    shutil.copytree(short_prompt_dir, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    built_with = manifest["args"]["max_history"]
+    base = ["--model_path", str(tiny_model_dir), "--data_dir", str(data), "--output_dir", str(tmp_path / "ckpt")]
+    validate(*parse_args(base))  # not given: nothing to contradict
+    validate(*parse_args([*base, "--max_history", str(built_with)]))
+    with pytest.raises(SirenError, match=rf"--data_path .*parquet was made with max_history {built_with} .* asks for "
+                                         rf"{built_with + 1} \(--max_history\)"):
+        validate(*parse_args([*base, "--max_history", str(built_with + 1)]))
+    (data / "manifest.json").write_text(json.dumps({**manifest, "script": "preprocess_hidden.py"}))
+    with pytest.raises(SirenError, match=r"was written by preprocess_hidden\.py, not preprocess_grpo\.py"):
+        validate(*parse_args(base))
+    assert not (tmp_path / "ckpt").exists()

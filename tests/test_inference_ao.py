@@ -13,6 +13,7 @@ import torch
 from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
 from stage_inputs import build_ao_dataset
 
+from siren import SirenError
 from siren.ao import BATCHING_TOLERANCE, default_out_dir, parse_greedy_token, prediction_metrics
 from siren.modeling import constrained_ratings, expected_ratings, rating_probabilities
 
@@ -432,3 +433,23 @@ def test_input_that_is_not_a_parquet(verl_dir, tiny_model_dir, tmp_path):
     shutil.copytree(verl_dir, bad)
     (bad / "test.parquet").write_bytes(b"PAR1 not really")
     _fails(["--model", str(tiny_model_dir), "--data_path", str(bad)], "test.parquet", tmp_path / "out")
+
+
+def test_outputs_among_the_inputs_or_data_of_another_kind_are_refused(ao_data, tiny_model_dir, tmp_path):
+    """Issue 20: no stage writes where its inputs are; an input's manifest names the stage that made it."""
+    from siren.io import write_manifest
+
+    script = load_script(SCRIPT)
+    base = ["--model", str(tiny_model_dir), "--data_path", str(ao_data)]
+    before = (ao_data / "manifest.json").read_bytes()
+    for out, where in ((ao_data, "is"), (ao_data / "test", "lies inside"), (tiny_model_dir / "preds", "lies inside")):
+        with pytest.raises(SirenError, match=rf"\(--output_dir\) {where} this stage's input"):
+            script.main([*base, "--out_dir", str(out), "--overwrite"])
+    assert (ao_data / "manifest.json").read_bytes() == before and not (tiny_model_dir / "preds").exists()
+    other = tmp_path / "hidden"
+    shutil.copytree(ao_data, other)
+    write_manifest(other, script="extract_last_hidden_ddp.py", args={})
+    with pytest.raises(SirenError, match=r"--data_path .*hidden was written by extract_last_hidden_ddp\.py, not "
+                                         r"preprocess_hidden\.py or preprocess_grpo\.py"):
+        script.main(["--model", str(tiny_model_dir), "--data_path", str(other), "--out_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

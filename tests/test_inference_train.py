@@ -438,8 +438,61 @@ def test_two_processes_equal_one(reference_run, tiny_model_dir, verl_dir, tmp_pa
                "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(out), *GEN_FLAGS,
                env=CPU_ONE_THREAD)
     assert json.loads((out / "manifest.json").read_text())["counts"]["processes"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]  # the lock, taken once by rank 0, is released
     assert (out / "results.jsonl").read_bytes() == (reference_run / "results.jsonl").read_bytes()
     assert torch.equal(torch.load(out / "mask.pt"), torch.load(reference_run / "mask.pt"))
+
+
+def test_a_second_run_into_the_folder_is_refused_at_once(tiny_model_dir, verl_dir, tmp_path):
+    """Issue 20: two 4a runs into one folder; the second failed after the first deleted partial/."""
+    from other_runs import run_holding
+
+    out = tmp_path / "cot"
+    (out / "partial").mkdir(parents=True)
+    (out / "partial" / "rank0.jsonl").write_text('{"index": 0}\n')  # the first run's finished rows
+    with run_holding(out) as pid:
+        proc = run_script("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
+                          "--out_dir", str(out), *GEN_FLAGS, "--resume", "false", env=CPU_ONE_THREAD, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: output folder {out} is in use by another run (process {pid}")
+    assert (out / "partial" / "rank0.jsonl").read_text() == '{"index": 0}\n'
+
+
+def test_outputs_among_the_inputs_or_a_parquet_of_another_kind_are_refused(tiny_model_dir, verl_dir, tmp_path):
+    import shutil
+
+    from siren.io import write_manifest
+
+    script = load_script("inference_train_ddp.py")
+    parquet = tmp_path / "max@10-long@False"
+    shutil.copytree(verl_dir, parquet)
+    base = ["--model", str(tiny_model_dir), "--data_path", str(parquet), "--limit", "4"]
+    with pytest.raises(SirenError, match=r"\(--output_dir\) holds this stage's input .*train\.parquet"):
+        script.main([*base, "--out_dir", str(parquet), "--overwrite"])
+    with pytest.raises(SirenError, match=r"\(--output_dir\) lies inside this stage's input .*tiny-qwen3"):
+        script.main([*base, "--out_dir", str(tiny_model_dir / "cot")])
+    write_manifest(parquet, script="preprocess_hidden.py", args={})
+    with pytest.raises(SirenError, match=r"--data_path .* was written by preprocess_hidden\.py, not preprocess_grpo"):
+        script.main([*base, "--out_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists() and not (tiny_model_dir / "cot").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_refused_together_end_with_the_one_line(tiny_model_dir, verl_dir, tmp_path):
+    """Both ranks stop on the one answer of rank 0 (no process waits on a lock, none hangs), and
+    `python -m siren.launch` ends with the line, where `accelerate launch` ended with its traceback."""
+    from other_runs import run_holding
+
+    out = tmp_path / "cot"
+    launch = ["-m", "siren.launch", *accelerate_launch(2)[2:]]  # the same flags, through the wrapper
+    with run_holding(out) as pid:
+        proc = run_script(*launch, "inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path",
+                          str(verl_dir), "--out_dir", str(out), *GEN_FLAGS, env=CPU_ONE_THREAD, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last.startswith(f"error: output folder {out} is in use by another run (process {pid}"), proc.stderr[-3000:]
+    assert proc.stderr.count(last) == 3  # rank 0, rank 1 (the same answer), and the launcher's last line
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
 
 
 @pytest.mark.gpu

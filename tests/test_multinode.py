@@ -114,7 +114,7 @@ def test_the_parts_folder_of_4b_is_checked_before_any_work(tmp_path, monkeypatch
     from siren.hidden import scratch_folder
 
     monkeypatch.setenv(SHARED_WAIT_ENV, "0")
-    monkeypatch.setattr(siren.distributed, "_from_main", lambda state, value: value)
+    monkeypatch.setattr(siren.distributed, "from_main", lambda state, value: value)
     parts = tmp_path / "out" / ".hidden_parts"
     with pytest.raises(SirenError, match=re.escape(f"{parts} {UNSHARED}")):
         with scratch_folder(parts, RankZeroOfTwo()):

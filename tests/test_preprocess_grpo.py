@@ -438,3 +438,46 @@ def test_bench_preprocess_times_the_stage_and_keeps_its_report(small_movies_root
     assert figures["rows"] == {"train": 3, "val": 3, "test": 3} and figures["token_counting"] == "chunked"
     again = run_script(*args, check=False)  # refused before any run
     assert again.returncode == 2 and "--overwrite" in again.stderr and "run 1/1" not in again.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 20: the sketch's manifest, one run per folder, what a killed run leaves
+
+
+def test_a_sketch_of_another_category_or_kind_is_refused(small_movies_root, sketch_file, tmp_path):
+    from siren.io import write_manifest
+
+    folder = tmp_path / "sketch"
+    folder.mkdir()
+    shutil.copy(sketch_file[0], folder / "user_feature.jsonl")
+    args = ["--data_root", str(small_movies_root), "--sketch_path", str(folder / "user_feature.jsonl"), "--limit", "3",
+            "--max_history", "3"]
+    write_manifest(folder, script="generate_interest_sketch.py", args={"category": "Books"})
+    with pytest.raises(SirenError, match=r"--sketch_path .*user_feature\.jsonl was made with category 'Books' .*, "
+                                         r"but this run asks for 'Movies' \(--category\)"):
+        preprocess_grpo.main([*args, "--out_dir", str(tmp_path / "a")])
+    write_manifest(folder, script="preprocess_grpo.py", args={"category": "Movies"})
+    with pytest.raises(SirenError, match=r"was written by preprocess_grpo\.py, not generate_interest_sketch\.py"):
+        preprocess_grpo.main([*args, "--out_dir", str(tmp_path / "b")])
+    write_manifest(folder, script="generate_interest_sketch.py", args={"category": "Movies"})
+    preprocess_grpo.main([*args, "--out_dir", str(tmp_path / "c")])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and (tmp_path / "c" / "val.parquet").is_file()
+
+
+def test_one_run_per_folder_and_a_killed_runs_staging_folder_is_removed(small_movies_root, tmp_path, capsys):
+    from other_runs import run_holding, run_killed_while_writing
+
+    out = tmp_path / "max@3-long@False"
+    args = ["--data_root", str(small_movies_root), "--out_dir", str(out), "--limit", "3", "--max_history", "3",
+            "--use_long_history", "false"]
+    with run_holding(out) as pid:
+        with pytest.raises(SirenError, match=rf"^output folder {re.escape(str(out))} is in use by another run "
+                                             rf"\(process {pid}, started [^)]*\); one run per folder"):
+            preprocess_grpo.main(args)
+    assert not out.exists()
+    killed = run_killed_while_writing(out, "train.parquet")
+    preprocess_grpo.main(args)
+    err = capsys.readouterr().err
+    assert f"took over the lock of {out} from process {killed}, started" in err
+    assert re.search(r"removed 1 staging folder\(s\) a killed run of .* left: \.max@3-long@False\.staging-", err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]

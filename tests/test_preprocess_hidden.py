@@ -206,3 +206,88 @@ def test_input_that_is_not_a_parquet(tiny_model_dir, verl_dir, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and "val.parquet" in err, err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 20: never where the inputs are, never another stage's files, the input's manifest, one run
+# per folder
+
+
+def _stage2_folder(verl_dir: Path, folder: Path, max_history: int = 10) -> Path:
+    """A copy of `verl_dir` with the manifest stage 2 writes (its args), in a folder of any name."""
+    import shutil
+
+    from siren.io import write_manifest
+
+    shutil.copytree(verl_dir, folder)
+    write_manifest(folder, script="preprocess_grpo.py",
+                   args={"category": "Movies", "max_history": max_history, "use_long_history": False})
+    return folder
+
+
+def test_the_output_folder_may_not_be_the_input_folder(tiny_model_dir, verl_dir, tmp_path):
+    """4c --output_dir pointed at its own input folder with --overwrite replaced stage 2's manifest.json."""
+    parquet = _stage2_folder(verl_dir, tmp_path / "max@10-long@False")
+    before = (parquet / "manifest.json").read_bytes()
+    script = load_script("preprocess_hidden.py")
+    for out in (parquet, parquet / "hidden", tmp_path):
+        with pytest.raises(SirenError, match=r"\(--output_dir\) (is|lies inside|holds) this stage's input"):
+            script.main(["--data_path", str(parquet), "--model", str(tiny_model_dir), "--output_dir", str(out),
+                         "--overwrite"])
+    assert (parquet / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in parquet.iterdir()) == ["manifest.json", "test.parquet", "train.parquet",
+                                                        "val.parquet"]
+
+
+def test_overwrite_never_replaces_another_stages_folder(tiny_model_dir, verl_dir, tmp_path):
+    parquet = _stage2_folder(verl_dir, tmp_path / "max@10-long@False")
+    other = _stage2_folder(verl_dir, tmp_path / "other" / "max@10-long@False")  # stage 2's, not this run's input
+    before = (other / "manifest.json").read_bytes()
+    script = load_script("preprocess_hidden.py")
+    with pytest.raises(SirenError, match=r"holds the outputs of preprocess_grpo\.py .* never replaces another stage's "
+                                         r"files, with or without --overwrite"):
+        script.main(["--data_path", str(parquet), "--model", str(tiny_model_dir), "--output_dir", str(other),
+                     "--overwrite"])
+    assert (other / "manifest.json").read_bytes() == before
+
+
+def test_max_history_that_contradicts_stage2s_manifest_is_refused(tiny_model_dir, verl_dir, tmp_path):
+    """4c --max_history 5 on a folder built with 10 (not named max@10-...) was ignored while its manifest said 5."""
+    parquet = _stage2_folder(verl_dir, tmp_path / "my_parquet")
+    script = load_script("preprocess_hidden.py")
+    argv = ["--data_path", str(parquet), "--model", str(tiny_model_dir), "--limit", "2"]
+    with pytest.raises(SirenError, match=r"--data_path .*my_parquet was made with max_history 10 \(.*manifest\.json\), "
+                                         r"but this run asks for 5 \(--max_history\)"):
+        script.main([*argv, "--max_history", "5", "--output_dir", str(tmp_path / "a")])
+    with pytest.raises(SirenError, match=r"made with category 'Movies' .* asks for 'Books' \(--category\)"):
+        script.main([*argv, "--category", "Books", "--output_dir", str(tmp_path / "b")])
+    with pytest.raises(SirenError, match=r"made with use_long_history False .* asks for True"):
+        script.main([*argv, "--use_long_history", "true", "--output_dir", str(tmp_path / "c")])
+    assert not any((tmp_path / name).exists() for name in "abc")
+    script.main([*argv, "--max_history", "10", "--output_dir", str(tmp_path / "d")])  # what it was built with
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["args"]["max_history"] == 10
+    kind = tmp_path / "not_stage2"
+    _stage2_folder(verl_dir, kind)
+    (kind / "manifest.json").write_text(json.dumps({"script": "inference_train_ddp.py", "args": {}}))
+    with pytest.raises(SirenError, match=r"was written by inference_train_ddp\.py, not preprocess_grpo\.py"):
+        script.main(["--data_path", str(kind), "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "e")])
+
+
+def test_a_second_run_is_refused_and_a_killed_runs_staging_folder_removed(tiny_model_dir, verl_dir, tmp_path, capsys):
+    from other_runs import run_holding, run_killed_while_writing
+
+    out = tmp_path / "hidden"
+    script = load_script("preprocess_hidden.py")
+    argv = ["--data_path", str(verl_dir), "--model", str(tiny_model_dir), "--output_dir", str(out), "--limit", "2"]
+    with run_holding(out) as pid:
+        with pytest.raises(SirenError, match=rf"output folder {out} is in use by another run \(process {pid}"):
+            script.main(argv)
+    # kill -9 during the final write leaves .hidden.staging-*: the next run removes it and says so
+    killed = run_killed_while_writing(out, "train")
+    assert [p.name[:16] for p in tmp_path.iterdir() if p.name.startswith(".hidden.staging-")] == [".hidden.staging-"]
+    script.main(argv)
+    err = capsys.readouterr().err
+    assert f"took over the lock of {out} from process {killed}" in err and "removed 1 staging folder(s)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hidden"]
+    assert (out / "dataset_dict.json").is_file()

@@ -890,3 +890,23 @@ def test_help_imports_no_framework():
             "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'sklearn', 'faiss', 'pandas') "
             "if m in sys.modules))")
     assert run_script("-c", code).stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_one_run_per_folder_and_a_killed_runs_staging_folder_is_removed(sketch_run, tmp_path):
+    """Issue 20: kill -9 during the final write left .<name>.staging-* that nobody cleaned."""
+    from other_runs import run_holding, run_killed_while_writing
+
+    out = tmp_path / "sketch"
+    argv = [SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm", "--output_dir", str(out),
+            "--cache_dir", str(sketch_run["cache"]), "--n_clusters", "8", "--top_k", "5"]
+    with run_holding(out) as pid:
+        refused = run_script(*argv, check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith(f"error: output folder {out} is in use by another run (process {pid}")
+    killed = run_killed_while_writing(out, "user_feature.jsonl")
+    proc = run_script(*argv)
+    assert f"took over the lock of {out} from process {killed}" in proc.stderr
+    assert "removed 1 staging folder(s) a killed run of" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sketch"]
+    assert (out / "user_feature.jsonl").is_file()

@@ -56,7 +56,9 @@ def test_slice_keeps_the_first_users_byte_for_byte(data_root, tmp_path):
     assert "to 2 users" in proc.stdout and "train 6 rows" in proc.stdout
     target = out_root / "Films"
     assert sorted(p.name for p in target.iterdir()) == sorted(
-        f"{name}.jsonl.gz" for name in ("history", "train", "valid", "test"))
+        [*(f"{name}.jsonl.gz" for name in ("history", "train", "valid", "test")), "manifest.json"])
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["script"] == "scripts/slice_data.py" and manifest["counts"]["users"] == 2
     for name in ("history", "train", "valid", "test"):
         source = _lines(data_root / "Films" / f"{name}.jsonl.gz")
         kept = [line for line in source if json.loads(line)["user_id"] in ("u1", "u2")]
@@ -131,7 +133,7 @@ def test_the_old_out_root_flag_still_works(data_root, tmp_path):
                       "--num_users", "1", "--out_root", str(tmp_path / "old"), check=False)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "old" / "Films").iterdir()) == sorted(
-        f"{name}.jsonl.gz" for name in ("history", "train", "valid", "test"))
+        [*(f"{name}.jsonl.gz" for name in ("history", "train", "valid", "test")), "manifest.json"])
     zero = _slice(data_root, tmp_path / "none", "--num_users", "0")
     assert zero.returncode == 2 and "--num_users: must be at least 1, got 0" in zero.stderr
     assert not (tmp_path / "none").exists()

@@ -77,7 +77,7 @@ def test_tables_from_literal_files(run_dir, synthetic_root):
     proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir))
     assert "## 1. Accuracy" in proc.stdout and "not run: ao_after, bench_latency" in proc.stdout
 
-    accuracy = _read_csv(run_dir / "accuracy.csv")
+    accuracy = _read_csv(run_dir / "tables" / "accuracy.csv")
     assert [row["method"] for row in accuracy] == EXPECTED_ROWS
     by_method = {row["method"]: row for row in accuracy}
 
@@ -104,7 +104,7 @@ def test_tables_from_literal_files(run_dir, synthetic_root):
         assert ran or row["mae"] == row["rmse"] == ""
     assert by_method["SIREN-AO: after hidden-state alignment (constrained)"]["status"].startswith("not run")
 
-    tokens = _read_csv(run_dir / "token_efficiency.csv")
+    tokens = _read_csv(run_dir / "tables" / "token_efficiency.csv")
     assert [row["variant"] for row in tokens] == [VARIANT_LABELS[v] for v in VARIANTS]
     raw = PROMPT_STATS["splits"]["test"]["raw_history"]
     for variant, row in zip(VARIANTS, tokens, strict=True):
@@ -114,7 +114,7 @@ def test_tables_from_literal_files(run_dir, synthetic_root):
         assert float(row["mean_reduction_pct"]) == pytest.approx(100 * (1 - stats["mean"] / raw["mean"]))
         assert float(row["p95_reduction_pct"]) == pytest.approx(100 * (1 - stats["p95"] / raw["p95"]))
 
-    latency = {row["decoding"]: row for row in _read_csv(run_dir / "latency.csv")}
+    latency = {row["decoding"]: row for row in _read_csv(run_dir / "tables" / "latency.csv")}
     before = latency["Answer-only before alignment (stage 6)"]
     assert float(before["speedup_vs_cot"]) == pytest.approx(80.0)
     assert (before["engine"], before["batch_size"], before["device"], before["dtype"]) == ("eager", "16", "cpu", "float32")
@@ -123,10 +123,10 @@ def test_tables_from_literal_files(run_dir, synthetic_root):
     assert latency["CoT decoding (stage 4a, test)"]["engine"] == "hf-dynamic-cache"
     assert latency["Answer-only after alignment (stage 6)"]["status"].startswith("not run")
 
-    markdown = (run_dir / "tables.md").read_text()
+    markdown = (run_dir / "tables" / "tables.md").read_text()
     assert "| Sketch + recent N (SIREN) | 4 | 365.8 |" in markdown and "(tables.png)" in markdown
-    assert (run_dir / "tables.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert (run_dir / "tables" / "tables.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((run_dir / "tables" / "manifest.json").read_text())
     assert manifest["counts"]["inputs_missing"] == ["ao_after", "bench_latency", "ao_zero_shot", "ao_warm", "ao_ce_only",
                                                     "grpo_log", "alignment_log", "alignment_ce_log", "timings"]
 
@@ -278,15 +278,15 @@ def test_wall_times_and_learning_curves(run_dir):
     assert tables.curves["alignment"]["eval_mae"] == [(5.0, 1.2), (10.0, 0.9)]
     assert "alignment_ce" not in tables.curves
     run_script("scripts/make_tables.py", "--run_dir", str(run_dir))
-    markdown = (run_dir / "tables.md").read_text()
+    markdown = (run_dir / "tables" / "tables.md").read_text()
     assert "## 4. Wall time per step" in markdown and "| total | 120.0 | 100.0 |" in markdown
     assert "eval_mae 1.200 (step 5) -> 0.900 (step 10)" in markdown
-    assert (run_dir / "timings.csv").is_file() and (run_dir / "tables.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "tables" / "timings.csv").is_file() and (run_dir / "tables" / "tables.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("key,script,split,message", [
-    ("ao_after", "inference_ao_ddp.py", "valid", r"comes from a run on the valid split, not test"),
-    ("cot_test", "inference_train_ddp.py", "train", r"comes from a run on the train split, not test"),
+    ("ao_after", "inference_ao_ddp.py", "valid", r"--ao_after .* was made with split 'valid' .* asks for 'test'"),
+    ("cot_test", "inference_train_ddp.py", "train", r"--cot_test .* was made with split 'train' .* asks for 'test'"),
     ("ao_before", "inference_train_ddp.py", "test", r"was written by inference_train_ddp\.py, not inference_ao_ddp\.py"),
 ])
 def test_a_prediction_run_on_another_split_or_stage_is_refused(run_dir, key, script, split, message):
@@ -300,7 +300,7 @@ def test_a_prediction_run_on_another_split_or_stage_is_refused(run_dir, key, scr
     _write(folder / "manifest.json", {"script": script, "args": {"split": split}})
     proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and re.search(message, proc.stderr), proc.stderr
-    assert not (run_dir / "tables.md").exists()
+    assert not (run_dir / "tables" / "tables.md").exists()
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -324,3 +324,12 @@ def test_an_empty_run_folder_is_refused(tmp_path):
     proc = run_script("scripts/make_tables.py", "--run_dir", str(tmp_path / "empty"), check=False)
     assert proc.returncode == 2 and "no inputs in" in proc.stderr
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == []
+
+
+def test_the_tables_never_go_where_their_inputs_are(run_dir):
+    """Issue 20: the tables' default folder is <run_dir>/tables; the run folder itself holds inputs."""
+    proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), "--output_dir", str(run_dir), "--overwrite",
+                      check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "(--output_dir) holds this stage's input" in proc.stderr
+    assert not (run_dir / "tables.md").exists() and not (run_dir / "manifest.json").exists()

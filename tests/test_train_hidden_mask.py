@@ -536,3 +536,54 @@ def test_disk_full_while_saving_a_checkpoint_is_one_line(inputs, tiny_model_dir,
     _refused(_args(inputs, tiny_model_dir, out), f"cannot write checkpoint {out / 'checkpoints' / 'checkpoint-2'}: "
              "No space left on device; stopped, the outputs were not written", out, capsys)
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 20: one run per folder; inputs of another split or stage; outputs never where the inputs are
+
+
+def test_a_second_run_is_refused_before_it_clears_the_first_runs_checkpoints(inputs, tiny_model_dir, tmp_path):
+    """Two stage-5 runs into one folder: the second deleted the first's checkpoints mid-run."""
+    from other_runs import run_holding
+
+    from siren.alignment_checkpoints import CHECKPOINT_SETTINGS_NAME, run_settings
+    from siren.io import atomic_write_json
+
+    out = tmp_path / "AO"
+    args = _args(inputs, tiny_model_dir, out)
+    stage, config = load_script(SCRIPT).parse_args(args[1:])
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter_model.safetensors").write_text("the first run's")
+    atomic_write_json(out / "checkpoints" / CHECKPOINT_SETTINGS_NAME, run_settings(stage, config))  # same settings
+    with run_holding(out) as pid:
+        proc = run_script(*args, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: output folder {out} is in use by another run (process {pid}"), proc.stderr[-2000:]
+    assert (checkpoint / "adapter_model.safetensors").read_text() == "the first run's"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+
+
+def test_teacher_states_or_a_mask_of_another_split_are_refused(inputs, tiny_model_dir, tmp_path, capsys):
+    from siren.io import write_manifest
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(inputs["teacher"], teacher)
+    manifest = json.loads((teacher / "manifest.json").read_text())
+    write_manifest(teacher, script="extract_last_hidden_ddp.py", args={**manifest["args"], "split": "test"},
+                   extra={"model": manifest["model"]})
+    args = _args({**inputs, "teacher": teacher}, tiny_model_dir, tmp_path / "a")
+    status, err = _main(args[1:], capsys)
+    assert status == 2 and re.search(r"--teacher_hidden_path .*teacher was made with split 'test' .* asks for 'train' "
+                                     r"\(stage 5 trains on the train split\)", err), err
+    mask_dir = tmp_path / "cot_valid"
+    mask_dir.mkdir()
+    shutil.copy(inputs["mask"], mask_dir / "mask.pt")
+    write_manifest(mask_dir, script="inference_train_ddp.py", args={"split": "valid"})
+    status, err = _main(_args({**inputs, "mask": mask_dir / "mask.pt"}, tiny_model_dir, tmp_path / "b")[1:], capsys)
+    assert status == 2 and "--teacher_mask_path" in err and "made with split 'valid'" in err, err
+    status, err = _main(_args({**inputs, "teacher": inputs["instructions"]}, tiny_model_dir, tmp_path / "c")[1:], capsys)
+    assert status == 2 and "was written by preprocess_hidden.py, not extract_last_hidden_ddp.py" in err, err
+    status, err = _main(_args(inputs, tiny_model_dir, inputs["instructions"], "--overwrite")[1:], capsys)
+    assert status == 2 and "(--output_dir) is this stage's input" in err, err
+    assert not any((tmp_path / name).exists() for name in "abc")
