@@ -43,18 +43,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def validate(args: argparse.Namespace) -> dict:
     """Inputs (stage 4a's manifest among them) and the output folder, on every process, before any model loads."""
-    from siren import SirenError, cot, hidden
+    from siren import SirenError, cot_results, hidden
     from siren.manifest import check_input_manifest
     from siren.outputs import StageOutputs
     from siren.verl_data import category_of, load_split_rows, parquet_path
 
-    thinking_path = cot.thinking_file(args.thinking_path)
+    thinking_path = cot_results.thinking_file(args.thinking_path)
     data_file = parquet_path(args.data_path, args.split)
     check_input_manifest(args.data_path, made_by="preprocess_grpo.py", flag="--data_path")
-    stage4a = check_input_manifest(thinking_path, made_by=cot.SCRIPT_NAME, flag="--thinking_path",
+    stage4a = check_input_manifest(thinking_path, made_by=cot_results.SCRIPT_NAME, flag="--thinking_path",
                                    expect={"split": (args.split, "--split"), "limit": (args.limit, "--limit")})
     recorded = (stage4a or {}).get("data_sha256")
-    if data_file.is_file() and recorded and recorded != cot.file_sha256(data_file):
+    if data_file.is_file() and recorded and recorded != cot_results.file_sha256(data_file):
         # Same rows, other prompts (e.g. another max@N folder): the reasoning was written for other prompts.
         raise SirenError(f"--thinking_path {thinking_path} was written for another parquet file than {data_file} "
                          "(its manifest's data_sha256 differs): give the --data_path stage 4a read")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     checked = validate(args)
 
-    from siren import cot, hidden
+    from siren import cot_results, hidden, teacher_contexts
     from siren.distributed import process_state
     from siren.io import MANIFEST_NAME, RunTimer
     from siren.modeling import load_causal_lm, model_record, resolve_dtype
@@ -80,12 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = outputs.folder
     state = process_state()
     with outputs.claimed(state):
-        thinking, mask = cot.read_stage4a(thinking_path, rows, with_mask=args.only_correct)
-        selection = hidden.select_teacher_rows(thinking, mask)
+        thinking, mask = cot_results.read_stage4a(thinking_path, rows, with_mask=args.only_correct)
+        selection = teacher_contexts.select_teacher_rows(thinking, mask)
         tokenizer = load_tokenizer(args.model)  # a missing --model folder stops here, before its record is compared
-        selection, lengths = hidden.align_teacher_rows(tokenizer, rows, thinking, selection)
+        selection, lengths = teacher_contexts.align_teacher_rows(tokenizer, rows, thinking, selection)
         model = model_record(args.model)
-        note = cot.check_thinking_model(thinking_path, model)
+        note = cot_results.check_thinking_model(thinking_path, model)
         if note and state.is_main_process:
             print(note)
         memory = hidden.PeakMemory()

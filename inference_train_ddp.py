@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def validate(args: argparse.Namespace) -> dict:
     """Flags, the parquet split and the output folder, on every process, before any model loads."""
 
-    from siren import cot
+    from siren import cot_results
     from siren.generation import SamplingSettings, check_backend
     from siren.manifest import check_input_manifest
     from siren.outputs import StageOutputs
@@ -63,7 +63,8 @@ def validate(args: argparse.Namespace) -> dict:
     rows = load_split_rows(args.data_path, args.split, args.limit)
     category = category_of(rows)
     outputs = StageOutputs(args.output_dir or f"results_{args.split}/{category}",
-                           [cot.RESULTS_NAME, cot.MASK_NAME, cot.METRICS_NAME], script=cot.SCRIPT_NAME,
+                           [cot_results.RESULTS_NAME, cot_results.MASK_NAME, cot_results.METRICS_NAME],
+                           script=cot_results.SCRIPT_NAME,
                            inputs=[data_file, args.model], overwrite=args.overwrite).check()
     return {"settings": settings, "data_file": data_file, "rows": rows, "category": category, "outputs": outputs}
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     checked = validate(args)
     import shutil
 
-    from siren import cot
+    from siren import cot, cot_results
     from siren.distributed import process_state
     from siren.generation import load_generator
     from siren.io import RunTimer
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
                              batch_size=args.batch_size, seed=args.seed, settings=resume_key)
 
         if state.is_main_process:
-            results = cot.CotResults.from_parts(part_dir, len(rows), device_name(state.device), engine=generator.name,
-                                                batch_size=args.batch_size, dtype=generator.dtype_name)
+            results = cot.merged_results(part_dir, len(rows), device_name(state.device), engine=generator.name,
+                                         batch_size=args.batch_size, dtype=generator.dtype_name)
             with outputs.commit(args, timer) as staged:
                 metrics = results.write(staged.dir)
                 staged.record(counts={**metrics["responses"], "processes": state.num_processes,
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                               extra={"category": checked["category"], "model": model,
                                      "data_sha256": resume_key["data_sha256"]})
             shutil.rmtree(part_dir)
-            print(f"read {len(rows)} rows of {checked['data_file']}; {cot.metrics_line(metrics)}")
+            print(f"read {len(rows)} rows of {checked['data_file']}; {cot_results.metrics_line(metrics)}")
             print(f"wrote {', '.join(outputs.names)} to {outputs.folder} in {timer.seconds:.1f}s")
         state.wait_for_everyone()
 

@@ -51,7 +51,8 @@ def validate(args: argparse.Namespace) -> dict:
     from siren.io import missing_file_message
     from siren.manifest import check_input_manifest
     from siren.outputs import StageOutputs
-    from siren.verl_data import PARQUET_SPLITS, STATS_NAME, TEST_COUNTS_NAME, default_verl_dir
+    from siren.verl_build import STATS_NAME, TEST_COUNTS_NAME
+    from siren.verl_data import PARQUET_SPLITS, default_verl_dir
 
     if args.max_history < 1:
         # max@N means the N most recent ratings; with 0 every prompt would claim the user has none.
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     paths = validate(args)
 
     from siren.io import RunTimer
-    from siren.verl_data import STATS_NAME, build_parquets
+    from siren.verl_build import STATS_NAME, build_parquets
 
     timer = RunTimer()
     outputs = paths["outputs"]

@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     import pandas as pd
 
     from siren import SirenError
-    from siren.cot import result_row
+    from siren.cot_results import result_row
     from siren.data import load_split, resolve_category_dir
     from siren.io import atomic_write_json, atomic_write_text, check_output_folder
     from siren.verl_data import load_split_rows, make_row

@@ -25,7 +25,7 @@ from siren.cli import nonnegative_int, positive_int, run_main
 
 
 def _time_bound(value: str) -> int:
-    from siren.raw_reviews import parse_time_bound
+    from siren.category_splits import parse_time_bound
 
     try:
         return parse_time_bound(value)
@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def validate(args: argparse.Namespace) -> dict:
     """The settings and the output folder (clear of the raw files), before hours of reading."""
+    from siren.category_splits import SPLIT_FILES, STATS_NAME, BuildSettings
     from siren.outputs import StageOutputs
-    from siren.raw_reviews import SPLIT_FILES, STATS_NAME, BuildSettings
 
     settings = BuildSettings(
         k_core=args.k_core, item_k_core=args.item_k_core, min_history=args.min_history, max_users=args.max_users,
@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     checked = validate(args)
 
+    from siren.category_splits import STATS_NAME, describe_counts, plan_build, stats_record, write_splits
     from siren.hidden import peak_rss_mb
     from siren.io import RunTimer, atomic_write_json
     from siren.prompts import item_noun
-    from siren.raw_reviews import STATS_NAME, describe_counts, plan_build, stats_record, write_splits
 
     timer = RunTimer()
     settings, outputs = checked["settings"], checked["outputs"]

@@ -125,14 +125,14 @@ def load_alignment_inputs(stage: AlignmentArguments, base: dict) -> AlignmentInp
 
     Refused in one line: a --model tokenizer without single-token ratings; 4c prompts built
     with another tokenizer or 4b states extracted with another model (their manifests); a mask or
-    teacher file that does not fit (siren.cot.load_mask, TeacherStates); non-finite teacher states
+    teacher file that does not fit (siren.cot_results.load_mask, TeacherStates); non-finite teacher states
     in the selected rows; no row that fits --max_length. Missing upstream manifests are notes.
     """
     from transformers import AutoConfig
 
     from siren.alignment_data import select_training_rows, tokenize_ao_split
     from siren.ao_data import load_ao_dataset
-    from siren.cot import load_mask
+    from siren.cot_results import load_mask
     from siren.hidden import TeacherStates
     from siren.modeling import check_upstream_model
     from siren.tokenization import load_tokenizer, rating_token_ids

@@ -179,7 +179,7 @@ def write_synthetic_cot(model: str, data_path: str, split: str, limit: int | Non
     """A stage-4a folder (results.jsonl, mask.pt, metrics.json, manifest.json) whose responses are a
     fixed reasoning and the row's own label: what stage 4b needs as input, which a random model
     cannot write. Every row is well formed and correct. Its manifest says it is synthetic."""
-    from siren.cot import MASK_NAME, RESULTS_NAME, result_row, save_mask
+    from siren.cot_results import MASK_NAME, RESULTS_NAME, result_row, save_mask
     from siren.io import atomic_outputs, atomic_write_json, atomic_write_jsonl, write_manifest
     from siren.modeling import model_record
     from siren.verl_data import load_split_rows, parquet_path

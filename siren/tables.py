@@ -1,34 +1,16 @@
-"""Paper-style tables of one run: accuracy, token efficiency and latency, plus one figure.
-
-A run directory (what `make demo` writes under results/<run>/) holds (`INPUTS`):
-
-  baselines/metrics.json     scripts/baselines.py: {"methods": {name: {"label", "metrics", "n_fallback"}}}
-  prompt_stats.json          stage 2: {"splits": {split: {variant: {"n", "mean", "p50", "p95", "max"}}}}
-  prompt_tokens_test.npz     stage 2 (optional): one int array of per-row prompt tokens per variant
-  cot_test/metrics.json      stage 4a --split test: {"predictions": {"cot": metrics}, "latency": {...}}
-  ao_before/metrics.json     stage 6 on the GRPO model: {"predictions": {"ao", "ao_expected"}, "latency"}
-  ao_after/metrics.json      stage 6 on the aligned model: same keys
-  bench_latency/latency.json scripts/bench_latency.py (optional): {"rows": [latency, ...], "cot", "ao"}
-  ao_zero_shot/metrics.json  stage 6 on the untouched base model (zero-shot answer-only)
-  ao_warm/metrics.json       stage 6 on the format warm start
-  ao_ce_only/metrics.json    stage 6 after stage 5 with the cross-entropy term alone (the "w/o HA" ablation)
-  grpo_train_log.jsonl       stage 3 (TRL): its train_log.jsonl, the GRPO learning curve
-  alignment_train_log.jsonl  stage 5: its train_log.jsonl, the alignment learning curve
-  alignment_ce_only_train_log.jsonl  stage 5 of the ablation: its train_log.jsonl
-  timings.json               the demo: {"steps": [{"step", "seconds"}, ...], "total_seconds"}
+"""Paper-style tables of one run: accuracy, token efficiency and latency (plus timings and learning
+curves), as markdown and CSV; siren.table_inputs reads the run's files, siren.table_figure draws
+the figure.
 
 `metrics` dicts come from siren.metrics.rating_metrics; `latency` dicts come from
 siren.metrics.latency_summary: "ms_per_sample", "samples_per_s", "generated_tokens_per_sample",
 "ms_per_token", "device", "n", and how they were measured: "engine", "batch_size", "dtype" (and
 "warmup_seconds", never inside the timed figures). The latency table's speedup compares an
 answer-only row with a CoT row only when both were measured the same way (same batch size,
-device and dtype); otherwise it stays empty and a note says why. Every input is optional: a
-missing one gives rows that say "not run" instead of numbers. A file that is there but is not
-that input's kind (no "predictions" in a stage-6 metrics.json, stage 4a's metrics given as
---ao_before, ...) is refused with one line naming the file and the key (`load_inputs`).
+device and dtype); otherwise it stays empty and a note says why.
 
-To add a row: an accuracy row is one entry of LLM_ROWS (input, key under "predictions"), a latency
-row one entry of LATENCY_ROWS; a new input is one InputSpec in INPUTS (and a field of RunInputs).
+To add a row: an accuracy row is one entry of siren.table_inputs.LLM_ROWS (input, key under
+"predictions"), a latency row one entry of LATENCY_ROWS.
 """
 
 from __future__ import annotations
@@ -40,29 +22,10 @@ from pathlib import Path
 
 from siren import SirenError
 from siren.baselines import METHOD_LABELS, METHODS
-from siren.verl_data import PROMPT_VARIANTS, RAW_VARIANT
+from siren.table_inputs import LLM_ROWS, RunInputs, load_inputs
+from siren.verl_build import PROMPT_VARIANTS, RAW_VARIANT
 
 NOT_RUN = "not run"
-
-# (row label, input key, key under "predictions") for the LLM rows of the accuracy table, in the
-# order a model goes through the pipeline.
-LLM_ROWS = (
-    ("Untouched model, answer-only zero-shot (constrained)", "ao_zero_shot", "ao"),
-    ("Untouched model, answer-only zero-shot (probability-weighted)", "ao_zero_shot", "ao_expected"),
-    ("After the format warm start, answer-only (constrained)", "ao_warm", "ao"),
-    ("After the format warm start, answer-only (probability-weighted)", "ao_warm", "ao_expected"),
-    ("GRPO, CoT decoding (invalid rows left out)", "cot_test", "cot"),
-    ("GRPO, CoT decoding (invalid rows scored 5.0, as the authors did)", "cot_test", "cot_invalid_as_5"),
-    ("GRPO, answer-only before alignment (constrained)", "ao_before", "ao"),
-    ("GRPO, answer-only before alignment (probability-weighted)", "ao_before", "ao_expected"),
-    ("SIREN-AO: after hidden-state alignment (constrained)", "ao_after", "ao"),
-    ("SIREN-AO: after hidden-state alignment (probability-weighted)", "ao_after", "ao_expected"),
-    ("w/o HA: stage 5 with the cross-entropy term alone (constrained)", "ao_ce_only", "ao"),
-    ("w/o HA: stage 5 with the cross-entropy term alone (probability-weighted)", "ao_ce_only", "ao_expected"),
-)
-# The inputs of LLM_ROWS and the split and kind each must have been run on (checked against the
-# manifest.json beside the metrics, where there is one).
-PREDICTION_INPUTS = ("ao_zero_shot", "ao_warm", "cot_test", "ao_before", "ao_after", "ao_ce_only")
 
 # Prompt variants of prompt_stats.json and their labels, owned by the stage that writes them.
 VARIANTS, VARIANT_LABELS = tuple(PROMPT_VARIANTS), PROMPT_VARIANTS
@@ -84,69 +47,6 @@ LATENCY_COLUMNS = ("decoding", "engine", "batch_size", "device", "dtype", "n", "
                    "generated_tokens_per_sample", "ms_per_token", "warmup_seconds", "speedup_vs_cot", "status")
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """One input of the tables: where it lies in a run directory, who writes it, what it must hold."""
-
-    key: str                                   # RunInputs field and make_tables.py flag
-    relative_path: str                         # under the run directory
-    what: str                                  # the file's kind, for messages
-    required: tuple[str, ...] = ()             # top-level keys that must hold JSON objects
-    kind: str = "json"                         # json (an object), jsonl (a log) or npz
-
-
-INPUTS = (
-    InputSpec("baselines", "baselines/metrics.json", "scripts/baselines.py's metrics.json", ("methods",)),
-    InputSpec("prompt_stats", "prompt_stats.json", "stage 2's prompt_stats.json (preprocess_grpo.py --tokenizer)",
-              ("splits",)),
-    InputSpec("prompt_tokens", "prompt_tokens_test.npz", "stage 2's prompt_tokens_test.npz", kind="npz"),
-    InputSpec("cot_test", "cot_test/metrics.json", "stage 4a's metrics.json (inference_train_ddp.py)",
-              ("predictions", "latency")),
-    InputSpec("ao_before", "ao_before/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
-              ("predictions", "latency")),
-    InputSpec("ao_after", "ao_after/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
-              ("predictions", "latency")),
-    InputSpec("bench_latency", "bench_latency/latency.json", "scripts/bench_latency.py's latency.json", ("cot",)),
-    InputSpec("ao_zero_shot", "ao_zero_shot/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
-              ("predictions", "latency")),
-    InputSpec("ao_warm", "ao_warm/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
-              ("predictions", "latency")),
-    InputSpec("ao_ce_only", "ao_ce_only/metrics.json", "stage 6's metrics.json (inference_ao_ddp.py)",
-              ("predictions", "latency")),
-    InputSpec("grpo_log", "grpo_train_log.jsonl", "stage 3's train_log.jsonl (TRL backend)", kind="jsonl"),
-    InputSpec("alignment_log", "alignment_train_log.jsonl", "stage 5's train_log.jsonl", kind="jsonl"),
-    InputSpec("alignment_ce_log", "alignment_ce_only_train_log.jsonl", "stage 5's train_log.jsonl", kind="jsonl"),
-    InputSpec("timings", "timings.json", "the demo's timings.json"),  # steps: a list, checked in timing_rows
-)
-INPUT_SPECS = {spec.key: spec for spec in INPUTS}
-
-
-@dataclass
-class RunInputs:
-    """Paths of a run's input files (one per INPUTS entry); `default(run_dir)` gives the documented layout."""
-
-    baselines: Path
-    prompt_stats: Path
-    prompt_tokens: Path
-    cot_test: Path
-    ao_before: Path
-    ao_after: Path
-    bench_latency: Path
-    ao_zero_shot: Path
-    ao_warm: Path
-    ao_ce_only: Path
-    grpo_log: Path
-    alignment_log: Path
-    alignment_ce_log: Path
-    timings: Path
-
-    @classmethod
-    def default(cls, run_dir: str | os.PathLike) -> RunInputs:
-        return cls(**{spec.key: Path(run_dir) / spec.relative_path for spec in INPUTS})
-
-    def as_dict(self) -> dict[str, Path]:
-        return dict(vars(self))
-
 
 @dataclass
 class Tables:
@@ -158,87 +58,6 @@ class Tables:
     prompt_meta: dict = field(default_factory=dict)
     timings: list[dict] = field(default_factory=list)
     curves: dict[str, list[dict]] = field(default_factory=dict)
-
-
-def read_json(path: Path) -> dict | None:
-    """A JSON object from `path`; None when the file does not exist; SirenError when it is broken."""
-    if not path.is_file():
-        return None
-    from siren.io import read_json as read_json_value
-
-    data = read_json_value(path)
-    if not isinstance(data, dict):
-        raise SirenError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _prediction_keys(key: str) -> set[str]:
-    """The keys under "predictions" that the accuracy table reads from input `key`."""
-    return {prediction for _label, source, prediction in LLM_ROWS if source == key}
-
-
-def check_input(key: str, path: Path, data: dict) -> dict:
-    """Refuse a file that is not input `key`'s kind: one line naming the file and the key."""
-    spec = INPUT_SPECS[key]
-    for name in spec.required:
-        if name not in data:
-            raise SirenError(f"{path} is not {spec.what}: it has no {name!r} key (given as --{key})")
-        if not isinstance(data[name], dict):
-            raise SirenError(f"{path} is not {spec.what}: {name!r} holds {type(data[name]).__name__}, "
-                             f"not an object (given as --{key})")
-    predictions = data.get("predictions")
-    if isinstance(predictions, dict) and predictions:
-        # Keys the table reads from another input (e.g. stage 4a's "cot" in a file given as --ao_before).
-        other_inputs = {p for k in INPUT_SPECS if k != key for p in _prediction_keys(k)} - _prediction_keys(key)
-        foreign = sorted(set(predictions) & other_inputs)
-        if foreign:
-            raise SirenError(f"{path} is not {spec.what}: its predictions hold {', '.join(foreign)}, not "
-                             f"{' or '.join(sorted(_prediction_keys(key)))} (given as --{key})")
-    return data
-
-
-# The script that writes each prediction input, as its manifest.json names it.
-_PREDICTION_SCRIPTS = {key: "inference_ao_ddp.py" for key in PREDICTION_INPUTS} | {"cot_test": "inference_train_ddp.py"}
-
-
-def check_prediction_manifest(key: str, path: Path) -> None:
-    """The manifest.json beside a prediction input must say it is that input's kind and a test-split
-    run: a valid-split stage-6 run or a train-split 4a run is not an accuracy row on test."""
-    from siren.manifest import check_input_manifest
-
-    check_input_manifest(path, made_by=_PREDICTION_SCRIPTS[key], flag=f"--{key}",
-                         expect={"split": ("test", "an accuracy row on test")})
-
-
-def read_log(path: Path, key: str) -> list[dict] | None:
-    """A train_log.jsonl as a list of objects; None when the file does not exist."""
-    if not path.is_file():
-        return None
-    from siren.io import iter_jsonl
-
-    entries = []
-    for lineno, entry in iter_jsonl(path):
-        if not isinstance(entry, dict):
-            raise SirenError(f"{path}:{lineno}: expected a JSON object per line (given as --{key})")
-        entries.append(entry)
-    return entries
-
-
-def load_inputs(inputs: RunInputs) -> dict[str, dict | list | None]:
-    """Every JSON input of the run, checked against its kind; None for a file that is not there."""
-    loaded = {}
-    for spec in INPUTS:
-        path = getattr(inputs, spec.key)
-        if spec.kind == "jsonl":
-            loaded[spec.key] = read_log(path, spec.key)
-            continue
-        if spec.kind != "json":
-            continue
-        data = read_json(path)
-        loaded[spec.key] = None if data is None else check_input(spec.key, path, data)
-        if data is not None and spec.key in PREDICTION_INPUTS:
-            check_prediction_manifest(spec.key, path)
-    return loaded
 
 
 def _number(value) -> float | None:
@@ -571,130 +390,17 @@ def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def load_token_counts(path: Path) -> dict[str, list[int]] | None:
-    """Per-row prompt-token counts per variant from the optional npz; None when absent."""
-    if not path.is_file():
-        return None
-    import numpy as np
+def write_tables(folder: str | os.PathLike, tables: Tables, run_dir: str | os.PathLike, figure_name: str | None) -> str:
+    """Write tables.md (linking `figure_name`, drawn by siren.table_figure, where given) and the CSVs
+    into `folder`; returns the markdown."""
+    from siren.io import atomic_write_text
 
-    try:
-        with np.load(path) as archive:
-            return {name: archive[name].astype(int).tolist() for name in archive.files}
-    except (OSError, ValueError) as err:
-        raise SirenError(f"{path}: cannot read ({err})") from None
-
-
-def draw_figure(path: Path, tables: Tables, token_counts: dict[str, list[int]] | None) -> None:
-    """Left: prompt tokens per variant (distribution, or mean with p50/p95 marks); right: latency bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from siren.io import atomic_path
-
-    if tables.curves:
-        fig, axes = plt.subplots(2, 2, figsize=(12, 9))
-        (ax_tokens, ax_latency), (ax_grpo, ax_align) = axes
-        draw_curves(ax_grpo, ax_align, tables.curves)
-    else:
-        fig, (ax_tokens, ax_latency) = plt.subplots(1, 2, figsize=(12, 4.5))
-    variants = [v for v in VARIANTS if token_counts and token_counts.get(v)]
-    if variants:
-        # Whiskers at p5/p95 so the top whisker is the table's p95; the raw-history tail goes far beyond.
-        ax_tokens.boxplot([token_counts[v] for v in variants], whis=(5, 95), showfliers=False, showmeans=True)
-        ax_tokens.set_xticks(range(1, len(variants) + 1), [VARIANT_LABELS[v] for v in variants],
-                             rotation=15, fontsize=8)
-        ax_tokens.set_title(f"Prompt tokens per row ({tables.token_split}): quartiles, p5-p95, mean (triangle)",
-                            fontsize=10)
-    else:
-        present = [row for row in tables.tokens if row["mean"] is not None]
-        if present:
-            positions = range(len(present))
-            ax_tokens.bar(positions, [row["mean"] for row in present], color="tab:blue", label="mean")
-            ax_tokens.scatter(positions, [row["p95"] or 0 for row in present], color="black", marker="_",
-                              s=400, label="p95", zorder=3)
-            ax_tokens.set_xticks(list(positions), [row["variant"] for row in present], rotation=15, fontsize=8)
-            ax_tokens.legend()
-            ax_tokens.set_title(f"Prompt tokens, mean and p95 ({tables.token_split})")
-        else:
-            ax_tokens.text(0.5, 0.5, "prompt stats: not run", ha="center", va="center")
-    ax_tokens.set_ylabel("tokens")
-
-    timed = [row for row in tables.latency if row["ms_per_sample"] is not None]
-    if timed:
-        positions = range(len(timed))
-        bars = ax_latency.bar(positions, [row["ms_per_sample"] for row in timed], color="tab:orange")
-        ax_latency.bar_label(bars, labels=[f"{row['ms_per_sample']:.1f} ms" for row in timed], fontsize=8)
-        ax_latency.set_xticks(list(positions), [f"{row['decoding']}\n{row['engine'] or '?'}, batch {row['batch_size'] or '?'}"
-                                                for row in timed], rotation=20, fontsize=7, ha="right")
-        ax_latency.set_yscale("log")
-        ax_latency.set_ylabel("ms / sample (log)")
-        ax_latency.set_title("Latency")
-    else:
-        ax_latency.text(0.5, 0.5, "latency: not run", ha="center", va="center")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
-def draw_curves(ax_grpo, ax_align, curves: dict) -> None:
-    """Bottom row: GRPO's reward and format rate per step; stage 5's cosine distance and eval MAE."""
-    grpo = curves.get("grpo", {})
-    if grpo:
-        for name, style in (("reward", "-"), ("eval_reward", "o-")):
-            if name in grpo:
-                ax_grpo.plot(*zip(*grpo[name]), style, label=name.replace("_", " "), color="tab:blue")
-        ax_grpo.set_ylabel("mean reward (-3..3)")
-        rates = [name for name in ("format_rate", "eval_format_rate") if name in grpo]
-        if rates:
-            twin = ax_grpo.twinx()
-            for name in rates:
-                twin.plot(*zip(*grpo[name]), "s--" if name.startswith("eval") else "--", color="tab:green",
-                          label=name.replace("_", " "))
-            twin.set_ylim(0, 1.05)
-            twin.set_ylabel("format rate")
-            twin.legend(loc="lower right", fontsize=8)
-        ax_grpo.legend(loc="upper left", fontsize=8)
-        ax_grpo.set_xlabel("GRPO step")
-        ax_grpo.set_title("Stage 3: GRPO (eval = held-out rows)")
-    else:
-        ax_grpo.text(0.5, 0.5, "GRPO log: not run", ha="center", va="center")
-    align = curves.get("alignment", {})
-    ce_only = curves.get("alignment_ce", {})
-    if align or ce_only:
-        for name, style in (("cosine_distance", "-"), ("eval_cosine_distance", "o-")):
-            if name in align:
-                ax_align.plot(*zip(*align[name]), style, color="tab:purple", label=f"HA: {name.replace('_', ' ')}")
-        ax_align.set_ylabel("1 - cos(student, teacher), mean over layers")
-        twin = ax_align.twinx()
-        for label, series, color in (("HA", align, "tab:red"), ("w/o HA (CE only)", ce_only, "tab:gray")):
-            if "eval_mae" in series:
-                twin.plot(*zip(*series["eval_mae"]), "s--", color=color, label=f"{label}: eval MAE")
-        twin.set_ylabel("eval MAE")
-        twin.legend(loc="upper right", fontsize=8)
-        ax_align.legend(loc="upper left", fontsize=8)
-        ax_align.set_xlabel("stage 5 step")
-        ax_align.set_title("Stage 5: hidden-state alignment")
-    else:
-        ax_align.text(0.5, 0.5, "alignment log: not run", ha="center", va="center")
-
-
-def write_tables(folder: str | os.PathLike, tables: Tables, run_dir: str | os.PathLike,
-                 token_counts: dict[str, list[int]] | None, figure: bool = True) -> str:
-    """Write tables.md, the three CSVs and (with `figure`) tables.png into `folder`; returns the markdown."""
     folder = Path(folder)
-    figure_name = "tables.png" if figure else None
-    if figure_name:
-        draw_figure(folder / figure_name, tables, token_counts)
     write_csv(folder / "accuracy.csv", tables.accuracy, ACCURACY_COLUMNS)
     write_csv(folder / "token_efficiency.csv", tables.tokens, TOKEN_COLUMNS)
     write_csv(folder / "latency.csv", tables.latency, LATENCY_COLUMNS)
     if tables.timings:
         write_csv(folder / "timings.csv", tables.timings, TIMING_COLUMNS)
     markdown = render_markdown(tables, run_dir, figure_name)
-    from siren.io import atomic_write_text
-
     atomic_write_text(folder / "tables.md", markdown)
     return markdown

@@ -26,7 +26,7 @@ from siren.alignment_losses import (
     completion_lm_loss,
 )
 from siren.ao_data import completion_text
-from siren.cot import load_mask
+from siren.cot_results import load_mask
 from siren.hidden import TeacherStates
 from siren.lora import lora_target_modules
 

@@ -1,4 +1,4 @@
-"""scripts/build_category.py (siren.raw_reviews) and scripts/get_data.sh --raw.
+"""scripts/build_category.py (siren.raw_reviews, siren.category_splits) and scripts/get_data.sh --raw.
 
 - The round trip: raw review and meta files derived from the real Movies split files rebuild all
   four files line for line (the decompressed bytes are equal).
@@ -23,17 +23,11 @@ import numpy as np
 import pytest
 from conftest import REPO, load_script, run_script
 
+from siren.category_splits import BuildSettings, dump_row, k_core_mask, parse_time_bound, plan_build
 from siren.cli import run_main
 from siren.data import load_history, load_split
 from siren.prompts import item_noun
-from siren.raw_reviews import (
-    BuildSettings,
-    dump_row,
-    item_text,
-    k_core_mask,
-    parse_time_bound,
-    plan_build,
-)
+from siren.raw_reviews import item_text
 
 SCRIPT = "scripts/build_category.py"
 FILES = ("train", "valid", "test", "history")
@@ -184,7 +178,7 @@ RAW_REVIEWS = [
 
 def reference_build(reviews: list[dict], meta: list[dict], k: int = 5, min_history: int = 3,
                     since: int | None = None, until: int | None = None) -> dict[str, list[dict]]:
-    """The protocol of data/README.md with plain dictionaries, no code shared with siren.raw_reviews."""
+    """The protocol of data/README.md with plain dictionaries, no code shared with siren.raw_reviews or siren.category_splits."""
     texts: dict[str, str | None] = {}
     for record in meta:
         if record["parent_asin"] in texts:
@@ -299,7 +293,7 @@ def test_window_sample_and_settings(raw_files, tmp_path):
     assert plan.report["reviews_outside_window"] == sum(r["timestamp"] < 60 for r in RAW_REVIEWS)
     out = tmp_path / "window"
     out.mkdir()
-    from siren.raw_reviews import write_splits
+    from siren.category_splits import write_splits
 
     write_splits(out, plan.reviews, plan.texts, settings.min_history)
     assert built_rows(out) == reference_build(file_order, RAW_META, since=60)

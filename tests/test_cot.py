@@ -9,15 +9,14 @@ from pathlib import Path
 import pytest
 
 from siren import SirenError
-from siren.cot import (
+from siren.cot import check_resume_settings, resume_settings
+from siren.cot_results import (
     MASK_NAME,
     RESULTS_NAME,
-    check_resume_settings,
     check_thinking_model,
     file_sha256,
     load_mask,
     load_thinking,
-    resume_settings,
     save_mask,
 )
 from siren.distributed import batches, my_batches

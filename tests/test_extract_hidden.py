@@ -12,17 +12,10 @@ import torch
 from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
 
 from siren import SirenError
-from siren.cot import result_row
-from siren.hidden import (
-    NpyRows,
-    align_contexts,
-    encode_left_padded,
-    last_token_hidden,
-    merge_hidden_shards,
-    shard_paths,
-    teacher_text,
-)
+from siren.cot_results import result_row
+from siren.hidden import NpyRows, encode_left_padded, last_token_hidden, merge_hidden_shards, shard_paths
 from siren.prompts import answer_tag_ids
+from siren.teacher_contexts import align_contexts, teacher_text
 from siren.verl_data import load_split_rows
 
 N_ROWS = 14
@@ -98,34 +91,35 @@ def test_reasoning_ending_in_a_spaced_think_close_still_aligns(tiny_model_dir, v
 
 def test_unaligned_rows_are_counted_and_left_out(tiny_model_dir, verl_dir, monkeypatch):
     import siren.hidden as hidden
+    import siren.teacher_contexts as contexts
     from siren.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     rows = load_split_rows(verl_dir, "train", 3)
     thinking = [{"reasoning": f"<think>row {i}</think>"} for i in range(3)]
-    real_teacher_text = hidden.teacher_text
+    real_teacher_text = contexts.teacher_text
     # Row 1's context ends in "<answer" (no ">"): its last tokens are not those of `<answer>`.
-    monkeypatch.setattr(hidden, "teacher_text", lambda tok, row, reasoning: real_teacher_text(tok, row, reasoning)
+    monkeypatch.setattr(contexts, "teacher_text", lambda tok, row, reasoning: real_teacher_text(tok, row, reasoning)
                         .removesuffix(">") if reasoning == "<think>row 1</think>" else real_teacher_text(tok, row, reasoning))
-    selection = hidden.select_teacher_rows(thinking)
-    kept, lengths = hidden.align_teacher_rows(tokenizer, rows, thinking, selection)
+    selection = contexts.select_teacher_rows(thinking)
+    kept, lengths = contexts.align_teacher_rows(tokenizer, rows, thinking, selection)
     assert kept.positions == [0, 2] and len(lengths) == 2
     assert kept.counts()["unaligned"] == 1 and "1 unaligned" in kept.summary()
     with pytest.raises(SirenError, match=r"rows \[1\]: the teacher context does not end in the tokens of '<answer>'"):
         hidden.extract_teacher_states(None, tokenizer, rows, thinking, [0, 1, 2], state=None, parts_dir=Path("."),
                                       batch_size=2)
-    monkeypatch.setattr(hidden, "teacher_text", lambda tok, row, reasoning: "no tag here")
+    monkeypatch.setattr(contexts, "teacher_text", lambda tok, row, reasoning: "no tag here")
     with pytest.raises(SirenError, match="none of the 3 selected teacher contexts ends in the tokens of '<answer>'"):
-        hidden.align_teacher_rows(tokenizer, rows, thinking, selection)
+        contexts.align_teacher_rows(tokenizer, rows, thinking, selection)
 
 
 def test_a_student_context_without_the_answer_tokens_is_refused(tiny_model_dir, verl_dir, monkeypatch):
-    import siren.hidden as hidden
+    import siren.teacher_contexts as contexts
     from siren.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     rows = load_split_rows(verl_dir, "train", 1)
-    monkeypatch.setattr(hidden, "student_text", lambda tok, row: "a prompt without the tag")
+    monkeypatch.setattr(contexts, "student_text", lambda tok, row: "a prompt without the tag")
     with pytest.raises(SirenError, match="answer-only context of .* does not end in the tokens of '<answer>'"):
         align_contexts(tokenizer, rows, [{"reasoning": "<think>x</think>"}], [0])
 
@@ -271,9 +265,10 @@ class OneOfSeveralProcesses:
 @pytest.mark.parametrize("world, batch_size", [(2, 4), (3, 2), (4, 8)])  # (4, 8): processes without rows
 def test_any_process_count_gives_identical_states(tiny_model_dir, verl_dir, thinking_dir, tmp_path, one_thread,
                                                   world, batch_size):
-    from siren.cot import load_thinking
-    from siren.hidden import extract_teacher_states, select_teacher_rows, write_teacher_files
+    from siren.cot_results import load_thinking
+    from siren.hidden import extract_teacher_states, write_teacher_files
     from siren.modeling import load_causal_lm
+    from siren.teacher_contexts import select_teacher_rows
     from siren.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -387,7 +382,7 @@ def test_disk_full_during_the_merge_leaves_no_finished_looking_file(tiny_model_d
 def _stage4a_copy(thinking_dir: Path, folder: Path, verl_dir: Path, **args) -> Path:
     """A copy of the hand-written 4a output with the manifest stage 4a writes (its args and the
     sha256 of the parquet it read)."""
-    from siren.cot import file_sha256
+    from siren.cot_results import file_sha256
     from siren.io import write_manifest
 
     shutil.copytree(thinking_dir, folder)

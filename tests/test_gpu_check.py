@@ -67,7 +67,7 @@ def test_step_runner_records_time_status_rate_and_skips(tmp_path):
 
 
 def test_synthetic_cot_is_a_correct_stage_4a_folder(tiny_model_dir, verl_dir, tmp_path):
-    from siren.cot import MASK_NAME, load_mask, load_thinking, thinking_file
+    from siren.cot_results import MASK_NAME, load_mask, load_thinking, thinking_file
 
     out = tmp_path / "cot"
     run_script("-m", "siren.gpu_check", "synthetic-cot", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),

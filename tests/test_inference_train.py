@@ -13,15 +13,8 @@ import torch
 from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
 
 from siren import SirenError
-from siren.cot import (
-    RESULT_FIELDS,
-    PartWriter,
-    check_resume_settings,
-    file_sha256,
-    merge_parts,
-    read_parts,
-    result_row,
-)
+from siren.cot import PartWriter, check_resume_settings, merge_parts, read_parts
+from siren.cot_results import RESULT_FIELDS, file_sha256, result_row
 
 GEN_FLAGS = ["--limit", "12", "--max_new_tokens", "8", "--batch_size", "4"]
 # The runs compared byte for byte are pinned to the CPU, also on a machine with CUDA (the 2-process
@@ -384,7 +377,7 @@ def test_outputs_appear_together_and_overwrite_keeps_other_files(tiny_model_dir,
                                                                  one_thread):
     """Issue 14: a failure while writing leaves no results.jsonl without its mask; --overwrite
     replaces the stage's own files only."""
-    import siren.cot
+    import siren.cot_results
 
     script = load_script("inference_train_ddp.py")
     out = tmp_path / "out"
@@ -397,7 +390,7 @@ def test_outputs_appear_together_and_overwrite_keeps_other_files(tiny_model_dir,
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(siren.cot, "save_mask", disk_full)
+        patch.setattr(siren.cot_results, "save_mask", disk_full)
         with pytest.raises(SirenError, match="No space left on device; nothing was kept"):
             script.main(argv)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "partial"]  # the parts stay for a rerun

@@ -210,7 +210,7 @@ def test_stage_4a_on_two_machines_equals_one_process(tiny_model_dir, verl_dir, t
 
 def thinking_folder(verl_dir: Path, folder: Path, n_rows: int) -> Path:
     """A stage 4a folder written by hand (the random tiny model writes no reasoning)."""
-    from siren.cot import result_row
+    from siren.cot_results import result_row
     from siren.verl_data import load_split_rows
 
     folder.mkdir(parents=True)

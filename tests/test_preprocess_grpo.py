@@ -17,7 +17,8 @@ from siren import SirenError
 from siren.data import history_lines, load_split
 from siren.prompt_tokens import PromptTokenCounter
 from siren.prompts import format_sketch
-from siren.verl_data import PROMPT_VARIANTS, load_split_rows
+from siren.verl_build import PROMPT_VARIANTS
+from siren.verl_data import load_split_rows
 
 sys.path.insert(0, str(REPO))
 import preprocess_grpo  # noqa: E402
@@ -241,7 +242,7 @@ def test_partial_sketch_coverage_still_warns_with_counts(small_movies_root, tmp_
 ], ids=["duplicate-user", "integer-user", "null-sketch"])
 def test_sketch_file_rows_are_checked(tmp_path, rows, message):
     """Issue 20: a user on two rows silently kept the last sketch."""
-    from siren.verl_data import load_sketches
+    from siren.verl_build import load_sketches
 
     path = tmp_path / "user_feature.jsonl"
     path.write_text("".join(json.dumps({"user_id": u, "user_profile_prompt": t}) + "\n" for u, t in rows))

@@ -59,8 +59,8 @@ def test_the_aligned_position_is_the_last_token_of_answer_in_both_contexts(token
     """A reasoning ending in " </think>" tokenizes as " </" here (the student has "</"): the tails
     differ before `<answer>`, the `<answer>` tokens and so the aligned token do not."""
     from siren.ao_data import student_text
-    from siren.hidden import align_contexts, teacher_text
     from siren.prompts import answer_tag_ids
+    from siren.teacher_contexts import align_contexts, teacher_text
 
     rows = load_split_rows(verl_dir, "train", 2)
     reasonings = ["<think>\nRecent ratings: 4 5 (mean 4.5).\nEstimate 4.5, so 5.\n</think>", "<think>likes it </think>"]

@@ -12,7 +12,8 @@ import pytest
 from conftest import run_script
 
 from siren.metrics import rating_metrics
-from siren.tables import LLM_ROWS, VARIANT_LABELS, VARIANTS, RunInputs, build_tables
+from siren.table_inputs import LLM_ROWS, RunInputs
+from siren.tables import VARIANT_LABELS, VARIANTS, build_tables
 
 BASELINE_LABELS = ["Constant 5.0", "Global mean", "User + item bias", "MF with biases", "PMF"]
 EXPECTED_ROWS = BASELINE_LABELS + [label for label, _key, _pred in LLM_ROWS]

@@ -292,7 +292,7 @@ def test_non_finite_teacher_states_stop_the_run(inputs, tiny_model_dir, tmp_path
 
 @pytest.mark.parametrize("values", [[1.0, 0.0] * 5, [2, 0] * 5, [1, 0] * 5])
 def test_a_mask_that_is_not_bool_is_refused(inputs, tiny_model_dir, tmp_path, capsys, values):
-    """mask.pt of floats or ints (0/2 included) is refused by siren.cot.load_mask."""
+    """mask.pt of floats or ints (0/2 included) is refused by siren.cot_results.load_mask."""
     torch.save(torch.tensor(values), tmp_path / "mask.pt")
     args = _args(inputs, tiny_model_dir, tmp_path / "out")
     args[args.index("--teacher_mask_path") + 1] = str(tmp_path / "mask.pt")
