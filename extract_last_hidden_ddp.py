@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         note = cot_results.check_thinking_model(thinking_path, model)
         if note and state.is_main_process:
             print(note)
-        memory = hidden.PeakMemory()
         lm = load_causal_lm(args.model, resolve_dtype(args.dtype, state.device.type), state.device)
-        memory.model_loaded()
         with hidden.scratch_folder(out_dir / ".hidden_parts", state) as parts_dir:
             extraction = hidden.extract_teacher_states(lm, tokenizer, rows, thinking, selection.positions, state=state,
                                                        parts_dir=parts_dir, batch_size=args.batch_size,
@@ -100,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                     hidden.write_teacher_files(staged.dir, extraction, rows)
                     # rows/s: the main process's forward passes only, no start-up
                     staged.record(counts={**selection.counts(), **extraction.counts()},
-                                  extra={"model": model, **memory.record(),
+                                  extra={"model": model,
                                          "rows_per_s_per_process": round(extraction.rows_per_s, 3)})
         if state.is_main_process:
             size_mb = (out_dir / hidden.HIDDEN_NAME).stat().st_size / 2**20

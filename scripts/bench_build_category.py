@@ -6,7 +6,7 @@ Writes a review file and a meta file in the Amazon Reviews 2023 format (gzip, on
 line, every field of the real files) into --work_dir, runs build_category.py on them as a fresh
 process and records its wall time, review lines per second (over the whole run and over reading
 the review file alone), the time of each step and the builder's own peak resident memory (VmHWM,
-from its manifest), with the machine and its load. Reviews per user follow a Zipf law (exponent
+taken by siren.tools.peak_memory), with the machine and its load. Reviews per user follow a Zipf law (exponent
 2.2, capped at --max_user_reviews): most users have one or two and about a tenth reach the 5-core,
 about as in Books (10.3M users, 29.5M reviews); item popularity is skewed too, and some
 (user, item) pairs repeat. Review texts are cut from a random-word corpus at random offsets. The
@@ -133,7 +133,9 @@ def generate(work: Path, args: argparse.Namespace, text_chars: int) -> dict:
 
 def run_build(reviews: Path, meta: Path, output_root: Path, max_users: int) -> dict:
     """build_category.py as a child process: wall seconds, its step times and its peak memory."""
-    command = [sys.executable, str(REPO / "scripts" / "build_category.py"), "--category", "Bench", "--reviews",
+    peak_path = output_root.parent / "peak_memory.json"
+    command = [sys.executable, "-m", "siren.tools.peak_memory", "--report", str(peak_path), "--",
+               str(REPO / "scripts" / "build_category.py"), "--category", "Bench", "--reviews",
                str(reviews), "--meta", str(meta), "--output_root", str(output_root), "--overwrite",
                *(["--max_users", str(max_users)] if max_users else [])]
     log_path = output_root.parent / "build.log"
@@ -146,9 +148,7 @@ def run_build(reviews: Path, meta: Path, output_root: Path, max_users: int) -> d
         raise SirenError(f"build_category.py failed (exit {child.returncode}): {last[0]} (log: {log_path})")
     built = output_root / "Bench"
     manifest = json.loads((built / "manifest.json").read_text())
-    # VmHWM of the builder's own address space: unlike the child's ru_maxrss it does not count
-    # what the parent held when it forked.
-    return {"seconds": round(seconds, 2), "peak_rss_mb": manifest["peak_rss_mb"],
+    return {"seconds": round(seconds, 2), "peak_rss_mb": json.loads(peak_path.read_text())["peak_rss_mb"],
             "phase_seconds": manifest["phase_seconds"], "stats": json.loads((built / "stats.json").read_text())}
 
 

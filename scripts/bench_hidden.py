@@ -4,7 +4,8 @@ r"""Memory and speed of stage 4b: extract teacher hidden states for 500 and 2,00
 
 Builds a parquet split from the real Movies train rows and a stage 4a results.jsonl with synthetic
 reasoning (the random tiny model writes none), then runs extract_last_hidden_ddp.py once per row
-count in a fresh process and reads its peak RSS and rows/s from the manifest. If the hidden states
+count in a fresh process (under siren.tools.peak_memory, which takes the peak RSS of loading the
+model and, separately, of the extraction after it) and reads its rows/s from the manifest. If the hidden states
 were kept in memory, peak RSS would grow with the row count; streaming to disk keeps the growth
 near zero. --hidden_size/--num_layers make the random model wider so that each row's states are
 big enough for a leak to show (the default tiny model has 2 x 64 floats per row, 0.5 KB).
@@ -108,17 +109,20 @@ def main(argv=None) -> None:
         results = [result_row(row, synthetic_reasoning(i, row["label"]), 0) for i, row in enumerate(rows[:n])]
         atomic_write_text(thinking_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
         hidden_dir = out_dir / f"hidden_{n}"
-        command = [sys.executable, str(script), "--model", str(model_dir), "--data_path", str(parquet_dir),
+        peak_path = out_dir / f"peak_memory_{n}.json"
+        command = [sys.executable, "-m", "siren.tools.peak_memory", "--report", str(peak_path), "--split_at_model_load",
+                   "--", str(script), "--model", str(model_dir), "--data_path", str(parquet_dir),
                    "--thinking_path", str(thinking_dir), "--limit", str(n), "--output_dir", str(hidden_dir),
                    "--batch_size", str(args.batch_size), "--overwrite"]
         proc = subprocess.run(command, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SirenError(f"extraction of {n} rows failed: {proc.stderr.strip().splitlines()[-1]}")
         manifest = json.loads((hidden_dir / "manifest.json").read_text())
+        peaks = json.loads(peak_path.read_text())
         runs.append({
             "rows": n,
-            "peak_rss_mb_loading": manifest["peak_rss_mb_loading"],
-            "peak_rss_mb_extracting": manifest["peak_rss_mb_extracting"],
+            "peak_rss_mb_loading": peaks["peak_rss_mb_model_loaded"],
+            "peak_rss_mb_extracting": peaks["peak_rss_mb_after_model_load"],
             "rows_per_s": manifest["rows_per_s_per_process"],
             "wall_s": manifest["seconds"],
             "hidden_mb": round((hidden_dir / "teacher_hidden.npy").stat().st_size / 2**20, 2),

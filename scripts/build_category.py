@@ -100,7 +100,6 @@ def main(argv: list[str] | None = None) -> None:
     checked = validate(args)
 
     from siren.category_splits import STATS_NAME, describe_counts, plan_build, stats_record, write_splits
-    from siren.hidden import peak_rss_mb
     from siren.io import RunTimer, atomic_write_json
     from siren.prompts import item_noun
 
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             stats = stats_record(args.category, counts, plan, settings)
             atomic_write_json(staged.path(STATS_NAME), stats)
             staged.record(counts={**stats["table"], **plan.report},
-                          extra={"item_noun": item_noun(args.category), "peak_rss_mb": round(peak_rss_mb(), 1),
+                          extra={"item_noun": item_noun(args.category),
                                  "phase_seconds": {**plan.seconds, "writing": writing.seconds}})
 
     for warning in plan.warnings(Path(args.meta)):
@@ -130,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
           f"--k_core {args.k_core}, {report['users_sampled_out']:,} users not sampled")
     print(f"{args.category}: {describe_counts(counts)}; items are called \"{item_noun(args.category)}\" in prompts")
     print(f"wrote {', '.join(outputs.names)} to {outputs.folder} in {timer.seconds:.1f}s (reading the reviews "
-          f"{plan.seconds['reading_reviews']:.1f}s, the meta {plan.seconds['reading_meta']:.1f}s; peak memory "
-          f"{peak_rss_mb():,.0f} MB)")
+          f"{plan.seconds['reading_reviews']:.1f}s, the meta {plan.seconds['reading_meta']:.1f}s)")
 
 
 if __name__ == "__main__":

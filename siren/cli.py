@@ -20,11 +20,8 @@ Every parser shows each flag's default in `--help` (`HelpFormatter`), so help te
 from __future__ import annotations
 
 import argparse
-import atexit
-import gc
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 
 from siren import SirenError
 
@@ -192,34 +189,6 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while importing a framework or loading a model.
-
-    Importing torch + transformers creates about half a million long-lived objects, and every
-    full collection the import triggers scans all of them again: on 2 cores that is about 1.2 s of
-    a 7 s import + MiniLM load. Nothing created there is cyclic garbage worth collecting early,
-    and the collector is back on (with everything still collectable) when the block ends.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-_FAST_EXIT_REGISTERED = False
-
-
-def _freeze_heap_at_exit() -> None:
-    # Registered before main() imports anything heavy, so it runs after the exit handlers those
-    # imports add: what remains is interpreter shutdown, whose collections of the frozen heap
-    # (~1.3 s with torch loaded) are skipped. Outputs are written and closed before main() returns.
-    gc.freeze()
-
-
 # The error file torch's launcher (under `accelerate launch` or torchrun) gives each process it
 # starts: what a failed process writes there is what the launcher reports as that process's error.
 LAUNCHER_ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
@@ -245,10 +214,6 @@ def _tell_the_launcher(line: str) -> None:
 
 def run_main(main: Callable[[], object]) -> int:
     """Run a script's main(); a SirenError becomes a one-line message and exit status 2."""
-    global _FAST_EXIT_REGISTERED
-    if not _FAST_EXIT_REGISTERED:
-        atexit.register(_freeze_heap_at_exit)
-        _FAST_EXIT_REGISTERED = True
     try:
         main()
     except SirenError as err:

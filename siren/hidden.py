@@ -191,47 +191,6 @@ def write_teacher_files(folder: Path, extraction: Extraction, rows: Sequence[dic
 # Resident memory, for the manifest and scripts/bench_hidden.py
 
 
-def reset_peak_rss() -> bool:
-    """Restart the kernel's peak-RSS counter (Linux >= 4.0), so that the peak measured later is
-    that of the extraction, not of loading the model. False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-class PeakMemory:
-    """Peak resident memory of loading the model and, separately, of what follows (the manifest's
-    `peak_rss_mb_loading` and `peak_rss_mb_extracting`; the second is null where the kernel's
-    counter cannot be reset)."""
-
-    def __init__(self) -> None:
-        self.loading_mb: float | None = None
-        self.was_reset = False
-
-    def model_loaded(self) -> None:
-        self.loading_mb = peak_rss_mb()
-        self.was_reset = reset_peak_rss()
-
-    def record(self) -> dict:
-        return {"peak_rss_mb_loading": None if self.loading_mb is None else round(self.loading_mb, 1),
-                "peak_rss_mb_extracting": round(peak_rss_mb(), 1) if self.was_reset else None}
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB (since reset_peak_rss, where that worked)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 # ---------------------------------------------------------------------------------------------
 # Row-addressed .npy files written without a memory map, and the teacher files read back
 

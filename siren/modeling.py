@@ -38,19 +38,16 @@ def load_causal_lm(model_path: str | os.PathLike, dtype, device):
     cut short (`check_weight_files`, before anything loads), is a one-line error."""
     from safetensors import SafetensorError
 
-    from siren.cli import gc_paused
-
     path = Path(model_path)
     if not (path / "config.json").is_file():
         raise SirenError(f"{path} holds no model (no config.json)")
     check_weight_files(path)
-    with gc_paused():
-        from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-        except (OSError, ValueError, SafetensorError) as err:
-            raise SirenError(f"cannot load a model from {path}: {str(err).splitlines()[0]}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except (OSError, ValueError, SafetensorError) as err:
+        raise SirenError(f"cannot load a model from {path}: {str(err).splitlines()[0]}") from None
     return model.to(device).eval()
 
 

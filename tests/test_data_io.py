@@ -175,28 +175,7 @@ def test_get_data_unknown_source(tmp_path):
     assert _get_data().returncode == 2
 
 
-def test_gc_paused_restores_the_collector_even_after_an_error():
-    import gc
-
-    from siren.cli import gc_paused
-
-    assert gc.isenabled()
-    with pytest.raises(RuntimeError), gc_paused():
-        assert not gc.isenabled()
-        raise RuntimeError("boom")
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        with gc_paused():
-            pass
-        assert not gc.isenabled()  # a collector the caller had turned off stays off
-    finally:
-        gc.enable()
-
-
-def test_run_main_exit_codes_and_one_exit_handler():
-    import gc
-
+def test_run_main_exit_codes():
     from siren import SirenError
     from siren.cli import run_main
 
@@ -205,7 +184,6 @@ def test_run_main_exit_codes_and_one_exit_handler():
 
     assert run_main(lambda: None) == 0
     assert run_main(fails) == 2
-    assert gc.isenabled() and gc.get_freeze_count() == 0  # the heap is frozen only at interpreter exit
 
 
 # ---- field types (data/README.md), checked once in the loaders -----------------------------

@@ -22,6 +22,22 @@ GEN_FLAGS = ["--limit", "12", "--max_new_tokens", "8", "--batch_size", "4"]
 CPU_ONE_THREAD = {"OMP_NUM_THREADS": "1", **CPU_ONLY}
 
 
+def crash_after_batches(monkeypatch, n: int) -> None:
+    """Stop the run after each process wrote `n` batches to its part file, as a crash would."""
+    import siren.cot
+
+    real_write = siren.cot.PartWriter.write
+    written = []
+
+    def write_then_crash(self, rows):
+        real_write(self, rows)
+        written.append(1)
+        if len(written) >= n:
+            raise SystemExit(f"stopped after {len(written)} batch(es)")
+
+    monkeypatch.setattr(siren.cot.PartWriter, "write", write_then_crash)
+
+
 def parquet_row(index: int, label: float) -> dict:
     return {"label": label, "extra_info": {"index": index, "user_id": "u1", "parent_asin": "i1"}}
 
@@ -153,12 +169,16 @@ def test_refuses_to_overwrite_finished_outputs(reference_run, tiny_model_dir, ve
 
 
 @pytest.mark.slow
-def test_resume_after_a_crash_gives_the_same_files(reference_run, tiny_model_dir, verl_dir, tmp_path):
+def test_resume_after_a_crash_gives_the_same_files(reference_run, tiny_model_dir, verl_dir, tmp_path, monkeypatch,
+                                                   one_thread):
     out = tmp_path / "resumed"
     argv = ["inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
             "--out_dir", str(out), *GEN_FLAGS]
-    crashed = run_script(*argv, env={**CPU_ONE_THREAD, "SIREN_STOP_AFTER_BATCHES": "1"}, check=False)
-    assert crashed.returncode != 0 and "stopped after 1 batch" in crashed.stderr
+    script = load_script("inference_train_ddp.py")
+    with monkeypatch.context() as patch:
+        crash_after_batches(patch, 1)
+        with pytest.raises(SystemExit, match="stopped after 1 batch"):
+            script.main(argv[1:])
     assert not (out / "results.jsonl").exists()
     assert sorted(read_parts(out / "partial")) == [0, 1, 2, 3]
     with open(out / "partial" / "rank0.jsonl", "a", encoding="utf-8") as handle:
@@ -235,10 +255,10 @@ def test_resume_refuses_parts_of_a_rebuilt_parquet_or_a_retrained_model(tiny_mod
     argv = ["--model", str(model), "--data_path", str(data), "--out_dir", str(out), *GEN_FLAGS]
 
     def stop_after_one_batch():
-        monkeypatch.setenv("SIREN_STOP_AFTER_BATCHES", "1")
-        with pytest.raises(SystemExit, match="stopped after 1 batch"):
-            script.main(argv)
-        monkeypatch.delenv("SIREN_STOP_AFTER_BATCHES")
+        with monkeypatch.context() as patch:
+            crash_after_batches(patch, 1)
+            with pytest.raises(SystemExit, match="stopped after 1 batch"):
+                script.main(argv)
         assert sorted(read_parts(out / "partial")) == [0, 1, 2, 3]
 
     stop_after_one_batch()
@@ -288,10 +308,10 @@ def test_resume_refuses_parts_of_a_model_whose_config_or_stopping_changed(tiny_m
     out = tmp_path / "out"
     argv = ["--model", str(model), "--data_path", str(verl_dir), "--out_dir", str(out), "--limit", "8",
             "--max_new_tokens", "4", "--batch_size", "4"]
-    monkeypatch.setenv("SIREN_STOP_AFTER_BATCHES", "1")
-    with pytest.raises(SystemExit, match="stopped after 1 batch"):
-        script.main(argv)
-    monkeypatch.delenv("SIREN_STOP_AFTER_BATCHES")
+    with monkeypatch.context() as patch:
+        crash_after_batches(patch, 1)
+        with pytest.raises(SystemExit, match="stopped after 1 batch"):
+            script.main(argv)
     assert sorted(read_parts(out / "partial")) == [0, 1, 2, 3]
 
     think_end = load_tokenizer(model).convert_tokens_to_ids("</think>")  # an id the model can emit
