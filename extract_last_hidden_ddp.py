@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def validate(args: argparse.Namespace) -> dict:
     """Inputs (stage 4a's manifest among them) and the output folder, on every process, before any model loads."""
-    from siren import SirenError, cot_results, hidden
+    from siren import SirenError, cot_results, teacher_hidden
     from siren.manifest import check_input_manifest
     from siren.outputs import StageOutputs
     from siren.verl_data import category_of, load_split_rows, parquet_path
@@ -60,7 +60,7 @@ def validate(args: argparse.Namespace) -> dict:
                          "(its manifest's data_sha256 differs): give the --data_path stage 4a read")
     rows = load_split_rows(args.data_path, args.split, args.limit)
     outputs = StageOutputs(args.output_dir or f"results_hidden/{category_of(rows)}",
-                           [hidden.HIDDEN_NAME, hidden.INDEX_NAME], script="extract_last_hidden_ddp.py",
+                           [teacher_hidden.HIDDEN_NAME, teacher_hidden.INDEX_NAME], script="extract_last_hidden_ddp.py",
                            inputs=[data_file, thinking_path, args.model], overwrite=args.overwrite).check()
     return {"thinking_path": thinking_path, "data_file": data_file, "rows": rows, "outputs": outputs}
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     checked = validate(args)
 
-    from siren import cot_results, hidden, teacher_contexts
+    from siren import cot_results, teacher_contexts, teacher_hidden
     from siren.distributed import process_state
     from siren.io import MANIFEST_NAME, RunTimer
     from siren.modeling import load_causal_lm, model_record, resolve_dtype
@@ -89,22 +89,23 @@ def main(argv: list[str] | None = None) -> None:
         if note and state.is_main_process:
             print(note)
         lm = load_causal_lm(args.model, resolve_dtype(args.dtype, state.device.type), state.device)
-        with hidden.scratch_folder(out_dir / ".hidden_parts", state) as parts_dir:
-            extraction = hidden.extract_teacher_states(lm, tokenizer, rows, thinking, selection.positions, state=state,
-                                                       parts_dir=parts_dir, batch_size=args.batch_size,
-                                                       save_dtype=args.save_dtype, lengths=lengths)
+        with teacher_hidden.scratch_folder(out_dir / ".hidden_parts", state) as parts_dir:
+            extraction = teacher_hidden.extract_teacher_states(lm, tokenizer, rows, thinking, selection.positions,
+                                                               state=state, parts_dir=parts_dir,
+                                                               batch_size=args.batch_size, save_dtype=args.save_dtype,
+                                                               lengths=lengths)
             if state.is_main_process:
                 with outputs.commit(args, timer) as staged:
-                    hidden.write_teacher_files(staged.dir, extraction, rows)
+                    teacher_hidden.write_teacher_files(staged.dir, extraction, rows)
                     # rows/s: the main process's forward passes only, no start-up
                     staged.record(counts={**selection.counts(), **extraction.counts()},
                                   extra={"model": model,
                                          "rows_per_s_per_process": round(extraction.rows_per_s, 3)})
         if state.is_main_process:
-            size_mb = (out_dir / hidden.HIDDEN_NAME).stat().st_size / 2**20
+            size_mb = (out_dir / teacher_hidden.HIDDEN_NAME).stat().st_size / 2**20
             print(f"read {len(rows)} rows of {checked['data_file']} and {thinking_path}; {selection.summary()}")
-            print(f"wrote {out_dir / hidden.HIDDEN_NAME} [{len(selection.positions)}, {extraction.row_shape[0]}, "
-                  f"{extraction.row_shape[1]}] {args.save_dtype} ({size_mb:.1f} MiB), {hidden.INDEX_NAME} and "
+            print(f"wrote {out_dir / teacher_hidden.HIDDEN_NAME} [{len(selection.positions)}, {extraction.row_shape[0]}, "
+                  f"{extraction.row_shape[1]}] {args.save_dtype} ({size_mb:.1f} MiB), {teacher_hidden.INDEX_NAME} and "
                   f"{MANIFEST_NAME} in {timer.seconds:.1f}s")
         state.wait_for_everyone()
 

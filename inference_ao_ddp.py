@@ -8,7 +8,7 @@ Several processes (one per GPU; on CPU, gloo) split the rows and gather them bac
 
     accelerate launch --multi_gpu --num_processes 2 inference_ao_ddp.py --model ... --data_path ...
 
---engine picks the forward pass (siren.engines): eager (Hugging Face, any device), compiled
+--engine picks the forward pass (siren.answer_only_engines): eager (Hugging Face, any device), compiled
 (torch.compile with static length buckets and batch size: CUDA graphs on a GPU, the fast choice
 there) or vllm (a one-token generation restricted to the rating tokens; GPU, merged models only).
 Every engine gives the same constrained ratings. Writes `<output_dir>/predictions.jsonl`,
@@ -28,8 +28,8 @@ from siren.cli import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from siren.ao import DECODES
-    from siren.engines import DEFAULT_BUCKETS, ENGINES
+    from siren.answer_only import DECODES
+    from siren.answer_only_engines import DEFAULT_BUCKETS, ENGINES
 
     parser = cli.stage_parser(__doc__)
     cli.add_model(parser, "a merged model folder (train_hidden_mask.py's merged/), or the base with --adapter")
@@ -63,8 +63,8 @@ def validate(args: argparse.Namespace) -> dict:
     """Flags, inputs (the 4c tokenizer and the adapter's base against --model) and the output folder,
     on every process, so a refusal stops them all before any of them waits on the others."""
     from siren.answer import RATING_MAX, RATING_MIN
-    from siren.ao import check_adapter_base, check_prompt_tokenizer, default_out_dir
-    from siren.ao_data import check_data_path
+    from siren.answer_only import check_adapter_base, check_prompt_tokenizer, default_out_dir
+    from siren.answer_only_data import check_data_path
     from siren.manifest import check_input_manifest
     from siren.outputs import StageOutputs
 
@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     checked = validate(args)
     outputs, notes = checked["outputs"], checked["notes"]
 
-    from siren.ao import ao_batches, ao_metrics, gather_predictions, load_ao_model, predict
-    from siren.ao_data import load_ao_rows
+    from siren.answer_only import ao_batches, ao_metrics, gather_predictions, load_ao_model, predict
+    from siren.answer_only_data import load_ao_rows
+    from siren.answer_only_engines import build_ao_engine, check_bucket_fallback, count_fallback_rows, make_vllm_engine
     from siren.distributed import process_state
-    from siren.engines import build_ao_engine, check_bucket_fallback, count_fallback_rows, make_vllm_engine
     from siren.io import atomic_write_json, atomic_write_jsonl
     from siren.modeling import device_name, resolve_dtype
     from siren.tokenization import count_tokens, load_tokenizer, rating_token_ids

@@ -50,7 +50,7 @@ def validate(args: argparse.Namespace) -> dict:
     """Flags, the parquet split and the output folder, on every process, before any model loads."""
 
     from siren import cot_results
-    from siren.generation import SamplingSettings, check_backend
+    from siren.cot_generation import SamplingSettings, check_backend
     from siren.manifest import check_input_manifest
     from siren.outputs import StageOutputs
     from siren.verl_data import category_of, load_split_rows, parquet_path
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     checked = validate(args)
     import shutil
 
-    from siren import cot, cot_results
+    from siren import cot_inference, cot_results
+    from siren.cot_generation import load_generator
     from siren.distributed import process_state
-    from siren.generation import load_generator
     from siren.io import RunTimer
     from siren.modeling import device_name, model_record
     from siren.tokenization import load_tokenizer
@@ -87,19 +87,21 @@ def main(argv: list[str] | None = None) -> None:
     with outputs.claimed(state):
         tokenizer = load_tokenizer(args.model)
         model = model_record(args.model)
-        part_dir = cot.partial_dir(outputs.folder)
-        resume_key = cot.resume_settings(model=model, data_file=checked["data_file"], backend=args.backend,
-                                         dtype=args.dtype, seed=args.seed, sampling=settings,
-                                         cache=args.cache_implementation)
-        finished = cot.prepare_parts(part_dir, resume_key, state, resume=args.resume)
+        part_dir = cot_inference.partial_dir(outputs.folder)
+        resume_key = cot_inference.resume_settings(model=model, data_file=checked["data_file"],
+                                                   backend=args.backend, dtype=args.dtype, seed=args.seed,
+                                                   sampling=settings, cache=args.cache_implementation)
+        finished = cot_inference.prepare_parts(part_dir, resume_key, state, resume=args.resume)
         generator = load_generator(args.backend, args.model, args.dtype, settings, state, args.seed, tokenizer,
                                    args.cache_implementation)
-        cot.generate_results(rows, tokenizer, generator, state=state, part_dir=part_dir, finished=finished,
-                             batch_size=args.batch_size, seed=args.seed, settings=resume_key)
+        cot_inference.generate_results(rows, tokenizer, generator, state=state, part_dir=part_dir,
+                                       finished=finished, batch_size=args.batch_size, seed=args.seed,
+                                       settings=resume_key)
 
         if state.is_main_process:
-            results = cot.merged_results(part_dir, len(rows), device_name(state.device), engine=generator.name,
-                                         batch_size=args.batch_size, dtype=generator.dtype_name)
+            results = cot_inference.merged_results(part_dir, len(rows), device_name(state.device),
+                                                   engine=generator.name, batch_size=args.batch_size,
+                                                   dtype=generator.dtype_name)
             with outputs.commit(args, timer) as staged:
                 metrics = results.write(staged.dir)
                 staged.record(counts={**metrics["responses"], "processes": state.num_processes,

@@ -66,7 +66,7 @@ def resolve_data_path(args: argparse.Namespace) -> Path:
 def validate(args: argparse.Namespace) -> dict:
     """The parquet folder (its name and stage 2's manifest against the flags), its rows, and the
     output folder; before the tokenizer loads."""
-    from siren.ao_data import DATASET_DICT_ENTRIES, default_hidden_dir, read_parquet_splits
+    from siren.answer_only_data import DATASET_DICT_ENTRIES, default_hidden_dir, read_parquet_splits
     from siren.manifest import check_input_manifest
     from siren.outputs import StageOutputs
     from siren.verl_data import category_of
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     checked = validate(args)
 
-    from siren.ao_data import build_ao_dataset
+    from siren.answer_only_data import build_ao_dataset
     from siren.io import RunTimer
     from siren.modeling import MANIFEST_MODEL_KEY, model_record, tokenizer_record
     from siren.tokenization import load_tokenizer

@@ -16,7 +16,7 @@ from siren.cli import positive_int, run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from siren.baselines import FIT_CHOICES, METHODS
+    from siren.tools.baselines import FIT_CHOICES, METHODS
 
     parser = cli.stage_parser(__doc__)
     cli.add_category(parser)
@@ -36,9 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def validate(args: argparse.Namespace) -> dict:
     """The split files and the output folder, clear of them; before anything is read."""
-    from siren.baselines import FIT_CHOICES
     from siren.data import require_file, resolve_category_dir, split_path
     from siren.outputs import StageOutputs
+    from siren.tools.baselines import FIT_CHOICES
 
     category_dir = resolve_category_dir(args.category, args.data_root)
     fit_paths = [require_file(split_path(category_dir, split), "split file") for split in FIT_CHOICES[args.fit_on]]
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     checked = validate(args)
 
-    from siren.baselines import ModelSettings, format_table, run_baselines
     from siren.data import load_split
     from siren.io import RunTimer, atomic_write_json
+    from siren.tools.baselines import ModelSettings, format_table, run_baselines
 
     timer = RunTimer()
     category_dir, fit_paths, test_path = checked["category_dir"], checked["fit_paths"], checked["test_path"]

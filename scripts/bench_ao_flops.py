@@ -4,9 +4,9 @@ same shapes, in one run.
     python scripts/bench_ao_flops.py --model ckpt/smollm2-135m-instruct \
         --data_path results/demo-real/ao_data --limit 96 --batch_sizes 1 4 16 --dtype float32 bfloat16
 
-For each dtype and batch size it runs stage 6's own code path (siren.ao: rows sorted by prompt
+For each dtype and batch size it runs stage 6's own code path (siren.answer_only: rows sorted by prompt
 length, cut into batches, the eager engine's forward, warm-up batch untimed) and counts the useful
-flops of the rows it scored (siren.flops: linear layers and causal attention over real tokens,
+flops of the rows it scored (siren.tools.flops: linear layers and causal attention over real tokens,
 padding excluded). Right after, it times torch.matmul over the model's linear-layer shapes with as
 many rows per matmul as the forward had (batch x mean padded length), same dtype and threads: the
 ceiling. Writes <output_dir>/flops.json and prints the table (achieved / ceiling = efficiency).
@@ -62,12 +62,12 @@ def measure(args) -> dict:
     """Every dtype x batch size of the flags: rows/s, achieved and matmul GFLOP/s; flops.json's content."""
     import torch
 
-    from siren.ao import ao_batches, predict
-    from siren.ao_data import load_ao_rows
-    from siren.engines import EagerAO
-    from siren.flops import forward_shape, matmul_rate, useful_flops
+    from siren.answer_only import ao_batches, predict
+    from siren.answer_only_data import load_ao_rows
+    from siren.answer_only_engines import EagerAO
     from siren.modeling import load_causal_lm
     from siren.tokenization import load_tokenizer, rating_token_ids
+    from siren.tools.flops import forward_shape, matmul_rate, useful_flops
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -51,7 +51,7 @@ def build_model(out_dir, hidden_size: int, num_layers: int):
     """The tiny Qwen3, or a wider random one with the same tokenizer."""
     import shutil
 
-    from siren.tiny_model import TINY_CONFIG, build_tiny_qwen3
+    from siren.tools.tiny_model import TINY_CONFIG, build_tiny_qwen3
 
     tiny = build_tiny_qwen3(out_dir / "tiny-qwen3")
     if (hidden_size, num_layers) == (TINY_CONFIG["hidden_size"], TINY_CONFIG["num_hidden_layers"]):

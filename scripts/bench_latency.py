@@ -25,8 +25,8 @@ from siren.cli import nonnegative_int, positive_int, run_main
 
 
 def parse_args() -> argparse.Namespace:
-    from siren.engines import DEFAULT_BUCKETS, ENGINES
-    from siren.latency import COT_CACHES, RANDOM_INIT_SHAPES
+    from siren.answer_only_engines import DEFAULT_BUCKETS, ENGINES
+    from siren.tools.latency import COT_CACHES, RANDOM_INIT_SHAPES
 
     parser = cli.stage_parser(__doc__)
     cli.add_model(parser, "model folder (weights + tokenizer)", required=False, aliases=(), default="ckpt/tiny-qwen3")
@@ -136,11 +136,11 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from siren import SirenError
-    from siren.engines import build_ao_engine, make_vllm_engine
-    from siren.latency import build_random_model, like_for_like_speedups, time_answer_only, time_cot
+    from siren.answer_only_engines import build_ao_engine, make_vllm_engine
     from siren.modeling import device_name, load_causal_lm
     from siren.prompts import answer_only_context, chat_prompt_text
     from siren.tokenization import load_tokenizer, rating_token_ids
+    from siren.tools.latency import build_random_model, like_for_like_speedups, time_answer_only, time_cot
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -80,9 +80,9 @@ FAILED=0
 # step NAME [--rows N | --steps N] -- COMMAND...: run, measure, record; a failure is counted, not fatal.
 step() {
     local name=$1; shift
-    "$PYTHON" -m siren.gpu_check run --summary "$SUMMARY" --name "$name" --log "$OUT/logs/$name.log" "$@" || FAILED=$((FAILED + 1))
+    "$PYTHON" -m siren.tools.gpu_check run --summary "$SUMMARY" --name "$name" --log "$OUT/logs/$name.log" "$@" || FAILED=$((FAILED + 1))
 }
-skip() { "$PYTHON" -m siren.gpu_check skip --summary "$SUMMARY" --name "$1" --reason "$2"; }
+skip() { "$PYTHON" -m siren.tools.gpu_check skip --summary "$SUMMARY" --name "$1" --reason "$2"; }
 have() { "$PYTHON" -c "import $1" 2>/dev/null; }
 ZERO2=("$PYTHON" -m accelerate.commands.launch --config_file config_Zero2.yaml --num_processes 1)
 
@@ -127,7 +127,7 @@ fi
 RANDOM_4B="$OUT/random-qwen3-4b"
 VERL_FULL="$OUT/verl/max@10-long@False"
 if wants scale || wants latency || wants vllm || wants memory; then
-    [[ -f "$RANDOM_4B/config.json" ]] || step random-qwen3-4b -- "$PYTHON" -m siren.gpu_check random-model \
+    [[ -f "$RANDOM_4B/config.json" ]] || step random-qwen3-4b -- "$PYTHON" -m siren.tools.gpu_check random-model \
         --shape qwen3-4b --tokenizer "$TINY" --output_dir "$RANDOM_4B"
     [[ -f "$VERL_FULL/test.parquet" ]] || step full-stage2 -- "$PYTHON" preprocess_grpo.py --category "$CATEGORY" \
         --data_root "$DATA_ROOT" --max_history 10 --use_long_history False --output_dir "$VERL_FULL"
@@ -138,7 +138,7 @@ if wants scale; then
     rm -rf "$S"
     step scale-4a-hf --rows 64 -- "$PYTHON" inference_train_ddp.py --model "$RANDOM_4B" --data_path "$VERL_FULL" \
         --split train --limit 64 --max_new_tokens 128 --batch_size 32 --output_dir "$S/cot_hf"
-    step scale-synthetic-cot -- "$PYTHON" -m siren.gpu_check synthetic-cot --model "$RANDOM_4B" \
+    step scale-synthetic-cot -- "$PYTHON" -m siren.tools.gpu_check synthetic-cot --model "$RANDOM_4B" \
         --data_path "$VERL_FULL" --split train --limit 1000 --output_dir "$S/cot_synthetic"
     step scale-4b --rows 1000 -- "$PYTHON" extract_last_hidden_ddp.py --model "$RANDOM_4B" --data_path "$VERL_FULL" \
         --thinking_path "$S/cot_synthetic" --limit 1000 --batch_size 16 --dtype bfloat16 --output_dir "$S/hidden"
@@ -213,6 +213,6 @@ if wants memory; then
     rm -rf "$M"  # tens of GB of checkpoints; the peaks are in the summary
 fi
 
-"$PYTHON" -m siren.gpu_check table --summary "$SUMMARY" | tee "$OUT/summary.txt"
+"$PYTHON" -m siren.tools.gpu_check table --summary "$SUMMARY" | tee "$OUT/summary.txt"
 echo "summary: $SUMMARY; logs: $OUT/logs/"
 [[ "$FAILED" == 0 ]] || { echo "$FAILED step(s) failed" >&2; exit 1; }

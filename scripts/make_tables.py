@@ -5,7 +5,7 @@ r"""Collect a run's metrics and write the paper-style tables (accuracy, token ef
 Reads <run_dir>/baselines/metrics.json, prompt_stats.json, prompt_tokens_test.npz,
 ao_zero_shot/, ao_warm/, cot_test/, ao_before/, ao_after/ and ao_ce_only/metrics.json,
 bench_latency/latency.json, the GRPO and alignment train logs and timings.json (each path is a flag;
-see siren/table_inputs.py for the layout). A missing input gives rows that say "not run"; a run folder
+see siren/tools/table_inputs.py for the layout). A missing input gives rows that say "not run"; a run folder
 with none of them is refused. A file that is not that input's kind (e.g. any JSON as --ao_before),
 a prediction run on another split than test (its manifest.json), or a number out of its range (a
 negative RMSE) is refused with one line. Writes tables.md, accuracy.csv, token_efficiency.csv,
@@ -22,7 +22,7 @@ from siren.cli import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from siren.table_inputs import INPUTS
+    from siren.tools.table_inputs import INPUTS
 
     parser = cli.stage_parser(__doc__)
     parser.add_argument("--run_dir", default="results/demo", help="the run directory the inputs are read from")
@@ -43,7 +43,7 @@ def validate(args: argparse.Namespace) -> dict:
 
     from siren import SirenError
     from siren.outputs import StageOutputs
-    from siren.table_inputs import INPUTS, RunInputs
+    from siren.tools.table_inputs import INPUTS, RunInputs
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     checked = validate(args)
 
     from siren.io import RunTimer
-    from siren.table_figure import draw_figure
-    from siren.table_inputs import INPUTS, load_token_counts
-    from siren.tables import build_tables, write_tables
+    from siren.tools.table_figure import draw_figure
+    from siren.tools.table_inputs import INPUTS, load_token_counts
+    from siren.tools.tables import build_tables, write_tables
 
     timer = RunTimer()
     run_dir, inputs, found, outputs = checked["run_dir"], checked["inputs"], checked["found"], checked["outputs"]

@@ -18,7 +18,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     args = parser.parse_args()
 
-    from siren.tiny_model import build_tiny_qwen3
+    from siren.tools.tiny_model import build_tiny_qwen3
 
     start = time.perf_counter()
     out = build_tiny_qwen3(args.output_dir, seed=args.seed)

@@ -261,7 +261,7 @@ def format_check(model, tokenizer, rows: list[dict], prompts: list[str], complet
                  max_new_tokens: int) -> tuple[list[dict], dict]:
     """Greedy decoding of the prompts, parsed as stage 4a parses responses: (generations, counts)."""
     from siren.answer import parse_response
-    from siren.generation import HFGenerator, SamplingSettings
+    from siren.cot_generation import HFGenerator, SamplingSettings
 
     tokenizer.padding_side = "left"
     generator = HFGenerator(model, tokenizer, SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0))

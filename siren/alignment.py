@@ -131,10 +131,10 @@ def load_alignment_inputs(stage: AlignmentArguments, base: dict) -> AlignmentInp
     from transformers import AutoConfig
 
     from siren.alignment_data import select_training_rows, tokenize_ao_split
-    from siren.ao_data import load_ao_dataset
+    from siren.answer_only_data import load_ao_dataset
     from siren.cot_results import load_mask
-    from siren.hidden import TeacherStates
     from siren.modeling import check_upstream_model
+    from siren.teacher_hidden import TeacherStates
     from siren.tokenization import load_tokenizer, rating_token_ids
 
     model_config = AutoConfig.from_pretrained(stage.model)

@@ -17,7 +17,7 @@ from siren.alignment_losses import IGNORE_INDEX
 if TYPE_CHECKING:
     import torch
 
-    from siren.hidden import TeacherStates
+    from siren.teacher_hidden import TeacherStates
 
 ROW_INDEX = "row_index"      # dataset row (4c `index`, = parquet extra_info.index) carried through the collator
 RATING_LABEL = "rating_label"  # the float label, for the eval rating metrics

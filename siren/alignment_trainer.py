@@ -30,7 +30,7 @@ from siren.alignment_losses import (
 )
 
 if TYPE_CHECKING:
-    from siren.hidden import TeacherStates
+    from siren.teacher_hidden import TeacherStates
 
 
 def rating_summary(predictions: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -142,8 +142,8 @@ def model_shape(model_dir: str | Path) -> ModelShape:
 
 
 def shape_of(name: str) -> ModelShape:
-    """A named shape of siren.latency.RANDOM_INIT_SHAPES (e.g. qwen3-4b), for tables without weights."""
-    from siren.latency import RANDOM_INIT_SHAPES
+    """A named shape of siren.tools.latency.RANDOM_INIT_SHAPES (e.g. qwen3-4b), for tables without weights."""
+    from siren.tools.latency import RANDOM_INIT_SHAPES
 
     config = {**RANDOM_INIT_SHAPES[name], "model_type": name.split("-")[0]}
     return ModelShape(parameters=config_parameters(config), vocab_size=config["vocab_size"],

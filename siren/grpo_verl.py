@@ -196,7 +196,7 @@ def plan_settings(batch_size: str, offload: str, gpu_memory_gib: str) -> tuple[i
 
 
 def detected_card_gib() -> float | None:
-    from siren.gpu_check import gpu_memory_total_mib
+    from siren.tools.gpu_check import gpu_memory_total_mib
 
     totals = gpu_memory_total_mib()
     return min(totals) / 1024 if totals else None

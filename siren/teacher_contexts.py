@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from siren import SirenError
 from siren.answer import ANSWER_OPEN
-from siren.ao_data import student_text
+from siren.answer_only_data import student_text
 from siren.prompts import answer_tag_ids, chat_prompt_text, teacher_context
 
 

@@ -80,7 +80,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """ckpt-style directory with the tiny Qwen3: real Qwen3 tokenizer, random 2-layer model."""
-    from siren.tiny_model import build_tiny_qwen3
+    from siren.tools.tiny_model import build_tiny_qwen3
 
     return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
 
@@ -89,7 +89,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def real_model_dir() -> Path:
     """SmolLM2-135M-Instruct as `make real-model` writes it ($SIREN_REAL_MODEL, else the repo's
     ckpt/smollm2-135m-instruct); `make test` builds it first, so the tests on it run there."""
-    from siren.real_model import DEFAULT_DIR, is_complete
+    from siren.tools.real_model import DEFAULT_DIR, is_complete
 
     folder = Path(os.environ.get("SIREN_REAL_MODEL") or REPO / DEFAULT_DIR)
     if not is_complete(folder):

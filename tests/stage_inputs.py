@@ -29,7 +29,7 @@ def build_ao_dataset(verl_dir: Path, tokenizer, out: Path, limits=(16, 6, 6), mo
     function stage 4c uses; with `model_dir`, also 4c's manifest.json recording it."""
     from datasets import Dataset, DatasetDict
 
-    from siren.ao_data import answer_only_records
+    from siren.answer_only_data import answer_only_records
     from siren.verl_data import load_split_rows
 
     splits = {split: Dataset.from_dict(answer_only_records(tokenizer, load_split_rows(verl_dir, split, limit=limit)))

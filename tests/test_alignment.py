@@ -25,10 +25,10 @@ from siren.alignment_losses import (
     answer_positions,
     completion_lm_loss,
 )
-from siren.ao_data import completion_text
+from siren.answer_only_data import completion_text
 from siren.cot_results import load_mask
-from siren.hidden import TeacherStates
 from siren.lora import lora_target_modules
+from siren.teacher_hidden import TeacherStates
 
 # --------------------------------------------------------------------------------------------------
 # Aligned position (the losses themselves: test_alignment_losses.py)

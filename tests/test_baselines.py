@@ -1,4 +1,4 @@
-"""scripts/baselines.py and siren.baselines: cornac baselines, global-mean fallback, the Movies check."""
+"""scripts/baselines.py and siren.tools.baselines: cornac baselines, global-mean fallback, the Movies check."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from conftest import run_script
 
 from siren import SirenError
-from siren.baselines import METHODS, ModelSettings, run_baselines
+from siren.tools.baselines import METHODS, ModelSettings, run_baselines
 
 
 def _labels(path, limit=None) -> list[float]:

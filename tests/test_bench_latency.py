@@ -1,4 +1,4 @@
-"""scripts/bench_latency.py and siren.latency: AO vs CoT timing on the tiny model; the Qwen3-4B shape."""
+"""scripts/bench_latency.py and siren.tools.latency: AO vs CoT timing on the tiny model; the Qwen3-4B shape."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import run_script
 
-from siren.latency import RANDOM_INIT_SHAPES, random_init_config
 from siren.prompts import build_messages
+from siren.tools.latency import RANDOM_INIT_SHAPES, random_init_config
 
 
 @pytest.mark.slow
@@ -50,11 +50,11 @@ def test_bench_end_to_end_on_tiny_model(tiny_model_dir, verl_dir, tmp_path):
 def test_free_length_cot_stops_at_eos_and_ao_picks_a_rating(tiny_model_dir):
     import torch
 
-    from siren.engines import EagerAO
-    from siren.latency import time_answer_only, time_cot
+    from siren.answer_only_engines import EagerAO
     from siren.modeling import load_causal_lm
     from siren.prompts import answer_only_context, chat_prompt_text
     from siren.tokenization import load_tokenizer, rating_token_ids
+    from siren.tools.latency import time_answer_only, time_cot
 
     tokenizer = load_tokenizer(tiny_model_dir)
     model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
@@ -81,10 +81,10 @@ def test_static_cache_cot_equals_dynamic_cache_greedy_decoding(tiny_model_dir, v
     shape bucket change how CoT is computed, not what it generates."""
     import torch
 
-    from siren.latency import cot_generate_kwargs
     from siren.modeling import load_causal_lm
     from siren.prompts import chat_prompt_text
     from siren.tokenization import load_tokenizer
+    from siren.tools.latency import cot_generate_kwargs
     from siren.verl_data import load_split_rows
 
     tokenizer = load_tokenizer(tiny_model_dir)

@@ -1,4 +1,4 @@
-"""siren.cot and siren.distributed without a model: 4a file types, 4a's manifest checked by 4b, resume
+"""siren.cot_inference and siren.distributed without a model: 4a file types, 4a's manifest checked by 4b, resume
 fingerprints, fixed batches."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from siren import SirenError
-from siren.cot import check_resume_settings, resume_settings
+from siren.cot_inference import check_resume_settings, resume_settings
 from siren.cot_results import (
     MASK_NAME,
     RESULTS_NAME,

@@ -334,7 +334,7 @@ def test_read_text_and_read_json(tmp_path):
 def test_other_readers_use_the_shared_helpers(tmp_path):
     """results.jsonl (stage 4b), --namer files (stage 1), make_tables inputs: one line, not a traceback."""
     from siren.cot_results import load_thinking
-    from siren.table_inputs import read_json as tables_read_json
+    from siren.tools.table_inputs import read_json_object_if_present as tables_read_json
     from siren.topic_names import names_from_file
 
     results = tmp_path / "results.jsonl"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from siren.table_inputs import LLM_ROWS
+from siren.tools.table_inputs import LLM_ROWS
 
 REPO = Path(__file__).resolve().parents[1]
 ACCURACY_ROWS = ["Constant 5.0", "Global mean", "User + item bias", "MF with biases", "PMF",

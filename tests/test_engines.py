@@ -1,4 +1,4 @@
-"""siren.engines: the answer-only engines agree with each other, and the compiled one keeps its shapes."""
+"""siren.answer_only_engines: the answer-only engines agree with each other, and the compiled one keeps its shapes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from siren import SirenError
-from siren.engines import (
+from siren.answer_only_engines import (
     CompiledAO,
     EagerAO,
     build_ao_engine,
@@ -31,7 +31,7 @@ def tiny(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def ao_prompts(tiny, verl_dir):
-    from siren.ao_data import student_text
+    from siren.answer_only_data import student_text
     from siren.verl_data import load_split_rows
 
     tokenizer = tiny[1]

@@ -13,9 +13,9 @@ from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
 
 from siren import SirenError
 from siren.cot_results import result_row
-from siren.hidden import NpyRows, encode_left_padded, last_token_hidden, merge_hidden_shards, shard_paths
 from siren.prompts import answer_tag_ids
 from siren.teacher_contexts import align_contexts, teacher_text
+from siren.teacher_hidden import NpyRows, encode_left_padded, last_token_hidden, merge_hidden_shards, shard_paths
 from siren.verl_data import load_split_rows
 
 N_ROWS = 14
@@ -90,8 +90,8 @@ def test_reasoning_ending_in_a_spaced_think_close_still_aligns(tiny_model_dir, v
 
 
 def test_unaligned_rows_are_counted_and_left_out(tiny_model_dir, verl_dir, monkeypatch):
-    import siren.hidden as hidden
     import siren.teacher_contexts as contexts
+    import siren.teacher_hidden as hidden
     from siren.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -266,9 +266,9 @@ class OneOfSeveralProcesses:
 def test_any_process_count_gives_identical_states(tiny_model_dir, verl_dir, thinking_dir, tmp_path, one_thread,
                                                   world, batch_size):
     from siren.cot_results import load_thinking
-    from siren.hidden import extract_teacher_states, write_teacher_files
     from siren.modeling import load_causal_lm
     from siren.teacher_contexts import select_teacher_rows
+    from siren.teacher_hidden import extract_teacher_states, write_teacher_files
     from siren.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -357,15 +357,15 @@ def test_refuses_reasoning_written_by_another_model(tiny_model_dir, verl_dir, th
 @pytest.mark.slow
 def test_disk_full_during_the_merge_leaves_no_finished_looking_file(tiny_model_dir, verl_dir, thinking_dir, tmp_path,
                                                                     monkeypatch, one_thread):
-    import siren.hidden
+    import siren.teacher_hidden
 
-    real_merge = siren.hidden.merge_hidden_shards
+    real_merge = siren.teacher_hidden.merge_hidden_shards
 
     def merge_then_fail(*args, **kwargs):
         real_merge(*args, **kwargs)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(siren.hidden, "merge_hidden_shards", merge_then_fail)
+    monkeypatch.setattr(siren.teacher_hidden, "merge_hidden_shards", merge_then_fail)
     script = load_script("extract_last_hidden_ddp.py")
     out = tmp_path / "full"
     with pytest.raises(SirenError, match="No space left on device; nothing was kept"):

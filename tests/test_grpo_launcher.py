@@ -236,7 +236,7 @@ def test_a_hydra_override_of_a_launcher_setting_is_refused(base_env, tmp_path, c
 
 def _model_of_the_4b_shape(tiny_model_dir: Path, out: Path) -> Path:
     """A model folder with Qwen3-4B's config.json (no weights) and the tiny model's tokenizer."""
-    from siren.latency import RANDOM_INIT_SHAPES
+    from siren.tools.latency import RANDOM_INIT_SHAPES
 
     shutil.copytree(tiny_model_dir, out)
     for weights in out.glob("*.safetensors"):

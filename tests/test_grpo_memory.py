@@ -29,7 +29,7 @@ def test_parameter_count_from_headers_and_from_config_match_the_model(tiny_model
     import torch
     from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    from siren.latency import RANDOM_INIT_SHAPES
+    from siren.tools.latency import RANDOM_INIT_SHAPES
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert model_shape(tiny_model_dir).parameters == model.num_parameters()  # safetensors headers

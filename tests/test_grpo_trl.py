@@ -259,7 +259,7 @@ def test_a_bad_recipe_through_the_entry_point_is_one_line_before_any_folder(tiny
 
 
 def _model_of_the_4b_shape(tiny_model_dir: Path, out: Path) -> Path:
-    from siren.latency import RANDOM_INIT_SHAPES
+    from siren.tools.latency import RANDOM_INIT_SHAPES
 
     shutil.copytree(tiny_model_dir, out)
     for weights in out.glob("*.safetensors"):

@@ -1,4 +1,4 @@
-"""inference_ao_ddp.py and siren.ao: decoding on literal logits, metrics on literal arrays, end to
+"""inference_ao_ddp.py and siren.answer_only: decoding on literal logits, metrics on literal arrays, end to
 end on the tiny model from a 4c DatasetDict and from a parquet directory, 2 processes = 1 process
 (within BATCHING_TOLERANCE), the flags (the authors' included), and the refusals of bad input."""
 
@@ -14,7 +14,7 @@ from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
 from stage_inputs import build_ao_dataset
 
 from siren import SirenError
-from siren.ao import BATCHING_TOLERANCE, default_out_dir, parse_greedy_token, prediction_metrics
+from siren.answer_only import BATCHING_TOLERANCE, default_out_dir, parse_greedy_token, prediction_metrics
 from siren.modeling import constrained_ratings, expected_ratings, rating_probabilities
 
 SCRIPT = "inference_ao_ddp.py"
@@ -172,7 +172,7 @@ def test_two_processes_equal_one(one_process, ao_data, tiny_model_dir, tmp_path)
                       env=CPU_ONLY, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _predictions(out), _predictions(tmp_path / "two")
-    # The batches are formed once for any process count (siren.ao.ao_batches): same batch-mates,
+    # The batches are formed once for any process count (siren.answer_only.ao_batches): same batch-mates,
     # same padding, so the same numbers, not just numbers within BATCHING_TOLERANCE.
     assert [p["index"] for p in two] == [p["index"] for p in one]
     assert [(p["prediction"], p["expected_rating"], p["probs"]) for p in two] == [
@@ -335,8 +335,8 @@ def test_the_authors_flags_and_the_canonical_names_parse():
 
 def test_one_row_alone_and_in_a_padded_batch_agree_within_the_tolerance(ao_data, tiny_model_dir, one_thread):
     """What any two batch sizes (or engines) differ by: the padded width of a row's batch."""
-    from siren.ao_data import load_ao_rows
-    from siren.engines import EagerAO
+    from siren.answer_only_data import load_ao_rows
+    from siren.answer_only_engines import EagerAO
     from siren.modeling import constrained_ratings, load_causal_lm
     from siren.tokenization import load_tokenizer, rating_token_ids
 

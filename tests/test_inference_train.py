@@ -13,7 +13,7 @@ import torch
 from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
 
 from siren import SirenError
-from siren.cot import PartWriter, check_resume_settings, merge_parts, read_parts
+from siren.cot_inference import PartWriter, check_resume_settings, merge_parts, read_parts
 from siren.cot_results import RESULT_FIELDS, file_sha256, result_row
 
 GEN_FLAGS = ["--limit", "12", "--max_new_tokens", "8", "--batch_size", "4"]
@@ -24,9 +24,9 @@ CPU_ONE_THREAD = {"OMP_NUM_THREADS": "1", **CPU_ONLY}
 
 def crash_after_batches(monkeypatch, n: int) -> None:
     """Stop the run after each process wrote `n` batches to its part file, as a crash would."""
-    import siren.cot
+    import siren.cot_inference
 
-    real_write = siren.cot.PartWriter.write
+    real_write = siren.cot_inference.PartWriter.write
     written = []
 
     def write_then_crash(self, rows):
@@ -35,7 +35,7 @@ def crash_after_batches(monkeypatch, n: int) -> None:
         if len(written) >= n:
             raise SystemExit(f"stopped after {len(written)} batch(es)")
 
-    monkeypatch.setattr(siren.cot.PartWriter, "write", write_then_crash)
+    monkeypatch.setattr(siren.cot_inference.PartWriter, "write", write_then_crash)
 
 
 def parquet_row(index: int, label: float) -> dict:

@@ -111,7 +111,7 @@ def test_the_parts_folder_of_4b_is_checked_before_any_work(tmp_path, monkeypatch
     """extract_last_hidden_ddp.py's scratch folder runs the shared-folder check (the collective
     part replaced by rank 0's own answer): refused, and the folders made for it are removed."""
     import siren.distributed
-    from siren.hidden import scratch_folder
+    from siren.teacher_hidden import scratch_folder
 
     monkeypatch.setenv(SHARED_WAIT_ENV, "0")
     monkeypatch.setattr(siren.distributed, "from_main", lambda state, value: value)
@@ -124,7 +124,7 @@ def test_the_parts_folder_of_4b_is_checked_before_any_work(tmp_path, monkeypatch
 
 def test_the_merge_of_4b_refuses_a_missing_shard(tmp_path, monkeypatch):
     """Rank 0 sees rank 0's and rank 2's shards but not rank 1's: named, nothing written."""
-    from siren.hidden import NpyRows, merge_hidden_shards, shard_paths
+    from siren.teacher_hidden import NpyRows, merge_hidden_shards, shard_paths
 
     monkeypatch.setenv(SHARED_WAIT_ENV, "0")
     for rank in (0, 2):

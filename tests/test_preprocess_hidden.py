@@ -10,7 +10,7 @@ import pytest
 from conftest import load_script
 
 from siren import SirenError
-from siren.ao_data import completion_text, default_hidden_dir
+from siren.answer_only_data import completion_text, default_hidden_dir
 from siren.prompts import EMPTY_THINK
 
 STUDENT_TAIL = EMPTY_THINK + "<answer>"

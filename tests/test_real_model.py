@@ -58,7 +58,7 @@ def test_tags_are_several_tokens_and_ratings_one_each(tokenizer):
 def test_the_aligned_position_is_the_last_token_of_answer_in_both_contexts(tokenizer, verl_dir):
     """A reasoning ending in " </think>" tokenizes as " </" here (the student has "</"): the tails
     differ before `<answer>`, the `<answer>` tokens and so the aligned token do not."""
-    from siren.ao_data import student_text
+    from siren.answer_only_data import student_text
     from siren.prompts import answer_tag_ids
     from siren.teacher_contexts import align_contexts, teacher_text
 
@@ -109,7 +109,7 @@ def test_lora_targets_and_dtype_on_llama(real_model_dir):
 def test_stages_2_to_6_run_on_the_real_model(real_model_dir, small_movies_root, tmp_path):
     """Stage 2 with this tokenizer, 4a (real generation), 4b on a 4a-format file whose reasoning and
     answers are fixed (the untouched model writes no `<think>`), 4c, stage 5 (2 steps) and 6."""
-    from siren.gpu_check import write_synthetic_cot
+    from siren.tools.gpu_check import write_synthetic_cot
 
     model = str(real_model_dir)
     verl = tmp_path / "verl"

@@ -1,4 +1,4 @@
-"""scripts/make_tables.py and siren.tables on a synthetic run directory with literal metrics files."""
+"""scripts/make_tables.py and siren.tools.tables on a synthetic run directory with literal metrics files."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from conftest import run_script
 
 from siren.metrics import rating_metrics
-from siren.table_inputs import LLM_ROWS, RunInputs
-from siren.tables import VARIANT_LABELS, VARIANTS, build_tables
+from siren.tools.table_inputs import LLM_ROWS, RunInputs
+from siren.tools.tables import VARIANT_LABELS, VARIANTS, build_tables
 
 BASELINE_LABELS = ["Constant 5.0", "Global mean", "User + item bias", "MF with biases", "PMF"]
 EXPECTED_ROWS = BASELINE_LABELS + [label for label, _key, _pred in LLM_ROWS]

@@ -101,7 +101,7 @@ def test_tiny_model_generates_and_returns_every_layer(tiny_model_dir, tokenizer)
 
 @pytest.mark.slow
 def test_build_is_deterministic(tmp_path, tiny_model_dir):
-    from siren.tiny_model import build_tiny_qwen3
+    from siren.tools.tiny_model import build_tiny_qwen3
 
     again = build_tiny_qwen3(tmp_path / "again")
     for name in ("model.safetensors", "tokenizer.json", "config.json"):

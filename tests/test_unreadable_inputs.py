@@ -1,6 +1,6 @@
 """Issue 20: damaged inputs that were tracebacks are one-line errors, in every stage that reads
 them: a 4c folder with an .arrow file cut short or a split without rows (stages 5 and 6, through
-siren.ao_data), a parquet row whose fields have the wrong type (4a, 4c, 6, through
+siren.answer_only_data), a parquet row whose fields have the wrong type (4a, 4c, 6, through
 siren.verl_data.load_split_rows), a model.safetensors cut short (4a, 6, through
 siren.modeling.check_weight_files)."""
 
@@ -91,7 +91,7 @@ def _damaged(ao_folder: Path, tmp_path: Path, damage: str, split: str) -> Path:
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_a_damaged_4c_split_is_named_with_what_is_wrong(ao_folder, tmp_path, damage):
-    from siren.ao_data import load_ao_dataset
+    from siren.answer_only_data import load_ao_dataset
 
     folder = _damaged(ao_folder, tmp_path, damage, "test")
     with pytest.raises(SirenError) as err:
@@ -124,7 +124,7 @@ def test_stage5_names_a_damaged_4c_split_in_one_line(ao_folder, tiny_model_dir, 
 
 
 def test_a_damaged_split_the_stage_does_not_read_does_not_stop_it(ao_folder, tiny_model_dir, tmp_path):
-    from siren.ao_data import load_ao_dataset, load_ao_rows
+    from siren.answer_only_data import load_ao_dataset, load_ao_rows
     from siren.tokenization import load_tokenizer
 
     folder = _damaged(ao_folder, tmp_path, "arrow cut short", "train")

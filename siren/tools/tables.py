@@ -1,5 +1,5 @@
 """Paper-style tables of one run: accuracy, token efficiency and latency (plus timings and learning
-curves), as markdown and CSV; siren.table_inputs reads the run's files, siren.table_figure draws
+curves), as markdown and CSV; siren.tools.table_inputs reads the run's files, siren.tools.table_figure draws
 the figure.
 
 `metrics` dicts come from siren.metrics.rating_metrics; `latency` dicts come from
@@ -9,7 +9,7 @@ siren.metrics.latency_summary: "ms_per_sample", "samples_per_s", "generated_toke
 answer-only row with a CoT row only when both were measured the same way (same batch size,
 device and dtype); otherwise it stays empty and a note says why.
 
-To add a row: an accuracy row is one entry of siren.table_inputs.LLM_ROWS (input, key under
+To add a row: an accuracy row is one entry of siren.tools.table_inputs.LLM_ROWS (input, key under
 "predictions"), a latency row one entry of LATENCY_ROWS.
 """
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siren import SirenError
-from siren.baselines import METHOD_LABELS, METHODS
-from siren.table_inputs import LLM_ROWS, RunInputs, load_inputs
+from siren.tools.baselines import METHOD_LABELS, METHODS
+from siren.tools.table_inputs import LLM_ROWS, RunInputs, load_inputs
 from siren.verl_build import PROMPT_VARIANTS, RAW_VARIANT
 
 NOT_RUN = "not run"
@@ -391,7 +391,7 @@ def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
 
 
 def write_tables(folder: str | os.PathLike, tables: Tables, run_dir: str | os.PathLike, figure_name: str | None) -> str:
-    """Write tables.md (linking `figure_name`, drawn by siren.table_figure, where given) and the CSVs
+    """Write tables.md (linking `figure_name`, drawn by siren.tools.table_figure, where given) and the CSVs
     into `folder`; returns the markdown."""
     from siren.io import atomic_write_text
 

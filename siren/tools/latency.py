@@ -1,7 +1,7 @@
 """Latency of answer-only (AO) against chain-of-thought (CoT) decoding on the same model and prompts.
 
 AO is what stage 6 does: one forward pass over prompt + empty think + `<answer>`, then the most
-likely of the rating tokens (one generated token), through one of `siren.engines` (eager,
+likely of the rating tokens (one generated token), through one of `siren.answer_only_engines` (eager,
 compiled, vllm) at a given batch size. CoT is greedy generation from the chat prompt, one sample at
 a time (the paper's per-sample figure), with Hugging Face's dynamic KV cache or its static cache
 (whose decode step transformers compiles on a GPU), optionally forced to a fixed length so the
@@ -73,7 +73,7 @@ class Timing:
     seconds: list[float]
     generated_tokens: list[int]
     decoding: str = "ao"          # "ao" or "cot"
-    engine: str = "eager"         # AO: siren.engines name; CoT: "hf-dynamic-cache" / "hf-static-cache"
+    engine: str = "eager"         # AO: siren.answer_only_engines name; CoT: "hf-dynamic-cache" / "hf-static-cache"
     batch_size: int = 1
     warmup_seconds: float = 0.0
     fallback_rows: int = 0        # compiled AO: rows longer than the largest bucket (run eagerly)

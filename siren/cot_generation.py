@@ -2,7 +2,7 @@
 
 Two backends: Hugging Face `generate` (any device, used by the tests) and vLLM's offline
 `LLM.generate` (GPU; imported only when asked for; the engine is built by
-`siren.engines.make_vllm_engine`, which the vllm answer-only engine shares). `load_generator` picks
+`siren.answer_only_engines.make_vllm_engine`, which the vllm answer-only engine shares). `load_generator` picks
 one for --backend. Both take a batch of prompt texts and return (response text, generated tokens)
 per prompt.
 
@@ -119,7 +119,7 @@ class VLLMGenerator:
 
     def __init__(self, model_path: str | os.PathLike, dtype: str, settings: SamplingSettings,
                  num_processes: int, seed: int) -> None:
-        from siren.engines import make_vllm_engine
+        from siren.answer_only_engines import make_vllm_engine
 
         self.llm = make_vllm_engine(model_path, dtype, num_processes, seed)
         self.dtype_name = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")

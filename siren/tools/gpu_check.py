@@ -1,11 +1,11 @@
 r"""Helpers of `scripts/gpu_check.sh`: run and measure one step, write the inputs a random model
 cannot produce, and print the summary.
 
-    python -m siren.gpu_check run --summary OUT/summary.json --name 4a --rows 64 --log OUT/logs/4a.log -- CMD ...
-    python -m siren.gpu_check skip --summary OUT/summary.json --name verl --reason "verl is not installed"
-    python -m siren.gpu_check random-model --shape qwen3-4b --tokenizer ckpt/tiny-qwen3 --output_dir ckpt/random-qwen3-4b
-    python -m siren.gpu_check synthetic-cot --model M --data_path VERL --split train --limit 1000 --output_dir DIR
-    python -m siren.gpu_check table --summary OUT/summary.json
+    python -m siren.tools.gpu_check run --summary OUT/summary.json --name 4a --rows 64 --log OUT/logs/4a.log -- CMD ...
+    python -m siren.tools.gpu_check skip --summary OUT/summary.json --name verl --reason "verl is not installed"
+    python -m siren.tools.gpu_check random-model --shape qwen3-4b --tokenizer ckpt/tiny-qwen3 --output_dir ckpt/random-qwen3-4b
+    python -m siren.tools.gpu_check synthetic-cot --model M --data_path VERL --split train --limit 1000 --output_dir DIR
+    python -m siren.tools.gpu_check table --summary OUT/summary.json
 
 `run` starts the command, samples the GPU's used memory with nvidia-smi every 0.2 s while it runs,
 and appends one entry to the summary: wall seconds, peak GPU memory above what was in use when the
@@ -150,13 +150,13 @@ def run_step(name: str, command: list[str], summary: Path, log: Path | None = No
 
 
 def save_random_model(shape: str, tokenizer_path: str, output_dir: Path, dtype: str = "bfloat16", seed: int = 0) -> Path:
-    """A randomly initialised model of a real shape (`siren.latency.RANDOM_INIT_SHAPES`) with the
+    """A randomly initialised model of a real shape (`siren.tools.latency.RANDOM_INIT_SHAPES`) with the
     tokenizer of `tokenizer_path`, saved once: stages and vLLM then load it like a real checkpoint."""
     import torch
 
     from siren.io import atomic_path
-    from siren.latency import build_random_model
     from siren.tokenization import load_tokenizer
+    from siren.tools.latency import build_random_model
 
     if (output_dir / "config.json").is_file():
         print(f"{output_dir} already holds a model; kept")
@@ -191,7 +191,7 @@ def write_synthetic_cot(model: str, data_path: str, split: str, limit: int | Non
         atomic_write_jsonl(staged.path(RESULTS_NAME), results)
         save_mask(staged.path(MASK_NAME), [r["correct"] for r in results])
         atomic_write_json(staged.path("metrics.json"), {"synthetic": True, "rows": len(results)})
-        write_manifest(staged.dir, script="siren.gpu_check synthetic-cot", args={"data_path": data_path, "split": split,
+        write_manifest(staged.dir, script="siren.tools.gpu_check synthetic-cot", args={"data_path": data_path, "split": split,
                        "limit": limit}, inputs=[parquet_path(data_path, split)], outputs=names[:3],
                        counts={"rows": len(results), "correct": sum(r["correct"] for r in results)},
                        extra={"synthetic": "fixed reasoning + the row's own label, not model output",

@@ -117,7 +117,7 @@ class RunInputs:
         return dict(vars(self))
 
 
-def read_json(path: Path) -> dict | None:
+def read_json_object_if_present(path: Path) -> dict | None:
     """A JSON object from `path`; None when the file does not exist; SirenError when it is broken."""
     if not path.is_file():
         return None
@@ -191,7 +191,7 @@ def load_inputs(inputs: RunInputs) -> dict[str, dict | list | None]:
             continue
         if spec.kind != "json":
             continue
-        data = read_json(path)
+        data = read_json_object_if_present(path)
         loaded[spec.key] = None if data is None else check_input(spec.key, path, data)
         if data is not None and spec.key in PREDICTION_INPUTS:
             check_prediction_manifest(spec.key, path)

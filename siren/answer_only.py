@@ -8,7 +8,7 @@ Two decodings of that one next-token distribution:
 Both also give the expected rating sum_r p(r) * r, with p the next-token distribution renormalised
 over the five rating tokens.
 
-The forward pass is one of `siren.engines` (eager, compiled, vllm). `ao_batches` sorts the rows
+The forward pass is one of `siren.answer_only_engines` (eager, compiled, vllm). `ao_batches` sorts the rows
 by prompt length and forms the batches once for every process count; `predict` runs an engine over
 a process's batches after its warm-up (compilation, first batch) and times it; `gather_predictions`
 brings the processes' rows back in dataset order; `ao_metrics` scores them.
@@ -120,7 +120,7 @@ def check_prompt_tokenizer(data_path: str | os.PathLike, model_path: str | os.Pa
     """A stage-4c DatasetDict holds prompts rendered by a tokenizer: refuse one built with another
     tokenizer than `model_path`'s (4c's manifest). A parquet folder's prompts are rendered here, by
     `model_path`'s own tokenizer. Returns a note when 4c's manifest cannot say."""
-    from siren.ao_data import is_ao_dataset
+    from siren.answer_only_data import is_ao_dataset
     from siren.modeling import check_upstream_model, model_record
 
     if not is_ao_dataset(data_path):
@@ -175,7 +175,7 @@ def ao_batches(tokenizer, rows: Sequence[dict], batch_size: int, rank: int, worl
 
 def predict(engine, tokenizer, rows: Sequence[dict], batches: Sequence[Sequence[int]], *, decode: str, device,
             show_progress: bool = True) -> tuple[list[dict], float, float]:
-    """Score `rows[p]` batch by batch with an AO engine (`siren.engines`).
+    """Score `rows[p]` batch by batch with an AO engine (`siren.answer_only_engines`).
 
     Warm-up first, untimed: the engine's `prepare` (the compiled engine compiles every shape these
     rows need) and one batch (kernel selection, allocator). Returns (one result per row with its

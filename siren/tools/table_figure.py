@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from siren.tables import VARIANT_LABELS, VARIANTS, Tables
+from siren.tools.tables import VARIANT_LABELS, VARIANTS, Tables
 
 
 def draw_figure(path: Path, tables: Tables, token_counts: dict[str, list[int]] | None) -> None:
