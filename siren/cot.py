@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     import torch
 
 SCRIPT_NAME = "inference_train_ddp.py"
+# The stage-4a folder siren.gpu_check writes without a GRPO model (fixed reasoning, right answers).
+SYNTHETIC_WRITER = "siren.gpu_check synthetic-cot"
+STAGE_4A_WRITERS = (SCRIPT_NAME, SYNTHETIC_WRITER)
 RESULTS_NAME, MASK_NAME, METRICS_NAME = "results.jsonl", "mask.pt", "metrics.json"
 PARTIAL_DIR_NAME = "partial"
 SETTINGS_NAME = "settings.json"
