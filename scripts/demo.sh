@@ -207,4 +207,4 @@ atomic_write_json(path, {
 EOF
 "$PY" scripts/make_tables.py --run_dir "$RUN"
 echo
-echo "demo ($PROFILE) finished in $((SECONDS - START))s: tables in $RUN/tables.md (+ CSVs), figure $RUN/tables.png"
+echo "demo ($PROFILE) finished in $((SECONDS - START))s: tables in $RUN/tables/tables.md (+ CSVs), figure $RUN/tables/tables.png"
