@@ -77,7 +77,7 @@ def test_reduced_demo_end_to_end(tiny_model_dir, synthetic_root, tmp_path):
     assert "## 3. Latency" in tables and "Benchmark: answer-only, same prompts" in tables
 
     # Latency rows say how they were measured; a speedup only where CoT was measured the same way.
-    with open(run / "latency.csv", newline="") as handle:
+    with open(run / "tables" / "latency.csv", newline="") as handle:
         latency = list(csv.DictReader(handle))
     stages = {row["decoding"]: row for row in latency if not row["decoding"].startswith("Benchmark")}
     cot, before = stages["CoT decoding (stage 4a, test)"], stages["Answer-only before alignment (stage 6)"]
