@@ -51,7 +51,7 @@ def validate(args: argparse.Namespace) -> dict:
     thinking_path = cot_results.thinking_file(args.thinking_path)
     data_file = parquet_path(args.data_path, args.split)
     check_input_manifest(args.data_path, made_by="preprocess_grpo.py", flag="--data_path")
-    stage4a = check_input_manifest(thinking_path, made_by=cot_results.SCRIPT_NAME, flag="--thinking_path",
+    stage4a = check_input_manifest(thinking_path, made_by=cot_results.STAGE_4A_WRITERS, flag="--thinking_path",
                                    expect={"split": (args.split, "--split"), "limit": (args.limit, "--limit")})
     recorded = (stage4a or {}).get("data_sha256")
     if data_file.is_file() and recorded and recorded != cot_results.file_sha256(data_file):

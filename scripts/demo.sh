@@ -37,16 +37,16 @@ case "$PROFILE" in
         D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=200; D_DTYPE=float32
         # The random model learns only the one-line recipe, and only at a high learning rate.
         D_WARM_RECIPE=mean; D_WARM_LR=1e-2; D_WARM_STEPS=60; D_WARM_ROWS=64; D_WARM_BATCH=8; D_WARM_MIN_FORMAT=0.9
-        D_GRPO_STEPS=2; D_GRPO_PROMPTS=2; D_ROLLOUT_N=2; D_GRPO_LR=1e-6; D_GRPO_KL=0.001; D_GRPO_EVAL_ROWS=4
-        D_MAX_NEW_TOKENS=40; D_COT_BATCH=16; D_ALIGN_STEPS=20; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8
+        D_GRPO_STEPS=2; D_GRPO_PROMPTS=2; D_ROLLOUT_N=2; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0.001; D_GRPO_EVAL_ROWS=4
+        D_MAX_NEW_TOKENS=40; D_COT_BATCH=16; D_ALIGN_STEPS=20; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=false
         D_BENCH_SAMPLES=4; D_BENCH_COT_TOKENS=64
         ;;
     real)
         D_MODEL=ckpt/smollm2-135m-instruct; D_RUN=results/demo-real
         D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=400; D_DTYPE=bfloat16
         D_WARM_RECIPE=prompt; D_WARM_LR=2e-4; D_WARM_STEPS=24; D_WARM_ROWS=96; D_WARM_BATCH=4; D_WARM_MIN_FORMAT=0.9
-        D_GRPO_STEPS=3; D_GRPO_PROMPTS=4; D_ROLLOUT_N=4; D_GRPO_LR=1e-6; D_GRPO_KL=0; D_GRPO_EVAL_ROWS=8
-        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=40; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8
+        D_GRPO_STEPS=3; D_GRPO_PROMPTS=4; D_ROLLOUT_N=4; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0; D_GRPO_EVAL_ROWS=8
+        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=40; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true
         D_BENCH_SAMPLES=8; D_BENCH_COT_TOKENS=64
         ;;
     *) die "PROFILE must be tiny or real, got '$PROFILE'" ;;
@@ -66,6 +66,7 @@ WARM_MIN_FORMAT=${WARM_MIN_FORMAT:-$D_WARM_MIN_FORMAT}
 GRPO_STEPS=${GRPO_STEPS:-$D_GRPO_STEPS}
 GRPO_PROMPTS=${GRPO_PROMPTS:-$D_GRPO_PROMPTS}   # prompts per GRPO step
 ROLLOUT_N=${ROLLOUT_N:-$D_ROLLOUT_N}            # responses per prompt
+GRPO_MICRO=${GRPO_MICRO:-$D_GRPO_MICRO}         # sequences per forward/backward (16 at once took 19 GB on the real model)
 GRPO_LR=${GRPO_LR:-$D_GRPO_LR}
 GRPO_KL=${GRPO_KL:-$D_GRPO_KL}                  # KL coefficient (TRL's beta); 0 needs no reference model
 GRPO_EVAL_ROWS=${GRPO_EVAL_ROWS:-$D_GRPO_EVAL_ROWS}  # held-out (valid) rows of GRPO's learning curve, every step
@@ -75,6 +76,7 @@ ALIGN_STEPS=${ALIGN_STEPS:-$D_ALIGN_STEPS}
 ALIGN_LR=${ALIGN_LR:-$D_ALIGN_LR}
 ALIGN_BATCH=${ALIGN_BATCH:-$D_ALIGN_BATCH}
 LORA_R=${LORA_R:-$D_LORA_R}
+ALIGN_BF16=${ALIGN_BF16:-$D_ALIGN_BF16}         # stage 5 in bf16 (1.6x faster on a CPU with avx512_bf16)
 BENCH_SAMPLES=${BENCH_SAMPLES:-$D_BENCH_SAMPLES}
 BENCH_COT_TOKENS=${BENCH_COT_TOKENS:-$D_BENCH_COT_TOKENS}   # the paper's CoT averages 238 tokens
 
@@ -141,7 +143,7 @@ step "stage 6 on the warm start"
 step "stage 3: GRPO, TRL backend, $GRPO_STEPS steps of $GRPO_PROMPTS prompts x $ROLLOUT_N responses"
 BACKEND=trl PYTHON="$PY" MODEL_PATH="$WARM" CATEGORY="$CATEGORY" DATA_DIR="$VERL" \
     CKPT_DIR="$RUN/ckpt" TRAINER_DIR="$RUN/ckpt/trl" MAX_STEPS="$GRPO_STEPS" ROLLOUT_N="$ROLLOUT_N" \
-    BATCH_SIZE="$GRPO_PROMPTS" MICRO_BATCH_SIZE="$(( GRPO_PROMPTS * ROLLOUT_N ))" LR="$GRPO_LR" KL_COEF="$GRPO_KL" \
+    BATCH_SIZE="$GRPO_PROMPTS" MICRO_BATCH_SIZE="$GRPO_MICRO" LR="$GRPO_LR" KL_COEF="$GRPO_KL" \
     MAX_RESPONSE_LENGTH="$MAX_NEW_TOKENS" \
     TEST_FREQ=1 SAVE_FREQ=0 bash main_grpo_amazon.sh --eval_limit "$GRPO_EVAL_ROWS" \
     --num_generations_eval 1 --gradient_checkpointing false
@@ -165,7 +167,7 @@ ALIGN=(--model "$GRPO" --data_path "$AO_DATA" --teacher_hidden_path "$RUN/hidden
        --teacher_mask_path "$RUN/cot_train/mask.pt" --training_ratio 1.0 --max_steps "$ALIGN_STEPS"
        --learning_rate "$ALIGN_LR" --per_device_train_batch_size "$ALIGN_BATCH" --lora_r "$LORA_R"
        --warmup_steps "$(( ALIGN_STEPS / 10 ))" --eval_steps "$(( ALIGN_STEPS / 4 > 0 ? ALIGN_STEPS / 4 : 1 ))"
-       --save_steps "$ALIGN_STEPS" --eval_limit 32 --logging_steps 1)
+       --save_steps "$ALIGN_STEPS" --eval_limit 32 --logging_steps 1 --bf16 "$ALIGN_BF16")
 step "stage 5: hidden-state alignment (LoRA on K/V, cosine, kd_ratio 1.0: SIREN's HA)"
 "$PY" train_hidden_mask.py "${ALIGN[@]}" --kd_ratio 1.0 --output_dir "$RUN/ckpt/AO_${CATEGORY}_HA"
 cp "$RUN/ckpt/AO_${CATEGORY}_HA/train_log.jsonl" "$RUN/alignment_train_log.jsonl"
@@ -205,4 +207,4 @@ atomic_write_json(path, {
 EOF
 "$PY" scripts/make_tables.py --run_dir "$RUN"
 echo
-echo "demo ($PROFILE) finished in $((SECONDS - START))s: tables in $RUN/tables.md (+ CSVs), figure $RUN/tables.png"
+echo "demo ($PROFILE) finished in $((SECONDS - START))s: tables in $RUN/tables/tables.md (+ CSVs), figure $RUN/tables/tables.png"

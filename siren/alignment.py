@@ -79,6 +79,7 @@ def validate(stage: AlignmentArguments, config):
     (`siren.alignment_checkpoints`), inputs whose manifests say they are another stage's or another
     split's than train, and a --model without a config or weights. The settings' own ranges were
     checked when they were parsed."""
+    from siren.cot_results import STAGE_4A_WRITERS
     from siren.manifest import check_input_manifest
     from siren.modeling import model_record
     from siren.outputs import StageOutputs
@@ -91,7 +92,7 @@ def validate(stage: AlignmentArguments, config):
     trains_on = "stage 5 trains on the train split"
     check_input_manifest(stage.teacher_hidden_path, made_by="extract_last_hidden_ddp.py", flag="--teacher_hidden_path",
                          expect={"split": ("train", trains_on)})
-    check_input_manifest(stage.teacher_mask_path, made_by="inference_train_ddp.py", flag="--teacher_mask_path",
+    check_input_manifest(stage.teacher_mask_path, made_by=STAGE_4A_WRITERS, flag="--teacher_mask_path",
                          expect={"split": ("train", trains_on)})
     if not (Path(stage.model) / "config.json").is_file():
         raise SirenError(f"--model {stage.model} holds no model (no config.json)")

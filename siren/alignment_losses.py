@@ -102,5 +102,7 @@ def completion_lm_loss(final_hidden: torch.Tensor, labels: torch.Tensor, lm_head
     """
     next_labels = labels[:, 1:]
     keep = next_labels != IGNORE_INDEX
-    logits = lm_head(final_hidden[:, :-1][keep])
+    # Under mixed precision the final norm can hand back float32 while the head is bf16.
+    head_dtype = next(lm_head.parameters()).dtype
+    logits = lm_head(final_hidden[:, :-1][keep].to(head_dtype))
     return F.cross_entropy(logits.float(), next_labels[keep])

@@ -110,7 +110,7 @@ class HiddenAlignmentTrainer(Trainer):
                 self._metrics[mode][f"cos_layer_{layer}"].append(value)
         else:
             loss = lm
-            answer_logits = lm_head(outputs.hidden_states[-1][rows, positions])
+            answer_logits = lm_head(outputs.hidden_states[-1][rows, positions].to(next(lm_head.parameters()).dtype))
             probs = rating_probabilities(answer_logits, self.rating_token_ids)
             predicted = constrained_ratings(probs, sorted(self.rating_token_ids))
             self._eval_predictions.append(self.accelerator.gather_for_metrics(predicted.detach()).cpu())

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     import torch
 
 SCRIPT_NAME = "inference_train_ddp.py"
+# The stage-4a folder siren.tools.gpu_check writes without a GRPO model (fixed reasoning, right answers).
+SYNTHETIC_WRITER = "siren.tools.gpu_check synthetic-cot"
+STAGE_4A_WRITERS = (SCRIPT_NAME, SYNTHETIC_WRITER)
 RESULTS_NAME, MASK_NAME, METRICS_NAME = "results.jsonl", "mask.pt", "metrics.json"
 # Fields of results.jsonl, in order (data/README.md, stage 4a). Part rows carry extra private
 # fields starting with "_" (timing) that the merge drops.

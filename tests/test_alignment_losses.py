@@ -108,6 +108,11 @@ def test_completion_lm_loss_is_the_cross_entropy_of_the_completion_tokens_only()
     logits = torch.cat([head(hidden[0, 2:4]), head(hidden[1, 1:5])])
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([2, 9, 1, 0, 5, 7]))
     assert torch.allclose(completion_lm_loss(hidden, labels, head), expected)
+    # Mixed precision on a CPU: float32 final states meet a bf16 head (stage 5 with --bf16 true).
+    half_head = torch.nn.Linear(4, 11, bias=False).to(torch.bfloat16)
+    half_head.weight.data.copy_(head.weight.data)
+    in_bf16 = completion_lm_loss(hidden, labels, half_head)
+    assert in_bf16.dtype == torch.float32 and torch.allclose(in_bf16, expected, atol=0.05)
 
 
 def test_per_layer_cosine_is_the_batch_mean_per_layer():

@@ -44,13 +44,13 @@ def test_reduced_demo_end_to_end(tiny_model_dir, synthetic_root, tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[16/16]" in proc.stdout and "tables.md" in proc.stdout
     for name in ("tables.md", "accuracy.csv", "token_efficiency.csv", "latency.csv", "tables.png", "timings.csv"):
-        assert (run / name).is_file(), name
+        assert (run / "tables" / name).is_file(), name
 
     timings = json.loads((run / "timings.json").read_text())
     assert len(timings["steps"]) == 16 and all(step["seconds"] >= 0 for step in timings["steps"])
-    assert "## 4. Wall time per step" in (run / "tables.md").read_text()
+    assert "## 4. Wall time per step" in (run / "tables" / "tables.md").read_text()
 
-    accuracy = read_csv(run / "accuracy.csv")
+    accuracy = read_csv(run / "tables" / "accuracy.csv")
     assert list(accuracy) == ACCURACY_ROWS
     for method, row in accuracy.items():
         assert row["n_invalid"] != "", f"{method} has no invalid count"
@@ -67,17 +67,17 @@ def test_reduced_demo_end_to_end(tiny_model_dir, synthetic_root, tmp_path):
 
     # The token-efficiency table's numbers are prompt_stats.json's.
     stats = json.loads((run / "prompt_stats.json").read_text())["splits"]["test"]
-    tokens = read_csv(run / "token_efficiency.csv")
+    tokens = read_csv(run / "tables" / "token_efficiency.csv")
     assert set(tokens) == set(VARIANTS)
     for label, variant in VARIANTS.items():
         for key in ("n", "mean", "p50", "p95", "max"):
             assert float(tokens[label][key]) == pytest.approx(stats[variant][key]), (label, key)
 
-    tables = (run / "tables.md").read_text()
+    tables = (run / "tables" / "tables.md").read_text()
     assert "## 3. Latency" in tables and "Benchmark: answer-only, same prompts" in tables
 
     # Latency rows say how they were measured; a speedup only where CoT was measured the same way.
-    with open(run / "latency.csv", newline="") as handle:
+    with open(run / "tables" / "latency.csv", newline="") as handle:
         latency = list(csv.DictReader(handle))
     stages = {row["decoding"]: row for row in latency if not row["decoding"].startswith("Benchmark")}
     cot, before = stages["CoT decoding (stage 4a, test)"], stages["Answer-only before alignment (stage 6)"]

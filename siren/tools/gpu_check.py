@@ -179,7 +179,7 @@ def write_synthetic_cot(model: str, data_path: str, split: str, limit: int | Non
     """A stage-4a folder (results.jsonl, mask.pt, metrics.json, manifest.json) whose responses are a
     fixed reasoning and the row's own label: what stage 4b needs as input, which a random model
     cannot write. Every row is well formed and correct. Its manifest says it is synthetic."""
-    from siren.cot_results import MASK_NAME, RESULTS_NAME, result_row, save_mask
+    from siren.cot_results import MASK_NAME, RESULTS_NAME, SYNTHETIC_WRITER, result_row, save_mask
     from siren.io import atomic_outputs, atomic_write_json, atomic_write_jsonl, write_manifest
     from siren.modeling import model_record
     from siren.verl_data import load_split_rows, parquet_path
@@ -191,7 +191,7 @@ def write_synthetic_cot(model: str, data_path: str, split: str, limit: int | Non
         atomic_write_jsonl(staged.path(RESULTS_NAME), results)
         save_mask(staged.path(MASK_NAME), [r["correct"] for r in results])
         atomic_write_json(staged.path("metrics.json"), {"synthetic": True, "rows": len(results)})
-        write_manifest(staged.dir, script="siren.tools.gpu_check synthetic-cot", args={"data_path": data_path, "split": split,
+        write_manifest(staged.dir, script=SYNTHETIC_WRITER, args={"data_path": data_path, "split": split,
                        "limit": limit}, inputs=[parquet_path(data_path, split)], outputs=names[:3],
                        counts={"rows": len(results), "correct": sum(r["correct"] for r in results)},
                        extra={"synthetic": "fixed reasoning + the row's own label, not model output",
