@@ -1,19 +1,24 @@
 """Shared fixtures: the tiny Qwen3 (built once per test run) and the data the tests run on.
 
 Data: every test that does not check a property of the real Movies files runs on the synthetic
-dataset of tests/synthetic_data.py (`synthetic_root`, and `small_movies_root` / `verl_dir` built
-from it), so a clone without the real data runs them all. The tests that need the real files ask
-for `movies_dir`, are marked `real_data`, and are skipped when the data is not found where the
-scripts look for it (siren.data.data_search_roots(): $SIREN_DATA_DIR, ./data, the repo's data/,
-../shared/data). SIREN_TEST_NO_REAL_DATA=1 skips them even where the data is present.
+dataset of tests/synthetic_data.py (`synthetic_root`, and `verl_dir` built from it), so a clone
+without the real data runs them all. The tests that need the real files ask for `movies_dir`, are
+marked `real_data`, and are skipped when the data is not found where the scripts look for it
+(siren.data.data_search_roots(): $SIREN_DATA_DIR, ./data, the repo's data/, ../shared/data).
+SIREN_TEST_NO_REAL_DATA=1 skips them even where the data is present.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
+import re
+import runpy
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -124,19 +129,13 @@ def movies_dir() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A data root holding `Movies/` with the synthetic dataset (tests/synthetic_data.py: 40 users,
-    ~220 items, the four input files of data/README.md). Pass it as --data_root."""
+    ~220 items, the four input files of data/README.md). Pass it as --data_root; the category is
+    `Movies` (so prompts say "movie" as on the real data) and its folder `<root>/Movies`."""
     from synthetic_data import write_synthetic_category
 
     root = tmp_path_factory.mktemp("synthetic-data")
     write_synthetic_category(root / "Movies")
     return root
-
-
-@pytest.fixture(scope="session")
-def small_movies_root(synthetic_root) -> Path:
-    """The data root the stage tests run on: `synthetic_root` (category `Movies`, so prompts say
-    "movie" as on the real data). Pass it as --data_root; the category directory is `<root>/Movies`."""
-    return synthetic_root
 
 
 def free_port() -> int:
@@ -172,7 +171,10 @@ def load_script(path: str):
 
 
 def run_script(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a repo script (path relative to the repo root) with this interpreter."""
+    """Run a repo script (path relative to the repo root) with this interpreter, in a new process.
+
+    For what needs one: a launcher, several processes, a signal, a lock held by another process, a
+    fresh interpreter. Otherwise `run_in_process` runs the same command without the start-up."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(
         [sys.executable, *args], cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=900
@@ -182,8 +184,66 @@ def run_script(*args: str, cwd: Path | None = None, env: dict | None = None, che
     return proc
 
 
+def run_in_process(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """`run_script(*args)` in this process: the script (or `-m module`) runs as `__main__` with sys.argv,
+    the working directory and the environment it would have, and its exit status, stdout and stderr
+    come back as run_script returns them. The stage scripts end with `sys.exit(run_main(main))`, so
+    the status and the one-line error are the command line's."""
+    if args[0] == "-m":
+        module, argv = args[1], list(args[2:])
+        target, start = lambda: runpy.run_module(module, run_name="__main__", alter_sys=True), module
+    else:
+        path = REPO / args[0]
+        argv = list(args[1:])
+        target, start = lambda: runpy.run_path(str(path), run_name="__main__"), str(path)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_argv, saved_path, saved_cwd, saved_env = sys.argv[:], sys.path[:], Path.cwd(), dict(os.environ)
+    sys.argv = [start, *argv]
+    if args[0] != "-m":
+        sys.path.insert(0, str(path.parent))  # as `python path/script.py` puts the script's folder first
+    os.environ.update(env or {})
+    os.chdir(cwd or REPO)
+    returncode = 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            # `-m siren.data` runs a module this process imported already: runpy warns, the run is the same
+            warnings.filterwarnings("ignore", message=".* found in sys.modules after import of package", category=RuntimeWarning)
+            try:
+                target()
+            except SystemExit as exit_:
+                code = exit_.code
+                returncode = code if isinstance(code, int) else (0 if code is None else 1)
+                if code is not None and not isinstance(code, int):
+                    print(code, file=sys.stderr)
+    finally:
+        sys.argv[:], sys.path[:] = saved_argv, saved_path
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    proc = subprocess.CompletedProcess(list(args), returncode, stdout.getvalue(), stderr.getvalue())
+    if check and returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_refused(run: subprocess.CompletedProcess, expected: str | re.Pattern = "", status: int = 2,
+                   only_line: bool = False) -> str:
+    """A refused run (run_script / run_in_process with check=False): exit `status`, no traceback, and
+    stderr ends with one `error: ...` line holding `expected` (text, or a compiled regular expression
+    it finds); with `only_line` that line is all of stderr. Returns the message without `error: `."""
+    err = run.stderr
+    assert run.returncode == status, f"exit {run.returncode}, not {status}:\n{run.stdout[-2000:]}\n{err[-4000:]}"
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err[-4000:]
+    found = expected.search(lines[-1]) if isinstance(expected, re.Pattern) else expected in lines[-1]
+    assert found, f"{expected!r} not in: {lines[-1]}"
+    if only_line:
+        assert err.count("\n") == 1, err
+    return lines[-1].removeprefix("error: ")
+
+
 @pytest.fixture(scope="session")
-def verl_dir(small_movies_root, tmp_path_factory) -> Path:
+def verl_dir(synthetic_root, tmp_path_factory) -> Path:
     """A verl parquet directory (train/val/test, no sketch, N=10) built from the synthetic data.
 
     Built with siren.verl_data directly so stage 4-6 tests do not depend on the stage 2 script.
@@ -196,7 +256,34 @@ def verl_dir(small_movies_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("verl") / "max@10-long@False"
     out.mkdir(parents=True)
     for split, stem in PARQUET_SPLITS.items():
-        records = load_split(small_movies_root / "Movies" / f"{split}.jsonl.gz")
+        records = load_split(synthetic_root / "Movies" / f"{split}.jsonl.gz")
         rows = [make_row(r, category="Movies", split=stem, index=i) for i, r in enumerate(records)]
         pd.DataFrame(rows).to_parquet(out / f"{stem}.parquet", index=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def stage5_inputs(verl_dir, tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    """Stage 5's inputs as stages 4a/4b/4c write them (tests/stage_inputs.py), built once: 12 train rows
+    (every second one masked in), 4 valid, 6 test. Read-only: a test that damages one copies it first."""
+    from stage_inputs import build_stage5_inputs
+
+    return build_stage5_inputs(verl_dir, tiny_model_dir, tmp_path_factory.mktemp("stage5"), n_train=12, mask_every=2,
+                               n_valid=4, n_test=6)
+
+
+def model_of_the_4b_shape(tiny_model_dir: Path, out: Path, **config: object) -> Path:
+    """A model folder with Qwen3-4B's config.json (no weights; `config` added to it) and the tiny
+    model's tokenizer: what the memory estimates read, without 8 GB of weights."""
+    import json
+    import shutil
+
+    from siren.tools.latency import RANDOM_INIT_SHAPES
+
+    shutil.copytree(tiny_model_dir, out)
+    for weights in out.glob("*.safetensors"):
+        weights.unlink()
+    values = json.loads((out / "config.json").read_text())
+    values.update(RANDOM_INIT_SHAPES["qwen3-4b"], **config)
+    (out / "config.json").write_text(json.dumps(values))
     return out

@@ -1,8 +1,8 @@
 """Stage 5 and 6 inputs for tests, written the way stages 4a/4b/4c write them (data/README.md):
 the 4c answer-only DatasetDict, 4b teacher_hidden.npy + teacher_index.npy and the 4a mask.pt, from
 the `verl_dir` fixture and the tiny model, with the 4c and 4b manifest.json recording the model
-(`siren.modeling.model_record`) as those stages do. Used by test_alignment, test_train_hidden_mask
-and test_inference_ao.
+(`siren.modeling.model_record`) as those stages do. conftest's `stage5_inputs` builds them once a run
+(for test_alignment and test_train_hidden_mask); test_inference_ao and others build the 4c folder alone.
 """
 
 from __future__ import annotations

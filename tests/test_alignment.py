@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stage_inputs import build_stage5_inputs
 
 from siren import SirenError
 from siren.alignment import check_finite_weights
@@ -246,11 +245,6 @@ def _make_trainer(model_dir: Path, inputs: dict[str, Path], out: Path, teacher: 
                                task_type="CAUSAL_LM"),
         teacher=teacher, kd_ratio=1.0, loss_type="cosine", rating_token_ids=rating_token_ids(tokenizer),
     ), train
-
-
-@pytest.fixture(scope="module")
-def stage5_inputs(verl_dir, tiny_model_dir, tmp_path_factory):
-    return build_stage5_inputs(verl_dir, tiny_model_dir, tmp_path_factory.mktemp("stage5"), n_train=12)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import math
 import re
 
 import pytest
-from conftest import run_script
+from conftest import assert_refused, run_in_process
 
 from siren import SirenError
 from siren.tools.baselines import METHODS, ModelSettings, run_baselines
@@ -62,36 +62,36 @@ def test_seeded_runs_repeat_and_unknown_method_is_refused():
         run_baselines(fit, test, methods=("svd",))
 
 
-def test_script_end_to_end_on_slice(small_movies_root, tmp_path):
+def test_script_end_to_end_on_slice(synthetic_root, tmp_path):
     out_dir = tmp_path / "baselines"
-    args = ["scripts/baselines.py", "--data_root", str(small_movies_root), "--category", "Movies",
+    args = ["scripts/baselines.py", "--data_root", str(synthetic_root), "--category", "Movies",
             "--output_dir", str(out_dir), "--fit_on", "train+valid", "--limit", "25"]
-    proc = run_script(*args)
+    proc = run_in_process(*args)
     assert "User + item bias" in proc.stdout and "wrote" in proc.stdout
     report = json.loads((out_dir / "metrics.json").read_text())
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["script"] == "baselines.py" and manifest["counts"]["test_rows"] == 25
     assert report["fit_on"] == "train+valid" and report["n_eval_rows"] == 25
-    n_fit = len(_labels(small_movies_root / "Movies" / "train.jsonl.gz", limit=25)) + len(
-        _labels(small_movies_root / "Movies" / "valid.jsonl.gz", limit=25))
+    n_fit = len(_labels(synthetic_root / "Movies" / "train.jsonl.gz", limit=25)) + len(
+        _labels(synthetic_root / "Movies" / "valid.jsonl.gz", limit=25))
     assert report["n_fit_rows"] == n_fit == 50
-    mae, rmse = _constant_5(_labels(small_movies_root / "Movies" / "test.jsonl.gz", limit=25))
+    mae, rmse = _constant_5(_labels(synthetic_root / "Movies" / "test.jsonl.gz", limit=25))
     constant = report["methods"]["constant_5"]["metrics"]
     assert constant["mae"] == pytest.approx(mae) and constant["rmse"] == pytest.approx(rmse)
     assert all(entry["metrics"]["n_invalid"] == 0 for entry in report["methods"].values())
 
-    again = run_script(*args, check=False)
-    assert again.returncode == 2 and "--overwrite" in again.stderr
-    assert run_script(*args, "--overwrite", "--methods", "constant_5").returncode == 0
+    again = run_in_process(*args, check=False)
+    assert_refused(again, "--overwrite")
+    assert run_in_process(*args, "--overwrite", "--methods", "constant_5").returncode == 0
     assert list(json.loads((out_dir / "metrics.json").read_text())["methods"]) == ["constant_5"]
 
 
 def test_script_errors(tmp_path):
-    missing = run_script("scripts/baselines.py", "--data_root", str(tmp_path), "--category", "Nowhere",
+    missing = run_in_process("scripts/baselines.py", "--data_root", str(tmp_path), "--category", "Nowhere",
                          "--output_dir", str(tmp_path / "out"), check=False)
     assert missing.returncode == 2 and missing.stderr.startswith("error:") and "get_data.sh" in missing.stderr
-    bad_limit = run_script("scripts/baselines.py", "--limit", "0", "--out_dir", str(tmp_path / "out"), check=False)
-    assert bad_limit.returncode == 2 and "--limit" in bad_limit.stderr
+    bad_limit = run_in_process("scripts/baselines.py", "--limit", "0", "--out_dir", str(tmp_path / "out"), check=False)
+    assert bad_limit.returncode == 2 and "--limit" in bad_limit.stderr  # argparse usage error
     assert not (tmp_path / "out").exists()
 
 
@@ -100,7 +100,7 @@ def test_script_errors(tmp_path):
 def test_full_movies_user_item_bias_reproduces_spec(movies_dir, tmp_path):
     """The reference figure: a user+item bias model fitted on train reaches RMSE about 1.24-1.25 on Movies test."""
     out_dir = tmp_path / "full"
-    run_script("scripts/baselines.py", "--data_root", str(movies_dir.parent), "--category", movies_dir.name,
+    run_in_process("scripts/baselines.py", "--data_root", str(movies_dir.parent), "--category", movies_dir.name,
                "--out_dir", str(out_dir), "--methods", "constant_5", "user_item_bias")
     report = json.loads((out_dir / "metrics.json").read_text())
     bias = report["methods"]["user_item_bias"]
@@ -145,7 +145,7 @@ def test_script_bad_input_gives_one_line_and_no_outputs(tmp_path, test_bytes, me
     import re
 
     root = _literal_category(tmp_path / "data", test_bytes)
-    proc = run_script("scripts/baselines.py", "--data_root", str(root), "--category", "Films",
+    proc = run_in_process("scripts/baselines.py", "--data_root", str(root), "--category", "Films",
                       "--out_dir", str(tmp_path / "out" / "baselines"), "--methods", "constant_5", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
     assert re.search(message, proc.stderr), proc.stderr
@@ -155,11 +155,11 @@ def test_script_bad_input_gives_one_line_and_no_outputs(tmp_path, test_bytes, me
 def test_script_out_dir_that_is_a_file(tmp_path):
     root = _literal_category(tmp_path / "data")
     (tmp_path / "taken").write_text("x")
-    proc = run_script("scripts/baselines.py", "--data_root", str(root), "--category", "Films",
+    proc = run_in_process("scripts/baselines.py", "--data_root", str(root), "--category", "Films",
                       "--out_dir", str(tmp_path / "taken"), "--methods", "constant_5", check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert_refused(proc, only_line=True)
     assert "taken is an existing file, not a folder" in proc.stderr
-    ok = run_script("scripts/baselines.py", "--data_root", str(root), "--category", "Films",
+    ok = run_in_process("scripts/baselines.py", "--data_root", str(root), "--category", "Films",
                     "--out_dir", str(tmp_path / "out"), "--methods", "constant_5")
     assert "wrote" in ok.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "metrics.json"]
@@ -170,18 +170,18 @@ def test_repeated_rows_are_reported_with_what_the_baselines_do(tmp_path):
     row = {"user_id": "u1", "parent_asin": "a1", "timestamp": 1, "label": 4.0, "target": "T, C", "history": ""}
     with gzip.open(root / "Films" / "train.jsonl.gz", "wt", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n" + json.dumps({**row, "label": 2.0}) + "\n")
-    proc = run_script("scripts/baselines.py", "--data_root", str(root), "--data_category", "Films",
+    proc = run_in_process("scripts/baselines.py", "--data_root", str(root), "--data_category", "Films",
                       "--out_dir", str(tmp_path / "out"), "--methods", "constant_5")
     assert "train.jsonl.gz: 1 row(s) repeat an earlier (user_id, parent_asin), first ('u1', 'a1') at lines 1 and 2; " \
            "the models fit the first rating of each repeated (user, item)" in proc.stderr
     assert proc.stderr.count("warning:") == 1 and (tmp_path / "out" / "metrics.json").is_file()
 
 
-def test_the_output_folder_may_not_hold_the_split_files(small_movies_root, tmp_path):
+def test_the_output_folder_may_not_hold_the_split_files(synthetic_root, tmp_path):
     """Issue 20: no stage writes into a folder that holds its own inputs, or above them."""
-    for out in (small_movies_root / "Movies", small_movies_root):
-        proc = run_script("scripts/baselines.py", "--data_root", str(small_movies_root), "--output_dir", str(out),
+    for out in (synthetic_root / "Movies", synthetic_root):
+        proc = run_in_process("scripts/baselines.py", "--data_root", str(synthetic_root), "--output_dir", str(out),
                           "--overwrite", check=False)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert_refused(proc, only_line=True)
         assert re.search(r"\(--output_dir\) (holds|lies above) this stage's input .*\.jsonl\.gz", proc.stderr)
-    assert not (small_movies_root / "Movies" / "metrics.json").exists()
+    assert not (synthetic_root / "Movies" / "metrics.json").exists()

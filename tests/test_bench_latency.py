@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_script
+from conftest import assert_refused, run_in_process
 
 from siren.prompts import build_messages
 from siren.tools.latency import RANDOM_INIT_SHAPES, random_init_config
@@ -14,7 +14,7 @@ from siren.tools.latency import RANDOM_INIT_SHAPES, random_init_config
 @pytest.mark.slow
 def test_bench_end_to_end_on_tiny_model(tiny_model_dir, verl_dir, tmp_path):
     out_dir = tmp_path / "bench"
-    proc = run_script("scripts/bench_latency.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
+    proc = run_in_process("scripts/bench_latency.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
                       "--num_samples", "3", "--warmup", "1", "--cot_tokens", "5", "--device", "cpu",
                       "--ao_engines", "eager", "compiled", "--compile_backend", "aot_eager", "--ao_batch_sizes", "1", "2",
                       "--cot_caches", "dynamic", "static", "--pad_to_multiple_of", "32",
@@ -42,9 +42,9 @@ def test_bench_end_to_end_on_tiny_model(tiny_model_dir, verl_dir, tmp_path):
     assert str(verl_dir / "test.parquet") in report["prompts_from"]
     assert json.loads((out_dir / "manifest.json").read_text())["script"] == "bench_latency.py"
 
-    refused = run_script("scripts/bench_latency.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
+    refused = run_in_process("scripts/bench_latency.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
                          "--out_dir", str(out_dir), check=False)
-    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    assert_refused(refused, "--overwrite")
 
 
 def test_free_length_cot_stops_at_eos_and_ao_picks_a_rating(tiny_model_dir):
@@ -107,18 +107,18 @@ def test_random_init_is_refused_without_cuda(tiny_model_dir, tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    proc = run_script("scripts/bench_latency.py", "--model", str(tiny_model_dir), "--random_init", "qwen3-4b",
+    proc = run_in_process("scripts/bench_latency.py", "--model", str(tiny_model_dir), "--random_init", "qwen3-4b",
                       "--out_dir", str(tmp_path / "gpu"), check=False)
-    assert proc.returncode == 2 and "needs a CUDA device" in proc.stderr
+    assert_refused(proc, "needs a CUDA device")
     assert not (tmp_path / "gpu").exists()
 
 
 def test_bad_arguments(tiny_model_dir, tmp_path):
-    no_model = run_script("scripts/bench_latency.py", "--model", str(tmp_path / "missing"),
+    no_model = run_in_process("scripts/bench_latency.py", "--model", str(tmp_path / "missing"),
                           "--out_dir", str(tmp_path / "out"), check=False)
     assert no_model.returncode == 2 and no_model.stderr.startswith("error:")
-    zero = run_script("scripts/bench_latency.py", "--num_samples", "0", "--out_dir", str(tmp_path / "out"), check=False)
-    assert zero.returncode == 2 and "--limit/--num_samples: must be at least 1" in zero.stderr
+    zero = run_in_process("scripts/bench_latency.py", "--num_samples", "0", "--out_dir", str(tmp_path / "out"), check=False)
+    assert zero.returncode == 2 and "--limit/--num_samples: must be at least 1" in zero.stderr  # argparse usage error
 
 
 def test_qwen3_4b_shape_has_qwen3_4b_parameter_count(tiny_model_dir):
@@ -141,7 +141,7 @@ def test_qwen3_4b_shape_has_qwen3_4b_parameter_count(tiny_model_dir):
 @pytest.mark.gpu
 def test_random_init_qwen3_4b_on_gpu(tiny_model_dir, verl_dir, tmp_path):
     out_dir = tmp_path / "gpu"
-    run_script("scripts/bench_latency.py", "--model", str(tiny_model_dir), "--random_init", "qwen3-4b",
+    run_in_process("scripts/bench_latency.py", "--model", str(tiny_model_dir), "--random_init", "qwen3-4b",
                "--data_path", str(verl_dir), "--num_samples", "2", "--warmup", "1", "--cot_tokens", "8",
                "--out_dir", str(out_dir))
     report = json.loads((out_dir / "latency.json").read_text())

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import load_script, run_script
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import assert_refused, load_script, run_in_process
 
 
 def _cold(wall, load, encode):
@@ -34,9 +31,9 @@ def test_summary_medians_and_ratios():
 
 
 @pytest.mark.slow
-def test_bench_runs_end_to_end_on_a_small_category(small_movies_root, tmp_path):
+def test_bench_runs_end_to_end_on_a_small_category(synthetic_root, tmp_path):
     out_json = tmp_path / "bench.json"
-    proc = run_script("scripts/bench_sketch.py", "--data_root", str(small_movies_root), "--encoder_model", "minilm",
+    proc = run_in_process("scripts/bench_sketch.py", "--data_root", str(synthetic_root), "--encoder_model", "minilm",
                       "--repeats", "1", "--threads", "1", "--work_dir", str(tmp_path / "work"),
                       "--out_json", str(out_json))
     assert "cold / encode" in proc.stdout
@@ -50,9 +47,9 @@ def test_bench_runs_end_to_end_on_a_small_category(small_movies_root, tmp_path):
     assert figures["cold_over_encode"] == pytest.approx(figures["cold_seconds"] / figures["encode_seconds"], rel=1e-2)
     assert (tmp_path / "work" / "cold-0" / "user_feature.jsonl").is_file()
 
-    again = run_script("scripts/bench_sketch.py", "--data_root", str(small_movies_root), "--repeats", "1",
+    again = run_in_process("scripts/bench_sketch.py", "--data_root", str(synthetic_root), "--repeats", "1",
                        "--work_dir", str(tmp_path / "work"), check=False)
-    assert again.returncode == 2 and "is not empty" in again.stderr
+    assert_refused(again, "is not empty")
 
 
 def test_flags_authors_category_alias_and_bounded_repeats(capsys):
@@ -65,7 +62,7 @@ def test_flags_authors_category_alias_and_bounded_repeats(capsys):
 
 def test_out_json_that_is_a_folder_is_refused_before_any_run(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    proc = run_script("scripts/bench_sketch.py", "--out_json", str(tmp_path), "--overwrite",
+    proc = run_in_process("scripts/bench_sketch.py", "--out_json", str(tmp_path), "--overwrite",
                       "--work_dir", str(tmp_path / "work"), check=False)
-    assert proc.returncode == 2 and "is a folder" in proc.stderr and proc.stderr.count("\n") == 1
+    assert_refused(proc, "is a folder", only_line=True)
     assert (tmp_path / "keep.txt").read_text() == "mine" and not (tmp_path / "work").exists()

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import REPO, assert_refused, run_in_process
 
 from siren import SirenError
 from siren.data import (
@@ -29,7 +30,6 @@ from siren.io import (
     write_manifest,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 SPLIT_ROW = {"user_id": "u1", "parent_asin": "a1", "timestamp": 1, "label": 4.0, "target": "T, C", "history": "A, B, 3.0"}
 HISTORY_ROW = {"user_id": "u1", "history": "A, B, 3", "history_asins": ["a0"], "history_ratings": [3]}
 
@@ -484,11 +484,10 @@ def test_json_that_python_cannot_load_is_one_line(tmp_path):
 
 def test_shell_scripts_find_the_data_as_the_stages_do(synthetic_root, tmp_path):
     """`python -m siren.data CATEGORY`: what demo.sh and gpu_check.sh use to find the data root."""
-    from conftest import run_script
 
-    found = run_script("-m", "siren.data", "Movies", "--data_root", str(synthetic_root))
+    found = run_in_process("-m", "siren.data", "Movies", "--data_root", str(synthetic_root))
     assert found.stdout.strip() == str(synthetic_root)
-    missing = run_script("-m", "siren.data", "Movies", "--data_root", str(tmp_path), check=False)
+    missing = run_in_process("-m", "siren.data", "Movies", "--data_root", str(tmp_path), check=False)
     assert missing.returncode == 2 and missing.stderr.startswith("error: no data for category 'Movies'")
     assert "scripts/get_data.sh Movies" in missing.stderr and missing.stderr.count("\n") == 1
 
@@ -616,13 +615,12 @@ def test_a_category_from_a_data_source_is_a_name_too():
 
 
 def test_python_m_siren_data_refuses_a_path_as_category(synthetic_root):
-    from conftest import run_script
 
-    proc = run_script("-m", "siren.data", "../Movies", "--data_root", str(synthetic_root / "Movies"), check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    proc = run_in_process("-m", "siren.data", "../Movies", "--data_root", str(synthetic_root / "Movies"), check=False)
+    assert_refused(proc, only_line=True)
     assert proc.stderr.startswith("error: category '../Movies' is not a name")
-    verl = run_script("-m", "siren.verl_data", "../x", "10", "true", check=False)
-    assert verl.returncode == 2 and "is not a name" in verl.stderr
+    verl = run_in_process("-m", "siren.verl_data", "../x", "10", "true", check=False)
+    assert_refused(verl, "is not a name")
 
 
 def test_output_folder_clear_of_the_inputs(tmp_path):

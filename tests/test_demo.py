@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from siren.tools.table_inputs import LLM_ROWS
 
-REPO = Path(__file__).resolve().parents[1]
 ACCURACY_ROWS = ["Constant 5.0", "Global mean", "User + item bias", "MF with biases", "PMF",
                  *(label for label, _key, _prediction in LLM_ROWS)]
 VARIANTS = {"Raw history (every interaction)": "raw_history", "Recent N only": "recent_only",

@@ -300,14 +300,6 @@ def test_the_authors_readme_command_parses():
     assert script.parse_args(["--model_path", "m", "--thinking_path", "t", "--data_path", "d"]).model == "m"
 
 
-def test_help_shows_each_default_once():
-    proc = run_script("extract_last_hidden_ddp.py", "--help")
-    assert "\n    accelerate launch --num_processes 1 extract_last_hidden_ddp.py --model" in proc.stdout
-    text = " ".join(proc.stdout.split())
-    assert "--output_dir OUTPUT_DIR, --out_dir OUTPUT_DIR" in text and "(default: float32)" in text
-    assert "(default: (default" not in text and "default: %(default)" not in text
-
-
 def test_reasoning_that_is_not_a_string_is_a_one_line_error(tiny_model_dir, verl_dir, thinking_dir, tmp_path):
     """Issue 14: a 4a file whose `reasoning` is a number or a list names file:line (was a traceback)."""
     script = load_script("extract_last_hidden_ddp.py")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO, run_in_process, run_script
 
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
 
@@ -55,14 +55,14 @@ def test_step_runner_records_time_status_rate_and_skips(tmp_path):
     failed = run_script("-m", "siren.tools.gpu_check", "run", "--summary", str(summary), "--name", "broken", "--",
                         sys.executable, "-c", "raise SystemExit(3)", check=False)
     assert failed.returncode == 1
-    run_script("-m", "siren.tools.gpu_check", "skip", "--summary", str(summary), "--name", "vllm-4a", "--reason", "no vllm")
+    run_in_process("-m", "siren.tools.gpu_check", "skip", "--summary", str(summary), "--name", "vllm-4a", "--reason", "no vllm")
     steps = {s["name"]: s for s in json.loads(summary.read_text())["steps"]}
     assert steps["sleepy"]["status"] == "ok" and steps["sleepy"]["seconds"] >= 0.3
     assert steps["sleepy"]["estimate"] == "memory estimate: 12.0 GiB"  # beside the measured peak
     assert steps["sleepy"]["rows_per_s"] == pytest.approx(10 / steps["sleepy"]["seconds"], rel=0.02)
     assert steps["broken"]["status"] == "failed (exit 3)"
     assert steps["vllm-4a"]["status"] == "skipped: no vllm"
-    table = run_script("-m", "siren.tools.gpu_check", "table", "--summary", str(summary)).stdout
+    table = run_in_process("-m", "siren.tools.gpu_check", "table", "--summary", str(summary)).stdout
     assert "sleepy" in table and "failed (exit 3)" in table and "skipped: no vllm" in table
 
 
@@ -70,7 +70,7 @@ def test_synthetic_cot_is_a_correct_stage_4a_folder(tiny_model_dir, verl_dir, tm
     from siren.cot_results import MASK_NAME, load_mask, load_thinking, thinking_file
 
     out = tmp_path / "cot"
-    run_script("-m", "siren.tools.gpu_check", "synthetic-cot", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
+    run_in_process("-m", "siren.tools.gpu_check", "synthetic-cot", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
                "--split", "train", "--limit", "5", "--output_dir", str(out))
     rows = load_thinking(thinking_file(out))
     assert len(rows) == 5 and all(r["correct"] and r["format_ok"] and r["reasoning"].endswith("</think>") for r in rows)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, model_of_the_4b_shape
 
 from siren import SirenError
 
@@ -234,19 +234,6 @@ def test_a_hydra_override_of_a_launcher_setting_is_refused(base_env, tmp_path, c
             run_plan(args, capsys)
 
 
-def _model_of_the_4b_shape(tiny_model_dir: Path, out: Path) -> Path:
-    """A model folder with Qwen3-4B's config.json (no weights) and the tiny model's tokenizer."""
-    from siren.tools.latency import RANDOM_INIT_SHAPES
-
-    shutil.copytree(tiny_model_dir, out)
-    for weights in out.glob("*.safetensors"):
-        weights.unlink()
-    config = json.loads((out / "config.json").read_text())
-    config.update(RANDOM_INIT_SHAPES["qwen3-4b"])
-    (out / "config.json").write_text(json.dumps(config))
-    return out
-
-
 @pytest.mark.parametrize("gpus, card, expected", [("1", "80", "optimizer"), ("2", "80", "none"), ("1", "40", None)])
 def test_offloading_is_chosen_from_the_gpus_and_the_model(gpus, card, expected, tiny_model_dir, verl_dir, tmp_path,
                                                           capsys):
@@ -254,7 +241,7 @@ def test_offloading_is_chosen_from_the_gpus_and_the_model(gpus, card, expected, 
 
     from siren.grpo_memory import OFFLOAD_LEVELS
 
-    model = _model_of_the_4b_shape(tiny_model_dir, tmp_path / "qwen3-4b-shape")
+    model = model_of_the_4b_shape(tiny_model_dir, tmp_path / "qwen3-4b-shape")
     env = {"MODEL_PATH": str(model), "DATA_DIR": str(verl_dir), "NUM_GPUS": gpus, "GPU_MEMORY_GIB": card}
     args = plan_args(env, tmp_path)
     if expected is None:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, load_script
+from conftest import REPO, assert_refused, model_of_the_4b_shape, run_in_process
 
 from siren import SirenError
 from siren.grpo_trl import fit_device, load_grpo_split, output_name, parse_args, validate
@@ -20,7 +20,7 @@ LAUNCHER = REPO / "main_grpo_amazon.sh"
 
 
 @pytest.fixture(scope="module")
-def short_prompt_dir(small_movies_root, tmp_path_factory) -> Path:
+def short_prompt_dir(synthetic_root, tmp_path_factory) -> Path:
     """Parquet files with one history line and 4 rows per split.
 
     On CPU, TRL 1.16 scores every prompt position against the 151k-token vocabulary, so short
@@ -30,7 +30,7 @@ def short_prompt_dir(small_movies_root, tmp_path_factory) -> Path:
     import preprocess_grpo
 
     out = tmp_path_factory.mktemp("grpo_data") / "max@1-long@False"
-    preprocess_grpo.main(["--data_root", str(small_movies_root), "--max_history", "1", "--use_long_history", "false",
+    preprocess_grpo.main(["--data_root", str(synthetic_root), "--max_history", "1", "--use_long_history", "false",
                           "--limit", "4", "--output_dir", str(out)])
     return out
 
@@ -244,30 +244,16 @@ def test_two_values_for_one_setting_are_refused(tmp_path):
         parse_args(["--learning_rat", "1e-5"])
 
 
-@pytest.mark.slow
 def test_a_bad_recipe_through_the_entry_point_is_one_line_before_any_folder(tiny_model_dir, short_prompt_dir, tmp_path):
     """Issue 20: `beta: [1,2]` trained until step 1, left empty folders and a traceback."""
     recipe = tmp_path / "recipe.yaml"
     for text, message in (("beta: [1,2]\n", "beta takes one value"), ("beta: [1,\n", "is not valid YAML")):
         recipe.write_text(text)
         before = sorted(tmp_path.iterdir())
-        proc = subprocess.run([sys.executable, str(REPO / "grpo_trl.py"), "--model", str(tiny_model_dir),
-                               "--data_path", str(short_prompt_dir), "--config", str(recipe)], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2 and proc.stderr.startswith("error: --config ") and message in proc.stderr
-        assert proc.stderr.count("\n") == 1 and sorted(tmp_path.iterdir()) == before
-
-
-def _model_of_the_4b_shape(tiny_model_dir: Path, out: Path) -> Path:
-    from siren.tools.latency import RANDOM_INIT_SHAPES
-
-    shutil.copytree(tiny_model_dir, out)
-    for weights in out.glob("*.safetensors"):
-        weights.unlink()
-    config = json.loads((out / "config.json").read_text())
-    config.update(RANDOM_INIT_SHAPES["qwen3-4b"], dtype="bfloat16")
-    (out / "config.json").write_text(json.dumps(config))
-    return out
+        proc = run_in_process("grpo_trl.py", "--model", str(tiny_model_dir), "--data_path", str(short_prompt_dir),
+                              "--config", str(recipe), cwd=tmp_path, check=False)
+        assert assert_refused(proc, message, only_line=True).startswith("--config ")
+        assert sorted(tmp_path.iterdir()) == before
 
 
 def fit_on_an_80_gib_gpu(argv: list[str]):
@@ -287,7 +273,7 @@ def fit_on_an_80_gib_gpu(argv: list[str]):
 
 
 def test_the_one_gpu_route_at_4b_fits_or_is_refused_before_loading(tiny_model_dir, tmp_path, capsys):
-    model = _model_of_the_4b_shape(tiny_model_dir, tmp_path / "qwen3-4b-shape")
+    model = model_of_the_4b_shape(tiny_model_dir, tmp_path / "qwen3-4b-shape", dtype="bfloat16")
     base = ["--model", str(model)]
     # full fine-tuning with a float32 reference model: refused, with what would fit
     with pytest.raises(SirenError) as refused:
@@ -308,7 +294,7 @@ def test_the_one_gpu_route_at_4b_fits_or_is_refused_before_loading(tiny_model_di
 
 
 def test_the_shipped_recipe_is_the_24_gb_route(tiny_model_dir, tmp_path):
-    model = _model_of_the_4b_shape(tiny_model_dir, tmp_path / "qwen3-4b-shape")
+    model = model_of_the_4b_shape(tiny_model_dir, tmp_path / "qwen3-4b-shape", dtype="bfloat16")
     recipe = REPO / "recipes" / "grpo_trl_lora_bf16.yaml"
     script, config, model_args = parse_args(["--config", str(recipe), "--model", str(model)])
     assert (model_args.use_peft, model_args.lora_r, model_args.dtype) == (True, 16, "bfloat16")
@@ -325,18 +311,6 @@ def test_without_a_gpu_nothing_is_changed(tiny_model_dir, capsys):
     script, config, model = parse_args(["--model", str(tiny_model_dir)])
     fit_device(script, config, model)
     assert config.generation_batch_size == 256 and "no CUDA device" in capsys.readouterr().err
-
-
-def test_help_shows_the_command_and_the_settings_with_their_defaults(capsys):
-    with pytest.raises(SystemExit):
-        load_script("grpo_trl.py").main(["--help"])
-    text = capsys.readouterr().out
-    assert "\n    python grpo_trl.py --model ckpt/tiny-qwen3 --data_path " in text
-    flat = " ".join(text.split())
-    assert "--model MODEL_NAME_OR_PATH, --model_path MODEL_NAME_OR_PATH" in flat
-    assert "--data_dir DATA_PATH" in flat and "--lora_rank LORA_R" in flat and "--out_dir OUTPUT_DIR" in flat
-    assert "--val_limit EVAL_LIMIT" in flat and "--prompts_per_step PROMPTS_PER_STEP" in flat
-    assert "(default: 0.001)" in flat and "%(default)" not in flat
 
 
 def test_one_step_at_the_default_lr_moves_the_policy_weights(tiny_model_dir, one_thread):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
+from conftest import CPU_ONLY, accelerate_launch, assert_refused, load_script, run_in_process, run_script
 from stage_inputs import build_ao_dataset
 
 from siren import SirenError
@@ -132,7 +132,7 @@ def test_end_to_end_on_cuda(ao_data, tiny_model_dir, tmp_path):
     import torch
 
     out = tmp_path / "cuda"
-    run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
+    run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
                "--batch_size", "4")
     predictions = _predictions(out)
     assert len(predictions) == 10 and all(p["valid"] for p in predictions)
@@ -154,7 +154,7 @@ def test_parquet_directory_gives_the_same_predictions(one_process, verl_dir, tin
 @pytest.mark.slow
 def test_greedy_counts_invalid_outputs(ao_data, tiny_model_dir, tmp_path):
     out = tmp_path / "greedy"
-    run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
+    run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
                "--decode", "greedy", "--invalid_fill", "5.0")
     predictions = _predictions(out)
     ao = json.loads((out / "metrics.json").read_text())["predictions"]["ao"]
@@ -238,7 +238,7 @@ def test_fast_engines_on_cuda_give_the_eager_ratings(engine, ao_data, tiny_model
     runs = {}
     for name in ("eager", engine):
         out = tmp_path / name
-        run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--output_dir", str(out),
+        run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--output_dir", str(out),
                    "--batch_size", "4", "--dtype", "float32", "--engine", name)
         runs[name] = _predictions(out)
     assert [p["prediction"] for p in runs[engine]] == [p["prediction"] for p in runs["eager"]]
@@ -258,15 +258,12 @@ def test_vllm_engine_refusals(ao_data, tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_refuses_to_overwrite(one_process, ao_data, tiny_model_dir):
     out, _ = one_process
-    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
-                      check=False)
-    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert_refused(run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir",
+                                  str(out), check=False), "already exists")
 
 
-def _fails(args: list[str], pattern: str, out: Path):
-    proc = run_script(SCRIPT, *args, "--out_dir", str(out), check=False)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and pattern in proc.stderr, proc.stderr[-2000:]
+def _fails(args: list[str], expected: str, out: Path):
+    assert_refused(run_in_process(SCRIPT, *args, "--out_dir", str(out), check=False), expected)
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -311,7 +308,7 @@ def test_bad_data_path_and_split(ao_data, tiny_model_dir, tmp_path):
     _fails(["--model", str(tiny_model_dir), "--data_path", str(tmp_path)], "neither a stage-4c DatasetDict",
            tmp_path / "out")
     # --split is checked by argparse now: its own one-line error, exit status 2
-    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--split", "holdout",
+    proc = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--split", "holdout",
                       "--out_dir", str(tmp_path / "out"), check=False)
     assert proc.returncode == 2 and "unknown split 'holdout'" in proc.stderr.strip().splitlines()[-1], proc.stderr
     assert not (tmp_path / "out").exists()
@@ -422,7 +419,7 @@ def test_prompts_without_a_manifest_are_a_note(ao_data, tiny_model_dir, tmp_path
 
 def test_output_path_that_is_a_file(ao_data, tiny_model_dir, tmp_path):
     (tmp_path / "taken").write_text("a file")
-    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data),
+    proc = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data),
                       "--output_dir", str(tmp_path / "taken"), check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "is an existing file, not a folder" in proc.stderr and (tmp_path / "taken").read_text() == "a file"

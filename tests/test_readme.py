@@ -19,8 +19,8 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 REPO_FILE = re.compile(r"^(?:\./)?((?:[\w-]+/)*[\w-]+\.(?:py|sh|yaml))$")
 ENV_ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_script
+from conftest import run_in_process
 
 from siren.verl_data import load_split_rows
 
@@ -106,32 +106,32 @@ def test_lora_targets_and_dtype_on_llama(real_model_dir):
 
 
 @pytest.mark.slow
-def test_stages_2_to_6_run_on_the_real_model(real_model_dir, small_movies_root, tmp_path):
+def test_stages_2_to_6_run_on_the_real_model(real_model_dir, synthetic_root, tmp_path):
     """Stage 2 with this tokenizer, 4a (real generation), 4b on a 4a-format file whose reasoning and
     answers are fixed (the untouched model writes no `<think>`), 4c, stage 5 (2 steps) and 6."""
     from siren.tools.gpu_check import write_synthetic_cot
 
     model = str(real_model_dir)
     verl = tmp_path / "verl"
-    run_script("preprocess_grpo.py", "--category", "Movies", "--data_root", str(small_movies_root),
+    run_in_process("preprocess_grpo.py", "--category", "Movies", "--data_root", str(synthetic_root),
                "--max_history", "10", "--use_long_history", "False", "--tokenizer", model, "--limit", "6",
                "--output_dir", str(verl))
-    cot = run_script("inference_train_ddp.py", "--model", model, "--data_path", str(verl), "--split", "test",
+    cot = run_in_process("inference_train_ddp.py", "--model", model, "--data_path", str(verl), "--split", "test",
                      "--limit", "4", "--max_new_tokens", "8", "--batch_size", "4", "--output_dir", str(tmp_path / "cot"))
     assert "4 test rows" in cot.stdout or (tmp_path / "cot" / "results.jsonl").is_file()
     cot_rows = [json.loads(line) for line in (tmp_path / "cot" / "results.jsonl").read_text().splitlines()]
     assert len(cot_rows) == 4 and all(isinstance(row["response"], str) for row in cot_rows)
 
     write_synthetic_cot(model, str(verl), "train", 6, tmp_path / "teacher_cot")
-    run_script("extract_last_hidden_ddp.py", "--model", model, "--data_path", str(verl), "--limit", "6",
+    run_in_process("extract_last_hidden_ddp.py", "--model", model, "--data_path", str(verl), "--limit", "6",
                "--thinking_path", str(tmp_path / "teacher_cot"), "--output_dir", str(tmp_path / "hidden"),
                "--only_correct", "--batch_size", "3")
     hidden_manifest = json.loads((tmp_path / "hidden" / "manifest.json").read_text())
     assert hidden_manifest["counts"]["extracted"] == 6 and hidden_manifest["counts"]["unaligned"] == 0
     assert hidden_manifest["counts"]["layers"] == 30 and hidden_manifest["counts"]["hidden_size"] == 576
 
-    run_script("preprocess_hidden.py", "--data_path", str(verl), "--model", model, "--output_dir", str(tmp_path / "ao"))
-    run_script("train_hidden_mask.py", "--model", model, "--data_path", str(tmp_path / "ao"),
+    run_in_process("preprocess_hidden.py", "--data_path", str(verl), "--model", model, "--output_dir", str(tmp_path / "ao"))
+    run_in_process("train_hidden_mask.py", "--model", model, "--data_path", str(tmp_path / "ao"),
                "--teacher_hidden_path", str(tmp_path / "hidden"), "--teacher_mask_path",
                str(tmp_path / "teacher_cot" / "mask.pt"), "--training_ratio", "1.0", "--max_steps", "2",
                "--per_device_train_batch_size", "2", "--eval_limit", "2", "--eval_steps", "2", "--save_steps", "2",
@@ -142,7 +142,7 @@ def test_stages_2_to_6_run_on_the_real_model(real_model_dir, small_movies_root, 
 
     assert AutoTokenizer.from_pretrained(tmp_path / "aligned" / "merged").eos_token == "<|im_end|>"
 
-    run_script("inference_ao_ddp.py", "--model", str(tmp_path / "aligned" / "merged"), "--data_path",
+    run_in_process("inference_ao_ddp.py", "--model", str(tmp_path / "aligned" / "merged"), "--data_path",
                str(tmp_path / "ao"), "--split", "test", "--limit", "4", "--batch_size", "2",
                "--output_dir", str(tmp_path / "ao_after"))
     metrics = json.loads((tmp_path / "ao_after" / "metrics.json").read_text())

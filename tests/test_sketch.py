@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_script, run_script
+from conftest import REPO, assert_refused, load_script, run_in_process, run_script
 
 from siren import SirenError
 from siren.embedding import EmbeddingCache, EncoderSpec, text_digests
@@ -30,7 +30,6 @@ from siren.topic_names import keyword_topic_names, llm_topic_names, names_from_f
 from siren.topics import kmeans
 
 SCRIPT = "generate_interest_sketch.py"
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,16 +95,16 @@ def _features(out_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sketch_run(small_movies_root, tiny_model_dir, tmp_path_factory):
+def sketch_run(synthetic_root, tiny_model_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("sketch")
     out = base / "mean"
-    proc = run_script(
-        SCRIPT, "--data_root", str(small_movies_root), "--data_category", "Movies", "--encoder_model", "minilm",
+    proc = run_in_process(
+        SCRIPT, "--data_root", str(synthetic_root), "--data_category", "Movies", "--encoder_model", "minilm",
         "--output_dir", str(out), "--cache_dir", str(base / "cache"), "--tokenizer", str(tiny_model_dir),
         "--n_clusters", "8", "--top_k", "5", "--threads", "1",
     )
     return {"out": out, "cache": base / "cache", "base": base, "stdout": proc.stdout,
-            "history": small_movies_root / "Movies" / "history.jsonl.gz", "root": small_movies_root}
+            "history": synthetic_root / "Movies" / "history.jsonl.gz", "root": synthetic_root}
 
 
 @pytest.mark.slow
@@ -159,7 +158,7 @@ def test_sketch_matches_independent_recomputation_mean_rule(sketch_run):
 @pytest.mark.slow
 def test_warm_rerun_count_rule_is_deterministic_and_recomputes(sketch_run):
     out = sketch_run["base"] / "count"
-    proc = run_script(
+    proc = run_in_process(
         SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm", "--output_dir", str(out),
         "--cache_dir", str(sketch_run["cache"]), "--n_clusters", "8", "--top_k", "5",
         "--sketch_rule", "count", "--pos_threshold", "4",
@@ -180,7 +179,7 @@ def test_names_from_file_cap_and_sklearn_backend(sketch_run, tmp_path):
     names = [f"Planted name {i}" for i in range(8)]
     (tmp_path / "names.json").write_text(json.dumps(names))
     out = tmp_path / "out"
-    run_script(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm", "--output_dir", str(out),
+    run_in_process(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm", "--output_dir", str(out),
                "--cache_dir", str(sketch_run["cache"]), "--n_clusters", "8", "--namer", f"file:{tmp_path / 'names.json'}",
                "--max_topics_per_list", "1", "--kmeans_backend", "sklearn")
     assert json.loads((out / "topic_names_8.json").read_text()) == {str(i): n for i, n in enumerate(names)}
@@ -192,22 +191,22 @@ def test_names_from_file_cap_and_sklearn_backend(sketch_run, tmp_path):
 
 @pytest.mark.slow
 def test_refuses_to_overwrite_and_bad_k(sketch_run):
-    proc = run_script(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
+    proc = run_in_process(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
                       "--output_dir", str(sketch_run["out"]), "--cache_dir", str(sketch_run["cache"]),
                       "--n_clusters", "8", check=False)
     assert proc.returncode == 2 and "already exists" in proc.stderr and "--overwrite" in proc.stderr
 
     out = sketch_run["base"] / "too_many"
-    proc = run_script(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
+    proc = run_in_process(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
                       "--output_dir", str(out), "--cache_dir", str(sketch_run["cache"]), "--n_clusters", "100000",
                       check=False)
-    assert proc.returncode == 2 and "larger than the number of items" in proc.stderr
+    assert_refused(proc, "larger than the number of items")
     assert proc.stderr.strip().count("\n") == 0
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_encoder_not_available_offline_names_minilm(small_movies_root, tmp_path):
-    proc = run_script(SCRIPT, "--data_root", str(small_movies_root), "--encoder_model", "BAAI/bge-m3",
+def test_encoder_not_available_offline_names_minilm(synthetic_root, tmp_path):
+    proc = run_script(SCRIPT, "--data_root", str(synthetic_root), "--encoder_model", "BAAI/bge-m3",
                       "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
                       env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}, check=False)
     assert proc.returncode == 2
@@ -215,33 +214,16 @@ def test_encoder_not_available_offline_names_minilm(small_movies_root, tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_empty_history_file_is_an_error(small_movies_root, tmp_path):
+def test_empty_history_file_is_an_error(synthetic_root, tmp_path):
     root = tmp_path / "data"
     (root / "Movies").mkdir(parents=True)
     for split in ("train", "valid", "test"):
-        (root / "Movies" / f"{split}.jsonl.gz").write_bytes((small_movies_root / "Movies" / f"{split}.jsonl.gz").read_bytes())
+        (root / "Movies" / f"{split}.jsonl.gz").write_bytes((synthetic_root / "Movies" / f"{split}.jsonl.gz").read_bytes())
     _write_jsonl_gz(root / "Movies" / "history.jsonl.gz", [])
-    proc = run_script(SCRIPT, "--data_root", str(root), "--encoder_model", "minilm", "--output_dir", str(tmp_path / "out"),
+    proc = run_in_process(SCRIPT, "--data_root", str(root), "--encoder_model", "minilm", "--output_dir", str(tmp_path / "out"),
                       "--cache_dir", str(tmp_path / "cache"), check=False)
-    assert proc.returncode == 2 and "history file is empty" in proc.stderr
+    assert_refused(proc, "history file is empty")
     assert not (tmp_path / "out").exists()
-
-
-def test_help_shows_defaults():
-    proc = run_script(SCRIPT, "--help")
-    for flag in ("--data_category", "--meta_path", "--history_path", "--output_dir", "--n_clusters", "--top_k",
-                 "--encoder_model", "--kmeans_backend", "--namer", "--sketch_rule", "--max_topics_per_list"):
-        assert flag in proc.stdout
-    assert "BAAI/bge-m3" in proc.stdout and "minilm" in proc.stdout
-
-
-def test_help_states_each_default_once_and_shows_the_command():
-    text = run_script(SCRIPT, "--help").stdout
-    flat = " ".join(text.split())
-    assert "%(default)" not in text and not re.search(r"\(default: [^()]*\)\s*\(default: ", flat)
-    assert flat.count("(default: 20)") == 1 and "(default: BAAI/bge-m3)" in flat and "(default: None)" not in flat
-    # raw docstring: the example command keeps its own line
-    assert "\n    python generate_interest_sketch.py --category Movies --encoder_model minilm" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,9 +288,9 @@ def test_an_output_path_that_is_a_file_is_refused_before_any_work(tmp_path, wher
     blocker.write_text("not a folder\n")
     out = {"output_dir": blocker, "under_a_file": blocker / "sketch"}.get(where, tmp_path / "out")
     cache = blocker if where == "cache_dir" else tmp_path / "cache"
-    proc = run_script(SCRIPT, "--data_root", str(root), "--encoder_model", "minilm", "--output_dir", str(out),
+    proc = run_in_process(SCRIPT, "--data_root", str(root), "--encoder_model", "minilm", "--output_dir", str(out),
                       "--cache_dir", str(cache), "--n_clusters", "2", check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert_refused(proc, only_line=True)
     assert proc.stderr.startswith("error: ") and "file, not a folder" in proc.stderr and str(blocker) in proc.stderr
     assert blocker.read_text() == "not a folder\n"
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
@@ -357,7 +339,7 @@ def test_planted_topics_recovered_via_meta_file(tmp_path):
         _write_jsonl_gz(category_dir / f"{split}.jsonl.gz", split_rows)
 
     out = tmp_path / "out"
-    run_script(SCRIPT, "--data_root", str(tmp_path / "data"), "--data_category", "Gadgets", "--meta_path",
+    run_in_process(SCRIPT, "--data_root", str(tmp_path / "data"), "--data_category", "Gadgets", "--meta_path",
                str(tmp_path / "meta_Gadgets.jsonl.gz"), "--encoder_model", "minilm", "--n_clusters", "4", "--top_k", "10",
                "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"))
     saved = _npz(out / "kmeans_results_4.npz")
@@ -655,7 +637,7 @@ def test_llm_names_never_hold_thinking_and_the_summary_counts_the_fallbacks(sket
     threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path / "llm"
     try:
-        proc = run_script(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
+        proc = run_in_process(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
                           "--output_dir", str(out), "--cache_dir", str(sketch_run["cache"]), "--n_clusters", "8",
                           "--top_k", "5", "--namer", "llm", "--llm_base_url",
                           f"http://127.0.0.1:{server.server_port}/v1", "--llm_model", "qwen3")
@@ -809,7 +791,7 @@ def test_stage_1_rebuilds_a_bad_cache_and_says_so(sketch_run, tmp_path, damage):
         stored["vectors"][[0, 5, 7]] = np.nan
     np.savez(open(npz, "wb"), **stored)
     out = tmp_path / "out"
-    proc = run_script(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
+    proc = run_in_process(SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm",
                       "--output_dir", str(out), "--cache_dir", str(cache_dir), "--n_clusters", "8", "--top_k", "5",
                       "--threads", "1")
     expected = ("it holds 10-d vectors, the encoder gives 384-d ones; it is rebuilt" if damage == "10-d" else
@@ -879,7 +861,7 @@ def test_the_stage_1_parser_is_made_from_sketch_config():
     parser_defaults = vars(load_script(SCRIPT).parse_args([]))
     for setting in fields(SketchConfig):
         assert parser_defaults[setting.name] == setting.default, setting.name
-    text = " ".join(run_script(SCRIPT, "--help", env={"COLUMNS": "10000"}).stdout.split())  # no wrapping at hyphens
+    text = " ".join(run_in_process(SCRIPT, "--help", env={"COLUMNS": "10000"}).stdout.split())  # no wrapping at hyphens
     for setting in fields(SketchConfig):
         assert " ".join(setting.metadata["help"].split()) in text, setting.name
 
@@ -901,11 +883,11 @@ def test_one_run_per_folder_and_a_killed_runs_staging_folder_is_removed(sketch_r
     argv = [SCRIPT, "--data_root", str(sketch_run["root"]), "--encoder_model", "minilm", "--output_dir", str(out),
             "--cache_dir", str(sketch_run["cache"]), "--n_clusters", "8", "--top_k", "5"]
     with run_holding(out) as pid:
-        refused = run_script(*argv, check=False)
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        refused = run_in_process(*argv, check=False)
+    assert_refused(refused, only_line=True)
     assert refused.stderr.startswith(f"error: output folder {out} is in use by another run (process {pid}")
     killed = run_killed_while_writing(out, "user_feature.jsonl")
-    proc = run_script(*argv)
+    proc = run_in_process(*argv)
     assert f"took over the lock of {out} from process {killed}" in proc.stderr
     assert "removed 1 staging folder(s) a killed run of" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sketch"]

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import assert_refused, run_in_process
 
 from siren.metrics import rating_metrics
 from siren.tools.table_inputs import LLM_ROWS, RunInputs
@@ -73,9 +73,9 @@ def run_dir(tmp_path):
 
 def test_tables_from_literal_files(run_dir, synthetic_root):
     limit = 30
-    run_script("scripts/baselines.py", "--data_root", str(synthetic_root), "--out_dir",
+    run_in_process("scripts/baselines.py", "--data_root", str(synthetic_root), "--out_dir",
                str(run_dir / "baselines"), "--limit", str(limit))
-    proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir))
+    proc = run_in_process("scripts/make_tables.py", "--run_dir", str(run_dir))
     assert "## 1. Accuracy" in proc.stdout and "not run: ao_after, bench_latency" in proc.stdout
 
     accuracy = _read_csv(run_dir / "tables" / "accuracy.csv")
@@ -131,8 +131,8 @@ def test_tables_from_literal_files(run_dir, synthetic_root):
     assert manifest["counts"]["inputs_missing"] == ["ao_after", "bench_latency", "ao_zero_shot", "ao_warm", "ao_ce_only",
                                                     "grpo_log", "alignment_log", "alignment_ce_log", "timings"]
 
-    refused = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), check=False)
-    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    refused = run_in_process("scripts/make_tables.py", "--run_dir", str(run_dir), check=False)
+    assert_refused(refused, "--overwrite")
 
 
 def test_empty_run_gives_not_run_rows_and_summary_figure(tmp_path):
@@ -155,7 +155,7 @@ def test_empty_run_gives_not_run_rows_and_summary_figure(tmp_path):
     _write(run / "bench_latency" / "latency.json", {"cot_tokens": 238, "model": "tiny", "rows": bench_rows,
                                                     "cot": bench_rows[1], "ao": bench_rows[3]})
     out = tmp_path / "tables"
-    proc = run_script("scripts/make_tables.py", "--run_dir", str(run), "--out_dir", str(out))
+    proc = run_in_process("scripts/make_tables.py", "--run_dir", str(run), "--out_dir", str(out))
     assert "read 2 of 14 inputs" in proc.stdout
     latency = {(row["decoding"], row["engine"], row["batch_size"]): row for row in _read_csv(out / "latency.csv")}
     answer_only = "Benchmark: answer-only, same prompts"
@@ -191,20 +191,20 @@ def test_missing_variant_and_rows_measured_otherwise_are_flagged(tmp_path):
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):
-    missing = run_script("scripts/make_tables.py", "--run_dir", str(tmp_path / "nope"), check=False)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    missing = run_in_process("scripts/make_tables.py", "--run_dir", str(tmp_path / "nope"), check=False)
+    assert_refused(missing, "does not exist")
 
     run = tmp_path / "run"
     (run / "cot_test").mkdir(parents=True)
     (run / "cot_test" / "metrics.json").write_text("{not json")
-    broken = run_script("scripts/make_tables.py", "--run_dir", str(run), check=False)
-    assert broken.returncode == 2 and "cot_test/metrics.json: not valid JSON" in broken.stderr
+    broken = run_in_process("scripts/make_tables.py", "--run_dir", str(run), check=False)
+    assert_refused(broken, "cot_test/metrics.json: not valid JSON")
     assert not (run / "tables.md").exists() and not (run / "accuracy.csv").exists()
 
     (run / "cot_test" / "metrics.json").unlink()
     _write(run / "prompt_stats.json", {"splits": {"train": {}}})
-    no_split = run_script("scripts/make_tables.py", "--run_dir", str(run), check=False)
-    assert no_split.returncode == 2 and "no splits.test" in no_split.stderr
+    no_split = run_in_process("scripts/make_tables.py", "--run_dir", str(run), check=False)
+    assert_refused(no_split, "no splits.test")
 
 
 COT_METRICS = {"predictions": {"cot": rating_metrics([5.0, 4.0, 4.0, 2.0], LABELS)}, "latency": _latency(2000.0, 238.0)}
@@ -235,20 +235,20 @@ def test_a_file_of_another_kind_is_refused_in_one_line(case, run_dir, tmp_path):
     wrong = tmp_path / "elsewhere" / "wrong.json"
     _write(wrong, content)
     out = tmp_path / "tables"
-    proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), f"--{key}", str(wrong),
+    proc = run_in_process("scripts/make_tables.py", "--run_dir", str(run_dir), f"--{key}", str(wrong),
                       "--output_dir", str(out), check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert_refused(proc, only_line=True)
     assert proc.stderr.startswith(f"error: {wrong} ") and re.search(message, proc.stderr), proc.stderr
     assert not out.exists()
 
 
 def test_the_tables_appear_together_and_overwrite_keeps_other_files(run_dir, tmp_path):
     out = tmp_path / "tables"
-    run_script("scripts/make_tables.py", "--run_dir", str(run_dir), "--out_dir", str(out), "--no_figure")
+    run_in_process("scripts/make_tables.py", "--run_dir", str(run_dir), "--out_dir", str(out), "--no_figure")
     assert sorted(p.name for p in out.iterdir()) == ["accuracy.csv", "latency.csv", "manifest.json", "tables.md",
                                                      "token_efficiency.csv"]
     (out / "notes.txt").write_text("mine")
-    run_script("scripts/make_tables.py", "--run_dir", str(run_dir), "--output_dir", str(out), "--overwrite")
+    run_in_process("scripts/make_tables.py", "--run_dir", str(run_dir), "--output_dir", str(out), "--overwrite")
     assert (out / "notes.txt").read_text() == "mine" and (out / "tables.png").is_file()
 
 
@@ -278,7 +278,7 @@ def test_wall_times_and_learning_curves(run_dir):
     assert grpo["format_rate"] == [(1.0, 0.5), (2.0, 1.0)] and grpo["eval_format_rate"] == [(1.0, 0.75), (2.0, 1.0)]
     assert tables.curves["alignment"]["eval_mae"] == [(5.0, 1.2), (10.0, 0.9)]
     assert "alignment_ce" not in tables.curves
-    run_script("scripts/make_tables.py", "--run_dir", str(run_dir))
+    run_in_process("scripts/make_tables.py", "--run_dir", str(run_dir))
     markdown = (run_dir / "tables" / "tables.md").read_text()
     assert "## 4. Wall time per step" in markdown and "| total | 120.0 | 100.0 |" in markdown
     assert "eval_mae 1.200 (step 5) -> 0.900 (step 10)" in markdown
@@ -299,7 +299,7 @@ def test_a_prediction_run_on_another_split_or_stage_is_refused(run_dir, key, scr
     if not (folder / "metrics.json").exists():
         _write(folder / "metrics.json", json.loads(metrics.read_text()))
     _write(folder / "manifest.json", {"script": script, "args": {"split": split}})
-    proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), check=False)
+    proc = run_in_process("scripts/make_tables.py", "--run_dir", str(run_dir), check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and re.search(message, proc.stderr), proc.stderr
     assert not (run_dir / "tables" / "tables.md").exists()
 
@@ -316,21 +316,21 @@ def test_numbers_out_of_range_are_refused(run_dir, edit, message):
     metrics = json.loads(path.read_text())
     edit(metrics)
     _write(path, metrics)
-    proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), check=False)
+    proc = run_in_process("scripts/make_tables.py", "--run_dir", str(run_dir), check=False)
     assert proc.returncode == 2 and re.search(message, proc.stderr) and str(path) in proc.stderr, proc.stderr
 
 
 def test_an_empty_run_folder_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
-    proc = run_script("scripts/make_tables.py", "--run_dir", str(tmp_path / "empty"), check=False)
-    assert proc.returncode == 2 and "no inputs in" in proc.stderr
+    proc = run_in_process("scripts/make_tables.py", "--run_dir", str(tmp_path / "empty"), check=False)
+    assert_refused(proc, "no inputs in")
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == []
 
 
 def test_the_tables_never_go_where_their_inputs_are(run_dir):
     """Issue 20: the tables' default folder is <run_dir>/tables; the run folder itself holds inputs."""
-    proc = run_script("scripts/make_tables.py", "--run_dir", str(run_dir), "--output_dir", str(run_dir), "--overwrite",
+    proc = run_in_process("scripts/make_tables.py", "--run_dir", str(run_dir), "--output_dir", str(run_dir), "--overwrite",
                       check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert_refused(proc, only_line=True)
     assert "(--output_dir) holds this stage's input" in proc.stderr
     assert not (run_dir / "tables.md").exists() and not (run_dir / "manifest.json").exists()

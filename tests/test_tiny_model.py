@@ -1,10 +1,9 @@
-"""The offline tiny Qwen3: real Qwen3 token ids, round-trip decoding, generation, hidden states."""
+"""The offline tiny Qwen3: real Qwen3 token ids, round-trip decoding, an embedding for every token."""
 
 import gzip
 import json
 
 import pytest
-import torch
 
 from siren import SirenError
 from siren.tokenization import load_tokenizer, rating_token_ids
@@ -22,6 +21,10 @@ def test_qwen3_added_tokens_have_real_ids(tokenizer):
         assert tokenizer.convert_tokens_to_ids(token) == token_id
         assert tokenizer.encode(token, add_special_tokens=False) == [token_id]
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_the_model_has_an_embedding_for_every_token(tiny_model_dir, tokenizer):
+    assert json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"] >= len(tokenizer)
 
 
 def test_think_tags_survive_skip_special_tokens(tokenizer):
@@ -83,20 +86,6 @@ def test_tokenizer_errors(tmp_path, tiny_model_dir):
     (no_template / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(SirenError, match="no chat template"):
         load_tokenizer(no_template)
-
-
-def test_tiny_model_generates_and_returns_every_layer(tiny_model_dir, tokenizer):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert model.config.vocab_size >= len(tokenizer)
-    batch = tokenizer(["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "Hello"], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        out = model(**batch, output_hidden_states=True)
-        generated = model.generate(**batch, max_new_tokens=5, do_sample=False)
-    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
-    assert out.hidden_states[-1].shape[-1] == model.config.hidden_size
-    assert generated.shape[1] > batch["input_ids"].shape[1]
 
 
 @pytest.mark.slow

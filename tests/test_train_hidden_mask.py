@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, run_script
-from stage_inputs import build_stage5_inputs
+from conftest import assert_refused, load_script, run_in_process
 
 from siren import SirenError
 
@@ -24,23 +23,16 @@ FAST = ["--max_steps", "4", "--eval_steps", "2", "--save_steps", "2", "--logging
         "--learning_rate", "1e-2", "--warmup_steps", "0", "--training_ratio", "1.0"]
 
 
-@pytest.fixture(scope="module")
-def inputs(verl_dir, tiny_model_dir, tmp_path_factory):
-    # Every second row masked in: 5 of 10 train rows have a correct teacher.
-    return build_stage5_inputs(verl_dir, tiny_model_dir, tmp_path_factory.mktemp("stage5-script"),
-                               n_train=10, mask_every=2, n_valid=4, n_test=6)
-
-
-def _args(inputs, model_dir, out_dir, *extra):
-    return [SCRIPT, "--model", str(model_dir), "--instruction_path", str(inputs["instructions"]),
-            "--teacher_hidden_path", str(inputs["teacher"]), "--teacher_mask_path", str(inputs["mask"]),
+def _args(stage5_inputs, model_dir, out_dir, *extra):
+    return [SCRIPT, "--model", str(model_dir), "--instruction_path", str(stage5_inputs["instructions"]),
+            "--teacher_hidden_path", str(stage5_inputs["teacher"]), "--teacher_mask_path", str(stage5_inputs["mask"]),
             "--output_dir", str(out_dir), *FAST, *extra]
 
 
 @pytest.fixture(scope="module")
-def trained(inputs, tiny_model_dir, tmp_path_factory):
+def trained(stage5_inputs, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ao-run") / "AO_tiny"
-    proc = run_script(*_args(inputs, tiny_model_dir, out, "--peft", "KV"))
+    proc = run_in_process(*_args(stage5_inputs, tiny_model_dir, out, "--peft", "KV"))
     return out, proc
 
 
@@ -64,14 +56,14 @@ def test_end_to_end_writes_adapter_merged_log_and_manifest(trained, tiny_model_d
     assert {"lm_loss", "cos_layer_1", "cos_layer_2"} <= set(train_entries[0])
     assert any("eval_rating_rmse" in e for e in log)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"]["masked_in_rows"] == 5 and manifest["counts"]["trained_rows"] == 5
+    assert manifest["counts"]["masked_in_rows"] == 6 and manifest["counts"]["trained_rows"] == 6
     assert manifest["model"]["weights_digest"] == base["model"]["weights_digest"]
     assert manifest["args"]["training"]["learning_rate"] == 1e-2 and manifest["args"]["alignment"]["kd_ratio"] == 1.0
     assert manifest["lora_target_modules"] == ["k_proj", "v_proj"]
     assert manifest["best_checkpoint"] is not None
     assert "masked in" in proc.stdout and "wrote" in proc.stdout
     # the optimizer steps, printed before training (FAST: --max_steps 4, --warmup_steps 0)
-    assert ("training: 4 optimizer steps (--max_steps; 5 rows, 2 per device x 1 process(es) x 1 accumulation = 2 rows "
+    assert ("training: 4 optimizer steps (--max_steps; 6 rows, 2 per device x 1 process(es) x 1 accumulation = 2 rows "
             "per step), 0 of them warm-up") in proc.stdout
     assert proc.stdout.index("training: ") < proc.stdout.index("wrote")
     assert manifest["counts"]["optimizer_steps"] == 4 and manifest["counts"]["warmup_steps"] == 0
@@ -91,70 +83,48 @@ def test_only_lora_kv_weights_differ_from_the_base(trained, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_refuses_to_overwrite(trained, inputs, tiny_model_dir):
+def test_refuses_to_overwrite(trained, stage5_inputs, tiny_model_dir):
     out, _ = trained
-    proc = run_script(*_args(inputs, tiny_model_dir, out), check=False)
-    assert proc.returncode == 2
-    assert "already exists" in proc.stderr and "--overwrite" in proc.stderr
-
-
-def test_help_shows_defaults():
-    proc = run_script(SCRIPT, "--help")
-    help_text = " ".join(proc.stdout.split())  # argparse wraps lines
-    for text in ("--kd_ratio", "default: 1.0", "--loss_type", "cosine", "--peft", "KV", "--training_ratio",
-                 "default: 0.1", "constant_with_warmup", "default: 2048"):
-        assert text in help_text
-
-
-def _expect_error(args, pattern: str, out_dir: Path):
-    proc = run_script(*args, check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and pattern in proc.stderr, proc.stderr
-    assert not (out_dir / "adapter").exists() and not (out_dir / "manifest.json").exists()
+    message = assert_refused(run_in_process(*_args(stage5_inputs, tiny_model_dir, out), check=False), "already exists")
+    assert "--overwrite" in message
 
 
 @pytest.mark.slow
-def test_teacher_hidden_size_mismatch(inputs, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("shape, name, expected", [
+    ((12, 2, 32), "", "2 layers x hidden size 32, but the model has 2 layers x hidden size 64"),  # the folder
+    ((7, 2, 64), "teacher_hidden.npy", "has 7 rows but the training split has 12 rows"),        # or the file
+])
+def test_teacher_states_of_the_wrong_shape(stage5_inputs, tiny_model_dir, tmp_path, shape, name, expected):
     bad = tmp_path / "teacher"
     bad.mkdir()
-    np.save(bad / "teacher_hidden.npy", np.zeros((10, 2, 32), dtype=np.float32))
-    args = _args(inputs, tiny_model_dir, tmp_path / "out")
-    args[args.index("--teacher_hidden_path") + 1] = str(bad)
-    _expect_error(args, "2 layers x hidden size 32, but the model has 2 layers x hidden size 64", tmp_path / "out")
+    np.save(bad / "teacher_hidden.npy", np.zeros(shape, dtype=np.float32))
+    args = _args(stage5_inputs, tiny_model_dir, tmp_path / "out")
+    args[args.index("--teacher_hidden_path") + 1] = str(bad / name)
+    _refused(args, expected, tmp_path / "out")
 
 
 @pytest.mark.slow
-def test_teacher_row_count_mismatch(inputs, tiny_model_dir, tmp_path):
-    bad = tmp_path / "teacher"
-    bad.mkdir()
-    np.save(bad / "teacher_hidden.npy", np.zeros((7, 2, 64), dtype=np.float32))
-    args = _args(inputs, tiny_model_dir, tmp_path / "out")
-    args[args.index("--teacher_hidden_path") + 1] = str(bad / "teacher_hidden.npy")
-    _expect_error(args, "has 7 rows but the training split has 10 rows", tmp_path / "out")
-
-
-@pytest.mark.slow
-def test_mask_of_the_wrong_length(inputs, tiny_model_dir, tmp_path):
+def test_mask_of_the_wrong_length(stage5_inputs, tiny_model_dir, tmp_path):
     torch.save(torch.ones(11, dtype=torch.bool), tmp_path / "mask.pt")
-    args = _args(inputs, tiny_model_dir, tmp_path / "out")
+    args = _args(stage5_inputs, tiny_model_dir, tmp_path / "out")
     args[args.index("--teacher_mask_path") + 1] = str(tmp_path / "mask.pt")
-    _expect_error(args, "has 11 entries but the training split has 10 rows", tmp_path / "out")
+    _refused(args, "has 11 entries but the training split has 12 rows", tmp_path / "out")
 
 
-def test_bad_flags(inputs, tiny_model_dir, tmp_path, capsys):
-    _refused(_args(inputs, tiny_model_dir, tmp_path / "out", "--kd_ratio", "1.5"),
-             "--kd_ratio must be a finite number >= 0 and <= 1, got 1.5", tmp_path / "out", capsys)
-    args = _args(inputs, tiny_model_dir, tmp_path / "out")
+def test_bad_flags(stage5_inputs, tiny_model_dir, tmp_path):
+    _refused(_args(stage5_inputs, tiny_model_dir, tmp_path / "out", "--kd_ratio", "1.5"),
+             "--kd_ratio must be a finite number >= 0 and <= 1, got 1.5", tmp_path / "out")
+    args = _args(stage5_inputs, tiny_model_dir, tmp_path / "out")
     args[args.index("--save_steps") + 1] = "3"
-    _refused(args, "multiple of --eval_steps", tmp_path / "out", capsys)
+    _refused(args, "multiple of --eval_steps", tmp_path / "out")
 
 
 @pytest.mark.slow
-def test_inference_loads_the_merged_model_and_the_adapter_alike(trained, inputs, tiny_model_dir, tmp_path):
+def test_inference_loads_the_merged_model_and_the_adapter_alike(trained, stage5_inputs, tiny_model_dir, tmp_path):
     out, _ = trained
-    common = ["--data_path", str(inputs["instructions"]), "--batch_size", "3"]
-    run_script("inference_ao_ddp.py", "--model", str(out / "merged"), "--out_dir", str(tmp_path / "merged"), *common)
-    run_script("inference_ao_ddp.py", "--model", str(tiny_model_dir), "--adapter", str(out / "adapter"),
+    common = ["--data_path", str(stage5_inputs["instructions"]), "--batch_size", "3"]
+    run_in_process("inference_ao_ddp.py", "--model", str(out / "merged"), "--out_dir", str(tmp_path / "merged"), *common)
+    run_in_process("inference_ao_ddp.py", "--model", str(tiny_model_dir), "--adapter", str(out / "adapter"),
                "--out_dir", str(tmp_path / "adapter"), *common)
     merged, adapted = ([json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
                        for name in ("merged", "adapter"))
@@ -163,21 +133,13 @@ def test_inference_loads_the_merged_model_and_the_adapter_alike(trained, inputs,
         assert a["expected_rating"] == pytest.approx(b["expected_rating"], abs=1e-4)
 
 
-def _main(argv: list[str], capsys) -> tuple[int, str]:
-    """Run the script's main() in this process (for runs refused before training); (status, stderr)."""
-    from siren.cli import run_main
-
-    script = load_script(SCRIPT)
-    status = run_main(lambda: script.main(argv))
-    return status, capsys.readouterr().err.strip()
-
-
-def _refused(args: list[str], pattern: str, out_dir: Path, capsys) -> str:
-    status, err = _main(args[1:], capsys)
-    assert status == 2, err
-    assert err.splitlines()[-1].startswith("error: ") and pattern in err.splitlines()[-1], err
+def _refused(args: list[str], expected: str, out_dir: Path) -> str:
+    """The script run as its command line runs it (in this process), refused in one line before it
+    wrote anything; its stderr."""
+    proc = run_in_process(*args, check=False)
+    assert_refused(proc, expected)
     assert not (out_dir / "adapter").exists() and not (out_dir / "manifest.json").exists()
-    return err
+    return proc.stderr
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,26 +239,26 @@ def test_bad_settings_are_one_line_errors():
 # Faults (issue 14) and the upstream manifests (issue 13)
 
 
-def test_non_finite_teacher_states_stop_the_run(inputs, tiny_model_dir, tmp_path, capsys):
+def test_non_finite_teacher_states_stop_the_run(stage5_inputs, tiny_model_dir, tmp_path):
     """All-NaN (or infinite) teacher states gave a NaN adapter and merged model with exit 0."""
     for value in (np.nan, np.inf):
         teacher = tmp_path / f"teacher-{value}"
-        shutil.copytree(inputs["teacher"], teacher)
+        shutil.copytree(stage5_inputs["teacher"], teacher)
         hidden = np.load(teacher / "teacher_hidden.npy")
         hidden[4, 1, 7] = value  # one value of row 4 (masked in: every second row is)
         np.save(teacher / "teacher_hidden.npy", hidden)
-        args = _args(inputs, tiny_model_dir, tmp_path / "out")
+        args = _args(stage5_inputs, tiny_model_dir, tmp_path / "out")
         args[args.index("--teacher_hidden_path") + 1] = str(teacher)
-        _refused(args, "the teacher state of dataset row 4 holds NaN or infinite values", tmp_path / "out", capsys)
+        _refused(args, "the teacher state of dataset row 4 holds NaN or infinite values", tmp_path / "out")
 
 
 @pytest.mark.parametrize("values", [[1.0, 0.0] * 5, [2, 0] * 5, [1, 0] * 5])
-def test_a_mask_that_is_not_bool_is_refused(inputs, tiny_model_dir, tmp_path, capsys, values):
+def test_a_mask_that_is_not_bool_is_refused(stage5_inputs, tiny_model_dir, tmp_path, values):
     """mask.pt of floats or ints (0/2 included) is refused by siren.cot_results.load_mask."""
     torch.save(torch.tensor(values), tmp_path / "mask.pt")
-    args = _args(inputs, tiny_model_dir, tmp_path / "out")
+    args = _args(stage5_inputs, tiny_model_dir, tmp_path / "out")
     args[args.index("--teacher_mask_path") + 1] = str(tmp_path / "mask.pt")
-    _refused(args, "expected a 1-D torch.bool tensor", tmp_path / "out", capsys)
+    _refused(args, "expected a 1-D torch.bool tensor", tmp_path / "out")
 
 
 def _with_manifest_model(source: Path, target: Path, change) -> Path:
@@ -307,53 +269,53 @@ def _with_manifest_model(source: Path, target: Path, change) -> Path:
     return target
 
 
-def test_teacher_states_of_another_model_are_refused(inputs, tiny_model_dir, tmp_path, capsys):
+def test_teacher_states_of_another_model_are_refused(stage5_inputs, tiny_model_dir, tmp_path):
     def other_weights(record):
         record.update(path="/elsewhere/GRPO_other", weights_digest="0" * 64)
 
-    teacher = _with_manifest_model(inputs["teacher"], tmp_path / "teacher", other_weights)
-    args = _args(inputs, tiny_model_dir, tmp_path / "out")
+    teacher = _with_manifest_model(stage5_inputs["teacher"], tmp_path / "teacher", other_weights)
+    args = _args(stage5_inputs, tiny_model_dir, tmp_path / "out")
     args[args.index("--teacher_hidden_path") + 1] = str(teacher)
     _refused(args, f"the teacher states in {teacher} were extracted with /elsewhere/GRPO_other, not "
-                   f"{tiny_model_dir.resolve()} (weights_digest differs)", tmp_path / "out", capsys)
+                   f"{tiny_model_dir.resolve()} (weights_digest differs)", tmp_path / "out")
 
 
-def test_prompts_built_with_another_tokenizer_are_refused(inputs, tiny_model_dir, tmp_path, capsys):
+def test_prompts_built_with_another_tokenizer_are_refused(stage5_inputs, tiny_model_dir, tmp_path):
     def other_tokenizer(record):
         record["tokenizer"]["vocabulary_sha256"] = "0" * 64
 
-    hidden = _with_manifest_model(inputs["instructions"], tmp_path / "hidden", other_tokenizer)
-    args = _args(inputs, tiny_model_dir, tmp_path / "out")
+    hidden = _with_manifest_model(stage5_inputs["instructions"], tmp_path / "hidden", other_tokenizer)
+    args = _args(stage5_inputs, tiny_model_dir, tmp_path / "out")
     args[args.index("--instruction_path") + 1] = str(hidden)
-    _refused(args, f"the answer-only prompts in {hidden} were built with the tokenizer of", tmp_path / "out", capsys)
+    _refused(args, f"the answer-only prompts in {hidden} were built with the tokenizer of", tmp_path / "out")
 
 
-def test_missing_upstream_manifests_are_notes(inputs, tiny_model_dir, tmp_path):
+def test_missing_upstream_manifests_are_notes(stage5_inputs, tiny_model_dir, tmp_path):
     from siren.alignment import load_alignment_inputs
     from siren.modeling import model_record
 
     hidden, teacher = tmp_path / "hidden", tmp_path / "teacher"
-    shutil.copytree(inputs["instructions"], hidden)
-    shutil.copytree(inputs["teacher"], teacher)
+    shutil.copytree(stage5_inputs["instructions"], hidden)
+    shutil.copytree(stage5_inputs["teacher"], teacher)
     (hidden / "manifest.json").unlink()
     (teacher / "manifest.json").unlink()
     script = load_script(SCRIPT)
     stage, _ = script.parse_args(["--model", str(tiny_model_dir), "--data_path", str(hidden), "--teacher_hidden_path",
-                                  str(teacher), "--teacher_mask_path", str(inputs["mask"]), "--training_ratio", "1.0"])
+                                  str(teacher), "--teacher_mask_path", str(stage5_inputs["mask"]), "--training_ratio", "1.0"])
     loaded = load_alignment_inputs(stage, model_record(tiny_model_dir))
     assert len(loaded.notes) == 2 and all(n.startswith("note: ") and "no manifest.json" in n for n in loaded.notes)
     assert "preprocess_hidden.py" in loaded.notes[0] and "extract_last_hidden_ddp.py" in loaded.notes[1]
-    assert loaded.counts["trained_rows"] == 5
+    assert loaded.counts["trained_rows"] == 6
 
 
-def test_checkpoints_of_another_run_are_refused_or_cleared(inputs, tiny_model_dir, tmp_path, capsys):
+def test_checkpoints_of_another_run_are_refused_or_cleared(stage5_inputs, tiny_model_dir, tmp_path):
     """A killed run leaves checkpoints; a rerun with other settings must not pick them up."""
     out = tmp_path / "out"
     stale = out / "checkpoints" / "checkpoint-2"
     stale.mkdir(parents=True)
     (stale / "adapter_model.safetensors").write_bytes(b"stale")
-    args = _args(inputs, tiny_model_dir, out)
-    err = _refused(args, "holds checkpoints of an earlier run whose settings are not recorded", out, capsys)
+    args = _args(stage5_inputs, tiny_model_dir, out)
+    err = _refused(args, "holds checkpoints of an earlier run whose settings are not recorded", out)
     assert "--overwrite" in err and stale.is_dir()
 
     script = load_script(SCRIPT)
@@ -365,7 +327,7 @@ def test_checkpoints_of_another_run_are_refused_or_cleared(inputs, tiny_model_di
     killed = run_settings(stage, config)
     killed["training"]["learning_rate"] = 0.5
     (out / "checkpoints" / "run_settings.json").write_text(json.dumps(killed))
-    err = _refused(args, "holds checkpoints of a run with other settings (learning_rate: 0.5 -> 0.01)", out, capsys)
+    err = _refused(args, "holds checkpoints of a run with other settings (learning_rate: 0.5 -> 0.01)", out)
     assert stale.is_dir()
     folder = out / "checkpoints"
     assert check_checkpoint_dir(folder, killed, overwrite=False) is True  # same settings: cleared, made again
@@ -373,9 +335,9 @@ def test_checkpoints_of_another_run_are_refused_or_cleared(inputs, tiny_model_di
     assert check_checkpoint_dir(tmp_path / "none", killed, overwrite=False) is False
 
 
-def test_output_dir_that_is_a_file(inputs, tiny_model_dir, tmp_path, capsys):
+def test_output_dir_that_is_a_file(stage5_inputs, tiny_model_dir, tmp_path):
     (tmp_path / "taken").write_text("a file")
-    _refused(_args(inputs, tiny_model_dir, tmp_path / "taken"), "is an existing file, not a folder", tmp_path / "x", capsys)
+    _refused(_args(stage5_inputs, tiny_model_dir, tmp_path / "taken"), "is an existing file, not a folder", tmp_path / "x")
     assert (tmp_path / "taken").read_text() == "a file"
 
 
@@ -421,29 +383,29 @@ RANGE_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(RANGE_CASES))
-def test_numbers_out_of_range_stop_the_run_before_anything_loads(case, inputs, tiny_model_dir, tmp_path, capsys):
+def test_numbers_out_of_range_stop_the_run_before_anything_loads(case, stage5_inputs, tiny_model_dir, tmp_path):
     """`--max_steps 0` or 0 epochs wrote a merged model identical to the base with exit 0, a
     negative weight decay trained, and a NaN learning rate, a zero batch size or an unknown
     --report_to failed with a traceback after all the loading, leaving checkpoints/run_settings.json
     behind. Now: one line, exit 2, and no folder at all."""
     extra, message = RANGE_CASES[case]
-    args = _args(inputs, tiny_model_dir, tmp_path / "out")
+    args = _args(stage5_inputs, tiny_model_dir, tmp_path / "out")
     for flag, value in zip(extra[::2], extra[1::2], strict=True):
         args = _with(args, flag, value)
-    _refused(args, message, tmp_path / "out", capsys)
+    _refused(args, message, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
-def test_a_recipe_value_is_range_checked_and_a_clash_refused(inputs, tiny_model_dir, tmp_path, capsys):
+def test_a_recipe_value_is_range_checked_and_a_clash_refused(stage5_inputs, tiny_model_dir, tmp_path):
     """Stage 5 reads `--config recipe.yaml` with stage 3's rule (siren.recipe): a recipe value goes
     through the same checks as a flag, and a setting given in both is refused."""
     recipe = tmp_path / "stage5.yaml"
     recipe.write_text("weight_decay: -0.5\nkd_ratio: 0.5\n")
-    args = _args(inputs, tiny_model_dir, tmp_path / "out", "--config", str(recipe))
-    _refused(args, f"--weight_decay must be a finite number >= 0, got -0.5 (in {recipe})", tmp_path / "out", capsys)
+    args = _args(stage5_inputs, tiny_model_dir, tmp_path / "out", "--config", str(recipe))
+    _refused(args, f"--weight_decay must be a finite number >= 0, got -0.5 (in {recipe})", tmp_path / "out")
     recipe.write_text("learning_rate: 0.001\n")
     _refused(args, f"learning_rate is given twice: in {recipe} and as --learning_rate on the command line",
-             tmp_path / "out", capsys)
+             tmp_path / "out")
     script = load_script(SCRIPT)
     recipe.write_text("kd_ratio: 0.25\nloss_type: mse\n")
     stage, _ = script.parse_args(["--model", "m", "--data_path", "d", "--teacher_hidden_path", "t",
@@ -451,12 +413,12 @@ def test_a_recipe_value_is_range_checked_and_a_clash_refused(inputs, tiny_model_
     assert (stage.kd_ratio, stage.loss_type) == (0.25, "mse")
 
 
-def test_a_model_folder_without_weights_is_refused_before_loading(inputs, tiny_model_dir, tmp_path, capsys):
+def test_a_model_folder_without_weights_is_refused_before_loading(stage5_inputs, tiny_model_dir, tmp_path):
     """It failed in from_pretrained after the inputs were tokenized, and left run_settings.json."""
     model = tmp_path / "no-weights"
     shutil.copytree(tiny_model_dir, model, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
-    _refused(_args(inputs, model, tmp_path / "out"),
-             f"--model {model} holds no weights (no .safetensors or .bin file)", tmp_path / "out", capsys)
+    _refused(_args(stage5_inputs, model, tmp_path / "out"),
+             f"--model {model} holds no weights (no .safetensors or .bin file)", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -507,23 +469,22 @@ class AlignmentStub:
 
 
 @pytest.mark.slow
-def test_a_non_finite_loss_leaves_nothing_and_the_corrected_rerun_runs(inputs, tiny_model_dir, tmp_path, capsys):
+def test_a_non_finite_loss_leaves_nothing_and_the_corrected_rerun_runs(stage5_inputs, tiny_model_dir, tmp_path):
     """A learning rate of 1e30 trains step 1 and blows up the weights: step 2's loss is NaN. The stop
     said "nothing written" but left checkpoints/run_settings.json, so the rerun with a sane learning
     rate was refused for checkpoints "of a run with other settings" that did not exist."""
     out = tmp_path / "out"
-    args = _with(_args(inputs, tiny_model_dir, out), "--learning_rate", "1e30")
+    args = _with(_args(stage5_inputs, tiny_model_dir, out), "--learning_rate", "1e30")
     err = _refused(args, "the training loss is not finite (NaN or infinite) at step 2; stopped, the outputs were not "
-                         "written", out, capsys)
+                         "written", out)
     assert "stay in" not in err
     assert not out.exists()
-    status, err = _main(_args(inputs, tiny_model_dir, out)[1:], capsys)
-    assert status == 0, err
+    run_in_process(*_args(stage5_inputs, tiny_model_dir, out))
     assert (out / "merged" / "config.json").is_file()
 
 
 @pytest.mark.slow
-def test_disk_full_while_saving_a_checkpoint_is_one_line(inputs, tiny_model_dir, tmp_path, capsys, monkeypatch):
+def test_disk_full_while_saving_a_checkpoint_is_one_line(stage5_inputs, tiny_model_dir, tmp_path, monkeypatch):
     """ENOSPC inside the trainer's checkpoint save was a traceback; now one line, and neither the
     partial checkpoint nor the settings record nor the run folder is left."""
     import errno
@@ -533,8 +494,8 @@ def test_disk_full_while_saving_a_checkpoint_is_one_line(inputs, tiny_model_dir,
 
     monkeypatch.setattr(torch, "save", disk_full)  # training_args.bin, optimizer.pt, ...: the checkpoint's files
     out = tmp_path / "out"
-    _refused(_args(inputs, tiny_model_dir, out), f"cannot write checkpoint {out / 'checkpoints' / 'checkpoint-2'}: "
-             "No space left on device; stopped, the outputs were not written", out, capsys)
+    _refused(_args(stage5_inputs, tiny_model_dir, out), f"cannot write checkpoint {out / 'checkpoints' / 'checkpoint-2'}: "
+             "No space left on device; stopped, the outputs were not written", out)
     assert not out.exists()
 
 
@@ -542,7 +503,7 @@ def test_disk_full_while_saving_a_checkpoint_is_one_line(inputs, tiny_model_dir,
 # Issue 20: one run per folder; inputs of another split or stage; outputs never where the inputs are
 
 
-def test_a_second_run_is_refused_before_it_clears_the_first_runs_checkpoints(inputs, tiny_model_dir, tmp_path):
+def test_a_second_run_is_refused_before_it_clears_the_first_runs_checkpoints(stage5_inputs, tiny_model_dir, tmp_path):
     """Two stage-5 runs into one folder: the second deleted the first's checkpoints mid-run."""
     from other_runs import run_holding
 
@@ -550,40 +511,41 @@ def test_a_second_run_is_refused_before_it_clears_the_first_runs_checkpoints(inp
     from siren.io import atomic_write_json
 
     out = tmp_path / "AO"
-    args = _args(inputs, tiny_model_dir, out)
+    args = _args(stage5_inputs, tiny_model_dir, out)
     stage, config = load_script(SCRIPT).parse_args(args[1:])
     checkpoint = out / "checkpoints" / "checkpoint-2"
     checkpoint.mkdir(parents=True)
     (checkpoint / "adapter_model.safetensors").write_text("the first run's")
     atomic_write_json(out / "checkpoints" / CHECKPOINT_SETTINGS_NAME, run_settings(stage, config))  # same settings
     with run_holding(out) as pid:
-        proc = run_script(*args, check=False)
+        proc = run_in_process(*args, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
         f"error: output folder {out} is in use by another run (process {pid}"), proc.stderr[-2000:]
     assert (checkpoint / "adapter_model.safetensors").read_text() == "the first run's"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
 
 
-def test_teacher_states_or_a_mask_of_another_split_are_refused(inputs, tiny_model_dir, tmp_path, capsys):
+def test_teacher_states_or_a_mask_of_another_split_are_refused(stage5_inputs, tiny_model_dir, tmp_path):
     from siren.io import write_manifest
 
     teacher = tmp_path / "teacher"
-    shutil.copytree(inputs["teacher"], teacher)
+    shutil.copytree(stage5_inputs["teacher"], teacher)
     manifest = json.loads((teacher / "manifest.json").read_text())
     write_manifest(teacher, script="extract_last_hidden_ddp.py", args={**manifest["args"], "split": "test"},
                    extra={"model": manifest["model"]})
-    args = _args({**inputs, "teacher": teacher}, tiny_model_dir, tmp_path / "a")
-    status, err = _main(args[1:], capsys)
-    assert status == 2 and re.search(r"--teacher_hidden_path .*teacher was made with split 'test' .* asks for 'train' "
-                                     r"\(stage 5 trains on the train split\)", err), err
+    args = _args({**stage5_inputs, "teacher": teacher}, tiny_model_dir, tmp_path / "a")
+    assert_refused(run_in_process(*args, check=False),
+                   re.compile(r"--teacher_hidden_path .*teacher was made with split 'test' .* asks for 'train' "
+                              r"\(stage 5 trains on the train split\)"))
     mask_dir = tmp_path / "cot_valid"
     mask_dir.mkdir()
-    shutil.copy(inputs["mask"], mask_dir / "mask.pt")
+    shutil.copy(stage5_inputs["mask"], mask_dir / "mask.pt")
     write_manifest(mask_dir, script="inference_train_ddp.py", args={"split": "valid"})
-    status, err = _main(_args({**inputs, "mask": mask_dir / "mask.pt"}, tiny_model_dir, tmp_path / "b")[1:], capsys)
-    assert status == 2 and "--teacher_mask_path" in err and "made with split 'valid'" in err, err
-    status, err = _main(_args({**inputs, "teacher": inputs["instructions"]}, tiny_model_dir, tmp_path / "c")[1:], capsys)
-    assert status == 2 and "was written by preprocess_hidden.py, not extract_last_hidden_ddp.py" in err, err
-    status, err = _main(_args(inputs, tiny_model_dir, inputs["instructions"], "--overwrite")[1:], capsys)
-    assert status == 2 and "(--output_dir) is this stage's input" in err, err
+    err = assert_refused(run_in_process(*_args({**stage5_inputs, "mask": mask_dir / "mask.pt"}, tiny_model_dir, tmp_path / "b"),
+                                        check=False), "made with split 'valid'")
+    assert "--teacher_mask_path" in err
+    assert_refused(run_in_process(*_args({**stage5_inputs, "teacher": stage5_inputs["instructions"]}, tiny_model_dir, tmp_path / "c"),
+                                  check=False), "was written by preprocess_hidden.py, not extract_last_hidden_ddp.py")
+    assert_refused(run_in_process(*_args(stage5_inputs, tiny_model_dir, stage5_inputs["instructions"], "--overwrite"), check=False),
+                   "(--output_dir) is this stage's input")
     assert not any((tmp_path / name).exists() for name in "abc")

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import load_script
+from conftest import assert_refused, run_in_process
 from stage_inputs import build_ao_dataset
 
 from siren import SirenError
-from siren.cli import run_main
 
 REBUILD = "rebuild it with preprocess_hidden.py"
 
@@ -28,16 +27,6 @@ def ao_folder(verl_dir, tiny_model_dir, tmp_path_factory) -> Path:
 
     return build_ao_dataset(verl_dir, load_tokenizer(tiny_model_dir), tmp_path_factory.mktemp("ao") / "hidden",
                             (6, 4, 4), tiny_model_dir)
-
-
-def _one_line_refusal(script_name: str, argv: list[str], capsys) -> str:
-    """Run a stage's main as its command line does; the error is one line, exit status 2."""
-    script = load_script(script_name)
-    assert run_main(lambda: script.main(argv)) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert lines[-1].startswith("error: ") and "Traceback" not in err, err
-    return lines[-1].removeprefix("error: ")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,23 +91,23 @@ def test_a_damaged_4c_split_is_named_with_what_is_wrong(ao_folder, tmp_path, dam
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["arrow cut short", "no rows"])
-def test_stage6_names_a_damaged_4c_split_in_one_line(ao_folder, tiny_model_dir, tmp_path, capsys, damage):
+def test_stage6_names_a_damaged_4c_split_in_one_line(ao_folder, tiny_model_dir, tmp_path, damage):
     folder = _damaged(ao_folder, tmp_path, damage, "test")
-    message = _one_line_refusal("inference_ao_ddp.py", ["--model", str(tiny_model_dir), "--data_path", str(folder),
-                                                        "--output_dir", str(tmp_path / "out")], capsys)
+    message = assert_refused(run_in_process("inference_ao_ddp.py", "--model", str(tiny_model_dir), "--data_path",
+                                            str(folder), "--output_dir", str(tmp_path / "out"), check=False))
     assert message.startswith(str(folder)) and re.search(DAMAGES[damage][1].format(split="test"), message), message
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("damage", "split"), [("arrow cut short", "train"), ("no rows", "valid")])
-def test_stage5_names_a_damaged_4c_split_in_one_line(ao_folder, tiny_model_dir, tmp_path, capsys, damage, split):
+def test_stage5_names_a_damaged_4c_split_in_one_line(ao_folder, tiny_model_dir, tmp_path, damage, split):
     """Stage 5 reads the 4c folder before the mask and the teacher states (here: paths that do not exist)."""
     folder = _damaged(ao_folder, tmp_path, damage, split)
-    message = _one_line_refusal("train_hidden_mask.py", [
-        "--model", str(tiny_model_dir), "--data_path", str(folder), "--teacher_hidden_path", str(tmp_path / "none"),
-        "--teacher_mask_path", str(tmp_path / "none.pt"), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true",
-        "--report_to", "none"], capsys)
+    message = assert_refused(run_in_process(
+        "train_hidden_mask.py", "--model", str(tiny_model_dir), "--data_path", str(folder), "--teacher_hidden_path",
+        str(tmp_path / "none"), "--teacher_mask_path", str(tmp_path / "none.pt"), "--output_dir", str(tmp_path / "out"),
+        "--use_cpu", "true", "--report_to", "none", check=False))
     assert re.search(DAMAGES[damage][1].format(split=split), message), message
     assert not (tmp_path / "out").exists()
 
@@ -189,11 +178,11 @@ def test_a_parquet_row_of_the_wrong_type_is_named(verl_dir, tmp_path, change, me
     ("preprocess_hidden.py", "val"),      # 4c reads all three
     ("inference_ao_ddp.py", "test"),      # 6 reads test by default
 ])
-def test_a_non_numeric_ground_truth_is_one_line_in_every_stage(verl_dir, tiny_model_dir, tmp_path, capsys, script,
+def test_a_non_numeric_ground_truth_is_one_line_in_every_stage(verl_dir, tiny_model_dir, tmp_path, script,
                                                                split_stem):
     folder = _with_row(verl_dir, tmp_path / "max@10-long@False", split_stem, 3, _ground_truth("four"))
-    message = _one_line_refusal(script, ["--model", str(tiny_model_dir), "--data_path", str(folder),
-                                         "--output_dir", str(tmp_path / "out")], capsys)
+    message = assert_refused(run_in_process(script, "--model", str(tiny_model_dir), "--data_path", str(folder),
+                                            "--output_dir", str(tmp_path / "out"), check=False))
     assert message == (f"{folder / (split_stem + '.parquet')}: row 3: reward_model.ground_truth must be a rating "
                        "from 1 to 5 (e.g. \"4.0\"), got 'four'")
     assert not (tmp_path / "out").exists()
@@ -203,12 +192,12 @@ def test_a_non_numeric_ground_truth_is_one_line_in_every_stage(verl_dir, tiny_mo
 # Weights cut short
 
 
-def test_stage6_names_a_model_safetensors_cut_short(ao_folder, tiny_model_dir, tmp_path, capsys):
+def test_stage6_names_a_model_safetensors_cut_short(ao_folder, tiny_model_dir, tmp_path):
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1000])
-    message = _one_line_refusal("inference_ao_ddp.py", ["--model", str(model), "--data_path", str(ao_folder),
-                                                        "--output_dir", str(tmp_path / "out")], capsys)
+    message = assert_refused(run_in_process("inference_ao_ddp.py", "--model", str(model), "--data_path", str(ao_folder),
+                                            "--output_dir", str(tmp_path / "out"), check=False))
     assert message.startswith(f"{weights} is cut short: its tensors need ")
     assert message.endswith("; the weights are damaged or were not copied whole")
     assert not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import load_script, run_script
+from conftest import assert_refused, load_script, run_in_process
 
 from siren import SirenError
 
@@ -60,7 +60,7 @@ def test_completion_is_well_formed_and_scored_as_the_ground_truth_is_written():
 
 
 def test_missing_data_path_is_a_one_line_error(tmp_path, tiny_model_dir):
-    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(tmp_path / "nope"),
+    proc = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(tmp_path / "nope"),
                       "--out_dir", str(tmp_path / "out"), check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -71,7 +71,7 @@ def test_missing_data_path_is_a_one_line_error(tmp_path, tiny_model_dir):
 @pytest.mark.slow
 def test_end_to_end_writes_a_loadable_model(tmp_path, tiny_model_dir, verl_dir):
     out = tmp_path / "warm"
-    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", "8",
+    proc = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", "8",
                       "--max_steps", "3", "--per_device_train_batch_size", "4", "--max_new_tokens", "8",
                       "--min_format_rate", "0", "--output_dir", str(out))
     assert "greedy format check" in proc.stdout
@@ -89,16 +89,16 @@ def test_end_to_end_writes_a_loadable_model(tmp_path, tiny_model_dir, verl_dir):
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config.num_hidden_layers >= 1 and tokenizer.eos_token == "<|im_end|>"
 
-    again = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(out),
+    again = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(out),
                        check=False)
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert_refused(again, "--overwrite")
 
 
 @pytest.mark.slow
 def test_a_warm_start_that_cannot_write_the_format_is_refused(tmp_path, tiny_model_dir, verl_dir):
     """1 step at 1e-4 leaves the random model unable to write the format: one line, nothing written."""
     out = tmp_path / "warm"
-    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", "4",
+    proc = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", "4",
                       "--max_steps", "1", "--per_device_train_batch_size", "4", "--max_new_tokens", "4",
                       "--output_dir", str(out), check=False)
     assert proc.returncode == 2

@@ -1,4 +1,4 @@
-"""config_Zero2.yaml: accelerate reads it, the command line overrides it, DeepSpeed accepts it.
+"""config_Zero2.yaml: accelerate reads it, DeepSpeed accepts it, train_hidden_mask.py's settings fill it.
 
 No CUDA is needed: the DeepSpeed config is built the way accelerate + the HF Trainer build it at
 launch (plugin from the YAML, "auto" values filled from the training arguments) and then handed to
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, load_script
+
 CONFIG = REPO / "config_Zero2.yaml"
 
 
@@ -38,17 +38,6 @@ def _plugin_as_launched(monkeypatch, *launch_args: str):
     return config, plugin
 
 
-def _filled_by_the_trainer(plugin, tmp_path, **training_args):
-    """The DeepSpeed config after the HF Trainer filled its "auto" values (propagate_args_to_deepspeed)."""
-    from transformers import TrainingArguments
-    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
-
-    args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, report_to=[], **training_args)
-    filled = HfTrainerDeepSpeedConfig(copy.deepcopy(plugin.deepspeed_config))
-    filled.trainer_config_process(args)
-    return filled
-
-
 def test_accelerate_loads_zero2_bf16(monkeypatch):
     from accelerate.utils import DistributedType
 
@@ -60,63 +49,23 @@ def test_accelerate_loads_zero2_bf16(monkeypatch):
     assert plugin.deepspeed_config["bf16"] == {"enabled": True}
 
 
-def test_num_processes_is_overridden_by_the_command_line():
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-
-    parser = launch_command_parser()
-    args = parser.parse_args(["--config_file", str(CONFIG), "--num_processes", "3", "train_hidden_mask.py"])
-    args, _, _ = _validate_launch_command(args)
-    assert args.num_processes == 3
-    assert args.use_deepspeed and int(args.zero_stage) == 2 and args.mixed_precision == "bf16"
-
-
-def test_deepspeed_accepts_the_resulting_config(tmp_path, monkeypatch):
-    from deepspeed.runtime.config import DeepSpeedConfig
-
-    _, plugin = _plugin_as_launched(monkeypatch)
-    # train_hidden_mask.py's defaults: per-device batch 4, no accumulation, max_grad_norm 1.0.
-    filled = _filled_by_the_trainer(plugin, tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1)
-    assert not filled.mismatches, filled.mismatches
-    ds_config = DeepSpeedConfig(copy.deepcopy(filled.config))
-    assert ds_config.zero_optimization_stage == 2
-    assert ds_config.bfloat16_config.enabled
-    assert ds_config.train_micro_batch_size_per_gpu == 4
-    assert ds_config.gradient_clipping == 1.0
-
-
-def test_the_scripts_accumulation_and_clipping_decide(tmp_path, monkeypatch):
-    """`train_hidden_mask.py --gradient_accumulation_steps 2` under the README command: no mismatch."""
-    from deepspeed.runtime.config import DeepSpeedConfig
-
-    _, plugin = _plugin_as_launched(monkeypatch, "--num_processes", "1")
-    filled = _filled_by_the_trainer(plugin, tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                                    max_grad_norm=0.5)
-    assert not filled.mismatches, filled.mismatches
-    ds_config = DeepSpeedConfig(copy.deepcopy(filled.config))
-    assert ds_config.gradient_accumulation_steps == 2 and ds_config.gradient_clipping == 0.5
-    assert ds_config.train_batch_size == 4 * 2  # one process
-
-
 def test_the_scripts_own_settings_fill_the_launched_config(tmp_path, monkeypatch):
     """train_hidden_mask.py's parsed training config (TrainingArguments fields, the stage's defaults) under
     `accelerate launch --config_file config_Zero2.yaml`: DeepSpeed's "auto" values come from it."""
-    import importlib.util
-
     from deepspeed.runtime.config import DeepSpeedConfig
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
     _, plugin = _plugin_as_launched(monkeypatch, "--num_processes", "1")
-    spec = importlib.util.spec_from_file_location("train_hidden_mask", REPO / "train_hidden_mask.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    # --bf16 true: what the unset default resolves to on a GPU with bf16 (the YAML's mixed precision)
-    _, config = script.parse_args(["--model", "m", "--data_path", "d", "--teacher_hidden_path", "t",
-                                   "--teacher_mask_path", "m.pt", "--output_dir", str(tmp_path), "--bf16", "true",
-                                   "--gradient_accumulation_steps", "3"])
+    # --bf16 true: what the unset default resolves to on a GPU with bf16 (the YAML's mixed precision);
+    # accumulation and clipping given on the command line: the YAML leaves them "auto", the script decides
+    _, config = load_script("train_hidden_mask.py").parse_args([
+        "--model", "m", "--data_path", "d", "--teacher_hidden_path", "t", "--teacher_mask_path", "m.pt",
+        "--output_dir", str(tmp_path), "--bf16", "true", "--gradient_accumulation_steps", "3", "--max_grad_norm", "0.5"])
     filled = HfTrainerDeepSpeedConfig(copy.deepcopy(plugin.deepspeed_config))
     filled.trainer_config_process(config)
     assert not filled.mismatches, filled.mismatches
     ds_config = DeepSpeedConfig(copy.deepcopy(filled.config))
     assert ds_config.train_micro_batch_size_per_gpu == 4  # the stage's per_device_train_batch_size
-    assert ds_config.gradient_accumulation_steps == 3 and ds_config.gradient_clipping == 1.0
+    assert ds_config.gradient_accumulation_steps == 3 and ds_config.gradient_clipping == 0.5
+    assert ds_config.train_batch_size == 4 * 3  # one process
     assert ds_config.zero_optimization_stage == 2 and ds_config.bfloat16_config.enabled
