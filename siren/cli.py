@@ -41,9 +41,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
+class StageArgumentParser(argparse.ArgumentParser):
+    """argparse, except that a bad command line ends in one `error: ...` line (exit 2), as every
+    other refusal of a stage does, instead of the usage block followed by `prog: error: ...`."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def stage_parser(doc: str | None) -> argparse.ArgumentParser:
     """The parser of a stage script: its module docstring as the description."""
-    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    return StageArgumentParser(description=doc, formatter_class=HelpFormatter)
 
 
 def hf_parser(dataclass_types: Iterable, doc: str | None, parser_class=None, **defaults):

@@ -440,10 +440,10 @@ def test_bad_files_are_one_line_and_nothing_is_written(tmp_path):
 
 def test_a_bad_date_or_share_is_refused():
     bad = run_in_process(SCRIPT, "--category", "X", "--reviews", "r", "--meta", "m", "--since", "soon", check=False)
-    assert bad.returncode == 2 and "ISO date" in bad.stderr  # argparse's message (a type check)
+    assert_refused(bad, "ISO date", only_line=True)  # argparse's type check, in one line
     bad = run_in_process(SCRIPT, "--category", "X", "--reviews", "r", "--meta", "m", "--max_missing_meta", "2",
                          check=False)
-    assert bad.returncode == 2 and "share from 0 to 1" in bad.stderr
+    assert_refused(bad, "share from 0 to 1", only_line=True)
 
 
 # ---------------------------------------------------------------------------------------------

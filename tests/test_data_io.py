@@ -646,3 +646,17 @@ def test_output_folder_clear_of_the_inputs(tmp_path):
         assert check_output_clear_of_inputs(out, [split, model]) == out
     with pytest.raises(SirenError, match=r"\(--output_root\) holds"):
         check_output_clear_of_inputs(data, [split], "--output_root")
+
+
+def test_a_bad_command_line_is_one_line(capsys):
+    """argparse's errors (a bad type, a missing flag) end like every other refusal: one `error:` line."""
+    from siren.cli import stage_parser
+
+    parser = stage_parser("doc")
+    parser.add_argument("--count", type=int, required=True)
+    for argv in (["--count", "x"], []):
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and "--count" in err and "--help" in err
