@@ -142,7 +142,10 @@ def load_generator(backend: str, model_path: str | os.PathLike, dtype: str, sett
     check_backend(backend, cache)
     if backend == "vllm":
         return VLLMGenerator(model_path, dtype, settings, state.num_processes, seed)
+    from siren import decode_attention
     from siren.modeling import load_causal_lm, resolve_dtype
 
-    model = load_causal_lm(model_path, resolve_dtype(dtype, state.device.type), state.device)
+    # Decoding attends without copying the KV cache per query head (siren.decode_attention).
+    model = load_causal_lm(model_path, resolve_dtype(dtype, state.device.type), state.device,
+                           attn_implementation=decode_attention.register())
     return HFGenerator(model, tokenizer, settings, cache)

@@ -301,6 +301,10 @@ def load_policy(model_path: str | Path, dtype: str = "float32", attn_implementat
     from transformers import AutoModelForCausalLM
 
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    if attn_implementation is None:  # rollouts decode without copying the KV cache (siren.decode_attention)
+        from siren import decode_attention
+
+        attn_implementation = decode_attention.register()
     return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype, attn_implementation=attn_implementation,
                                                 revision=revision)
 

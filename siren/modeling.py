@@ -33,9 +33,10 @@ def resolve_dtype(name: str, device_type: str):
     return dtypes[name]
 
 
-def load_causal_lm(model_path: str | os.PathLike, dtype, device):
+def load_causal_lm(model_path: str | os.PathLike, dtype, device, attn_implementation: str | None = None):
     """A causal LM in eval mode on `device`. A path that holds no model, or whose weight files are
-    cut short (`check_weight_files`, before anything loads), is a one-line error."""
+    cut short (`check_weight_files`, before anything loads), is a one-line error.
+    `attn_implementation`: None is transformers' default (sdpa)."""
     from safetensors import SafetensorError
 
     path = Path(model_path)
@@ -45,7 +46,7 @@ def load_causal_lm(model_path: str | os.PathLike, dtype, device):
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=attn_implementation)
     except (OSError, ValueError, SafetensorError) as err:
         raise SirenError(f"cannot load a model from {path}: {str(err).splitlines()[0]}") from None
     return model.to(device).eval()
