@@ -38,7 +38,7 @@ case "$PROFILE" in
         # The random model learns only the one-line recipe, and only at a high learning rate.
         D_WARM_RECIPE=mean; D_WARM_LR=1e-2; D_WARM_STEPS=60; D_WARM_ROWS=64; D_WARM_BATCH=8; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=2; D_GRPO_PROMPTS=2; D_ROLLOUT_N=2; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0.001; D_GRPO_EVAL_ROWS=4
-        D_MAX_NEW_TOKENS=40; D_COT_BATCH=16; D_ALIGN_STEPS=20; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=false
+        D_MAX_NEW_TOKENS=40; D_COT_BATCH=16; D_ALIGN_STEPS=20; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=false; D_WARM_BF16=false
         D_BENCH_SAMPLES=4; D_BENCH_COT_TOKENS=64
         ;;
     real)
@@ -46,7 +46,7 @@ case "$PROFILE" in
         D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=400; D_DTYPE=bfloat16
         D_WARM_RECIPE=prompt; D_WARM_LR=2e-4; D_WARM_STEPS=24; D_WARM_ROWS=96; D_WARM_BATCH=4; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=3; D_GRPO_PROMPTS=4; D_ROLLOUT_N=4; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0; D_GRPO_EVAL_ROWS=8
-        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=40; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true
+        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=40; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true; D_WARM_BF16=true
         D_BENCH_SAMPLES=8; D_BENCH_COT_TOKENS=64
         ;;
     *) die "PROFILE must be tiny or real, got '$PROFILE'" ;;
@@ -63,6 +63,7 @@ WARM_STEPS=${WARM_STEPS:-$D_WARM_STEPS}
 WARM_ROWS=${WARM_ROWS:-$D_WARM_ROWS}            # train rows spread over the split (many users)
 WARM_BATCH=${WARM_BATCH:-$D_WARM_BATCH}
 WARM_MIN_FORMAT=${WARM_MIN_FORMAT:-$D_WARM_MIN_FORMAT}
+WARM_BF16=${WARM_BF16:-$D_WARM_BF16}            # the warm start under bf16 autocast (float32 weights)
 GRPO_STEPS=${GRPO_STEPS:-$D_GRPO_STEPS}
 GRPO_PROMPTS=${GRPO_PROMPTS:-$D_GRPO_PROMPTS}   # prompts per GRPO step
 ROLLOUT_N=${ROLLOUT_N:-$D_ROLLOUT_N}            # responses per prompt
@@ -87,6 +88,7 @@ if [[ ! -f "$MODEL/config.json" ]]; then
     die "no model at $MODEL; build it with: $PY scripts/make_tiny_model.py --output_dir $MODEL"
 fi
 [[ -n "$RUN" && "$RUN" != "/" && "$RUN" != "." ]] || die "RUN must name the demo's own output folder"
+[[ "$WARM_BF16" == true || "$WARM_BF16" == false ]] || die "WARM_BF16 must be true or false, got '$WARM_BF16'"
 
 VERL="$RUN/verl/max@10-long@True"
 AO_DATA="$RUN/ao_data"
@@ -134,7 +136,8 @@ step "format warm start ($WARM_RECIPE recipe: stands in for a pretrained model's
 "$PY" scripts/warm_start_format.py --model "$MODEL" --data_path "$VERL" --max_length 1024 --recipe "$WARM_RECIPE" \
     --learning_rate "$WARM_LR" --max_steps "$WARM_STEPS" --limit "$WARM_ROWS" --per_device_train_batch_size "$WARM_BATCH" \
     --check_limit 32 \
-    --max_new_tokens "$MAX_NEW_TOKENS" --min_format_rate "$WARM_MIN_FORMAT" --output_dir "$WARM"
+    --max_new_tokens "$MAX_NEW_TOKENS" --min_format_rate "$WARM_MIN_FORMAT" --output_dir "$WARM" \
+    $([[ "$WARM_BF16" == true ]] && echo --bf16)
 
 step "stage 6 on the warm start"
 "$PY" inference_ao_ddp.py --model "$WARM" --data_path "$AO_DATA" --split test --limit "$LIMIT" "${AO[@]}" \

@@ -73,10 +73,11 @@ def test_end_to_end_writes_a_loadable_model(tmp_path, tiny_model_dir, verl_dir):
     out = tmp_path / "warm"
     proc = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", "8",
                       "--max_steps", "3", "--per_device_train_batch_size", "4", "--max_new_tokens", "8",
-                      "--min_format_rate", "0", "--output_dir", str(out))
+                      "--min_format_rate", "0", "--bf16", "--output_dir", str(out))
     assert "greedy format check" in proc.stdout
 
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["args"]["bf16"] is True  # trained under bf16 autocast; the weights stay float32 (below)
     counts = manifest["counts"]
     assert counts["rows"] == 8 and counts["steps"] == 3
     assert 0.0 <= counts["format_ok_fraction"] <= 1.0
@@ -88,6 +89,7 @@ def test_end_to_end_writes_a_loadable_model(tmp_path, tiny_model_dir, verl_dir):
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config.num_hidden_layers >= 1 and tokenizer.eos_token == "<|im_end|>"
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
 
     again = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(out),
                        check=False)
