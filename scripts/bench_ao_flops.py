@@ -17,6 +17,7 @@ import sys
 
 from siren import cli
 from siren.cli import positive_int, run_main
+from siren.tools import bench_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,35 +28,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.add_limit(parser, help="rows scored per measurement (the first N of the split)")
     parser.set_defaults(limit=96)
     parser.add_argument("--batch_sizes", nargs="+", type=positive_int, default=[1, 4, 16], help="stage-6 batch sizes")
-    parser.add_argument("--dtype", nargs="+", dest="dtypes", choices=("float32", "bfloat16"), default=["float32"],
-                        help="model and matmul dtypes")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (unset: torch's default)")
-    cli.add_output_dir(parser, "where flops.json goes", default="results/bench_ao_flops")
-    cli.add_overwrite(parser)
+    bench_run.add_flags(parser, "flops.json", "results/bench_ao_flops")
     return parser.parse_args(argv)
 
 
-def validate(args):
-    """The output folder, before anything loads; returns its StageOutputs."""
-    from siren.outputs import StageOutputs
-
-    return StageOutputs(args.output_dir, ["flops.json"], script="scripts/bench_ao_flops.py",
-                        inputs=[args.model, args.data_path], overwrite=args.overwrite).check()
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    outputs = validate(args)
-
-    from siren.io import RunTimer, atomic_write_json
-
-    timer = RunTimer()
-    with outputs.claimed():
-        summary = measure(args)
-        with outputs.commit(args, timer) as staged:
-            atomic_write_json(staged.path("flops.json"), summary)
-            staged.record(counts={"measurements": len(summary["results"])})
-    print(f"wrote {outputs.folder / 'flops.json'} in {timer.seconds:.1f}s")
 
 
 def measure(args) -> dict:
@@ -69,8 +45,6 @@ def measure(args) -> dict:
     from siren.tokenization import load_tokenizer, rating_token_ids
     from siren.tools.flops import forward_shape, matmul_rate, useful_flops
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.model, padding_side="left")
     rows = load_ao_rows(args.data_path, args.split, tokenizer, limit=args.limit)
     lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]]
@@ -105,6 +79,11 @@ def measure(args) -> dict:
                "flops_per_row_mean_gflop": round(useful_flops(shape, lengths) / len(lengths) / 1e9, 2),
                "results": results}
     return summary
+
+
+def main(argv=None) -> None:
+    bench_run.run(parse_args(argv), "scripts/bench_ao_flops.py", "flops.json", measure,
+                  counts=lambda report: {"measurements": len(report["results"])})
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import sys
 
 from siren import cli
 from siren.cli import positive_int, run_main
+from siren.tools import bench_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,20 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=positive_int, default=32, help="prompts per generate call (4a's batch)")
     parser.add_argument("--steps", type=positive_int, default=16, help="decode steps timed")
     parser.add_argument("--repeats", type=positive_int, default=2, help="runs per measurement; the fastest is kept")
-    parser.add_argument("--dtype", nargs="+", dest="dtypes", choices=("float32", "bfloat16"), default=["bfloat16"],
-                        help="model dtypes")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (unset: torch's default)")
-    cli.add_output_dir(parser, "where decode.json goes", default="results/bench_decode")
-    cli.add_overwrite(parser)
+    bench_run.add_flags(parser, "decode.json", "results/bench_decode")
     return parser.parse_args(argv)
-
-
-def validate(args):
-    """The output folder, before anything loads; returns its StageOutputs."""
-    from siren.outputs import StageOutputs
-
-    return StageOutputs(args.output_dir, ["decode.json"], script="scripts/bench_decode.py",
-                        inputs=[args.model, args.data_path], overwrite=args.overwrite).check()
 
 
 def measure(args) -> dict:
@@ -55,8 +44,6 @@ def measure(args) -> dict:
     from siren.tokenization import load_tokenizer
     from siren.verl_data import load_split_rows
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     rows = load_split_rows(args.data_path, args.split, limit=args.batch_size)
     tokenizer = load_tokenizer(args.model)
     encoded = tokenizer([chat_prompt_text(tokenizer, row["prompt"]) for row in rows], return_tensors="pt",
@@ -93,18 +80,8 @@ def measure(args) -> dict:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    outputs = validate(args)
-
-    from siren.io import RunTimer, atomic_write_json
-
-    timer = RunTimer()
-    with outputs.claimed():
-        summary = measure(args)
-        with outputs.commit(args, timer) as staged:
-            atomic_write_json(staged.path("decode.json"), summary)
-            staged.record(counts={"measurements": len(summary["results"])})
-    print(f"wrote {outputs.folder / 'decode.json'} in {timer.seconds:.1f}s")
+    bench_run.run(parse_args(argv), "scripts/bench_decode.py", "decode.json", measure,
+                  counts=lambda report: {"measurements": len(report["results"])})
 
 
 if __name__ == "__main__":

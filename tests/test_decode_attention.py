@@ -50,6 +50,7 @@ def test_it_does_not_copy_the_cache_for_one_token(monkeypatch):
     assert len(calls) == 2  # keys and values of a masked prompt's forward, as sdpa does
 
 
+@pytest.mark.slow
 def test_generation_writes_the_same_tokens_as_sdpa(tiny_model_dir):
     """Left-padded batched greedy decoding on the tiny Qwen3 (16 query heads over 8 KV heads)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -68,21 +69,3 @@ def test_generation_writes_the_same_tokens_as_sdpa(tiny_model_dir):
                                             pad_token_id=tokenizer.pad_token_id))
     assert torch.equal(sequences[0], sequences[1])
 
-
-@pytest.mark.slow
-def test_the_decode_benchmark_end_to_end(tiny_model_dir, verl_dir, tmp_path):
-    import json
-
-    from conftest import run_in_process
-
-    out = tmp_path / "bench"
-    proc = run_in_process("scripts/bench_decode.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
-                          "--split", "test", "--batch_size", "3", "--steps", "2", "--repeats", "1", "--dtype", "float32",
-                          "--output_dir", str(out))
-    assert "decode step" in proc.stdout
-    summary = json.loads((out / "decode.json").read_text())
-    assert summary["batch_size"] == 3 and summary["steps"] == 2
-    assert [r["attention"] for r in summary["results"]] == ["sdpa", decode_attention.GQA_DECODE]
-    assert all(r["decode_step_s"] > 0 and r["prompt_forward_s"] > 0 and r["same_tokens_as_sdpa"]
-               for r in summary["results"])
-    assert json.loads((out / "manifest.json").read_text())["script"] == "scripts/bench_decode.py"
