@@ -46,7 +46,7 @@ case "$PROFILE" in
         D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=400; D_DTYPE=bfloat16
         D_WARM_RECIPE=prompt; D_WARM_LR=2e-4; D_WARM_STEPS=24; D_WARM_ROWS=96; D_WARM_BATCH=4; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=3; D_GRPO_PROMPTS=4; D_ROLLOUT_N=4; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0; D_GRPO_EVAL_ROWS=8
-        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=40; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true; D_WARM_BF16=true
+        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=40; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true; D_WARM_BF16=false
         D_BENCH_SAMPLES=8; D_BENCH_COT_TOKENS=64
         ;;
     *) die "PROFILE must be tiny or real, got '$PROFILE'" ;;
@@ -63,7 +63,7 @@ WARM_STEPS=${WARM_STEPS:-$D_WARM_STEPS}
 WARM_ROWS=${WARM_ROWS:-$D_WARM_ROWS}            # train rows spread over the split (many users)
 WARM_BATCH=${WARM_BATCH:-$D_WARM_BATCH}
 WARM_MIN_FORMAT=${WARM_MIN_FORMAT:-$D_WARM_MIN_FORMAT}
-WARM_BF16=${WARM_BF16:-$D_WARM_BF16}            # the warm start under bf16 autocast (float32 weights)
+WARM_BF16=${WARM_BF16:-$D_WARM_BF16}            # the warm start under bf16 autocast (float32 weights; not yet tried in demo-real)
 GRPO_STEPS=${GRPO_STEPS:-$D_GRPO_STEPS}
 GRPO_PROMPTS=${GRPO_PROMPTS:-$D_GRPO_PROMPTS}   # prompts per GRPO step
 ROLLOUT_N=${ROLLOUT_N:-$D_ROLLOUT_N}            # responses per prompt
