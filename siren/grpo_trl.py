@@ -394,3 +394,15 @@ def run(script_args: GRPOScriptArguments, config, model_args) -> Path:
     if any(not math.isfinite(r) for r in rewards):
         print("warning: non-finite rewards were logged", file=sys.stderr)
     return target
+
+
+if __name__ == "__main__":
+    # `python -m siren.grpo_trl` was this backend's command before grpo_trl.py. Run as a module, this file
+    # would only define its functions and exit 0 with nothing trained and nothing checked.
+    from siren.cli import run_main
+
+    def _not_a_command() -> None:
+        raise SirenError("`python -m siren.grpo_trl` is not a command (it was before grpo_trl.py): run "
+                         "`python grpo_trl.py` with the same flags; nothing was read or written")
+
+    sys.exit(run_main(_not_a_command))

@@ -256,6 +256,18 @@ def test_a_bad_recipe_through_the_entry_point_is_one_line_before_any_folder(tiny
         assert sorted(tmp_path.iterdir()) == before
 
 
+def test_the_old_module_command_is_one_line_not_a_silent_exit_0(tmp_path):
+    """Issue 20 named `beta: [1,2]` through `python -m siren.grpo_trl`; that command is gone (grpo_trl.py
+    is the script), and run as a module the file exited 0 having read and written nothing."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("beta: [1,2]\n")
+    proc = run_in_process("-m", "siren.grpo_trl", "--model", "m", "--data_path", "d", "--config", str(recipe),
+                          cwd=tmp_path, check=False)
+    assert_refused(proc, "`python -m siren.grpo_trl` is not a command (it was before grpo_trl.py): run "
+                         "`python grpo_trl.py` with the same flags", only_line=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+
+
 def fit_on_an_80_gib_gpu(argv: list[str]):
     """fit_device as it runs on an 80 GiB card (the arithmetic needs none); returns the settings. They are
     parsed on the CPU first: GRPOConfig would set up the CUDA device it is told of."""
