@@ -35,7 +35,7 @@
 #   VAL_BEFORE_TRAIN   verl only: True (verl's default) runs one validation pass before step 1
 #   LOGGER             console, or console,wandb
 #   PROJECT_NAME, EXPERIMENT_NAME, TRAINER_DIR (raw checkpoints; verl default ckpt/verl/$PROJECT_NAME/$EXPERIMENT_NAME)
-#   OVERWRITE=1        replace an existing merged model
+#   OVERWRITE=1        replace an existing merged model (one of stage 3's; never MODEL_PATH or another stage's folder)
 #   PYTHON             interpreter (default: the repo's .venv/bin/python when it exists, else python3)
 #   DRY_RUN=1          verl: check the composed config (verl's validate_config too), print it and the memory
 #                      estimate, and exit; BACKEND=trl: print the grpo_trl.py command and exit
@@ -240,6 +240,7 @@ read -r -a PLANNED <<< "$PLANNED"
 
 # The merge, on this node: TRAINER_DIR must hold every rank's shard (a filesystem all nodes share).
 STEP=$("$PYTHON" -m siren.grpo_verl latest --trainer_dir "$TRAINER_DIR" --output_dir "$CKPT_DIR" \
+    --model_path "$MODEL_PATH" --data_dir "$DATA_DIR" \
     --data_name "$DATA_NAME" "${OVERWRITE_FLAG[@]}") || exit 2
 TARGET="$CKPT_DIR/GRPO_${DATA_NAME}_step${STEP}"
 PARTIAL="$CKPT_DIR/.GRPO_${DATA_NAME}_step${STEP}.partial"  # renamed once complete: $TARGET is always finished

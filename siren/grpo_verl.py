@@ -349,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     latest_parser.add_argument("--trainer_dir", required=True)
     latest_parser.add_argument("--output_dir", required=True)
     latest_parser.add_argument("--data_name", required=True)
+    latest_parser.add_argument("--model_path", default=None, help="the trained base model (MODEL_PATH)")
+    latest_parser.add_argument("--data_dir", default=None, help="the parquet folder (DATA_DIR)")
     cli.add_overwrite(latest_parser)
     finish_parser = verbs.add_parser("finish", help="merge a LoRA adapter and write the manifest")
     finish_parser.add_argument("merged_dir")
@@ -365,11 +367,18 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(" ".join(planned))
     elif args.verb == "latest":
+        from siren.outputs import StageOutputs
+
         step = latest_checkpoint(Path(args.trainer_dir))
         target = Path(args.output_dir) / f"GRPO_{args.data_name}_step{step}"
+        checkpoint = f"the verl checkpoint is in {args.trainer_dir}/global_step_{step}"
+        try:  # never the base model's folder or the data's, nor another stage's folder (OVERWRITE=1 or not)
+            StageOutputs(target, None, script="main_grpo_amazon.sh", also_written_by=("grpo_trl.py",),
+                         inputs=[args.model_path, args.data_dir], overwrite=True, flag="CKPT_DIR").check()
+        except SirenError as err:
+            raise SirenError(f"{err}; {checkpoint}") from None
         if target.exists() and not args.overwrite:
-            raise SirenError(f"output already exists: {target} (set OVERWRITE=1 to replace it; the verl checkpoint "
-                             f"is in {args.trainer_dir}/global_step_{step})")
+            raise SirenError(f"output already exists: {target} (set OVERWRITE=1 to replace it; {checkpoint})")
         print(step)
     else:
         if any("=" not in setting for setting in args.settings):

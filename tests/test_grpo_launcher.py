@@ -454,6 +454,30 @@ def test_after_training_the_latest_checkpoint_is_merged(tiny_model_dir, verl_dir
     assert run_launcher({**env, "OVERWRITE": "1"}, tmp_path).returncode == 0
 
 
+def test_the_merge_never_replaces_the_base_model_or_another_stages_folder(tiny_model_dir, verl_dir, tmp_path):
+    """Issue 20 group 8: with OVERWRITE=1 the merge removed whatever ckpt/GRPO_{data}_step{S} was, even
+    the MODEL_PATH it trained from (`MODEL_PATH=ckpt/GRPO_Movies_step7 CKPT_DIR=ckpt`). Refused in one
+    line; the base model and the trained checkpoint stay."""
+    stand_in, calls = _verl_stand_in(tmp_path)
+    model = shutil.copytree(tiny_model_dir, tmp_path / "ckpt" / "GRPO_Movies_step7")
+    before = sorted((p.name, p.stat().st_size) for p in model.iterdir())
+    env = {"PYTHON": str(stand_in), "MODEL_PATH": str(model), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2",
+           "TRAINER_DIR": str(tmp_path / "trainer"), "CKPT_DIR": str(tmp_path / "ckpt"), "OVERWRITE": "1"}
+    proc = run_launcher(env, tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"(CKPT_DIR) is this stage's input {model}" in proc.stderr
+    assert proc.stderr.rstrip().endswith(f"the verl checkpoint is in {tmp_path / 'trainer'}/global_step_7")
+    assert sorted((p.name, p.stat().st_size) for p in model.iterdir()) == before
+    assert f"merge {tmp_path / 'trainer'}" not in calls.read_text()
+
+    other = tmp_path / "other_ckpt" / "GRPO_Movies_step7"  # a folder of that name that stage 4c wrote
+    other.mkdir(parents=True)
+    (other / "manifest.json").write_text(json.dumps({"script": "preprocess_hidden.py"}))
+    proc = run_launcher({**env, "MODEL_PATH": str(tiny_model_dir), "CKPT_DIR": str(other.parent)}, tmp_path)
+    assert proc.returncode == 2 and "holds the outputs of preprocess_hidden.py" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["manifest.json"]
+
+
 def test_a_checkpoint_missing_a_ranks_shard_is_not_merged(tiny_model_dir, verl_dir, tmp_path):
     """Two nodes without a shared TRAINER_DIR: the head sees only its own ranks' shards."""
     stand_in, calls = _verl_stand_in(tmp_path, ranks=(0,))
