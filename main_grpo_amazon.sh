@@ -228,7 +228,7 @@ VERL_ARGS=(
     trainer.resume_from_path="$RESUME_FROM"
 )
 
-PLAN_ARGS=(--batch_size "$BATCH_SIZE" --offload "$OFFLOAD" --gpu_memory_gib "$GPU_MEMORY_GIB"
+PLAN_ARGS=(--batch_size "$BATCH_SIZE" --offload "$OFFLOAD" --gpu_memory_gib "$GPU_MEMORY_GIB" --data_name "$DATA_NAME"
            --launcher "${VERL_ARGS[@]}" --user "$@")
 if [[ "$DRY_RUN" == 1 ]]; then
     exec "$PYTHON" -m siren.grpo_verl plan --dry_run "${PLAN_ARGS[@]}"

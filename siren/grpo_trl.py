@@ -148,10 +148,13 @@ def parse_args(argv: list[str] | None = None, doc: str | None = None):
 
 def _derive(namespace, given: dict) -> None:
     """The settings that follow from others, unless given."""
+    from siren.data import check_category_name
     from siren.verl_data import default_verl_dir
 
+    check_category_name(namespace.category)  # names folders (the default --data_path), as --data_name does
     if namespace.data_name is None:
         namespace.data_name = namespace.category
+    check_category_name(namespace.data_name, what="--data_name")
     if namespace.data_path is None:
         namespace.data_path = str(default_verl_dir(namespace.category, namespace.max_history,
                                                    namespace.use_long_history))

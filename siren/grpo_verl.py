@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     plan_parser.add_argument("--offload", default="auto", help="auto, none, optimizer or all")
     plan_parser.add_argument("--gpu_memory_gib", default="", help="per card; empty: nvidia-smi's")
     plan_parser.add_argument("--dry_run", action="store_true", help="print the composed config instead")
+    plan_parser.add_argument("--data_name", default=None, help="DATA_NAME: names GRPO_{data_name}_step{S}")
     plan_parser.add_argument("--launcher", nargs="*", default=[], help="the launcher's Hydra overrides")
     plan_parser.add_argument("--user", nargs=argparse.REMAINDER, default=[], help="the user's Hydra overrides")
     latest_parser = verbs.add_parser("latest", help="print the step to merge, after checking the checkpoint")
@@ -357,6 +358,10 @@ def main(argv: list[str] | None = None) -> None:
     finish_parser.add_argument("settings", nargs="*", help="key=value, recorded in the manifest")
     args = parser.parse_args(argv)
 
+    if getattr(args, "data_name", None) is not None:  # it names the merged folder: a name, never a path
+        from siren.data import check_category_name
+
+        check_category_name(args.data_name, what="DATA_NAME")
     if args.verb == "plan":
         batch_size, offload, card = plan_settings(args.batch_size, args.offload, args.gpu_memory_gib)
         planned, config = plan(batch_size, offload, card, args.launcher, args.user, args.dry_run)

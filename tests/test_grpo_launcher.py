@@ -187,6 +187,9 @@ BAD_PLAN_SETTINGS = {
     "resume_path_unset": ({"RESUME_MODE": "resume_path"}, "RESUME_MODE=resume_path needs RESUME_FROM_PATH"),
     "model_missing": ({"MODEL_PATH": "no_such_model"}, "MODEL_PATH=no_such_model is not a model folder (no config.json)"),
     "missing_val": ({"DATA_DIR": "data"}, "missing parquet split: data/val.parquet"),
+    # issue 20 group 9: DATA_NAME names $CKPT_DIR/GRPO_{DATA_NAME}_step{S}; "../../x" put it outside CKPT_DIR
+    "data_name_path": ({"DATA_NAME": "../../x"}, "DATA_NAME '../../x' is not a name: a DATA_NAME is one folder name"),
+    "category_path": ({"CATEGORY": "../slice/Movies"}, "DATA_NAME '../slice/Movies' is not a name"),
 }
 
 

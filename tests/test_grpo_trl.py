@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -254,6 +255,17 @@ def test_a_bad_recipe_through_the_entry_point_is_one_line_before_any_folder(tiny
                               "--config", str(recipe), cwd=tmp_path, check=False)
         assert assert_refused(proc, message, only_line=True).startswith("--config ")
         assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data_name", "../../x"], "--data_name '../../x' is not a name"),  # GRPO_../../x_step2 lay outside --output_dir
+    (["--category", "../slice/Movies"], "category '../slice/Movies' is not a name"),
+    (["--data_name", "a/b"], "--data_name 'a/b' is not a name"),
+])
+def test_names_that_become_folders_are_names_not_paths(argv, message):
+    """Issue 20 group 9: a category (and --data_name, which defaults to it) is a name, not a path."""
+    with pytest.raises(SirenError, match=re.escape(message)):
+        parse_args(["--model", "m", "--data_path", "d", "--output_dir", "o", *argv])
 
 
 def test_the_old_module_command_is_one_line_not_a_silent_exit_0(tmp_path):
