@@ -118,6 +118,11 @@ fi
 [[ "$BACKEND" == verl ]] || die "BACKEND must be verl or trl, got '$BACKEND'"
 
 MODEL_PATH=${MODEL_PATH:-}
+# The settings that name the default DATA_DIR: given with a DATA_DIR, its manifest must agree with them.
+DATA_DIR_NAMED_BY=()
+for name in CATEGORY MAX_HISTORY USE_LONG_HISTORY; do
+    if [[ -n "${!name:-}" ]]; then DATA_DIR_NAMED_BY+=("$name=${!name}"); fi
+done
 CATEGORY=${CATEGORY:-Movies}
 MAX_HISTORY=${MAX_HISTORY:-10}
 USE_LONG_HISTORY=${USE_LONG_HISTORY:-True}
@@ -229,6 +234,7 @@ VERL_ARGS=(
 )
 
 PLAN_ARGS=(--batch_size "$BATCH_SIZE" --offload "$OFFLOAD" --gpu_memory_gib "$GPU_MEMORY_GIB" --data_name "$DATA_NAME"
+           --data_dir_named_by "${DATA_DIR_NAMED_BY[@]}"
            --launcher "${VERL_ARGS[@]}" --user "$@")
 if [[ "$DRY_RUN" == 1 ]]; then
     exec "$PYTHON" -m siren.grpo_verl plan --dry_run "${PLAN_ARGS[@]}"

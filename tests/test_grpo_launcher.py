@@ -193,6 +193,27 @@ BAD_PLAN_SETTINGS = {
 }
 
 
+def test_settings_that_contradict_the_data_dirs_manifest_are_refused(base_env, verl_dir, tmp_path, capsys):
+    """Issue 20 group 3, as grpo_trl.py does it: CATEGORY, MAX_HISTORY or USE_LONG_HISTORY name the default
+    DATA_DIR; given with a DATA_DIR built otherwise, they contradict its manifest (the run would train on
+    max@10 data and name it for 30, or on Movies and call it Books). Not given: nothing to contradict."""
+    data = shutil.copytree(verl_dir, tmp_path / "parquet")
+    manifest = {"script": "preprocess_grpo.py", "args": {"category": "Movies", "max_history": 10,
+                                                         "use_long_history": False}}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    env = {**base_env, "DATA_DIR": str(data)}
+    run_plan(plan_args(env, tmp_path), capsys)
+    run_plan(plan_args({**env, "MAX_HISTORY": "10", "USE_LONG_HISTORY": "false", "CATEGORY": "Movies"}, tmp_path), capsys)
+    for settings, message in (({"MAX_HISTORY": "30"}, "max_history 10 .*asks for 30 \\(MAX_HISTORY\\)"),
+                              ({"USE_LONG_HISTORY": "True"}, "use_long_history False .*asks for True \\(USE_LONG_HISTORY\\)"),
+                              ({"CATEGORY": "Books"}, "category 'Movies' .*asks for 'Books' \\(CATEGORY\\)")):
+        with pytest.raises(SirenError, match=f"^DATA_DIR {re.escape(str(data))} was made with {message}"):
+            run_plan(plan_args({**env, **settings}, tmp_path), capsys)
+    (data / "manifest.json").write_text(json.dumps({**manifest, "script": "preprocess_hidden.py"}))
+    with pytest.raises(SirenError, match=r"was written by preprocess_hidden\.py, not preprocess_grpo\.py"):
+        run_plan(plan_args(env, tmp_path), capsys)
+
+
 @pytest.mark.parametrize("case", list(BAD_PLAN_SETTINGS))
 def test_bad_settings_are_one_line_before_ray_starts(case, base_env, verl_dir, tmp_path, capsys, monkeypatch):
     (tmp_path / "data").mkdir()
