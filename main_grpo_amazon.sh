@@ -35,7 +35,7 @@
 #   VAL_BEFORE_TRAIN   verl only: True (verl's default) runs one validation pass before step 1
 #   LOGGER             console, or console,wandb
 #   PROJECT_NAME, EXPERIMENT_NAME, TRAINER_DIR (raw checkpoints; verl default ckpt/verl/$PROJECT_NAME/$EXPERIMENT_NAME)
-#   OVERWRITE=1        replace an existing merged model
+#   OVERWRITE=1        replace an existing merged model (one of stage 3's; never MODEL_PATH or another stage's folder)
 #   PYTHON             interpreter (default: the repo's .venv/bin/python when it exists, else python3)
 #   DRY_RUN=1          verl: check the composed config (verl's validate_config too), print it and the memory
 #                      estimate, and exit; BACKEND=trl: print the grpo_trl.py command and exit
@@ -118,6 +118,11 @@ fi
 [[ "$BACKEND" == verl ]] || die "BACKEND must be verl or trl, got '$BACKEND'"
 
 MODEL_PATH=${MODEL_PATH:-}
+# The settings that name the default DATA_DIR: given with a DATA_DIR, its manifest must agree with them.
+DATA_DIR_NAMED_BY=()
+for name in CATEGORY MAX_HISTORY USE_LONG_HISTORY; do
+    if [[ -n "${!name:-}" ]]; then DATA_DIR_NAMED_BY+=("$name=${!name}"); fi
+done
 CATEGORY=${CATEGORY:-Movies}
 MAX_HISTORY=${MAX_HISTORY:-10}
 USE_LONG_HISTORY=${USE_LONG_HISTORY:-True}
@@ -228,7 +233,8 @@ VERL_ARGS=(
     trainer.resume_from_path="$RESUME_FROM"
 )
 
-PLAN_ARGS=(--batch_size "$BATCH_SIZE" --offload "$OFFLOAD" --gpu_memory_gib "$GPU_MEMORY_GIB"
+PLAN_ARGS=(--batch_size "$BATCH_SIZE" --offload "$OFFLOAD" --gpu_memory_gib "$GPU_MEMORY_GIB" --data_name "$DATA_NAME"
+           --data_dir_named_by "${DATA_DIR_NAMED_BY[@]}"
            --launcher "${VERL_ARGS[@]}" --user "$@")
 if [[ "$DRY_RUN" == 1 ]]; then
     exec "$PYTHON" -m siren.grpo_verl plan --dry_run "${PLAN_ARGS[@]}"
@@ -240,6 +246,7 @@ read -r -a PLANNED <<< "$PLANNED"
 
 # The merge, on this node: TRAINER_DIR must hold every rank's shard (a filesystem all nodes share).
 STEP=$("$PYTHON" -m siren.grpo_verl latest --trainer_dir "$TRAINER_DIR" --output_dir "$CKPT_DIR" \
+    --model_path "$MODEL_PATH" --data_dir "$DATA_DIR" \
     --data_name "$DATA_NAME" "${OVERWRITE_FLAG[@]}") || exit 2
 TARGET="$CKPT_DIR/GRPO_${DATA_NAME}_step${STEP}"
 PARTIAL="$CKPT_DIR/.GRPO_${DATA_NAME}_step${STEP}.partial"  # renamed once complete: $TARGET is always finished

@@ -20,6 +20,7 @@ Every parser shows each flag's default in `--help` (`HelpFormatter`), so help te
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Iterable
 
@@ -43,10 +44,22 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 class StageArgumentParser(argparse.ArgumentParser):
     """argparse, except that a bad command line ends in one `error: ...` line (exit 2), as every
-    other refusal of a stage does, instead of the usage block followed by `prog: error: ...`."""
+    other refusal of a stage does, instead of the usage block followed by `prog: error: ...`, and
+    that no number flag takes nan or inf: `float("nan")` parses, and then fails every comparison,
+    so a range check written as `if value < 0: refuse` lets it through (4a's `--temperature nan`
+    ran greedy). The ranges themselves stay with the stage (or `siren.bounds`)."""
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            values = getattr(namespace, action.dest, None) if action.option_strings else None
+            for value in values if isinstance(values, (list, tuple)) else [values]:
+                if isinstance(value, float) and not math.isfinite(value):
+                    self.error(f"argument {'/'.join(action.option_strings)}: must be a finite number, got {value}")
+        return namespace, extras
 
 
 def stage_parser(doc: str | None) -> argparse.ArgumentParser:

@@ -40,17 +40,18 @@ def data_search_roots() -> list[Path]:
     return unique
 
 
-def check_category_name(category: str) -> str:
+def check_category_name(category: str, what: str = "category") -> str:
     """A category is a folder name (`Movies`, `Video_Games`), never a path: every stage puts it
     into paths (`<data_root>/<category>`, `data/<category>/verl/...`), so a separator or `..`
     would read or write outside the folders the flags name. The one check every entry point uses
-    (siren.cli's --category, the data search, the default output folders)."""
+    (siren.cli's --category, the data search, the default output folders), and for the other
+    names that become part of a folder name (`what`: stage 3's --data_name, GRPO_{data_name}_step{S})."""
     if not isinstance(category, str) or not category.strip():
-        raise SirenError(f"category {category!r} is empty; give a folder name such as Movies")
+        raise SirenError(f"{what} {category!r} is empty; give a folder name such as Movies")
     separators = {"/", "\\", os.sep, os.altsep} - {None}
     if any(sep in category for sep in separators) or category in (".", "..") \
             or any(ord(ch) < 32 for ch in category):
-        raise SirenError(f"category {category!r} is not a name: a category is one folder name (such as Movies), "
+        raise SirenError(f"{what} {category!r} is not a name: a {what} is one folder name (such as Movies), "
                          "without path separators, '.', '..' or control characters")
     return category
 

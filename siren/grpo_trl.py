@@ -148,10 +148,13 @@ def parse_args(argv: list[str] | None = None, doc: str | None = None):
 
 def _derive(namespace, given: dict) -> None:
     """The settings that follow from others, unless given."""
+    from siren.data import check_category_name
     from siren.verl_data import default_verl_dir
 
+    check_category_name(namespace.category)  # names folders (the default --data_path), as --data_name does
     if namespace.data_name is None:
         namespace.data_name = namespace.category
+    check_category_name(namespace.data_name, what="--data_name")
     if namespace.data_path is None:
         namespace.data_path = str(default_verl_dir(namespace.category, namespace.max_history,
                                                    namespace.use_long_history))
@@ -398,3 +401,15 @@ def run(script_args: GRPOScriptArguments, config, model_args) -> Path:
     if any(not math.isfinite(r) for r in rewards):
         print("warning: non-finite rewards were logged", file=sys.stderr)
     return target
+
+
+if __name__ == "__main__":
+    # `python -m siren.grpo_trl` was this backend's command before grpo_trl.py. Run as a module, this file
+    # would only define its functions and exit 0 with nothing trained and nothing checked.
+    from siren.cli import run_main
+
+    def _not_a_command() -> None:
+        raise SirenError("`python -m siren.grpo_trl` is not a command (it was before grpo_trl.py): run "
+                         "`python grpo_trl.py` with the same flags; nothing was read or written")
+
+    sys.exit(run_main(_not_a_command))

@@ -133,6 +133,28 @@ def _check_logger(logger) -> None:
                          f"verl knows {', '.join(Tracking.supported_backend)} (e.g. LOGGER=console,wandb)")
 
 
+def check_data_dir_manifest(config, named_by: list[str]) -> None:
+    """DATA_DIR is stage 2's folder (its manifest.json says so), and CATEGORY, MAX_HISTORY or
+    USE_LONG_HISTORY given with it (`NAME=value`) are what it was made with (`check_input_manifest`)."""
+    from argparse import ArgumentTypeError
+
+    from siren.cli import str2bool
+    from siren.manifest import check_input_manifest
+
+    expect = {}
+    for setting in named_by:
+        name, _, value = setting.partition("=")
+        try:
+            asked = str2bool(value) if name == "USE_LONG_HISTORY" else int(value) if name == "MAX_HISTORY" else value
+        except (ValueError, ArgumentTypeError) as err:
+            raise SirenError(f"{name} must be {'true or false' if name == 'USE_LONG_HISTORY' else 'a whole number'}, "
+                             f"got {value!r} ({err})") from None
+        expect[name.lower()] = (asked, name)
+    train = _get(config, "data.train_files")
+    train = train if isinstance(train, str) else list(train)[0]
+    check_input_manifest(Path(str(train)).parent, made_by="preprocess_grpo.py", flag="DATA_DIR", expect=expect)
+
+
 def _check_inputs(config) -> None:
     model = Path(str(_get(config, "actor_rollout_ref.model.path")))
     if not (model / "config.json").is_file():
@@ -343,21 +365,31 @@ def main(argv: list[str] | None = None) -> None:
     plan_parser.add_argument("--offload", default="auto", help="auto, none, optimizer or all")
     plan_parser.add_argument("--gpu_memory_gib", default="", help="per card; empty: nvidia-smi's")
     plan_parser.add_argument("--dry_run", action="store_true", help="print the composed config instead")
+    plan_parser.add_argument("--data_name", default=None, help="DATA_NAME: names GRPO_{data_name}_step{S}")
+    plan_parser.add_argument("--data_dir_named_by", nargs="*", default=[],
+                             help="NAME=value for each of CATEGORY, MAX_HISTORY, USE_LONG_HISTORY given")
     plan_parser.add_argument("--launcher", nargs="*", default=[], help="the launcher's Hydra overrides")
     plan_parser.add_argument("--user", nargs=argparse.REMAINDER, default=[], help="the user's Hydra overrides")
     latest_parser = verbs.add_parser("latest", help="print the step to merge, after checking the checkpoint")
     latest_parser.add_argument("--trainer_dir", required=True)
     latest_parser.add_argument("--output_dir", required=True)
     latest_parser.add_argument("--data_name", required=True)
+    latest_parser.add_argument("--model_path", default=None, help="the trained base model (MODEL_PATH)")
+    latest_parser.add_argument("--data_dir", default=None, help="the parquet folder (DATA_DIR)")
     cli.add_overwrite(latest_parser)
     finish_parser = verbs.add_parser("finish", help="merge a LoRA adapter and write the manifest")
     finish_parser.add_argument("merged_dir")
     finish_parser.add_argument("settings", nargs="*", help="key=value, recorded in the manifest")
     args = parser.parse_args(argv)
 
+    if getattr(args, "data_name", None) is not None:  # it names the merged folder: a name, never a path
+        from siren.data import check_category_name
+
+        check_category_name(args.data_name, what="DATA_NAME")
     if args.verb == "plan":
         batch_size, offload, card = plan_settings(args.batch_size, args.offload, args.gpu_memory_gib)
         planned, config = plan(batch_size, offload, card, args.launcher, args.user, args.dry_run)
+        check_data_dir_manifest(config, args.data_dir_named_by)
         if args.dry_run:
             from omegaconf import OmegaConf
 
@@ -365,11 +397,18 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(" ".join(planned))
     elif args.verb == "latest":
+        from siren.outputs import StageOutputs
+
         step = latest_checkpoint(Path(args.trainer_dir))
         target = Path(args.output_dir) / f"GRPO_{args.data_name}_step{step}"
+        checkpoint = f"the verl checkpoint is in {args.trainer_dir}/global_step_{step}"
+        try:  # never the base model's folder or the data's, nor another stage's folder (OVERWRITE=1 or not)
+            StageOutputs(target, None, script="main_grpo_amazon.sh", also_written_by=("grpo_trl.py",),
+                         inputs=[args.model_path, args.data_dir], overwrite=True, flag="CKPT_DIR").check()
+        except SirenError as err:
+            raise SirenError(f"{err}; {checkpoint}") from None
         if target.exists() and not args.overwrite:
-            raise SirenError(f"output already exists: {target} (set OVERWRITE=1 to replace it; the verl checkpoint "
-                             f"is in {args.trainer_dir}/global_step_{step})")
+            raise SirenError(f"output already exists: {target} (set OVERWRITE=1 to replace it; {checkpoint})")
         print(step)
     else:
         if any("=" not in setting for setting in args.settings):

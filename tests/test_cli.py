@@ -47,6 +47,23 @@ def test_bad_values_stop_argparse_with_one_line(argv, message, capsys):
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--rate", "nan"], "argument --rate/--old_rate: must be a finite number, got nan"),
+    (["--old_rate", "inf"], "argument --rate/--old_rate: must be a finite number, got inf"),
+    (["--sizes", "1.5", "NaN"], "argument --sizes: must be a finite number, got nan"),
+])
+def test_no_number_flag_of_a_stage_takes_nan_or_inf(argv, message, capsys):
+    """Issue 20: nan fails every comparison, so a stage's `if value < 0` check let `--temperature nan` run."""
+    parser = cli.stage_parser("python stage.py")
+    parser.add_argument("--rate", "--old_rate", type=float, default=0.0)
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1.0])
+    assert parser.parse_args(["--rate", "-2.5", "--sizes", "0", "1e30"]).sizes == [0.0, 1e30]  # finite: the stage's range
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err == f"error: {message} (see {parser.prog} --help)\n"
+
+
 def test_help_keeps_the_docstring_layout_and_shows_informative_defaults():
     text = _parser().format_help()
     assert "\n    python stage.py --model m\n" in text  # raw description: the command is not reflowed

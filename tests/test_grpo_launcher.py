@@ -187,7 +187,31 @@ BAD_PLAN_SETTINGS = {
     "resume_path_unset": ({"RESUME_MODE": "resume_path"}, "RESUME_MODE=resume_path needs RESUME_FROM_PATH"),
     "model_missing": ({"MODEL_PATH": "no_such_model"}, "MODEL_PATH=no_such_model is not a model folder (no config.json)"),
     "missing_val": ({"DATA_DIR": "data"}, "missing parquet split: data/val.parquet"),
+    # issue 20 group 9: DATA_NAME names $CKPT_DIR/GRPO_{DATA_NAME}_step{S}; "../../x" put it outside CKPT_DIR
+    "data_name_path": ({"DATA_NAME": "../../x"}, "DATA_NAME '../../x' is not a name: a DATA_NAME is one folder name"),
+    "category_path": ({"CATEGORY": "../slice/Movies"}, "DATA_NAME '../slice/Movies' is not a name"),
 }
+
+
+def test_settings_that_contradict_the_data_dirs_manifest_are_refused(base_env, verl_dir, tmp_path, capsys):
+    """Issue 20 group 3, as grpo_trl.py does it: CATEGORY, MAX_HISTORY or USE_LONG_HISTORY name the default
+    DATA_DIR; given with a DATA_DIR built otherwise, they contradict its manifest (the run would train on
+    max@10 data and name it for 30, or on Movies and call it Books). Not given: nothing to contradict."""
+    data = shutil.copytree(verl_dir, tmp_path / "parquet")
+    manifest = {"script": "preprocess_grpo.py", "args": {"category": "Movies", "max_history": 10,
+                                                         "use_long_history": False}}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    env = {**base_env, "DATA_DIR": str(data)}
+    run_plan(plan_args(env, tmp_path), capsys)
+    run_plan(plan_args({**env, "MAX_HISTORY": "10", "USE_LONG_HISTORY": "false", "CATEGORY": "Movies"}, tmp_path), capsys)
+    for settings, message in (({"MAX_HISTORY": "30"}, "max_history 10 .*asks for 30 \\(MAX_HISTORY\\)"),
+                              ({"USE_LONG_HISTORY": "True"}, "use_long_history False .*asks for True \\(USE_LONG_HISTORY\\)"),
+                              ({"CATEGORY": "Books"}, "category 'Movies' .*asks for 'Books' \\(CATEGORY\\)")):
+        with pytest.raises(SirenError, match=f"^DATA_DIR {re.escape(str(data))} was made with {message}"):
+            run_plan(plan_args({**env, **settings}, tmp_path), capsys)
+    (data / "manifest.json").write_text(json.dumps({**manifest, "script": "preprocess_hidden.py"}))
+    with pytest.raises(SirenError, match=r"was written by preprocess_hidden\.py, not preprocess_grpo\.py"):
+        run_plan(plan_args(env, tmp_path), capsys)
 
 
 @pytest.mark.parametrize("case", list(BAD_PLAN_SETTINGS))
@@ -452,6 +476,30 @@ def test_after_training_the_latest_checkpoint_is_merged(tiny_model_dir, verl_dir
     again = run_launcher(env, tmp_path)
     assert again.returncode == 2 and "output already exists" in again.stderr
     assert run_launcher({**env, "OVERWRITE": "1"}, tmp_path).returncode == 0
+
+
+def test_the_merge_never_replaces_the_base_model_or_another_stages_folder(tiny_model_dir, verl_dir, tmp_path):
+    """Issue 20 group 8: with OVERWRITE=1 the merge removed whatever ckpt/GRPO_{data}_step{S} was, even
+    the MODEL_PATH it trained from (`MODEL_PATH=ckpt/GRPO_Movies_step7 CKPT_DIR=ckpt`). Refused in one
+    line; the base model and the trained checkpoint stay."""
+    stand_in, calls = _verl_stand_in(tmp_path)
+    model = shutil.copytree(tiny_model_dir, tmp_path / "ckpt" / "GRPO_Movies_step7")
+    before = sorted((p.name, p.stat().st_size) for p in model.iterdir())
+    env = {"PYTHON": str(stand_in), "MODEL_PATH": str(model), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2",
+           "TRAINER_DIR": str(tmp_path / "trainer"), "CKPT_DIR": str(tmp_path / "ckpt"), "OVERWRITE": "1"}
+    proc = run_launcher(env, tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"(CKPT_DIR) is this stage's input {model}" in proc.stderr
+    assert proc.stderr.rstrip().endswith(f"the verl checkpoint is in {tmp_path / 'trainer'}/global_step_7")
+    assert sorted((p.name, p.stat().st_size) for p in model.iterdir()) == before
+    assert f"merge {tmp_path / 'trainer'}" not in calls.read_text()
+
+    other = tmp_path / "other_ckpt" / "GRPO_Movies_step7"  # a folder of that name that stage 4c wrote
+    other.mkdir(parents=True)
+    (other / "manifest.json").write_text(json.dumps({"script": "preprocess_hidden.py"}))
+    proc = run_launcher({**env, "MODEL_PATH": str(tiny_model_dir), "CKPT_DIR": str(other.parent)}, tmp_path)
+    assert proc.returncode == 2 and "holds the outputs of preprocess_hidden.py" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["manifest.json"]
 
 
 def test_a_checkpoint_missing_a_ranks_shard_is_not_merged(tiny_model_dir, verl_dir, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -254,6 +255,29 @@ def test_a_bad_recipe_through_the_entry_point_is_one_line_before_any_folder(tiny
                               "--config", str(recipe), cwd=tmp_path, check=False)
         assert assert_refused(proc, message, only_line=True).startswith("--config ")
         assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data_name", "../../x"], "--data_name '../../x' is not a name"),  # GRPO_../../x_step2 lay outside --output_dir
+    (["--category", "../slice/Movies"], "category '../slice/Movies' is not a name"),
+    (["--data_name", "a/b"], "--data_name 'a/b' is not a name"),
+])
+def test_names_that_become_folders_are_names_not_paths(argv, message):
+    """Issue 20 group 9: a category (and --data_name, which defaults to it) is a name, not a path."""
+    with pytest.raises(SirenError, match=re.escape(message)):
+        parse_args(["--model", "m", "--data_path", "d", "--output_dir", "o", *argv])
+
+
+def test_the_old_module_command_is_one_line_not_a_silent_exit_0(tmp_path):
+    """Issue 20 named `beta: [1,2]` through `python -m siren.grpo_trl`; that command is gone (grpo_trl.py
+    is the script), and run as a module the file exited 0 having read and written nothing."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("beta: [1,2]\n")
+    proc = run_in_process("-m", "siren.grpo_trl", "--model", "m", "--data_path", "d", "--config", str(recipe),
+                          cwd=tmp_path, check=False)
+    assert_refused(proc, "`python -m siren.grpo_trl` is not a command (it was before grpo_trl.py): run "
+                         "`python grpo_trl.py` with the same flags", only_line=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
 
 
 def fit_on_an_80_gib_gpu(argv: list[str]):

@@ -215,6 +215,16 @@ def test_bad_inputs_are_one_line_errors(tiny_model_dir, verl_dir, tmp_path, caps
     assert not any((tmp_path / name).exists() for name in ("a", "b", "c"))
 
 
+@pytest.mark.parametrize("flag, value", [("--temperature", "nan"), ("--temperature", "inf"), ("--top_p", "nan")])
+def test_sampling_numbers_that_are_not_finite_are_one_line(flag, value, verl_dir, tmp_path):
+    """Issue 20: `--temperature nan` passed the `temperature < 0` check and ran greedy (exit 0)."""
+    out = tmp_path / "out"
+    proc = run_in_process("inference_train_ddp.py", "--model", str(tmp_path / "no-model"), "--data_path", str(verl_dir),
+                          "--output_dir", str(out), flag, value, check=False)
+    assert_refused(proc, f"argument {flag}: must be a finite number, got {value}", only_line=True)
+    assert not out.exists()
+
+
 def test_the_authors_readme_command_parses():
     script = load_script("inference_train_ddp.py")
     authors = script.parse_args(["--model_path", "ckpt/GRPO_Movies_step100", "--data_path", "data/Movies/verl/x"])

@@ -406,6 +406,12 @@ def test_a_recipe_value_is_range_checked_and_a_clash_refused(stage5_inputs, tiny
     recipe.write_text("learning_rate: 0.001\n")
     _refused(args, f"learning_rate is given twice: in {recipe} and as --learning_rate on the command line",
              tmp_path / "out")
+    # Issue 20: a YAML syntax error or a list for a number, one line before anything loads
+    recipe.write_text("kd_ratio: 0.5\n  nested: : [\n")
+    _refused(args, f"--config {recipe} is not valid YAML (line 2, column", tmp_path / "out")
+    recipe.write_text("kd_ratio: [1, 2]\n")
+    _refused(args, f"--config {recipe}: kd_ratio takes one value, got the list [1, 2]", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     script = load_script(SCRIPT)
     recipe.write_text("kd_ratio: 0.25\nloss_type: mse\n")
     stage, _ = script.parse_args(["--model", "m", "--data_path", "d", "--teacher_hidden_path", "t",

@@ -118,12 +118,15 @@ def test_rows_are_spread_over_the_split():
     assert ws.spread_rows(rows, None) == rows and ws.spread_rows(rows, 20) == rows
 
 
-def test_bad_numbers_are_refused_before_loading():
+def test_bad_numbers_are_refused_before_loading(capsys):
     ws = load_script(SCRIPT)
-    for flag, value in (("--learning_rate", "nan"), ("--learning_rate", "-1"), ("--min_format_rate", "1.5")):
+    for flag, value in (("--learning_rate", "-1"), ("--min_format_rate", "1.5")):
         args = ws.parse_args(["--model", "m", "--data_path", "d", "--output_dir", "o", flag, value])
         with pytest.raises(SirenError, match=flag):
             ws.validate(args)
+    with pytest.raises(SystemExit) as stop:  # nan or inf: the stage parser, for every number flag
+        ws.parse_args(["--model", "m", "--data_path", "d", "--output_dir", "o", "--learning_rate", "nan"])
+    assert stop.value.code == 2 and "argument --learning_rate: must be a finite number, got nan" in capsys.readouterr().err
 
 
 def test_canonical_flags_and_their_old_names():
