@@ -314,6 +314,7 @@ def test_reasoning_that_is_not_a_string_is_a_one_line_error(tiny_model_dir, verl
         assert not (tmp_path / f"out_{name}").exists()
 
 
+@pytest.mark.slow
 def test_refuses_reasoning_written_by_another_model(tiny_model_dir, verl_dir, thinking_dir, tmp_path, capsys,
                                                     one_thread):
     """4a's manifest names the model that wrote the reasoning; 4b's --model must be that model.
