@@ -71,6 +71,74 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+# Files of a model folder that no tokenizer reads: left out of the tokenizer cache's key.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npy", ".npz")
+
+
+def _folder_contents_key(folder: Path) -> tuple | None:
+    """(name, sha256) of every top-level file of `folder` but the weights: equal keys, equal inputs."""
+    import hashlib
+
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.endswith(_WEIGHT_SUFFIXES))
+        return tuple((p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in files)
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tokenizer_loads_once_per_content():
+    """Speed only, no behaviour: the tests load the same 11 MB Qwen3 tokenizer (about 2 CPU-seconds)
+    and digest its tokenizer.json (siren.modeling._vocabulary_sha256, about 1.5 s) in nearly every
+    in-process stage run. Both are memoized here on the CONTENT of the files they read (sha256 of
+    each), so a test that edits, damages or removes a file gets a fresh load or digest, and a load
+    that fails is never cached. A cached tokenizer is handed out as a deep copy, so what a caller
+    changes on it (pad token, padding side) reaches no other caller. Subprocesses are unaffected."""
+    import copy
+
+    from transformers import AutoTokenizer
+
+    import siren.modeling
+
+    real_from_pretrained = AutoTokenizer.__dict__["from_pretrained"]
+    real_vocabulary = siren.modeling._vocabulary_sha256
+    tokenizers, vocabularies = {}, {}
+
+    def from_pretrained(cls, name, *args, **kwargs):
+        key = None
+        folder = Path(name) if isinstance(name, (str, os.PathLike)) else None
+        if (folder is not None and not args and "subfolder" not in kwargs and folder.is_dir()
+                and all(isinstance(v, (str, int, float, bool, type(None))) for v in kwargs.values())):
+            contents = _folder_contents_key(folder)
+            key = None if contents is None else (str(name), tuple(sorted(kwargs.items())), contents)
+        if key is None:
+            return real_from_pretrained.__func__(cls, name, *args, **kwargs)
+        if key not in tokenizers:
+            tokenizers[key] = real_from_pretrained.__func__(cls, name, *args, **kwargs)
+        return copy.deepcopy(tokenizers[key])
+
+    def vocabulary_sha256(folder):
+        import hashlib
+
+        from siren.modeling import _VOCAB_FILES
+
+        names = ("tokenizer.json", *_VOCAB_FILES)
+        try:
+            key = tuple((n, hashlib.sha256((Path(folder) / n).read_bytes()).hexdigest())
+                        for n in names if (Path(folder) / n).is_file())
+        except OSError:
+            return real_vocabulary(folder)
+        if key not in vocabularies:
+            vocabularies[key] = real_vocabulary(folder)
+        return vocabularies[key]
+
+    AutoTokenizer.from_pretrained = classmethod(from_pretrained)
+    siren.modeling._vocabulary_sha256 = vocabulary_sha256
+    yield
+    AutoTokenizer.from_pretrained = real_from_pretrained
+    siren.modeling._vocabulary_sha256 = real_vocabulary
+
+
 @pytest.fixture
 def one_thread():
     """Run a test's in-process torch work on one thread (no oversubscription of the 2 cores)."""

@@ -314,6 +314,7 @@ def test_reasoning_that_is_not_a_string_is_a_one_line_error(tiny_model_dir, verl
         assert not (tmp_path / f"out_{name}").exists()
 
 
+@pytest.mark.slow
 def test_refuses_reasoning_written_by_another_model(tiny_model_dir, verl_dir, thinking_dir, tmp_path, capsys,
                                                     one_thread):
     """4a's manifest names the model that wrote the reasoning; 4b's --model must be that model.
@@ -408,6 +409,7 @@ def test_a_stage4a_run_of_another_split_limit_or_parquet_is_refused(tiny_model_d
     assert not any((tmp_path / name).exists() for name in "abc")
 
 
+@pytest.mark.slow
 def test_a_failure_of_two_processes_ends_with_its_one_line(tmp_path):
     """Issue 20: with 2 processes, 4b's one-line error was followed by accelerate's ChildFailedError
     traceback; `python -m siren.launch` (accelerate launch's flags) prints the line last."""

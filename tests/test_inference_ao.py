@@ -388,8 +388,8 @@ def test_adapter_on_a_base_with_the_same_shape_but_other_weights(ao_data, tiny_m
            tmp_path / "out")
     # an older adapter, without the base's weights recorded: accepted with a note (its shapes still checked)
     older = _adapter_on(tiny_model_dir, tmp_path / "older", record_base=False)
-    proc = run_script(SCRIPT, "--model", str(other), "--adapter", str(older), "--data_path", str(ao_data),
-                      "--limit", "2", "--output_dir", str(tmp_path / "older_out"), env=CPU_ONLY)
+    proc = run_in_process(SCRIPT, "--model", str(other), "--adapter", str(older), "--data_path", str(ao_data),
+                          "--limit", "2", "--output_dir", str(tmp_path / "older_out"))
     assert "note: adapter" in proc.stdout and "checked by its shapes only" in proc.stdout
     assert len(_predictions(tmp_path / "older_out")) == 2
 
@@ -411,8 +411,8 @@ def test_prompts_without_a_manifest_are_a_note(ao_data, tiny_model_dir, tmp_path
     hidden = tmp_path / "hidden"
     shutil.copytree(ao_data, hidden)
     (hidden / "manifest.json").unlink()
-    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(hidden), "--limit", "2",
-                      "--output_dir", str(tmp_path / "out"), env=CPU_ONLY)
+    proc = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(hidden), "--limit", "2",
+                          "--output_dir", str(tmp_path / "out"))
     assert f"note: {hidden} has no manifest.json" in proc.stdout
     assert len(_predictions(tmp_path / "out")) == 2
 

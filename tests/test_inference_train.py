@@ -244,6 +244,7 @@ def retrain_in_place(model_dir: Path) -> None:
     save_file({name: tensor + 0.01 for name, tensor in tensors.items()}, weights, metadata={"format": "pt"})
 
 
+@pytest.mark.slow
 def test_resume_refuses_parts_of_a_rebuilt_parquet_or_a_retrained_model(tiny_model_dir, verl_dir, tmp_path,
                                                                         monkeypatch, capsys, one_thread):
     """Issue 14: parts from before the parquet (or the model) was rebuilt at the same path are not
@@ -393,6 +394,7 @@ def test_a_full_disk_while_appending_rows_is_one_line_and_the_rerun_resumes(tiny
     assert json.loads((out / "manifest.json").read_text())["counts"]["resumed_rows"] == len(kept)
 
 
+@pytest.mark.slow
 def test_outputs_appear_together_and_overwrite_keeps_other_files(tiny_model_dir, verl_dir, tmp_path, monkeypatch,
                                                                  one_thread):
     """Issue 14: a failure while writing leaves no results.jsonl without its mask; --overwrite
