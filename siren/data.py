@@ -256,17 +256,23 @@ def load_history(path: str | os.PathLike) -> list[dict]:
     A user on two rows is refused (count and first example): the sketch of that user would
     depend on which row a stage happened to use.
     """
-    path = require_file(path, "history file")
+    return load_per_user_rows(path, "history file", check_history_record, "(merge them)")
+
+
+def load_per_user_rows(path: str | os.PathLike, what: str, check_record, remedy: str = "") -> list[dict]:
+    """The checked rows of a JSONL file that holds one row per `user_id` (history.jsonl.gz, stage 1's
+    user_feature.jsonl): a missing or empty file, or a user on two rows, is a one-line error."""
+    path = require_file(path, what)
     rows = []
     finder = DuplicateFinder(("user_id",))
-    for lineno, record in iter_jsonl(path, check_history_record):
+    for lineno, record in iter_jsonl(path, check_record):
         rows.append(record)
         finder.add(record, lineno)
     if not rows:
-        raise SirenError(f"{path}: the history file is empty")
+        raise SirenError(f"{path}: the {what} is empty")
     duplicates = finder.result()
     if duplicates.count:
-        raise SirenError(f"{duplicates.describe(path)}; the history file holds one row per user (merge them)")
+        raise SirenError(f"{duplicates.describe(path)}; the {what} holds one row per user {remedy}".rstrip())
     return rows
 
 

@@ -48,20 +48,10 @@ def load_sketches(path: str | os.PathLike) -> dict[str, str]:
     A user on two rows is refused, as in history.jsonl.gz: which of the two sketches a prompt got
     would depend on the row order.
     """
-    from siren.data import DuplicateFinder, iter_jsonl, require_file
+    from siren.data import load_per_user_rows
 
-    path = require_file(path, "sketch file")
-    sketches: dict[str, str] = {}
-    finder = DuplicateFinder(("user_id",))
-    for lineno, record in iter_jsonl(path, check_sketch_record):
-        sketches[record["user_id"]] = record["user_profile_prompt"].strip()
-        finder.add(record, lineno)
-    if not sketches:
-        raise SirenError(f"{path}: the sketch file is empty")
-    duplicates = finder.result()
-    if duplicates.count:
-        raise SirenError(f"{duplicates.describe(path)}; a sketch file holds one row per user")
-    return sketches
+    rows = load_per_user_rows(path, "sketch file", check_sketch_record)
+    return {record["user_id"]: record["user_profile_prompt"].strip() for record in rows}
 
 
 def build_split_rows(

@@ -236,7 +236,7 @@ def test_partial_sketch_coverage_still_warns_with_counts(synthetic_root, tmp_pat
 
 @pytest.mark.parametrize("rows, message", [
     ([("u1", "a"), ("u2", "b"), ("u1", "c")], r"1 row\(s\) repeat an earlier \(user_id\), first 'u1' at lines 1 and 3; "
-                                              r"a sketch file holds one row per user"),
+                                              r"the sketch file holds one row per user"),
     ([("u1", "a"), (7, "b")], r"user_feature\.jsonl:2: user_id must be a non-empty string, got a number 7"),
     ([("u1", "a"), ("u2", None)], r"user_feature\.jsonl:2: user_profile_prompt must be a string, got null"),
 ], ids=["duplicate-user", "integer-user", "null-sketch"])
