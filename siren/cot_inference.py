@@ -1,8 +1,9 @@
 """Stage 4a: the generation loop, its per-process part files and resume.
 
-The rows are cut into batches once (`--batch_size` rows in dataset order) and process r of K
-generates batches r, r + K, ... (`siren.distributed.my_batches`), so a row is generated with the
-same batch-mates, and the same padding, whatever K is and wherever a resumed run starts.
+The rows are sorted by prompt length, longest first, and cut into batches once (`--batch_size`
+rows) and process r of K generates batches r, r + K, ... (`siren.distributed.longest_first_batches`),
+so a row is generated with the same batch-mates, and the same padding, whatever K is and wherever a
+resumed run starts; similar lengths share a batch, so little of its prefill is padding.
 
 Each process appends one JSON line per finished row to its own part file, flushed and fsynced after
 every batch. A rerun reads every part file, skips the rows already there and generates only the
@@ -251,11 +252,13 @@ def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_
     """
     from tqdm import tqdm
 
-    from siren.distributed import batches, my_batches, require_files_on_main
+    from siren.distributed import longest_first_batches, require_files_on_main
     from siren.prompts import chat_prompt_text
 
     rank, world = state.process_index, state.num_processes
-    todo = [(number, batch) for number, batch in my_batches(list(batches(range(len(rows)), batch_size)), rank, world)
+    prompts = [chat_prompt_text(tokenizer, row["prompt"]) for row in rows]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    todo = [(number, batch) for number, batch in longest_first_batches(lengths, batch_size, rank, world)
             if any(p not in finished for p in batch)]
     if state.is_main_process:
         print(f"{len(rows)} rows, {world} process(es); {sum(p < len(rows) for p in finished)} already done in "
@@ -263,9 +266,8 @@ def generate_results(rows: Sequence[dict], tokenizer, generator, *, state, part_
     writer = PartWriter(part_path(part_dir, rank), settings)
     try:
         for done, (number, positions) in enumerate(tqdm(todo, desc="generate", disable=not state.is_main_process), 1):
-            prompts = [chat_prompt_text(tokenizer, rows[p]["prompt"]) for p in positions]
             start = time.perf_counter()
-            responses = generator.generate(prompts, seed=seed + number)
+            responses = generator.generate([prompts[p] for p in positions], seed=seed + number)
             seconds = (time.perf_counter() - start) / len(positions)
             writer.write({**result_row(rows[p], text, n_tokens), "_seconds": seconds, "_warmup": done == 1}
                          for p, (text, n_tokens) in zip(positions, responses, strict=True) if p not in finished)

@@ -218,11 +218,59 @@ def _read_json_object(path: Path) -> dict | None:
 def _vocabulary_sha256(folder: Path) -> str | None:
     """SHA-256 of what turns text into ids: tokenizer.json's model, pipeline and added tokens, or
     the vocabulary files of a tokenizer without one."""
-    backend = _read_json_object(folder / "tokenizer.json")
+    backend = _tokenizer_json_digest(folder / "tokenizer.json")
     if backend is not None:
-        return _digest({key: backend.get(key) for key in _TOKENIZER_JSON_KEYS})
+        return backend
     files = {name: _file_sha256(folder / name) for name in _VOCAB_FILES if (folder / name).is_file()}
     return _digest(files) if files else None
+
+
+# Parsing and re-serialising an 11 MB tokenizer.json (Qwen3's) takes about a CPU-second, and every
+# stage process digests its model's. The result is kept per file content: in this process, and as a
+# one-line file named after the sha256 of the file's bytes (hashing the bytes takes 20 ms) under
+# $XDG_CACHE_HOME/siren/vocabulary_sha256 (else ~/.cache). Equal bytes, equal digest, so a cached
+# line can never stand for another file; a cache that cannot be written is skipped.
+_VOCABULARY_DIGESTS: dict[str, str | None] = {}
+_VOCABULARY_CACHE_DIR = ("siren", "vocabulary_sha256")
+
+
+def _vocabulary_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").joinpath(*_VOCABULARY_CACHE_DIR)
+
+
+def _tokenizer_json_digest(path: Path) -> str | None:
+    """The digest of tokenizer.json's `_TOKENIZER_JSON_KEYS`, or None when the file is missing or
+    not a JSON object."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    key = hashlib.sha256(raw).hexdigest()
+    if key in _VOCABULARY_DIGESTS:
+        return _VOCABULARY_DIGESTS[key]
+    cached = _vocabulary_cache_dir() / key
+    try:
+        value = cached.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        value = ""
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        try:
+            backend = json.loads(raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            backend = None
+        if not isinstance(backend, dict):
+            _VOCABULARY_DIGESTS[key] = None
+            return None
+        value = _digest({name: backend.get(name) for name in _TOKENIZER_JSON_KEYS})
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cached.with_name(f".{key}.{os.getpid()}.tmp")
+            temporary.write_text(value + "\n", encoding="ascii")
+            os.replace(temporary, cached)
+        except OSError:
+            pass
+    _VOCABULARY_DIGESTS[key] = value
+    return value
 
 
 def _special_tokens_sha256(folder: Path) -> str | None:

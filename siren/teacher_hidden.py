@@ -131,7 +131,7 @@ def extract_teacher_states(model, tokenizer, rows: Sequence[dict], thinking: Seq
     """
     from tqdm import tqdm
 
-    from siren.distributed import batches, my_batches
+    from siren.distributed import longest_first_batches
 
     selected = list(selected)
     if lengths is None:
@@ -142,9 +142,7 @@ def extract_teacher_states(model, tokenizer, rows: Sequence[dict], thinking: Seq
         lengths = alignment.lengths
     if len(lengths) != len(selected):
         raise SirenError(f"internal error: {len(lengths)} context lengths for {len(selected)} rows")
-    longest_first = sorted(range(len(selected)), key=lambda k: -lengths[k])
-    mine = [batch for _, batch in my_batches(list(batches(longest_first, batch_size)), state.process_index,
-                                             state.num_processes)]
+    mine = [batch for _, batch in longest_first_batches(lengths, batch_size, state.process_index, state.num_processes)]
     slots = sorted(k for batch in mine for k in batch)  # this shard's rows, in dataset order
     slot_of = {k: slot for slot, k in enumerate(slots)}
     row_shape = (model.config.num_hidden_layers, model.config.hidden_size)

@@ -89,20 +89,17 @@ def _folder_contents_key(folder: Path) -> tuple | None:
 @pytest.fixture(scope="session", autouse=True)
 def _tokenizer_loads_once_per_content():
     """Speed only, no behaviour: the tests load the same 11 MB Qwen3 tokenizer (about 2 CPU-seconds)
-    and digest its tokenizer.json (siren.modeling._vocabulary_sha256, about 1.5 s) in nearly every
-    in-process stage run. Both are memoized here on the CONTENT of the files they read (sha256 of
-    each), so a test that edits, damages or removes a file gets a fresh load or digest, and a load
-    that fails is never cached. A cached tokenizer is handed out as a deep copy, so what a caller
-    changes on it (pad token, padding side) reaches no other caller. Subprocesses are unaffected."""
+    in nearly every in-process stage run. The load is memoized here on the CONTENT of the files it
+    reads (sha256 of each), so a test that edits, damages or removes a file gets a fresh load, and
+    a load that fails is never cached. A cached tokenizer is handed out as a deep copy, so what a
+    caller changes on it (pad token, padding side) reaches no other caller. Subprocesses are
+    unaffected. (The vocabulary digest keeps its own content-keyed cache: siren.modeling.)"""
     import copy
 
     from transformers import AutoTokenizer
 
-    import siren.modeling
-
     real_from_pretrained = AutoTokenizer.__dict__["from_pretrained"]
-    real_vocabulary = siren.modeling._vocabulary_sha256
-    tokenizers, vocabularies = {}, {}
+    tokenizers = {}
 
     def from_pretrained(cls, name, *args, **kwargs):
         key = None
@@ -117,26 +114,9 @@ def _tokenizer_loads_once_per_content():
             tokenizers[key] = real_from_pretrained.__func__(cls, name, *args, **kwargs)
         return copy.deepcopy(tokenizers[key])
 
-    def vocabulary_sha256(folder):
-        import hashlib
-
-        from siren.modeling import _VOCAB_FILES
-
-        names = ("tokenizer.json", *_VOCAB_FILES)
-        try:
-            key = tuple((n, hashlib.sha256((Path(folder) / n).read_bytes()).hexdigest())
-                        for n in names if (Path(folder) / n).is_file())
-        except OSError:
-            return real_vocabulary(folder)
-        if key not in vocabularies:
-            vocabularies[key] = real_vocabulary(folder)
-        return vocabularies[key]
-
     AutoTokenizer.from_pretrained = classmethod(from_pretrained)
-    siren.modeling._vocabulary_sha256 = vocabulary_sha256
     yield
     AutoTokenizer.from_pretrained = real_from_pretrained
-    siren.modeling._vocabulary_sha256 = real_vocabulary
 
 
 @pytest.fixture

@@ -172,6 +172,17 @@ def test_a_folder_without_finished_rows_is_nothing_to_resume(tmp_path):
         check_resume_settings(part_dir, {"max_new_tokens": 8})
 
 
+def test_longest_first_batches_share_lengths_and_do_not_depend_on_the_process_count():
+    from siren.distributed import longest_first_batches
+
+    lengths = [5, 9, 7, 9, 1, 3]
+    every = longest_first_batches(lengths, 4, 0, 1)
+    assert every == [(0, [1, 3, 2, 0]), (1, [5, 4])]  # longest first, ties in row order
+    assert longest_first_batches(lengths, 4, 0, 2) == [every[0]]
+    assert longest_first_batches(lengths, 4, 1, 2) == [every[1]]
+    assert longest_first_batches([], 4, 0, 1) == []
+
+
 def test_fixed_batches_do_not_depend_on_the_process_count():
     all_batches = list(batches(range(10), 4))
     assert all_batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

@@ -193,7 +193,7 @@ def test_compiled_engine_gives_the_eager_ratings(one_process, ao_data, tiny_mode
     """Issue 12: the compiled engine (static length buckets and batch size) decodes as the eager one.
     aot_eager captures the static-shape graphs without a code generator: seconds on a CPU.
     Issue 20: the 3 longest rows exceed the largest bucket and run eagerly; they are counted once
-    each (they are also the warm-up batch, scored twice), and a note says so."""
+    each, and a note says so."""
     out, _ = one_process
     compiled = tmp_path / "compiled"
     lengths = sorted(_prompt_lengths(ao_data, tiny_model_dir))

@@ -38,6 +38,19 @@ def crash_after_batches(monkeypatch, n: int) -> None:
     monkeypatch.setattr(siren.cot_inference.PartWriter, "write", write_then_crash)
 
 
+def first_batch(model_dir: Path, verl_dir: Path, limit: int, size: int = 4) -> list[int]:
+    """The rows of 4a's first batch: the `size` longest chat prompts of the first `limit` train
+    rows (ties in row order), sorted."""
+    from siren.prompts import chat_prompt_text
+    from siren.tokenization import load_tokenizer
+    from siren.verl_data import load_split_rows
+
+    tokenizer = load_tokenizer(model_dir)
+    lengths = [len(tokenizer(chat_prompt_text(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"])
+               for row in load_split_rows(verl_dir, "train", limit)]
+    return sorted(sorted(range(limit), key=lambda p: (-lengths[p], p))[:size])
+
+
 def parquet_row(index: int, label: float) -> dict:
     return {"label": label, "extra_info": {"index": index, "user_id": "u1", "parent_asin": "i1"}}
 
@@ -180,9 +193,11 @@ def test_resume_after_a_crash_gives_the_same_files(reference_run, tiny_model_dir
         with pytest.raises(SystemExit, match="stopped after 1 batch"):
             script.main(argv[1:])
     assert not (out / "results.jsonl").exists()
-    assert sorted(read_parts(out / "partial")) == [0, 1, 2, 3]
+    longest = first_batch(tiny_model_dir, verl_dir, 12)  # the 4 longest prompts, not rows 0-3
+    assert sorted(read_parts(out / "partial")) == longest != [0, 1, 2, 3]
+    torn = next(p for p in range(12) if p not in longest)
     with open(out / "partial" / "rank0.jsonl", "a", encoding="utf-8") as handle:
-        handle.write('{"index": 4, "user_id": "tor')  # killed mid-write
+        handle.write(f'{{"index": {torn}, "user_id": "tor')  # killed mid-write
 
     run_script(*argv, env=CPU_ONE_THREAD)
     assert (out / "results.jsonl").read_bytes() == (reference_run / "results.jsonl").read_bytes()
@@ -260,7 +275,7 @@ def test_resume_refuses_parts_of_a_rebuilt_parquet_or_a_retrained_model(tiny_mod
             crash_after_batches(patch, 1)
             with pytest.raises(SystemExit, match="stopped after 1 batch"):
                 script.main(argv)
-        assert sorted(read_parts(out / "partial")) == [0, 1, 2, 3]
+        assert sorted(read_parts(out / "partial")) == first_batch(model, data, 12)
 
     stop_after_one_batch()
     frame = pd.read_parquet(data / "train.parquet")
@@ -313,7 +328,8 @@ def test_resume_refuses_parts_of_a_model_whose_config_or_stopping_changed(tiny_m
         crash_after_batches(patch, 1)
         with pytest.raises(SystemExit, match="stopped after 1 batch"):
             script.main(argv)
-    assert sorted(read_parts(out / "partial")) == [0, 1, 2, 3]
+    done = first_batch(model, verl_dir, 8)
+    assert sorted(read_parts(out / "partial")) == done
 
     think_end = load_tokenizer(model).convert_tokens_to_ids("</think>")  # an id the model can emit
     edits = [
@@ -326,7 +342,7 @@ def test_resume_refuses_parts_of_a_model_whose_config_or_stopping_changed(tiny_m
         _edit_json(model / name, change)
         with pytest.raises(SirenError, match=rf"partial results in .* were made with other settings \({key}: "):
             script.main(argv)
-        assert not (out / "results.jsonl").exists() and sorted(read_parts(out / "partial")) == [0, 1, 2, 3]
+        assert not (out / "results.jsonl").exists() and sorted(read_parts(out / "partial")) == done
         (model / name).write_bytes(original)
     script.main(argv)
     assert json.loads((out / "manifest.json").read_text())["counts"]["resumed_rows"] == 4
@@ -386,7 +402,7 @@ def test_a_full_disk_while_appending_rows_is_one_line_and_the_rerun_resumes(tiny
                            "of earlier batches are kept there"), full.stderr
     assert "Traceback" not in full.stderr
     kept = read_parts(out / "partial")
-    assert {0, 1, 2, 3} <= set(kept) and not (out / "results.jsonl").exists()
+    assert set(first_batch(tiny_model_dir, verl_dir, 8)) <= set(kept) and not (out / "results.jsonl").exists()
 
     run_script(*args, env=CPU_ONE_THREAD)
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]

@@ -95,6 +95,45 @@ def test_tokenizer_identity_rests_on_tokens_and_template_only(tiny_model_dir, tm
     assert tokenizer_files_record(folder)["chat_template_sha256"] != base["chat_template_sha256"]
 
 
+def test_the_vocabulary_digest_is_cached_per_file_content(tiny_model_dir, tmp_path, monkeypatch):
+    """The digest of tokenizer.json is kept under $XDG_CACHE_HOME/siren, named after the sha256 of
+    the file's bytes: the same digest from the cache as from parsing; a damaged cache line is
+    recomputed and rewritten; other bytes, other digest; an unwritable cache is skipped."""
+    import hashlib
+
+    import siren.modeling as modeling
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(modeling, "_VOCABULARY_DIGESTS", {})
+    raw = (tiny_model_dir / "tokenizer.json").read_bytes()
+    backend = json.loads(raw)
+    expected = modeling._digest({key: backend.get(key) for key in modeling._TOKENIZER_JSON_KEYS})
+    line = tmp_path / "cache" / "siren" / "vocabulary_sha256" / hashlib.sha256(raw).hexdigest()
+
+    assert modeling._vocabulary_sha256(tiny_model_dir) == expected
+    assert line.read_text() == expected + "\n"
+    monkeypatch.setattr(modeling, "_VOCABULARY_DIGESTS", {})
+    line.write_text("f" * 64 + "\n")  # a cached line is trusted: this proves it is read
+    assert modeling._vocabulary_sha256(tiny_model_dir) == "f" * 64
+    monkeypatch.setattr(modeling, "_VOCABULARY_DIGESTS", {})
+    line.write_text("not a digest")
+    assert modeling._vocabulary_sha256(tiny_model_dir) == expected
+    assert line.read_text() == expected + "\n"
+
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    backend["added_tokens"] = backend["added_tokens"][:-1]
+    (folder / "tokenizer.json").write_text(json.dumps(backend))
+    assert modeling._vocabulary_sha256(folder) not in (None, expected)
+
+    monkeypatch.setattr(modeling, "_VOCABULARY_DIGESTS", {})
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # a cache that cannot be made
+    assert modeling._vocabulary_sha256(tiny_model_dir) == expected
+    (folder / "tokenizer.json").write_text("[]")  # not an object: the vocabulary files decide
+    assert modeling._vocabulary_sha256(folder) is None
+
+
 def test_an_older_tokenizer_record_is_compared_on_the_parts_both_hold(tiny_model_dir):
     from siren.modeling import check_same_model, model_record
 
