@@ -38,7 +38,7 @@ case "$PROFILE" in
         # The random model learns only the one-line recipe, and only at a high learning rate.
         D_WARM_RECIPE=mean; D_WARM_LR=1e-2; D_WARM_STEPS=60; D_WARM_ROWS=64; D_WARM_BATCH=8; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=2; D_GRPO_PROMPTS=2; D_ROLLOUT_N=2; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0.001; D_GRPO_EVAL_ROWS=4
-        D_MAX_NEW_TOKENS=40; D_COT_BATCH=16; D_ALIGN_STEPS=20; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=false; D_WARM_BF16=false
+        D_MAX_NEW_TOKENS=40; D_COT_BATCH=16; D_ALIGN_STEPS=20; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=false; D_WARM_BF16=false; D_GRPO_BF16=false
         D_BENCH_SAMPLES=4; D_BENCH_COT_TOKENS=64
         ;;
     real)
@@ -46,7 +46,7 @@ case "$PROFILE" in
         D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=400; D_DTYPE=bfloat16
         D_WARM_RECIPE=prompt; D_WARM_LR=2e-4; D_WARM_STEPS=24; D_WARM_ROWS=96; D_WARM_BATCH=4; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=3; D_GRPO_PROMPTS=4; D_ROLLOUT_N=4; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0; D_GRPO_EVAL_ROWS=8
-        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=40; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true; D_WARM_BF16=false
+        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=40; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true; D_WARM_BF16=true; D_GRPO_BF16=true
         D_BENCH_SAMPLES=8; D_BENCH_COT_TOKENS=64
         ;;
     *) die "PROFILE must be tiny or real, got '$PROFILE'" ;;
@@ -63,7 +63,7 @@ WARM_STEPS=${WARM_STEPS:-$D_WARM_STEPS}
 WARM_ROWS=${WARM_ROWS:-$D_WARM_ROWS}            # train rows spread over the split (many users)
 WARM_BATCH=${WARM_BATCH:-$D_WARM_BATCH}
 WARM_MIN_FORMAT=${WARM_MIN_FORMAT:-$D_WARM_MIN_FORMAT}
-WARM_BF16=${WARM_BF16:-$D_WARM_BF16}            # the warm start under bf16 autocast (float32 weights; not yet tried in demo-real)
+WARM_BF16=${WARM_BF16:-$D_WARM_BF16}            # the warm start under bf16 autocast (float32 weights)
 WARM_CHECK_ROWS=${WARM_CHECK_ROWS:-32}          # rows of the warm start's greedy format check
 GRPO_STEPS=${GRPO_STEPS:-$D_GRPO_STEPS}
 GRPO_PROMPTS=${GRPO_PROMPTS:-$D_GRPO_PROMPTS}   # prompts per GRPO step
@@ -72,6 +72,7 @@ GRPO_MICRO=${GRPO_MICRO:-$D_GRPO_MICRO}         # sequences per forward/backward
 GRPO_LR=${GRPO_LR:-$D_GRPO_LR}
 GRPO_KL=${GRPO_KL:-$D_GRPO_KL}                  # KL coefficient (TRL's beta); 0 needs no reference model
 GRPO_EVAL_ROWS=${GRPO_EVAL_ROWS:-$D_GRPO_EVAL_ROWS}  # held-out (valid) rows of GRPO's learning curve, every step
+GRPO_BF16=${GRPO_BF16:-$D_GRPO_BF16}            # GRPO's forward/backward under bf16 autocast (float32 weights and Adam)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-$D_MAX_NEW_TOKENS}
 COT_BATCH=${COT_BATCH:-$D_COT_BATCH}            # 4a's batch (decoding is per-step overhead: bigger is cheaper)
 ALIGN_STEPS=${ALIGN_STEPS:-$D_ALIGN_STEPS}
@@ -90,7 +91,9 @@ if [[ ! -f "$MODEL/config.json" ]]; then
     die "no model at $MODEL; build it with: $PY scripts/make_tiny_model.py --output_dir $MODEL"
 fi
 [[ -n "$RUN" && "$RUN" != "/" && "$RUN" != "." ]] || die "RUN must name the demo's own output folder"
-[[ "$WARM_BF16" == true || "$WARM_BF16" == false ]] || die "WARM_BF16 must be true or false, got '$WARM_BF16'"
+for knob in WARM_BF16 GRPO_BF16 ALIGN_BF16; do
+    [[ "${!knob}" == true || "${!knob}" == false ]] || die "$knob must be true or false, got '${!knob}'"
+done
 
 VERL="$RUN/verl/max@10-long@True"
 AO_DATA="$RUN/ao_data"
@@ -151,7 +154,7 @@ BACKEND=trl PYTHON="$PY" MODEL_PATH="$WARM" CATEGORY="$CATEGORY" DATA_DIR="$VERL
     BATCH_SIZE="$GRPO_PROMPTS" MICRO_BATCH_SIZE="$GRPO_MICRO" LR="$GRPO_LR" KL_COEF="$GRPO_KL" \
     MAX_RESPONSE_LENGTH="$MAX_NEW_TOKENS" \
     TEST_FREQ=1 SAVE_FREQ=0 bash main_grpo_amazon.sh --eval_limit "$GRPO_EVAL_ROWS" \
-    --num_generations_eval 1 --gradient_checkpointing false
+    --num_generations_eval 1 --gradient_checkpointing false --bf16 "$GRPO_BF16"
 cp "$GRPO/train_log.jsonl" "$RUN/grpo_train_log.jsonl"
 
 step "stage 4a: CoT answers of the GRPO model (test rows: the CoT table row; $TRAIN_ROWS train rows: the teacher)"

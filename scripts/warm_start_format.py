@@ -120,18 +120,22 @@ def completion_loss_trainer(sft_trainer_cls):
     TRL's own loss projects every position (prompt included) onto the 151,936-token vocabulary,
     which on CPU costs minutes per step even for the tiny model; the prompt positions carry no loss
     (labels -100 under completion_only_loss), so skipping them gives the same loss far faster.
+    The decoder and head are called on the unwrapped model, past the autocast that accelerate
+    wraps around `model.forward`, so `--bf16` enters `accelerator.autocast()` here itself.
     """
     import torch
 
     class CompletionLossTrainer(sft_trainer_cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             unwrapped = self.accelerator.unwrap_model(model)
-            hidden = unwrapped.get_decoder()(
-                input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False,
-            ).last_hidden_state
             targets = inputs["labels"][:, 1:]
             keep = targets != -100
-            logits = unwrapped.get_output_embeddings()(hidden[:, :-1][keep]).float()
+            with self.accelerator.autocast():
+                hidden = unwrapped.get_decoder()(
+                    input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False,
+                ).last_hidden_state
+                logits = unwrapped.get_output_embeddings()(hidden[:, :-1][keep])
+            logits = logits.float()
             total = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
             loss = total / keep.sum().clamp(min=1)
             return (loss, {"logits": logits}) if return_outputs else loss
@@ -170,8 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="format-check only the first N rows (unset: every row of --limit)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--bf16", action="store_true",
-                        help="train under bfloat16 autocast (float32 weights and optimizer state); faster on a CPU "
-                             "with bf16 instructions and on GPUs")
+                        help="train and run the format check under bfloat16 autocast (float32 weights and "
+                             "optimizer state); faster on a CPU with bf16 instructions and on GPUs")
     cli.add_overwrite(parser, help="replace an existing --output_dir")
     return parser.parse_args(argv)
 
@@ -314,8 +318,9 @@ def main(argv: list[str] | None = None) -> None:
     dataset, prompts, completions, too_long = training_pairs(rows, tokenizer, args.max_length, args.recipe)
     trainer = train_format(args, dataset, tokenizer)
     n_check = min(len(rows), args.check_limit or len(rows))
-    generations, check = format_check(trainer.model, tokenizer, rows[:n_check], prompts[:n_check],
-                                      completions[:n_check], args.max_new_tokens)
+    with trainer.accelerator.autocast():  # --bf16: the check decodes as the model trained (and as 4a runs it)
+        generations, check = format_check(trainer.model, tokenizer, rows[:n_check], prompts[:n_check],
+                                          completions[:n_check], args.max_new_tokens)
     if check["format_ok_and_valid_fraction"] < args.min_format_rate:
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         loss = f"; loss {_fmt(losses[0])} -> {_fmt(losses[-1])}" if losses else ""

@@ -69,12 +69,30 @@ def test_missing_data_path_is_a_one_line_error(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_end_to_end_writes_a_loadable_model(tmp_path, tiny_model_dir, verl_dir):
+def test_end_to_end_writes_a_loadable_model(tmp_path, tiny_model_dir, verl_dir, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # --bf16 must reach the training forward: the loss calls the unwrapped decoder, past the
+    # autocast accelerate puts around model.forward (it once did, and the flag changed nothing).
+    real_from_pretrained = AutoModelForCausalLM.from_pretrained
+    trained_dtypes = []
+
+    def from_pretrained(*args, **kwargs):
+        model = real_from_pretrained(*args, **kwargs)
+        layer = model.get_decoder().layers[0].mlp.down_proj
+        layer.register_forward_hook(lambda module, inputs, output: trained_dtypes.append(output.dtype)
+                                    if torch.is_grad_enabled() else None)
+        return model
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
     out = tmp_path / "warm"
     proc = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--limit", "8",
                       "--max_steps", "3", "--per_device_train_batch_size", "4", "--max_new_tokens", "8",
                       "--min_format_rate", "0", "--bf16", "--output_dir", str(out))
+    monkeypatch.undo()
     assert "greedy format check" in proc.stdout
+    assert trained_dtypes and set(trained_dtypes) == {torch.bfloat16}, trained_dtypes
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["args"]["bf16"] is True  # trained under bf16 autocast; the weights stay float32 (below)
