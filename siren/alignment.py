@@ -269,7 +269,7 @@ def save_merged(adapter_dir: str | os.PathLike, folder: str | os.PathLike, base_
     equals the base's). Merged from the adapter on disk, so `merged/` is exactly what base +
     `adapter/` give, up to one rounding to the base's dtype."""
     from siren.lora import merge_lora_float32
-    from siren.modeling import copy_tokenizer_files
+    from siren.tokenizer_identity import copy_tokenizer_files
 
     merged = merge_lora_float32(base_path, adapter_dir)
     merged.save_pretrained(str(folder))

@@ -93,7 +93,7 @@ def _tokenizer_loads_once_per_content():
     reads (sha256 of each), so a test that edits, damages or removes a file gets a fresh load, and
     a load that fails is never cached. A cached tokenizer is handed out as a deep copy, so what a
     caller changes on it (pad token, padding side) reaches no other caller. Subprocesses are
-    unaffected. (The vocabulary digest keeps its own content-keyed cache: siren.modeling.)"""
+    unaffected. (The vocabulary digest keeps its own content-keyed cache: siren.tokenizer_identity.)"""
     import copy
 
     from transformers import AutoTokenizer

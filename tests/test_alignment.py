@@ -365,7 +365,7 @@ def _bf16_base(tiny_model_dir: Path, folder: Path) -> Path:
     """The tiny model saved in bfloat16, as a GRPO checkpoint usually is."""
     from transformers import AutoModelForCausalLM
 
-    from siren.modeling import copy_tokenizer_files
+    from siren.tokenizer_identity import copy_tokenizer_files
 
     AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16).save_pretrained(str(folder))
     copy_tokenizer_files(tiny_model_dir, folder)

@@ -368,7 +368,7 @@ def _adapter_on(base_dir: Path, out: Path, record_base: bool = True) -> Path:
 def _same_shape_other_weights(tiny_model_dir: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM
 
-    from siren.modeling import copy_tokenizer_files
+    from siren.tokenizer_identity import copy_tokenizer_files
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     with torch.no_grad():

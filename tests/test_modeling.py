@@ -52,8 +52,8 @@ def test_check_same_model_names_what_differs(tmp_path):
 def test_a_tokenizer_saved_again_keeps_its_identity(tiny_model_dir, tmp_path):
     """save_pretrained adds load-time keys (padding_side, is_local, ...) to tokenizer_config.json;
     they do not change how text is split or a chat rendered, so the record ignores them."""
-    from siren.modeling import copy_tokenizer_files, tokenizer_files_record
     from siren.tokenization import load_tokenizer
+    from siren.tokenizer_identity import copy_tokenizer_files, tokenizer_files_record
 
     load_tokenizer(tiny_model_dir, padding_side="right").save_pretrained(str(tmp_path / "saved"))
     assert (tmp_path / "saved" / "tokenizer_config.json").read_bytes() != (tiny_model_dir / "tokenizer_config.json").read_bytes()
@@ -73,7 +73,7 @@ def test_tokenizer_identity_rests_on_tokens_and_template_only(tiny_model_dir, tm
     vocabulary, an added token and the template do."""
     import shutil
 
-    from siren.modeling import tokenizer_files_record
+    from siren.tokenizer_identity import tokenizer_files_record
 
     base = tokenizer_files_record(tiny_model_dir)
     folder = tmp_path / "saved"
@@ -101,37 +101,37 @@ def test_the_vocabulary_digest_is_cached_per_file_content(tiny_model_dir, tmp_pa
     recomputed and rewritten; other bytes, other digest; an unwritable cache is skipped."""
     import hashlib
 
-    import siren.modeling as modeling
+    import siren.tokenizer_identity as identity
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(modeling, "_VOCABULARY_DIGESTS", {})
+    monkeypatch.setattr(identity, "_VOCABULARY_DIGESTS", {})
     raw = (tiny_model_dir / "tokenizer.json").read_bytes()
     backend = json.loads(raw)
-    expected = modeling._digest({key: backend.get(key) for key in modeling._TOKENIZER_JSON_KEYS})
+    expected = identity._digest({key: backend.get(key) for key in identity._TOKENIZER_JSON_KEYS})
     line = tmp_path / "cache" / "siren" / "vocabulary_sha256" / hashlib.sha256(raw).hexdigest()
 
-    assert modeling._vocabulary_sha256(tiny_model_dir) == expected
+    assert identity._vocabulary_sha256(tiny_model_dir) == expected
     assert line.read_text() == expected + "\n"
-    monkeypatch.setattr(modeling, "_VOCABULARY_DIGESTS", {})
+    monkeypatch.setattr(identity, "_VOCABULARY_DIGESTS", {})
     line.write_text("f" * 64 + "\n")  # a cached line is trusted: this proves it is read
-    assert modeling._vocabulary_sha256(tiny_model_dir) == "f" * 64
-    monkeypatch.setattr(modeling, "_VOCABULARY_DIGESTS", {})
+    assert identity._vocabulary_sha256(tiny_model_dir) == "f" * 64
+    monkeypatch.setattr(identity, "_VOCABULARY_DIGESTS", {})
     line.write_text("not a digest")
-    assert modeling._vocabulary_sha256(tiny_model_dir) == expected
+    assert identity._vocabulary_sha256(tiny_model_dir) == expected
     assert line.read_text() == expected + "\n"
 
     folder = tmp_path / "edited"
     folder.mkdir()
     backend["added_tokens"] = backend["added_tokens"][:-1]
     (folder / "tokenizer.json").write_text(json.dumps(backend))
-    assert modeling._vocabulary_sha256(folder) not in (None, expected)
+    assert identity._vocabulary_sha256(folder) not in (None, expected)
 
-    monkeypatch.setattr(modeling, "_VOCABULARY_DIGESTS", {})
+    monkeypatch.setattr(identity, "_VOCABULARY_DIGESTS", {})
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # a cache that cannot be made
-    assert modeling._vocabulary_sha256(tiny_model_dir) == expected
+    assert identity._vocabulary_sha256(tiny_model_dir) == expected
     (folder / "tokenizer.json").write_text("[]")  # not an object: the vocabulary files decide
-    assert modeling._vocabulary_sha256(folder) is None
+    assert identity._vocabulary_sha256(folder) is None
 
 
 def test_an_older_tokenizer_record_is_compared_on_the_parts_both_hold(tiny_model_dir):

@@ -38,7 +38,8 @@ def trained(stage5_inputs, tiny_model_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_end_to_end_writes_adapter_merged_log_and_manifest(trained, tiny_model_dir):
-    from siren.modeling import model_record, tokenizer_files_record
+    from siren.modeling import model_record
+    from siren.tokenizer_identity import tokenizer_files_record
 
     out, proc = trained
     assert (out / "adapter" / "adapter_config.json").is_file()
