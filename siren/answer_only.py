@@ -178,9 +178,9 @@ def predict(engine, tokenizer, rows: Sequence[dict], batches: Sequence[Sequence[
 
     Warm-up first, untimed: the engine's `prepare` (the compiled engine compiles every shape these
     rows need) and the last batch, which holds the shortest prompts (kernel selection, allocator:
-    the cheapest full pass; the longest batch cost a sixth of a 200-row run on a CPU). Returns (one result per row with its
-    `position` and `seconds`, the batch time shared by its rows; the timed loop's wall seconds; the
-    warm-up seconds).
+    the cheapest full pass; the longest batch cost a sixth of a 200-row run on a CPU). Returns
+    (one result per row with its `position` and `seconds`, the batch time shared by its rows; the
+    timed loop's wall seconds; the warm-up seconds).
     """
     import torch
     from tqdm.auto import tqdm

@@ -83,7 +83,6 @@ def my_batches(all_batches: Sequence[list[T]], rank: int, world: int) -> list[tu
     return [(number, batch) for number, batch in enumerate(all_batches) if number % world == rank]
 
 
-
 def longest_first_batches(lengths: Sequence[int], size: int, rank: int, world: int) -> list[tuple[int, list[int]]]:
     """(batch number, row positions) of process `rank`, for rows of these token `lengths`: every row
     sorted longest first (ties in row order), cut into batches of `size`, batch b to process
@@ -91,6 +90,7 @@ def longest_first_batches(lengths: Sequence[int], size: int, rank: int, world: i
     shows at once, not hours in; and a row has the same batch-mates whatever the process count."""
     order = sorted(range(len(lengths)), key=lambda p: (-lengths[p], p))
     return my_batches(list(batches(order, size)), rank, world)
+
 
 # ---------------------------------------------------------------------------------------------
 # Several machines: the parts folder must be shared

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from siren import SirenError
 from siren.prompts import answer_tag_ids
-from siren.tokenizer_identity import _digest, _file_sha256, _read_json_object, tokenizer_files_record
+from siren.tokenizer_identity import file_sha256_or_none, json_digest, read_json_object, tokenizer_files_record
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +92,7 @@ def check_weight_files(model_path: str | os.PathLike) -> None:
     folder = Path(model_path)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = (_read_json_object(index) or {}).get("weight_map")
+        weight_map = (read_json_object(index) or {}).get("weight_map")
         if not isinstance(weight_map, dict):
             raise SirenError(f"{index}: no weight_map (not a safetensors index)")
         missing = sorted({str(name) for name in weight_map.values()} - {p.name for p in folder.iterdir()})
@@ -193,10 +193,10 @@ def _config_sha256(path: Path) -> str | None:
     out); of its bytes when it is not a JSON object; None when there is no file."""
     if not path.is_file():
         return None
-    config = _read_json_object(path)
+    config = read_json_object(path)
     if config is None:
-        return _file_sha256(path)
-    return _digest({key: value for key, value in config.items() if key not in _CONFIG_METADATA_KEYS})
+        return file_sha256_or_none(path)
+    return json_digest({key: value for key, value in config.items() if key not in _CONFIG_METADATA_KEYS})
 
 
 def config_files_record(model_path: str | os.PathLike) -> dict:
@@ -216,7 +216,7 @@ def model_record(model_path: str | os.PathLike) -> dict:
     compare the parts that matter to them with `check_same_model`; a resume compares them all
     (`model_fingerprint`)."""
     folder = Path(model_path)
-    config = _read_json_object(folder / "config.json") or {}
+    config = read_json_object(folder / "config.json") or {}
     keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "vocab_size")
     return {

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 
-def _file_sha256(path: Path) -> str | None:
+def file_sha256_or_none(path: Path) -> str | None:
+    """SHA-256 of a file's bytes; None when there is no file."""
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
@@ -34,11 +35,13 @@ _TOKENIZER_CONFIG_KEYS = frozenset({
 _VOCAB_FILES = ("vocab.json", "merges.txt", "tokenizer.model", "qwen.tiktoken")
 
 
-def _digest(obj) -> str:
+def json_digest(obj) -> str:
+    """SHA-256 of a JSON value, independent of key order."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def _read_json_object(path: Path) -> dict | None:
+def read_json_object(path: Path) -> dict | None:
+    """A JSON file's object; None when the file is missing, unreadable or not a JSON object."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
@@ -52,8 +55,8 @@ def _vocabulary_sha256(folder: Path) -> str | None:
     backend = _tokenizer_json_digest(folder / "tokenizer.json")
     if backend is not None:
         return backend
-    files = {name: _file_sha256(folder / name) for name in _VOCAB_FILES if (folder / name).is_file()}
-    return _digest(files) if files else None
+    files = {name: file_sha256_or_none(folder / name) for name in _VOCAB_FILES if (folder / name).is_file()}
+    return json_digest(files) if files else None
 
 
 # Parsing and re-serialising an 11 MB tokenizer.json (Qwen3's) takes about a CPU-second, and every
@@ -92,7 +95,7 @@ def _tokenizer_json_digest(path: Path) -> str | None:
         if not isinstance(backend, dict):
             _VOCABULARY_DIGESTS[key] = None
             return None
-        value = _digest({name: backend.get(name) for name in _TOKENIZER_JSON_KEYS})
+        value = json_digest({name: backend.get(name) for name in _TOKENIZER_JSON_KEYS})
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             temporary = cached.with_name(f".{key}.{os.getpid()}.tmp")
@@ -105,20 +108,20 @@ def _tokenizer_json_digest(path: Path) -> str | None:
 
 
 def _special_tokens_sha256(folder: Path) -> str | None:
-    config = _read_json_object(folder / "tokenizer_config.json")
+    config = read_json_object(folder / "tokenizer_config.json")
     if config is None:
-        return _file_sha256(folder / "tokenizer_config.json")
-    return _digest({key: config[key] for key in sorted(_TOKENIZER_CONFIG_KEYS & set(config))})
+        return file_sha256_or_none(folder / "tokenizer_config.json")
+    return json_digest({key: config[key] for key in sorted(_TOKENIZER_CONFIG_KEYS & set(config))})
 
 
 def _chat_template_sha256(folder: Path) -> str | None:
     """The template a chat is rendered with: chat_template.jinja, else tokenizer_config.json's key."""
     if (folder / "chat_template.jinja").is_file():
-        return _file_sha256(folder / "chat_template.jinja")
-    template = (_read_json_object(folder / "tokenizer_config.json") or {}).get("chat_template")
+        return file_sha256_or_none(folder / "chat_template.jinja")
+    template = (read_json_object(folder / "tokenizer_config.json") or {}).get("chat_template")
     if isinstance(template, str):
         return hashlib.sha256(template.encode("utf-8")).hexdigest()
-    return None if template is None else _digest(template)
+    return None if template is None else json_digest(template)
 
 
 def tokenizer_files_record(model_path: str | os.PathLike) -> dict:

@@ -107,7 +107,7 @@ def test_the_vocabulary_digest_is_cached_per_file_content(tiny_model_dir, tmp_pa
     monkeypatch.setattr(identity, "_VOCABULARY_DIGESTS", {})
     raw = (tiny_model_dir / "tokenizer.json").read_bytes()
     backend = json.loads(raw)
-    expected = identity._digest({key: backend.get(key) for key in identity._TOKENIZER_JSON_KEYS})
+    expected = identity.json_digest({key: backend.get(key) for key in identity._TOKENIZER_JSON_KEYS})
     line = tmp_path / "cache" / "siren" / "vocabulary_sha256" / hashlib.sha256(raw).hexdigest()
 
     assert identity._vocabulary_sha256(tiny_model_dir) == expected
