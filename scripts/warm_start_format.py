@@ -24,6 +24,20 @@ on the 200-user Movies slice: the recipe's rating scores test MAE 0.90 / RMSE 1.
 0.87 / 1.26; adding the sketch's liked/disliked topics as a +-0.5 shift made it worse, 1.33), so it
 is a reasoning a model can learn from its prompt, not an oracle.
 
+Recipe "means" (make demo-real's) writes the same reasoning and estimate with the means only:
+
+    <think>
+    Recent ratings: mean 2.4.
+    Similar movies: mean 2.5.
+    Estimate 2.4, so 2.
+    </think>
+    <answer>2.0</answer><eos>
+
+Copying a list of ratings is where SmolLM2-135M failed: after GRPO, all 21 of 200 test rows whose
+CoT was not well formed were greedy loops in the list ("Recent ratings: 3 5 5 5 5 ..." up to the
+token cap). Without a list there is nothing to lose count in, and the completion is about 47
+tokens instead of 65 (Movies slice, SmolLM2's tokenizer).
+
 After training it greedy-decodes the rows (--max_new_tokens) and parses them as stage 4a does. A
 warm start that leaves fewer than --min_format_rate of them well formed with a valid rating is
 refused in one line and writes nothing (a learning rate of 1e-2, the tiny model's, turned
@@ -69,13 +83,14 @@ def _number(value: float) -> str:
     return f"{value:g}" if float(value).is_integer() else f"{value:.1f}"
 
 
-RECIPES = ("prompt", "mean")
+RECIPES = ("prompt", "means", "mean")
 
 
 def warm_start_completion(messages: list[dict], noun: str = "item", recipe: str = "prompt") -> str:
     """The target response for a chat list (system + user); read off the prompt, never the label.
 
-    recipe "prompt" is the reasoning of the module docstring; "mean" is one line, "Recent ratings
+    recipe "prompt" is the reasoning of the module docstring, "means" the same without the lists of
+    ratings; "mean" is one line, "Recent ratings
     average m, so r.", short enough for the tiny random model to learn in a minute (it cannot copy
     a list of ratings in that time), for `make demo`'s plumbing.
     """
@@ -97,14 +112,17 @@ def warm_start_completion(messages: list[dict], noun: str = "item", recipe: str 
         rating = min(5, max(1, round_half_up(mean)))
         return (f"<think>\nRecent ratings average {mean:.1f}, so {rating}.\n</think>\n"
                 f"<answer>{float(rating):.1f}</answer>")
-    lines = [f"Recent ratings: {' '.join(_number(r) for r in ratings)} (mean {mean:.1f})."]
+    listed = recipe == "prompt"  # "means" writes the means only: no list to lose count in
+    lines = [f"Recent ratings: {' '.join(_number(r) for r in ratings)} (mean {mean:.1f})." if listed
+             else f"Recent ratings: mean {mean:.1f}."]
     seen = Counter(category for item in items for category in _categories(item.text))
     shared = sorted(_categories(parts.candidate) - {c for c, n in seen.items() if n > len(items) / 2})
     similar = [item.rating for item in items if set(shared) & _categories(item.text)]
     estimate = mean
     if similar:
         similar_mean = sum(similar) / len(similar)
-        lines.append(f"Similar {noun}s: {' '.join(_number(r) for r in similar)} (mean {similar_mean:.1f}).")
+        lines.append(f"Similar {noun}s: {' '.join(_number(r) for r in similar)} (mean {similar_mean:.1f})." if listed
+                     else f"Similar {noun}s: mean {similar_mean:.1f}.")
         estimate = (1 - SIMILAR_WEIGHT) * mean + SIMILAR_WEIGHT * similar_mean
     else:
         lines.append(f"No similar {noun}s.")
@@ -165,8 +183,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="rows whose prompt + completion exceed this many tokens are left out of training "
                              "(still measured)")
     parser.add_argument("--recipe", choices=RECIPES, default="prompt",
-                        help="prompt: the reasoning read off the prompt (see above); mean: one line with the recent "
-                             "ratings' mean, for the tiny random model")
+                        help="prompt: the reasoning read off the prompt, its ratings listed (see above); means: the "
+                             "same reasoning with the means only; mean: one line with the recent ratings' mean, for "
+                             "the tiny random model")
     parser.add_argument("--max_new_tokens", type=positive_int, default=96, help="greedy decoding length for the format check")
     parser.add_argument("--min_format_rate", type=float, default=0.9,
                         help="refuse (write nothing) when fewer of the checked rows are well formed with a valid rating")

@@ -39,6 +39,15 @@ def test_completion_is_read_off_the_prompt_not_the_label():
         "<think>\nRecent ratings: 4 5 (mean 4.5).\nNo similar movies.\nEstimate 4.5, so 5.\n</think>\n"
         "<answer>5.0</answer>"
     )
+    # "means": the same reasoning and estimate, with the means only (no list to lose count in)
+    assert ws.warm_start_completion(_messages(_user(history, "It, Movies & TV|Horror")), "movie", "means") == (
+        "<think>\nRecent ratings: mean 3.2.\nSimilar movies: mean 3.0.\n"
+        "Estimate 3.2, so 3.\n</think>\n<answer>3.0</answer>"
+    )
+    assert ws.warm_start_completion(_messages(_user(history[:2], "Cars, Movies & TV|Kids")), "movie", "means") == (
+        "<think>\nRecent ratings: mean 4.5.\nNo similar movies.\nEstimate 4.5, so 5.\n</think>\n"
+        "<answer>5.0</answer>"
+    )
     assert ws.round_half_up(3.5) == 4 and ws.round_half_up(2.5) == 3 and ws.round_half_up(3.49) == 3
     assert ws.warm_start_completion(_messages(_user(history, "It, Movies & TV|Horror")), "movie", "mean") == (
         "<think>\nRecent ratings average 3.3, so 3.\n</think>\n<answer>3.0</answer>")
