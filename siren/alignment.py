@@ -204,10 +204,27 @@ def check_finite_weights(model) -> None:
                              "(lower --learning_rate, or check the teacher states)")
 
 
+def last_step_evaluation(state) -> dict | None:
+    """The metrics training already logged for the weights it ends with, or None.
+
+    The weights kept at the end are the last step's when no checkpoint was chosen or the chosen one
+    is the last step's (with --save_steps equal to --max_steps it is the only one). If that step was
+    evaluated, evaluating again would spend an evaluation on the same weights for the same numbers.
+    """
+    best = state.best_model_checkpoint
+    if best is not None and Path(best).name != f"checkpoint-{state.global_step}":
+        return None
+    for entry in reversed(state.log_history):
+        if entry.get("step") == state.global_step and "eval_loss" in entry:
+            return {key: value for key, value in entry.items() if key != "step"}
+    return None
+
+
 def train_alignment(stage: AlignmentArguments, config, inputs: AlignmentInputs,
                     checkpoints: CheckpointFolder | None = None) -> AlignmentRun:
     """LoRA on --peft's modules of --model, trained by the HiddenAlignmentTrainer with `config`; then
-    the best checkpoint is evaluated once more and the trained weights are checked for NaN/inf (on
+    the best checkpoint is evaluated once more (unless its evaluation is logged already:
+    `last_step_evaluation`) and the trained weights are checked for NaN/inf (on
     every process, so all stop together). When anything fails, the main process tidies the
     checkpoint folder (`CheckpointFolder.tidy_after_failure`) and the error says what stays there."""
     import torch
@@ -236,7 +253,7 @@ def train_alignment(stage: AlignmentArguments, config, inputs: AlignmentInputs,
         if main_process:
             print(f"training: {schedule.summary()}", flush=True)
         trainer.train()
-        best_eval = trainer.evaluate()
+        best_eval = last_step_evaluation(trainer.state) or trainer.evaluate()
         trained = trainer.accelerator.unwrap_model(trainer.model)
         check_finite_weights(trained)
     except BaseException as err:

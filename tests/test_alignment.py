@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from siren import SirenError
-from siren.alignment import check_finite_weights
+from siren.alignment import check_finite_weights, last_step_evaluation
 from siren.alignment_data import (
     ROW_INDEX,
     RowIndexCollator,
@@ -415,3 +415,28 @@ def test_the_merged_model_is_merged_in_float32_and_saved_in_the_base_dtype(tiny_
         assert torch.equal(merged[name], expected), name
         differs_in_bf16 += int(not torch.equal(in_bf16[name], expected))
     assert differs_in_bf16 == 4  # every K and V projection of the 2 layers
+
+
+# --------------------------------------------------------------------------------------------------
+# The evaluation reported at the end
+
+
+def _state(best, step, history):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(best_model_checkpoint=best, global_step=step, log_history=history)
+
+
+def test_the_last_steps_logged_evaluation_is_reused_for_the_same_weights():
+    history = [{"loss": 1.0, "step": 10}, {"eval_loss": 0.5, "eval_rating_rmse": 1.2, "epoch": 0.5, "step": 10},
+               {"loss": 0.9, "step": 20}, {"eval_loss": 0.4, "eval_rating_rmse": 1.1, "epoch": 1.0, "step": 20}]
+    expected = {"eval_loss": 0.4, "eval_rating_rmse": 1.1, "epoch": 1.0}
+    assert last_step_evaluation(_state("run/checkpoint-20", 20, history)) == expected
+    assert last_step_evaluation(_state(None, 20, history)) == expected  # no checkpoint chosen: the last weights
+
+
+def test_other_weights_or_an_unevaluated_last_step_are_evaluated_again():
+    history = [{"eval_loss": 0.5, "step": 10}, {"loss": 0.9, "step": 20}]
+    assert last_step_evaluation(_state("run/checkpoint-10", 20, history)) is None  # the best is an earlier step
+    assert last_step_evaluation(_state("run/checkpoint-20", 20, history)) is None  # step 20 was not evaluated
+    assert last_step_evaluation(_state("run/checkpoint-10", 10, history)) == {"eval_loss": 0.5}

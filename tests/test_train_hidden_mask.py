@@ -62,6 +62,11 @@ def test_end_to_end_writes_adapter_merged_log_and_manifest(trained, tiny_model_d
     assert manifest["args"]["training"]["learning_rate"] == 1e-2 and manifest["args"]["alignment"]["kd_ratio"] == 1.0
     assert manifest["lora_target_modules"] == ["k_proj", "v_proj"]
     assert manifest["best_checkpoint"] is not None
+    # best_eval is the kept checkpoint's evaluation; the last step's weights are evaluated once, not again at the end
+    best_step = int(Path(manifest["best_checkpoint"]).name.removeprefix("checkpoint-"))
+    evals = [e for e in log if "eval_loss" in e]
+    assert [e for e in evals if e["step"] == best_step][-1]["eval_rating_rmse"] == manifest["best_eval"]["eval_rating_rmse"]
+    assert [e["step"] for e in evals].count(4) == (1 if best_step == 4 else 2)
     assert "masked in" in proc.stdout and "wrote" in proc.stdout
     # the optimizer steps, printed before training (FAST: --max_steps 4, --warmup_steps 0)
     assert ("training: 4 optimizer steps (--max_steps; 6 rows, 2 per device x 1 process(es) x 1 accumulation = 2 rows "
