@@ -114,8 +114,9 @@ class _CachedTokenizer:
     (padding, truncation) it sets anew before every encode, and it is put back to the loaded values
     at each hand-out, and (2) anything lasting (added tokens, vocabulary, normalizer, pre-tokenizer,
     post-processor, decoder) is compared with the loaded tokenizer's at each hand-out: if a caller
-    changed it, the shared tokenizer is dropped and a fresh one loaded. Where the loaded tokenizer is
-    not of that kind, the whole object is deep-copied as before."""
+    changed it, the shared tokenizer is dropped and a fresh one loaded. (Copies alive at the same time
+    share it until then: no siren code adds tokens or changes the pipeline of a tokenizer it loaded.)
+    Where the loaded tokenizer is not of that kind, the whole object is deep-copied as before."""
 
     def __init__(self, load):
         self.load = load
