@@ -86,16 +86,80 @@ def _folder_contents_key(folder: Path) -> tuple | None:
         return None
 
 
+# The Rust tokenizer's settings that transformers sets anew for every encode call (padding,
+# truncation, splitting of special tokens): put back to the loaded values at each hand-out.
+_TRANSIENT = ("padding", "truncation", "encode_special_tokens")
+
+
+def _backend_fingerprint(backend) -> tuple:
+    """What a caller could change on a Rust tokenizer for good (vocabulary, added tokens, pipeline)."""
+    # (get_vocab_size(with_added_tokens=True) takes 0.1 s; the added tokens are compared directly.)
+    parts = [backend.get_vocab_size(with_added_tokens=False), repr(sorted(backend.get_added_tokens_decoder().items())),
+             type(backend.model).__name__]
+    for name in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        component = getattr(backend, name)
+        parts.append(None if component is None else component.__getstate__())
+    for name in ("dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk",
+                 "byte_fallback", "ignore_merges"):
+        parts.append(repr(getattr(backend.model, name, None)))
+    return tuple(parts)
+
+
+class _CachedTokenizer:
+    """A loaded tokenizer and how to hand out copies of it.
+
+    The Python side is deep-copied for every caller (pad token, padding side, chat template: its
+    own). Deep-copying the Rust tokenizer (about 0.8 CPU-s: it re-parses the 7 MB vocabulary) is
+    skipped: the copies share it, which is safe because (1) what transformers changes on it per call
+    (padding, truncation) it sets anew before every encode, and it is put back to the loaded values
+    at each hand-out, and (2) anything lasting (added tokens, vocabulary, normalizer, pre-tokenizer,
+    post-processor, decoder) is compared with the loaded tokenizer's at each hand-out: if a caller
+    changed it, the shared tokenizer is dropped and a fresh one loaded. (Copies alive at the same time
+    share it until then: no siren code adds tokens or changes the pipeline of a tokenizer it loaded.)
+    Where the loaded tokenizer is not of that kind, the whole object is deep-copied as before."""
+
+    def __init__(self, load):
+        self.load = load
+        self.reload()
+
+    def reload(self) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = self.load()
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        self.backend = backend if isinstance(backend, Tokenizer) else None
+        if self.backend is not None:
+            self.transient = {name: getattr(self.backend, name) for name in _TRANSIENT}
+            self.fingerprint = _backend_fingerprint(self.backend)
+
+    def _restore_transient(self) -> bool:
+        padding, truncation = self.transient["padding"], self.transient["truncation"]
+        if padding is not None or truncation is not None:
+            return False  # not expected from a tokenizer.json on disk: deep-copy instead
+        self.backend.no_padding()
+        self.backend.no_truncation()
+        self.backend.encode_special_tokens = self.transient["encode_special_tokens"]
+        return True
+
+    def copy(self):
+        import copy
+
+        if self.backend is not None and _backend_fingerprint(self.backend) != self.fingerprint:
+            self.reload()
+        if self.backend is None or not self._restore_transient():
+            return copy.deepcopy(self.tokenizer)
+        return copy.deepcopy(self.tokenizer, {id(self.backend): self.backend})
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _tokenizer_loads_once_per_content():
     """Speed only, no behaviour: the tests load the same 11 MB Qwen3 tokenizer (about 2 CPU-seconds)
     in nearly every in-process stage run. The load is memoized here on the CONTENT of the files it
     reads (sha256 of each), so a test that edits, damages or removes a file gets a fresh load, and
-    a load that fails is never cached. A cached tokenizer is handed out as a deep copy, so what a
-    caller changes on it (pad token, padding side) reaches no other caller. Subprocesses are
-    unaffected. (The vocabulary digest keeps its own content-keyed cache: siren.tokenizer_identity.)"""
-    import copy
-
+    a load that fails is never cached. A cached tokenizer is handed out as a copy (_CachedTokenizer),
+    so what a caller changes on it (pad token, padding side, added tokens) reaches no later caller.
+    Subprocesses are unaffected. (The vocabulary digest keeps its own content-keyed cache:
+    siren.tokenizer_identity.)"""
     from transformers import AutoTokenizer
 
     real_from_pretrained = AutoTokenizer.__dict__["from_pretrained"]
@@ -111,8 +175,8 @@ def _tokenizer_loads_once_per_content():
         if key is None:
             return real_from_pretrained.__func__(cls, name, *args, **kwargs)
         if key not in tokenizers:
-            tokenizers[key] = real_from_pretrained.__func__(cls, name, *args, **kwargs)
-        return copy.deepcopy(tokenizers[key])
+            tokenizers[key] = _CachedTokenizer(lambda: real_from_pretrained.__func__(cls, name, *args, **kwargs))
+        return tokenizers[key].copy()
 
     AutoTokenizer.from_pretrained = classmethod(from_pretrained)
     yield

@@ -62,18 +62,29 @@ def base_env(tiny_model_dir, verl_dir) -> dict:
     return {"MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2"}
 
 
-@pytest.fixture(scope="module")
-def composed(tiny_model_dir, verl_dir, tmp_path_factory) -> dict:
-    """verl's composed config, from a directory other than the repo (paths must not depend on cwd)."""
-    import yaml
+# The dry run of `dry_run` below: 2 nodes of 2 GPUs, a logger, a launcher setting and an extra override.
+DRY_RUN_ARGS = ("actor_rollout_ref.rollout.temperature=0.9",)
 
+
+@pytest.fixture(scope="module")
+def dry_run(tiny_model_dir, verl_dir, tmp_path_factory) -> tuple[dict, Path, subprocess.CompletedProcess]:
+    """The launcher's dry run (its settings, its working directory, the run), once for the module: from
+    a directory other than the repo (paths must not depend on cwd)."""
     cwd = tmp_path_factory.mktemp("elsewhere")
-    proc = run_launcher({"DRY_RUN": "1", "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir),
-                         "NUM_GPUS": "4", "LOGGER": "console,wandb", "VAL_BEFORE_TRAIN": "False"}, cwd,
-                        "actor_rollout_ref.rollout.temperature=0.9")
+    env = {"MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2", "NNODES": "2",
+           "TRAINER_DIR": str(cwd / "trainer"), "LOGGER": "console,wandb", "VAL_BEFORE_TRAIN": "False"}
+    proc = run_launcher({**env, "DRY_RUN": "1"}, cwd, *DRY_RUN_ARGS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[validate_config] All configuration checks passed" in proc.stderr and "memory estimate" in proc.stderr
-    return yaml.safe_load(proc.stdout)
+    return env, cwd, proc
+
+
+@pytest.fixture(scope="module")
+def composed(dry_run) -> dict:
+    """verl's composed config, as the dry run prints it."""
+    import yaml
+
+    return yaml.safe_load(dry_run[2].stdout)
 
 
 @pytest.mark.slow
@@ -95,6 +106,8 @@ def test_dry_run_sets_the_keys_verl_reads(composed, tiny_model_dir, verl_dir):
     assert actor["ppo_micro_batch_size_per_gpu"] == rollout["log_prob_micro_batch_size_per_gpu"] \
         == ref["log_prob_micro_batch_size_per_gpu"] == 4
     # BATCH_SIZE counts prompts per GPU: the train batch and the one mini batch per step span the 4 GPUs
+    # (2 nodes of 2)
+    assert (composed["trainer"]["nnodes"], composed["trainer"]["n_gpus_per_node"]) == (2, 2)
     assert composed["data"]["train_batch_size"] == actor["ppo_mini_batch_size"] == 32 * 4
     assert composed["data"]["train_files"] == str(verl_dir / "train.parquet")  # from another working directory
     assert actor_rollout_ref["model"]["path"] == str(tiny_model_dir)
@@ -111,20 +124,17 @@ def test_dry_run_sets_the_keys_verl_reads(composed, tiny_model_dir, verl_dir):
 
 
 @pytest.mark.slow
-def test_the_dry_run_prints_what_main_ppo_composes(tiny_model_dir, verl_dir, tmp_path):
+def test_the_dry_run_prints_what_main_ppo_composes(dry_run, tmp_path):
     """The dry run composes in-process; a real run hands the same overrides to main_ppo: `--cfg job` of
     that command prints the same config."""
+    env, cwd, dry = dry_run
     stand_in = tmp_path / "python_cfg_job"
     stand_in.write_text(f"""#!/bin/bash
 if [[ "$1 $2" == "-m verl.trainer.main_ppo" ]]; then shift 2; exec {sys.executable} -m verl.trainer.main_ppo "$@" --cfg job; fi
 exec {sys.executable} "$@"
 """)
     stand_in.chmod(stand_in.stat().st_mode | stat.S_IEXEC)
-    env = {"MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "NUM_GPUS": "2", "NNODES": "2",
-           "TRAINER_DIR": str(tmp_path / "trainer")}
-    dry = run_launcher({**env, "DRY_RUN": "1"}, tmp_path)
-    real = run_launcher({**env, "PYTHON": str(stand_in)}, tmp_path)
-    assert dry.returncode == 0, dry.stderr[-2000:]
+    real = run_launcher({**env, "PYTHON": str(stand_in)}, cwd, *DRY_RUN_ARGS)
     assert "training wrote no checkpoint" in real.stderr  # --cfg job trains nothing
     assert real.stdout == dry.stdout and "train_batch_size: 128" in dry.stdout
 

@@ -199,7 +199,7 @@ def test_resume_after_a_crash_gives_the_same_files(reference_run, tiny_model_dir
     with open(out / "partial" / "rank0.jsonl", "a", encoding="utf-8") as handle:
         handle.write(f'{{"index": {torn}, "user_id": "tor')  # killed mid-write
 
-    run_script(*argv, env=CPU_ONE_THREAD)
+    run_in_process(*argv)  # the rerun needs no process of its own: the crash above was in this one too
     assert (out / "results.jsonl").read_bytes() == (reference_run / "results.jsonl").read_bytes()
     assert torch.equal(torch.load(out / "mask.pt"), torch.load(reference_run / "mask.pt"))
     assert json.loads((out / "manifest.json").read_text())["counts"]["resumed_rows"] == 4
@@ -387,7 +387,8 @@ _FILE_SIZE_LIMITED = ("import resource, runpy, signal, sys; signal.signal(signal
 
 
 @pytest.mark.slow
-def test_a_full_disk_while_appending_rows_is_one_line_and_the_rerun_resumes(tiny_model_dir, verl_dir, tmp_path):
+def test_a_full_disk_while_appending_rows_is_one_line_and_the_rerun_resumes(tiny_model_dir, verl_dir, tmp_path,
+                                                                           one_thread):
     """Issue 20: the disk refusing a part-file append (here in the second batch: settings.json,
     ~1 KB, and the first batch's four rows, ~1.3 KB, fit under 2,000 bytes) is one line, exit 2, no
     traceback; the finished rows stay, and the same command then resumes from them."""
@@ -404,7 +405,7 @@ def test_a_full_disk_while_appending_rows_is_one_line_and_the_rerun_resumes(tiny
     kept = read_parts(out / "partial")
     assert set(first_batch(tiny_model_dir, verl_dir, 8)) <= set(kept) and not (out / "results.jsonl").exists()
 
-    run_script(*args, env=CPU_ONE_THREAD)
+    run_in_process(*args)  # the rerun, without the file-size limit: no process of its own needed
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["index"] for r in results] == list(range(8))
     assert json.loads((out / "manifest.json").read_text())["counts"]["resumed_rows"] == len(kept)
@@ -482,8 +483,8 @@ def test_a_second_run_into_the_folder_is_refused_at_once(tiny_model_dir, verl_di
     (out / "partial").mkdir(parents=True)
     (out / "partial" / "rank0.jsonl").write_text('{"index": 0}\n')  # the first run's finished rows
     with run_holding(out) as pid:
-        proc = run_script("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
-                          "--out_dir", str(out), *GEN_FLAGS, "--resume", "false", env=CPU_ONE_THREAD, check=False)
+        proc = run_in_process("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
+                              "--out_dir", str(out), *GEN_FLAGS, "--resume", "false", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: output folder {out} is in use by another run (process {pid}")
     assert (out / "partial" / "rank0.jsonl").read_text() == '{"index": 0}\n'
