@@ -24,7 +24,7 @@ on the 200-user Movies slice: the recipe's rating scores test MAE 0.90 / RMSE 1.
 0.87 / 1.26; adding the sketch's liked/disliked topics as a +-0.5 shift made it worse, 1.33), so it
 is a reasoning a model can learn from its prompt, not an oracle.
 
-Recipe "means" (make demo-real's) writes the same reasoning and estimate with the means only:
+Recipe "means" writes the same reasoning and estimate with the means only:
 
     <think>
     Recent ratings: mean 2.4.
@@ -36,7 +36,9 @@ Recipe "means" (make demo-real's) writes the same reasoning and estimate with th
 Copying a list of ratings is where SmolLM2-135M failed: after GRPO, all 21 of 200 test rows whose
 CoT was not well formed were greedy loops in the list ("Recent ratings: 3 5 5 5 5 ..." up to the
 token cap). Without a list there is nothing to lose count in, and the completion is about 47
-tokens instead of 65 (Movies slice, SmolLM2's tokenizer).
+tokens instead of 65 (Movies slice, SmolLM2's tokenizer). make demo-real keeps "prompt": in a whole
+run with "means" the teacher's CoT was worse than the answer-only model before alignment
+(docs/benchmarks.md).
 
 After training it greedy-decodes the rows (--max_new_tokens) and parses them as stage 4a does. A
 warm start that leaves fewer than --min_format_rate of them well formed with a valid rating is
@@ -90,9 +92,9 @@ def warm_start_completion(messages: list[dict], noun: str = "item", recipe: str 
     """The target response for a chat list (system + user); read off the prompt, never the label.
 
     recipe "prompt" is the reasoning of the module docstring, "means" the same without the lists of
-    ratings; "mean" is one line, "Recent ratings
-    average m, so r.", short enough for the tiny random model to learn in a minute (it cannot copy
-    a list of ratings in that time), for `make demo`'s plumbing.
+    ratings; "mean" is one line, "Recent ratings average m, so r.", short enough for the tiny random
+    model to learn in a minute (it cannot copy a list of ratings in that time), for `make demo`'s
+    plumbing.
     """
     from siren.data import parse_history_line
     from siren.prompts import parse_user_prompt
@@ -112,17 +114,20 @@ def warm_start_completion(messages: list[dict], noun: str = "item", recipe: str 
         rating = min(5, max(1, round_half_up(mean)))
         return (f"<think>\nRecent ratings average {mean:.1f}, so {rating}.\n</think>\n"
                 f"<answer>{float(rating):.1f}</answer>")
-    listed = recipe == "prompt"  # "means" writes the means only: no list to lose count in
-    lines = [f"Recent ratings: {' '.join(_number(r) for r in ratings)} (mean {mean:.1f})." if listed
-             else f"Recent ratings: mean {mean:.1f}."]
+
+    def summary(values: list[float], value_mean: float) -> str:  # "means": no list to lose count in
+        if recipe == "means":
+            return f"mean {value_mean:.1f}"
+        return f"{' '.join(_number(r) for r in values)} (mean {value_mean:.1f})"
+
+    lines = [f"Recent ratings: {summary(ratings, mean)}."]
     seen = Counter(category for item in items for category in _categories(item.text))
     shared = sorted(_categories(parts.candidate) - {c for c, n in seen.items() if n > len(items) / 2})
     similar = [item.rating for item in items if set(shared) & _categories(item.text)]
     estimate = mean
     if similar:
         similar_mean = sum(similar) / len(similar)
-        lines.append(f"Similar {noun}s: {' '.join(_number(r) for r in similar)} (mean {similar_mean:.1f})." if listed
-                     else f"Similar {noun}s: mean {similar_mean:.1f}.")
+        lines.append(f"Similar {noun}s: {summary(similar, similar_mean)}.")
         estimate = (1 - SIMILAR_WEIGHT) * mean + SIMILAR_WEIGHT * similar_mean
     else:
         lines.append(f"No similar {noun}s.")
