@@ -5,7 +5,7 @@
 #   PROFILE=tiny (make demo)       the tiny random Qwen3 (real Qwen3 vocabulary): about 4 minutes;
 #                                  the numbers measure plumbing, not SIREN.
 #   PROFILE=real (make demo-real)  SmolLM2-135M-Instruct, a real pretrained model (make real-model):
-#                                  the paper's table at small scale; sized for 45 minutes, 52 measured on 2 cores.
+#                                  the paper's table at small scale; sized for 45 minutes, 46 measured on 2 cores.
 #
 #   bash scripts/demo.sh                                          # PROFILE=tiny, into results/demo/
 #   PROFILE=real bash scripts/demo.sh                             # into results/demo-real/
@@ -39,15 +39,15 @@ case "$PROFILE" in
         D_WARM_RECIPE=mean; D_WARM_LR=1e-2; D_WARM_STEPS=60; D_WARM_ROWS=64; D_WARM_BATCH=8; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=2; D_GRPO_PROMPTS=2; D_ROLLOUT_N=2; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0.001; D_GRPO_EVAL_ROWS=4
         D_MAX_NEW_TOKENS=40; D_COT_BATCH=16; D_ALIGN_STEPS=20; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=false; D_WARM_BF16=false; D_GRPO_BF16=false
-        D_BENCH_SAMPLES=4; D_BENCH_COT_TOKENS=64
+        D_BENCH_SAMPLES=4; D_BENCH_COT_TOKENS=64; D_WARM_POOL=; D_WARM_CHECK_ROWS=32; D_ALIGN_EVAL_ROWS=32
         ;;
     real)
         D_MODEL=ckpt/smollm2-135m-instruct; D_RUN=results/demo-real
-        D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=400; D_DTYPE=bfloat16
-        D_WARM_RECIPE=prompt; D_WARM_LR=2e-4; D_WARM_STEPS=24; D_WARM_ROWS=96; D_WARM_BATCH=4; D_WARM_MIN_FORMAT=0.9
+        D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=300; D_WARM_POOL=400; D_DTYPE=bfloat16
+        D_WARM_RECIPE=counted; D_WARM_LR=2e-4; D_WARM_STEPS=24; D_WARM_ROWS=96; D_WARM_BATCH=4; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=3; D_GRPO_PROMPTS=4; D_ROLLOUT_N=4; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0; D_GRPO_EVAL_ROWS=8
-        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=40; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true; D_WARM_BF16=true; D_GRPO_BF16=true
-        D_BENCH_SAMPLES=8; D_BENCH_COT_TOKENS=64
+        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=32; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true; D_WARM_BF16=true; D_GRPO_BF16=true
+        D_BENCH_SAMPLES=4; D_BENCH_COT_TOKENS=64; D_WARM_CHECK_ROWS=16; D_ALIGN_EVAL_ROWS=16
         ;;
     *) die "PROFILE must be tiny or real, got '$PROFILE'" ;;
 esac
@@ -55,7 +55,8 @@ MODEL=${MODEL:-$D_MODEL}                        # the untouched base model
 RUN=${RUN:-$D_RUN}
 NUM_USERS=${NUM_USERS:-$D_NUM_USERS}            # users in the slice (all their rows)
 LIMIT=${LIMIT:-$D_LIMIT}                        # rows per split kept by stage 2 (test and valid: one per user)
-TRAIN_ROWS=${TRAIN_ROWS:-$D_TRAIN_ROWS}         # train rows 4a answers: the teacher's candidates for 4b/5
+TRAIN_ROWS=${TRAIN_ROWS:-$D_TRAIN_ROWS}         # train rows 4a answers (the first ones): the teacher's candidates for 4b/5
+WARM_POOL=${WARM_POOL:-${D_WARM_POOL:-$TRAIN_ROWS}}  # train rows stage 2 keeps (at least TRAIN_ROWS): the warm start's pool
 DTYPE=${DTYPE:-$D_DTYPE}                        # inference dtype of 4a, 4b and stage 6
 WARM_RECIPE=${WARM_RECIPE:-$D_WARM_RECIPE}      # the warm start's reasoning (scripts/warm_start_format.py)
 WARM_LR=${WARM_LR:-$D_WARM_LR}
@@ -64,7 +65,7 @@ WARM_ROWS=${WARM_ROWS:-$D_WARM_ROWS}            # train rows spread over the spl
 WARM_BATCH=${WARM_BATCH:-$D_WARM_BATCH}
 WARM_MIN_FORMAT=${WARM_MIN_FORMAT:-$D_WARM_MIN_FORMAT}
 WARM_BF16=${WARM_BF16:-$D_WARM_BF16}            # the warm start under bf16 autocast (float32 weights)
-WARM_CHECK_ROWS=${WARM_CHECK_ROWS:-32}          # rows of the warm start's greedy format check
+WARM_CHECK_ROWS=${WARM_CHECK_ROWS:-$D_WARM_CHECK_ROWS}  # rows of the warm start's greedy format check
 GRPO_STEPS=${GRPO_STEPS:-$D_GRPO_STEPS}
 GRPO_PROMPTS=${GRPO_PROMPTS:-$D_GRPO_PROMPTS}   # prompts per GRPO step
 ROLLOUT_N=${ROLLOUT_N:-$D_ROLLOUT_N}            # responses per prompt
@@ -79,7 +80,7 @@ ALIGN_STEPS=${ALIGN_STEPS:-$D_ALIGN_STEPS}
 ALIGN_LR=${ALIGN_LR:-$D_ALIGN_LR}
 ALIGN_BATCH=${ALIGN_BATCH:-$D_ALIGN_BATCH}
 LORA_R=${LORA_R:-$D_LORA_R}
-ALIGN_EVAL_ROWS=${ALIGN_EVAL_ROWS:-32}          # held-out rows of stage 5's evaluations
+ALIGN_EVAL_ROWS=${ALIGN_EVAL_ROWS:-$D_ALIGN_EVAL_ROWS}  # held-out rows of stage 5's evaluations
 ALIGN_BF16=${ALIGN_BF16:-$D_ALIGN_BF16}         # stage 5 in bf16 (1.6x faster on a CPU with avx512_bf16)
 BENCH_SAMPLES=${BENCH_SAMPLES:-$D_BENCH_SAMPLES}
 BENCH_COT_TOKENS=${BENCH_COT_TOKENS:-$D_BENCH_COT_TOKENS}   # the paper's CoT averages 238 tokens
@@ -101,6 +102,8 @@ WARM="$RUN/ckpt/warm_start"
 GRPO="$RUN/ckpt/GRPO_${CATEGORY}_step${GRPO_STEPS}"
 SLICE="$RUN/data"
 AO=(--engine eager --batch_size "$COT_BATCH" --dtype "$DTYPE")   # stage 6, the same way for every model and as 4a
+AO_ROWS=$(( TRAIN_ROWS > LIMIT ? TRAIN_ROWS : LIMIT ))  # 4c's rows per split: stage 5's train rows are 4a's
+SPLIT_ROWS=$(( WARM_POOL > AO_ROWS ? WARM_POOL : AO_ROWS ))
 STEPS=16
 START=$SECONDS
 STEP_START=$SECONDS
@@ -128,12 +131,12 @@ step "stage 1: interest sketch (MiniLM embeddings, K=20 topics)"
 step "stage 2: verl parquet files + prompt-token report"
 "$PY" preprocess_grpo.py --category "$CATEGORY" --data_root "$SLICE" --max_history 10 \
     --use_long_history True --sketch_path "$RUN/sketch/user_feature.jsonl" --tokenizer "$MODEL" \
-    --limit "$(( TRAIN_ROWS > LIMIT ? TRAIN_ROWS : LIMIT ))" --output_dir "$VERL"
+    --limit "$SPLIT_ROWS" --output_dir "$VERL"
 cp "$VERL/prompt_stats.json" "$VERL/prompt_tokens_test.npz" "$RUN/"
 
 # 4c renders the answer-only prompts once: every later model keeps the base model's tokenizer.
 step "stage 4c: answer-only prompt/completion dataset; stage 6 on the untouched model (zero-shot)"
-"$PY" preprocess_hidden.py --data_path "$VERL" --model "$MODEL" --output_dir "$AO_DATA"
+"$PY" preprocess_hidden.py --data_path "$VERL" --model "$MODEL" --limit "$AO_ROWS" --output_dir "$AO_DATA"
 "$PY" inference_ao_ddp.py --model "$MODEL" --data_path "$AO_DATA" --split test --limit "$LIMIT" "${AO[@]}" \
     --output_dir "$RUN/ao_zero_shot"
 

@@ -8,37 +8,32 @@ This script stands in for that ability: a short fine-tune (TRL SFTTrainer, CPU, 
 completion only) on prompt/completion pairs whose completion is a reasoning read off the prompt:
 
     <think>
-    Recent ratings: 3 3 1 2 3 (mean 2.4).
-    Similar movies: 3 2 (mean 2.5).
+    Recent ratings: (5) 3 3 1 2 3 (mean 2.4).
+    Similar movies: (2) 3 2 (mean 2.5).
     Estimate 2.4, so 2.
     </think>
     <answer>2.0</answer><eos>
 
-"Recent ratings" are the ratings of the history lines in the user message; "similar" items are
-the history lines that share a category with the candidate, leaving out categories that more than
-half of the history lines carry (for this user they say nothing: "Movies & TV" on every line).
-The estimate is 0.7 * the recent mean + 0.3 * the similar items' mean, or the recent mean alone
-without similar items; without rated lines it is 5 (the most common rating). The rating is floor(estimate + 0.5) (half rounds up, unlike Python's round) clipped to
+"Recent ratings" are the ratings of the history lines in the user message, after their count;
+"similar" items are the history lines that share a category with the candidate, leaving out
+categories that more than half of the history lines carry (for this user they say nothing:
+"Movies & TV" on every line). The estimate is 0.7 * the recent mean + 0.3 * the similar items'
+mean, or the recent mean alone without similar items; without rated lines it is 5 (the most
+common rating). The rating is floor(estimate + 0.5) (half rounds up, unlike Python's round) clipped to
 1..5, written with one decimal as the reward's ground truth is. The label is never read. Measured
 on the 200-user Movies slice: the recipe's rating scores test MAE 0.90 / RMSE 1.28 (the plain mean:
 0.87 / 1.26; adding the sketch's liked/disliked topics as a +-0.5 shift made it worse, 1.33), so it
 is a reasoning a model can learn from its prompt, not an oracle.
 
-Recipe "means" writes the same reasoning and estimate with the means only:
-
-    <think>
-    Recent ratings: mean 2.4.
-    Similar movies: mean 2.5.
-    Estimate 2.4, so 2.
-    </think>
-    <answer>2.0</answer><eos>
-
-Copying a list of ratings is where SmolLM2-135M failed: after GRPO, all 21 of 200 test rows whose
-CoT was not well formed were greedy loops in the list ("Recent ratings: 3 5 5 5 5 ..." up to the
-token cap). Without a list there is nothing to lose count in, and the completion is about 47
-tokens instead of 65 (Movies slice, SmolLM2's tokenizer). make demo-real keeps "prompt": in a whole
-run with "means" the teacher's CoT was worse than the answer-only model before alignment
-(docs/benchmarks.md).
+Other recipes (--recipe), each measured in docs/benchmarks.md:
+- "prompt": the same lists without their counts ("Recent ratings: 3 3 1 2 3 (mean 2.4)."). Greedy
+  decoding by SmolLM2-135M loses count in a list of equal ratings ("3 5 5 5 5 ..." up to the token
+  cap): after the same warm start, 19 of 200 test rows looped, against 4 with the count written
+  first (which the prompt states: "The user's 7 most recent ratings").
+- "means": the means only ("Recent ratings: mean 2.4."). Nothing to loop in (47 tokens instead of
+  about 70), but the model states the mean less precisely: in a whole demo-real run its teacher was
+  worse than the answer-only model before alignment.
+- "mean": one line, "Recent ratings average 2.4, so 2.", for the tiny random model of `make demo`.
 
 After training it greedy-decodes the rows (--max_new_tokens) and parses them as stage 4a does. A
 warm start that leaves fewer than --min_format_rate of them well formed with a valid rating is
@@ -85,14 +80,14 @@ def _number(value: float) -> str:
     return f"{value:g}" if float(value).is_integer() else f"{value:.1f}"
 
 
-RECIPES = ("prompt", "means", "mean")
+RECIPES = ("counted", "prompt", "means", "mean")
 
 
-def warm_start_completion(messages: list[dict], noun: str = "item", recipe: str = "prompt") -> str:
+def warm_start_completion(messages: list[dict], noun: str = "item", recipe: str = "counted") -> str:
     """The target response for a chat list (system + user); read off the prompt, never the label.
 
-    recipe "prompt" is the reasoning of the module docstring, "means" the same without the lists of
-    ratings; "mean" is one line, "Recent ratings average m, so r.", short enough for the tiny random
+    recipe "counted" is the reasoning of the module docstring, "prompt" the same without the lists'
+    counts, "means" without the lists; "mean" is one line, "Recent ratings average m, so r.", short enough for the tiny random
     model to learn in a minute (it cannot copy a list of ratings in that time), for `make demo`'s
     plumbing.
     """
@@ -118,7 +113,8 @@ def warm_start_completion(messages: list[dict], noun: str = "item", recipe: str 
     def summary(values: list[float], value_mean: float) -> str:  # "means": no list to lose count in
         if recipe == "means":
             return f"mean {value_mean:.1f}"
-        return f"{' '.join(_number(r) for r in values)} (mean {value_mean:.1f})"
+        listed = f"{' '.join(_number(r) for r in values)} (mean {value_mean:.1f})"
+        return f"({len(values)}) {listed}" if recipe == "counted" else listed
 
     lines = [f"Recent ratings: {summary(ratings, mean)}."]
     seen = Counter(category for item in items for category in _categories(item.text))
@@ -187,10 +183,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_length", type=positive_int, default=512,
                         help="rows whose prompt + completion exceed this many tokens are left out of training "
                              "(still measured)")
-    parser.add_argument("--recipe", choices=RECIPES, default="prompt",
-                        help="prompt: the reasoning read off the prompt, its ratings listed (see above); means: the "
-                             "same reasoning with the means only; mean: one line with the recent ratings' mean, for "
-                             "the tiny random model")
+    parser.add_argument("--recipe", choices=RECIPES, default="counted",
+                        help="counted: the reasoning read off the prompt, its ratings listed after their count (see "
+                             "above); prompt: the lists without their counts; means: the means only; mean: one line "
+                             "with the recent ratings' mean, for the tiny random model")
     parser.add_argument("--max_new_tokens", type=positive_int, default=96, help="greedy decoding length for the format check")
     parser.add_argument("--min_format_rate", type=float, default=0.9,
                         help="refuse (write nothing) when fewer of the checked rows are well formed with a valid rating")
@@ -223,7 +219,7 @@ def spread_rows(rows: list[dict], n: int | None) -> list[dict]:
     return [rows[i * len(rows) // n] for i in range(n)]
 
 
-def training_pairs(rows: list[dict], tokenizer, max_length: int, recipe: str = "prompt"):
+def training_pairs(rows: list[dict], tokenizer, max_length: int, recipe: str = "counted"):
     """(Dataset of the rows that fit max_length, every row's prompt text, every row's completion, rows left out)."""
     from datasets import Dataset
 

@@ -30,14 +30,20 @@ def test_completion_is_read_off_the_prompt_not_the_label():
                "Up, Movies & TV|Kids, 3.0"]
     # mean 3.25; "Movies & TV" is on every line, so only Horror is shared: Alien 5, Saw 1 -> 3.0;
     # 0.7 * 3.25 + 0.3 * 3.0 = 3.175 -> 3
+    # "counted" (the default): each list after its count
     assert ws.warm_start_completion(_messages(_user(history, "It, Movies & TV|Horror")), "movie") == (
-        "<think>\nRecent ratings: 4 5 1 3 (mean 3.2).\nSimilar movies: 5 1 (mean 3.0).\n"
+        "<think>\nRecent ratings: (4) 4 5 1 3 (mean 3.2).\nSimilar movies: (2) 5 1 (mean 3.0).\n"
         "Estimate 3.2, so 3.\n</think>\n<answer>3.0</answer>"
     )
     # nothing shared: the mean alone; 4.5 rounds half UP (floor(m + 0.5)) to 5, Python's round(4.5) gives 4
     assert ws.warm_start_completion(_messages(_user(history[:2], "Cars, Movies & TV|Kids")), "movie") == (
-        "<think>\nRecent ratings: 4 5 (mean 4.5).\nNo similar movies.\nEstimate 4.5, so 5.\n</think>\n"
+        "<think>\nRecent ratings: (2) 4 5 (mean 4.5).\nNo similar movies.\nEstimate 4.5, so 5.\n</think>\n"
         "<answer>5.0</answer>"
+    )
+    # "prompt": the same lists without their counts
+    assert ws.warm_start_completion(_messages(_user(history, "It, Movies & TV|Horror")), "movie", "prompt") == (
+        "<think>\nRecent ratings: 4 5 1 3 (mean 3.2).\nSimilar movies: 5 1 (mean 3.0).\n"
+        "Estimate 3.2, so 3.\n</think>\n<answer>3.0</answer>"
     )
     # "means": the same reasoning and estimate, with the means only (no list to lose count in)
     assert ws.warm_start_completion(_messages(_user(history, "It, Movies & TV|Horror")), "movie", "means") == (
