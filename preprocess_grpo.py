@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "unset: no token report")
     parser.add_argument("--max_prompt_tokens", type=positive_int, default=2048,
                         help="prompts longer than this are counted in the report (the launcher's max prompt length)")
+    parser.add_argument("--train_rows_per_user", type=positive_int, default=None,
+                        help="keep only each user's K most recent train rows (largest timestamp), before --limit "
+                             "(unset: all; the authors keep all)")
     cli.add_limit(parser, help="keep only the first N rows of each split (unset: all)")
     cli.add_overwrite(parser)
     return parser.parse_args(argv)
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         build = build_parquets(
             paths["category_dir"], category=args.category, max_history=args.max_history,
             use_long_history=args.use_long_history, sketch_path=args.sketch_path, limit=args.limit,
-            tokenizer_path=args.tokenizer, max_prompt_tokens=args.max_prompt_tokens,
+            train_rows_per_user=args.train_rows_per_user, tokenizer_path=args.tokenizer, max_prompt_tokens=args.max_prompt_tokens,
         )
         with outputs.commit(args, timer) as staged:
             build.write(staged.dir)

@@ -233,8 +233,22 @@ def _tell_the_launcher(line: str) -> None:
         pass  # the one line is on stderr already
 
 
+def close_process_group() -> None:
+    """Shut down this process's torch.distributed group, if it joined one (a local call, not a
+    collective). A process that exits with its group still open can abort at exit ("terminate
+    called without an active exception", SIGABRT, seen on gloo when ranks refuse together under
+    load) instead of ending with its exit status. Does not import torch for a stage that never did."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run_main(main: Callable[[], object]) -> int:
-    """Run a script's main(); a SirenError becomes a one-line message and exit status 2."""
+    """Run a script's main(); a SirenError becomes a one-line message and exit status 2. The
+    process group, if any, is closed on every way out."""
     try:
         main()
     except SirenError as err:
@@ -245,4 +259,6 @@ def run_main(main: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        close_process_group()
     return 0

@@ -187,6 +187,23 @@ class ParquetBuild:
         return lines
 
 
+def latest_rows_per_user(rows: list[dict], k: int) -> list[dict]:
+    """Each user's `k` most recent rows (largest timestamp; on a tie the later line), in file order.
+
+    A split's rows are a user's earlier ratings; the valid and test rows are the last ones, and
+    later ratings lean more positive than early ones (on Movies 60% of the users' last train
+    ratings are 5s against 40% of all train ratings and 62% of test ratings). Training on the most
+    recent rows keeps the rows a model learns from close to the rows it is scored on.
+    """
+    by_user: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_user.setdefault(row["user_id"], []).append(index)
+    keep = set()
+    for indices in by_user.values():
+        keep.update(sorted(indices, key=lambda i: (rows[i]["timestamp"], i))[-k:])
+    return [row for index, row in enumerate(rows) if index in keep]
+
+
 def build_parquets(
     category_dir: str | os.PathLike,
     *,
@@ -195,6 +212,7 @@ def build_parquets(
     use_long_history: bool,
     sketch_path: str | os.PathLike | None = None,
     limit: int | None = None,
+    train_rows_per_user: int | None = None,
     tokenizer_path: str | os.PathLike | None = None,
     max_prompt_tokens: int = 2048,
 ) -> ParquetBuild:
@@ -203,7 +221,8 @@ def build_parquets(
     Every input is read and every row built before anything is written, so a bad row in any split
     stops the stage with nothing on disk. The sketch goes into the prompt only with
     `use_long_history`; rows repeating an earlier (user_id, parent_asin) are kept, each as its own
-    parquet row, and reported (`duplicates`, `warnings`).
+    parquet row, and reported (`duplicates`, `warnings`). With `train_rows_per_user` the train split
+    keeps only each user's K most recent rows (before `limit` applies).
     """
     from siren.data import load_split, split_path
 
@@ -212,6 +231,8 @@ def build_parquets(
     for split in PARQUET_SPLITS:
         split_rows = load_split(split_path(category_dir, split), warn=False)
         duplicates[split] = split_rows.duplicates
+        if split == "train" and train_rows_per_user:
+            split_rows = latest_rows_per_user(split_rows, train_rows_per_user)
         records[split] = split_rows[:limit] if limit else list(split_rows)
 
     data_users = {r["user_id"] for rows in records.values() for r in rows}

@@ -186,6 +186,27 @@ def test_run_main_exit_codes():
     assert run_main(fails) == 2
 
 
+@pytest.mark.parametrize("outcome", ["ok", "refused"])
+def test_run_main_closes_the_process_group(outcome):
+    """A launched process leaves with its group shut down (one left open aborted at exit under load)."""
+    import torch.distributed as dist
+
+    from siren import SirenError
+    from siren.cli import run_main
+
+    def main():
+        if outcome == "refused":
+            raise SirenError("bad input")
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        assert run_main(main) == (0 if outcome == "ok" else 2)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 # ---- field types (data/README.md), checked once in the loaders -----------------------------
 
 

@@ -477,3 +477,31 @@ def test_one_run_per_folder_and_a_killed_runs_staging_folder_is_removed(syntheti
     assert f"took over the lock of {out} from process {killed}, started" in err
     assert re.search(r"removed 1 staging folder\(s\) a killed run of .* left: \.max@3-long@False\.staging-", err)
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_latest_rows_per_user_keeps_each_users_most_recent_rows_in_file_order():
+    from siren.verl_build import latest_rows_per_user
+
+    rows = [{"user_id": "a", "timestamp": 5, "n": 0}, {"user_id": "b", "timestamp": 1, "n": 1},
+            {"user_id": "a", "timestamp": 9, "n": 2}, {"user_id": "a", "timestamp": 2, "n": 3},
+            {"user_id": "b", "timestamp": 1, "n": 4}, {"user_id": "a", "timestamp": 9, "n": 5}]
+    assert [r["n"] for r in latest_rows_per_user(rows, 1)] == [4, 5]        # a tie goes to the later line
+    assert [r["n"] for r in latest_rows_per_user(rows, 2)] == [1, 2, 4, 5]
+    assert [r["n"] for r in latest_rows_per_user(rows, 9)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_train_rows_per_user_filters_train_only_before_the_limit(synthetic_root, tmp_path):
+    from siren.verl_build import latest_rows_per_user
+
+    out = tmp_path / "out"
+    preprocess_grpo.main(["--data_root", str(synthetic_root), "--out_dir", str(out), "--use_long_history", "false",
+                          "--train_rows_per_user", "1", "--limit", "7"])
+    train = load_split(synthetic_root / "Movies" / "train.jsonl.gz")
+    expected = latest_rows_per_user(train, 1)[:7]
+    built = load_split_rows(out, "train")
+    ids = [(r["extra_info"]["user_id"], r["extra_info"]["parent_asin"]) for r in built]
+    assert ids == [(r["user_id"], r["parent_asin"]) for r in expected]
+    assert len({user for user, _ in ids}) == 7                            # one row per user
+    assert len(load_split_rows(out, "val")) == len(load_split_rows(out, "test")) == 7
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["args"]["train_rows_per_user"] == 1
