@@ -39,11 +39,11 @@ case "$PROFILE" in
         D_WARM_RECIPE=mean; D_WARM_LR=1e-2; D_WARM_STEPS=60; D_WARM_ROWS=64; D_WARM_BATCH=8; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=2; D_GRPO_PROMPTS=2; D_ROLLOUT_N=2; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0.001; D_GRPO_EVAL_ROWS=4
         D_MAX_NEW_TOKENS=40; D_COT_BATCH=16; D_ALIGN_STEPS=20; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=false; D_WARM_BF16=false; D_GRPO_BF16=false
-        D_BENCH_SAMPLES=4; D_BENCH_COT_TOKENS=64; D_WARM_POOL=; D_WARM_CHECK_ROWS=32; D_ALIGN_EVAL_ROWS=32; D_TRAIN_PER_USER=
+        D_BENCH_SAMPLES=4; D_BENCH_COT_TOKENS=64; D_WARM_POOL=; D_WARM_CHECK_ROWS=32; D_ALIGN_EVAL_ROWS=32
         ;;
     real)
         D_MODEL=ckpt/smollm2-135m-instruct; D_RUN=results/demo-real
-        D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=300; D_WARM_POOL=400; D_TRAIN_PER_USER=; D_DTYPE=bfloat16
+        D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=300; D_WARM_POOL=400; D_DTYPE=bfloat16
         D_WARM_RECIPE=counted; D_WARM_LR=2e-4; D_WARM_STEPS=24; D_WARM_ROWS=96; D_WARM_BATCH=4; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=3; D_GRPO_PROMPTS=4; D_ROLLOUT_N=4; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0; D_GRPO_EVAL_ROWS=8
         D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=32; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true; D_WARM_BF16=true; D_GRPO_BF16=true
@@ -57,7 +57,7 @@ NUM_USERS=${NUM_USERS:-$D_NUM_USERS}            # users in the slice (all their 
 LIMIT=${LIMIT:-$D_LIMIT}                        # rows per split kept by stage 2 (test and valid: one per user)
 TRAIN_ROWS=${TRAIN_ROWS:-$D_TRAIN_ROWS}         # train rows 4a answers (the first ones): the teacher's candidates for 4b/5
 WARM_POOL=${WARM_POOL:-${D_WARM_POOL:-$TRAIN_ROWS}}  # train rows stage 2 keeps (at least TRAIN_ROWS): the warm start's pool
-TRAIN_PER_USER=${TRAIN_PER_USER:-$D_TRAIN_PER_USER}  # stage 2 keeps each user's K latest train rows (empty: all rows)
+TRAIN_PER_USER=${TRAIN_PER_USER:-}              # stage 2 keeps each user's K latest train rows (empty: all rows)
 DTYPE=${DTYPE:-$D_DTYPE}                        # inference dtype of 4a, 4b and stage 6
 WARM_RECIPE=${WARM_RECIPE:-$D_WARM_RECIPE}      # the warm start's reasoning (scripts/warm_start_format.py)
 WARM_LR=${WARM_LR:-$D_WARM_LR}
