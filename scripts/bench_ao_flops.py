@@ -4,11 +4,13 @@ same shapes, in one run.
     python scripts/bench_ao_flops.py --model ckpt/smollm2-135m-instruct \
         --data_path results/demo-real/ao_data --limit 96 --batch_sizes 1 4 16 --dtype float32 bfloat16
 
-For each dtype and batch size it runs stage 6's own code path (siren.answer_only: rows sorted by prompt
-length, cut into batches, the eager engine's forward, warm-up batch untimed) and counts the useful
-flops of the rows it scored (siren.tools.flops: linear layers and causal attention over real tokens,
-padding excluded). Right after, it times torch.matmul over the model's linear-layer shapes with as
-many rows per matmul as the forward had (batch x mean padded length), same dtype and threads: the
+For each dtype, layout and batch size it runs stage 6's own code path (siren.answer_only: rows sorted
+by prompt length, cut into batches, the eager engine's forward, warm-up batch untimed) and counts the
+useful flops of the rows it scored (siren.tools.flops: linear layers and causal attention over real
+tokens, padding excluded). The layouts are the eager engine's two: `packed` (its default: a batch's
+prompts end to end in one row, siren.packed_attention) and `padded` (left-padded to the longest
+prompt). Right after, it times torch.matmul over the model's linear-layer shapes with as many rows
+per matmul as the forward had (the batch's computed tokens, on average), same dtype and threads: the
 ceiling. Writes <output_dir>/flops.json and prints the table (achieved / ceiling = efficiency).
 """
 
@@ -28,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.add_limit(parser, help="rows scored per measurement (the first N of the split)")
     parser.set_defaults(limit=96)
     parser.add_argument("--batch_sizes", nargs="+", type=positive_int, default=[1, 4, 16], help="stage-6 batch sizes")
+    parser.add_argument("--layouts", nargs="+", choices=("packed", "padded"), default=["packed", "padded"],
+                        help="the eager engine's batch layouts to measure (packed: its default)")
     bench_run.add_flags(parser, "flops.json", "results/bench_ao_flops")
     return parser.parse_args(argv)
 
@@ -53,28 +57,29 @@ def measure(args) -> dict:
         dtype = getattr(torch, dtype_name)
         model = load_causal_lm(args.model, dtype, "cpu")
         shape = forward_shape(model)
-        engine = EagerAO(model, tokenizer, rating_token_ids(tokenizer))
-        for batch_size in args.batch_sizes:
+        for layout, batch_size in [(layout, b) for layout in args.layouts for b in args.batch_sizes]:
+            engine = EagerAO(model, tokenizer, rating_token_ids(tokenizer), packed=layout == "packed")
             batches = ao_batches(tokenizer, rows, batch_size, 0, 1)
             _, seconds, warmup = predict(engine, tokenizer, rows, batches, decode="constrained", device="cpu",
                                          show_progress=False)
             # predict's timed loop scores every batch once (its warm-up batch is run before, untimed)
             flops = useful_flops(shape, [lengths[p] for batch in batches for p in batch])
-            padded = sum(max(lengths[p] for p in batch) * len(batch) for batch in batches)
-            matmul = matmul_rate(shape.linear_shapes, rows=max(1, round(padded / len(batches))), dtype=dtype)
+            computed = sum((max(lengths[p] for p in batch) * len(batch) if layout == "padded"
+                            else sum(lengths[p] for p in batch)) for batch in batches)
+            matmul = matmul_rate(shape.linear_shapes, rows=max(1, round(computed / len(batches))), dtype=dtype)
             achieved = flops / seconds / 1e9
             results.append({
-                "dtype": dtype_name, "batch_size": batch_size, "rows": len(rows), "threads": torch.get_num_threads(),
-                "seconds": round(seconds, 3), "warmup_seconds": round(warmup, 3),
+                "dtype": dtype_name, "layout": layout, "batch_size": batch_size, "rows": len(rows),
+                "threads": torch.get_num_threads(), "seconds": round(seconds, 3), "warmup_seconds": round(warmup, 3),
                 "rows_per_s": round(len(rows) / seconds, 3), "useful_gflop": round(flops / 1e9, 1),
-                "padding_share": round(1 - sum(lengths) / padded, 4), "achieved_gflops": round(achieved, 2),
+                "padding_share": round(1 - sum(lengths) / computed, 4), "achieved_gflops": round(achieved, 2),
                 "matmul": matmul, "efficiency": round(achieved / matmul["gflops"], 3),
             })
             row = results[-1]
-            print(f"{dtype_name:>8} batch {batch_size:>3}: {row['rows_per_s']:.2f} rows/s, {row['achieved_gflops']:.1f} "
-                  f"GFLOP/s achieved vs {matmul['gflops']:.1f} GFLOP/s matmul at {matmul['rows']} rows "
-                  f"= {row['efficiency']:.0%} (padding {row['padding_share']:.1%})", flush=True)
-        del model, engine
+            print(f"{dtype_name:>8} {layout:>6} batch {batch_size:>3}: {row['rows_per_s']:.2f} rows/s, "
+                  f"{row['achieved_gflops']:.1f} GFLOP/s achieved vs {matmul['gflops']:.1f} GFLOP/s matmul at "
+                  f"{matmul['rows']} rows = {row['efficiency']:.0%} (padding {row['padding_share']:.1%})", flush=True)
+        del model
     summary = {"model": args.model, "mean_prompt_tokens": round(sum(lengths) / len(lengths), 1),
                "flops_per_row_mean_gflop": round(useful_flops(shape, lengths) / len(lengths) / 1e9, 2),
                "results": results}

@@ -5,7 +5,7 @@
 #   PROFILE=tiny (make demo)       the tiny random Qwen3 (real Qwen3 vocabulary): about 4 minutes;
 #                                  the numbers measure plumbing, not SIREN.
 #   PROFILE=real (make demo-real)  SmolLM2-135M-Instruct, a real pretrained model (make real-model):
-#                                  the paper's table at small scale; sized for 45 minutes, 46 measured on 2 cores.
+#                                  the paper's table at small scale; sized for 45 minutes, 42 measured on 2 idle cores.
 #
 #   bash scripts/demo.sh                                          # PROFILE=tiny, into results/demo/
 #   PROFILE=real bash scripts/demo.sh                             # into results/demo-real/

@@ -1,7 +1,10 @@
 """Answer-only (AO) engines: the one forward pass that gives the next-token distribution after
 `<answer>`, scored over the rating tokens.
 
-    eager     Hugging Face forward on a batch left-padded to its longest row.
+    eager     one Hugging Face forward per batch. On a CPU the prompts are packed end to end into
+              one row, with no padding (`siren.packed_attention`). On a GPU, or for a model whose
+              attention does not go through transformers' AttentionInterface, the batch is
+              left-padded to its longest row.
     compiled  the same forward through `torch.compile(dynamic=False)`: each batch is left-padded to
               a fixed length bucket and a fixed batch size, so every (batch, bucket) shape is
               captured once (CUDA graphs on a GPU) and replayed. Rows longer than the largest
@@ -95,16 +98,25 @@ def check_bucket_fallback(lengths: Sequence[int], buckets: Sequence[int]) -> str
 
 
 class EagerAO:
-    """Today's forward: one Hugging Face forward per batch, padded to its longest row."""
+    """One Hugging Face forward per batch: packed into one row (`packed`, the default on a CPU where
+    the model supports it) or left-padded to the batch's longest row."""
 
     name = "eager"
 
-    def __init__(self, model, tokenizer, rating_token_ids: dict[int, int]) -> None:
+    def __init__(self, model, tokenizer, rating_token_ids: dict[int, int], *, packed: bool | None = None) -> None:
+        from siren.packed_attention import supports_packing
+
         self.model = model
         self.tokenizer = tokenizer
         self.rating_token_ids = dict(rating_token_ids)
         self.warmup_seconds = 0.0
         self.fallback_rows = 0
+        # Default: packed on a CPU, where the pad tokens cost their full arithmetic. On a GPU the
+        # padded batch stays: one attention kernel per layer instead of one per prompt and layer.
+        self.packed = (supports_packing(model) and model.device.type == "cpu") if packed is None else bool(packed)
+        if self.packed and not supports_packing(model):
+            raise SirenError(f"{type(model).__name__} does not dispatch its attention through transformers' "
+                             "AttentionInterface, so its prompts cannot be packed")
 
     def _forward(self, input_ids, attention_mask, position_ids):
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -134,10 +146,19 @@ class EagerAO:
         return 0.0
 
     def score(self, prompts: Sequence[str]) -> AOScores:
-        return self._scores(self._run(self._forward, prompts))
+        if not self.packed:
+            return self._scores(self._run(self._forward, prompts))
+        import torch
+
+        from siren.packed_attention import last_token_logits
+
+        with torch.inference_mode():
+            token_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+            return self._scores(last_token_logits(self.model, token_ids))
 
     def report(self) -> dict:
-        return {"engine": self.name, "warmup_seconds": round(self.warmup_seconds, 3), "fallback_rows": self.fallback_rows}
+        return {"engine": self.name, "warmup_seconds": round(self.warmup_seconds, 3), "fallback_rows": self.fallback_rows,
+                "layout": "packed" if self.packed else "left-padded"}
 
 
 class CompiledAO(EagerAO):
@@ -149,7 +170,7 @@ class CompiledAO(EagerAO):
                  buckets: Sequence[int] = DEFAULT_BUCKETS, backend: str = "inductor", mode: str | None = None) -> None:
         import torch
 
-        super().__init__(model, tokenizer, rating_token_ids)
+        super().__init__(model, tokenizer, rating_token_ids, packed=False)
         if batch_size < 1 or not buckets or min(buckets) < 1:
             raise SirenError(f"the compiled engine needs a batch size >= 1 and positive buckets, got {batch_size}, {buckets}")
         self.batch_size = int(batch_size)

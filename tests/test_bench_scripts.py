@@ -33,9 +33,11 @@ def test_the_stage6_flops_benchmark(tiny_model_dir, verl_dir, tmp_path):
     run_in_process("scripts/bench_ao_flops.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
                    "--split", "test", "--limit", "6", "--batch_sizes", "2", "3", "--output_dir", str(out))
     summary = json.loads((out / "flops.json").read_text())
-    assert [r["batch_size"] for r in summary["results"]] == [2, 3]
+    assert [(r["layout"], r["batch_size"]) for r in summary["results"]] == [
+        ("packed", 2), ("packed", 3), ("padded", 2), ("padded", 3)]
     for row in summary["results"]:
         assert row["rows"] == 6 and row["seconds"] > 0 and row["useful_gflop"] >= 0
+        assert (row["padding_share"] == 0) == (row["layout"] == "packed")  # packed rows compute real tokens only
         assert row["efficiency"] == pytest.approx(row["achieved_gflops"] / row["matmul"]["gflops"], abs=2e-3)
     again = run_in_process("scripts/bench_ao_flops.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
                            "--output_dir", str(out), check=False)

@@ -50,6 +50,51 @@ def test_left_padding_to_a_fixed_shape(tiny):
         left_padded(tokenizer, ["a b c"], width=1)
 
 
+def test_pack_lays_the_prompts_end_to_end():
+    from siren.packed_attention import pack
+
+    input_ids, position_ids, cu_seqlens, last = pack([[5, 6, 7], [8], [9, 10]])
+    assert input_ids.tolist() == [[5, 6, 7, 8, 9, 10]]
+    assert position_ids.tolist() == [[0, 1, 2, 0, 0, 1]]
+    assert cu_seqlens.tolist() == [0, 3, 4, 6] and last.tolist() == [2, 3, 5]
+    with pytest.raises(ValueError, match="no empty prompt"):
+        pack([[5], []])
+
+
+def test_packed_prompts_score_as_the_padded_batch_and_as_each_prompt_alone(tiny, ao_prompts):
+    """Packing removes the padding, not the arithmetic: every prompt's rating distribution and
+    greedy token equal the left-padded batch's and its own forward's, and no prompt sees another."""
+    model, tokenizer, ratings = tiny
+    packed_engine, padded_engine = EagerAO(model, tokenizer, ratings), EagerAO(model, tokenizer, ratings, packed=False)
+    assert packed_engine.packed and packed_engine.report()["layout"] == "packed"
+    assert padded_engine.report()["layout"] == "left-padded"
+    lengths = [len(ids) for ids in tokenizer(ao_prompts, add_special_tokens=False)["input_ids"]]
+    assert len(set(lengths)) > 1  # prompts of different lengths, so the padded batch has padding
+    packed, padded = packed_engine.score(ao_prompts), padded_engine.score(ao_prompts)
+    assert torch.allclose(packed.rating_probs, padded.rating_probs, atol=1e-5)
+    assert torch.equal(packed.greedy_ids, padded.greedy_ids)
+    alone = torch.cat([packed_engine.score([prompt]).rating_probs for prompt in ao_prompts[:2]])
+    assert torch.allclose(packed.rating_probs[:2], alone, atol=1e-5)
+    assert model.config._attn_implementation == "sdpa"  # the model's own attention is back after each call
+
+
+def test_packed_attention_refuses_what_it_cannot_do(tiny):
+    from siren.packed_attention import packed_attention
+
+    query = torch.zeros(1, 4, 6, 8)
+    with pytest.raises(SirenError, match="needs one packed row and its cu_seq_lens_q"):
+        packed_attention(None, query, query, query, None)
+    with pytest.raises(SirenError, match="inference only"):
+        packed_attention(None, query, query, query, None, dropout=0.1, cu_seq_lens_q=torch.tensor([0, 6]))
+    with pytest.raises(SirenError, match=r"longer than this model's sliding window \(4 tokens\)"):
+        packed_attention(None, query, query, query, None, cu_seq_lens_q=torch.tensor([0, 1, 6]), sliding_window=4)
+    model, tokenizer, ratings = tiny
+    no_backend = SimpleNamespace(_supports_attention_backend=False, device=torch.device("cpu"))
+    assert not EagerAO(no_backend, tokenizer, ratings).packed
+    with pytest.raises(SirenError, match="cannot be packed"):
+        EagerAO(no_backend, tokenizer, ratings, packed=True)
+
+
 @pytest.mark.slow
 def test_compiled_engine_gives_the_eager_ratings(tiny, ao_prompts, one_thread):
     model, tokenizer, ratings = tiny
