@@ -10,7 +10,8 @@ useful flops of the rows it scored (siren.tools.flops: linear layers and causal 
 tokens, padding excluded). The layouts are the eager engine's two: `packed` (its default: a batch's
 prompts end to end in one row, siren.packed_attention) and `padded` (left-padded to the longest
 prompt). Right after, it times torch.matmul over the model's linear-layer shapes with as many rows
-per matmul as the forward had (the batch's computed tokens, on average), same dtype and threads: the
+per matmul as the forward had (the batch's computed tokens, on average), same dtype and threads, for
+`--matmul_seconds` in all (8 by default: a quarter of a second per shape varied by 15%): the
 ceiling. Writes <output_dir>/flops.json and prints the table (achieved / ceiling = efficiency).
 """
 
@@ -30,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.add_limit(parser, help="rows scored per measurement (the first N of the split)")
     parser.set_defaults(limit=96)
     parser.add_argument("--batch_sizes", nargs="+", type=positive_int, default=[1, 4, 16], help="stage-6 batch sizes")
+    parser.add_argument("--matmul_seconds", type=float, default=8.0,
+                        help="seconds the torch.matmul ceiling is timed for, over all shapes (a short window is noisy)")
     parser.add_argument("--layouts", nargs="+", choices=("packed", "padded"), default=["packed", "padded"],
                         help="the eager engine's batch layouts to measure (packed: its default)")
     bench_run.add_flags(parser, "flops.json", "results/bench_ao_flops")
@@ -66,7 +69,8 @@ def measure(args) -> dict:
             flops = useful_flops(shape, [lengths[p] for batch in batches for p in batch])
             computed = sum((max(lengths[p] for p in batch) * len(batch) if layout == "padded"
                             else sum(lengths[p] for p in batch)) for batch in batches)
-            matmul = matmul_rate(shape.linear_shapes, rows=max(1, round(computed / len(batches))), dtype=dtype)
+            matmul = matmul_rate(shape.linear_shapes, rows=max(1, round(computed / len(batches))), dtype=dtype,
+                                 seconds=args.matmul_seconds)
             achieved = flops / seconds / 1e9
             results.append({
                 "dtype": dtype_name, "layout": layout, "batch_size": batch_size, "rows": len(rows),

@@ -31,7 +31,8 @@ def test_the_decode_benchmark(tiny_model_dir, verl_dir, tmp_path):
 def test_the_stage6_flops_benchmark(tiny_model_dir, verl_dir, tmp_path):
     out = tmp_path / "flops"
     run_in_process("scripts/bench_ao_flops.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
-                   "--split", "test", "--limit", "6", "--batch_sizes", "2", "3", "--output_dir", str(out))
+                   "--split", "test", "--limit", "6", "--batch_sizes", "2", "3", "--matmul_seconds", "0.2",
+                   "--output_dir", str(out))
     summary = json.loads((out / "flops.json").read_text())
     assert [(r["layout"], r["batch_size"]) for r in summary["results"]] == [
         ("packed", 2), ("packed", 3), ("padded", 2), ("padded", 3)]
