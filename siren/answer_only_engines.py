@@ -111,10 +111,11 @@ class EagerAO:
         self.rating_token_ids = dict(rating_token_ids)
         self.warmup_seconds = 0.0
         self.fallback_rows = 0
+        can_pack = supports_packing(model)
         # Default: packed on a CPU, where the pad tokens cost their full arithmetic. On a GPU the
         # padded batch stays: one attention kernel per layer instead of one per prompt and layer.
-        self.packed = (supports_packing(model) and model.device.type == "cpu") if packed is None else bool(packed)
-        if self.packed and not supports_packing(model):
+        self.packed = (can_pack and model.device.type == "cpu") if packed is None else bool(packed)
+        if self.packed and not can_pack:
             raise SirenError(f"{type(model).__name__} does not dispatch its attention through transformers' "
                              "AttentionInterface, so its prompts cannot be packed")
 
