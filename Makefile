@@ -54,6 +54,6 @@ lint: install
 demo: install tiny-model
 	bash scripts/demo.sh
 
-# The paper's table at small scale on a real pretrained model (sized for 45 minutes; 42 measured on 2 idle cores).
+# The paper's table at small scale on a real pretrained model (sized for 45 minutes; 43 measured on 2 idle cores).
 demo-real: install real-model
 	PROFILE=real bash scripts/demo.sh

@@ -5,7 +5,7 @@
 #   PROFILE=tiny (make demo)       the tiny random Qwen3 (real Qwen3 vocabulary): about 4 minutes;
 #                                  the numbers measure plumbing, not SIREN.
 #   PROFILE=real (make demo-real)  SmolLM2-135M-Instruct, a real pretrained model (make real-model):
-#                                  the paper's table at small scale; sized for 45 minutes, 42 measured on 2 idle cores.
+#                                  the paper's table at small scale; sized for 45 minutes, 43 measured on 2 idle cores.
 #
 #   bash scripts/demo.sh                                          # PROFILE=tiny, into results/demo/
 #   PROFILE=real bash scripts/demo.sh                             # into results/demo-real/
@@ -46,7 +46,7 @@ case "$PROFILE" in
         D_NUM_USERS=200; D_LIMIT=200; D_TRAIN_ROWS=300; D_WARM_POOL=400; D_DTYPE=bfloat16
         D_WARM_RECIPE=counted; D_WARM_LR=2e-4; D_WARM_STEPS=24; D_WARM_ROWS=96; D_WARM_BATCH=4; D_WARM_MIN_FORMAT=0.9
         D_GRPO_STEPS=3; D_GRPO_PROMPTS=4; D_ROLLOUT_N=4; D_GRPO_MICRO=4; D_GRPO_LR=1e-6; D_GRPO_KL=0; D_GRPO_EVAL_ROWS=8
-        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=32; D_ALIGN_LR=1e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true; D_WARM_BF16=true; D_GRPO_BF16=true
+        D_MAX_NEW_TOKENS=96; D_COT_BATCH=32; D_ALIGN_STEPS=32; D_ALIGN_LR=3e-4; D_ALIGN_BATCH=4; D_LORA_R=8; D_ALIGN_BF16=true; D_WARM_BF16=true; D_GRPO_BF16=true
         D_BENCH_SAMPLES=4; D_BENCH_COT_TOKENS=64; D_WARM_CHECK_ROWS=16; D_ALIGN_EVAL_ROWS=16
         ;;
     *) die "PROFILE must be tiny or real, got '$PROFILE'" ;;

@@ -154,33 +154,50 @@ class _CachedTokenizer:
 @pytest.fixture(scope="session", autouse=True)
 def _tokenizer_loads_once_per_content():
     """Speed only, no behaviour: the tests load the same 11 MB Qwen3 tokenizer (about 2 CPU-seconds)
-    in nearly every in-process stage run. The load is memoized here on the CONTENT of the files it
-    reads (sha256 of each), so a test that edits, damages or removes a file gets a fresh load, and
-    a load that fails is never cached. A cached tokenizer is handed out as a copy (_CachedTokenizer),
-    so what a caller changes on it (pad token, padding side, added tokens) reaches no later caller.
-    Subprocesses are unaffected. (The vocabulary digest keeps its own content-keyed cache:
-    siren.tokenizer_identity.)"""
-    from transformers import AutoTokenizer
+    in nearly every in-process stage run, through AutoTokenizer (most stages) or
+    PreTrainedTokenizerFast (stage 2's token counter). The load is memoized here on the CONTENT of
+    the files it reads (sha256 of each), so a test that edits, damages or removes a file gets a
+    fresh load, and a load that fails is never cached. A cached tokenizer is handed out as a copy
+    (_CachedTokenizer), so what a caller changes on it (pad token, padding side, added tokens)
+    reaches no later caller. Subprocesses are unaffected. (The vocabulary digest keeps its own
+    content-keyed cache: siren.tokenizer_identity.)"""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    real_from_pretrained = AutoTokenizer.__dict__["from_pretrained"]
     tokenizers = {}
 
-    def from_pretrained(cls, name, *args, **kwargs):
-        key = None
-        folder = Path(name) if isinstance(name, (str, os.PathLike)) else None
-        if (folder is not None and not args and "subfolder" not in kwargs and folder.is_dir()
-                and all(isinstance(v, (str, int, float, bool, type(None))) for v in kwargs.values())):
-            contents = _folder_contents_key(folder)
-            key = None if contents is None else (str(name), tuple(sorted(kwargs.items())), contents)
-        if key is None:
-            return real_from_pretrained.__func__(cls, name, *args, **kwargs)
-        if key not in tokenizers:
-            tokenizers[key] = _CachedTokenizer(lambda: real_from_pretrained.__func__(cls, name, *args, **kwargs))
-        return tokenizers[key].copy()
+    def memoized(owner):
+        real = owner.__dict__.get("from_pretrained") or owner.from_pretrained
 
-    AutoTokenizer.from_pretrained = classmethod(from_pretrained)
+        def load(cls, name, *args, **kwargs):
+            return real.__func__(cls, name, *args, **kwargs)
+
+        def from_pretrained(cls, name, *args, **kwargs):
+            key = None
+            folder = Path(name) if isinstance(name, (str, os.PathLike)) else None
+            # Only calls on `owner` itself: transformers' own calls on a tokenizer's subclass (as
+            # AutoTokenizer makes) load as they would.
+            if (cls is owner and folder is not None and not args and "subfolder" not in kwargs and folder.is_dir()
+                    and all(isinstance(v, (str, int, float, bool, type(None))) for v in kwargs.values())):
+                contents = _folder_contents_key(folder)
+                key = None if contents is None else (owner.__name__, str(name), tuple(sorted(kwargs.items())), contents)
+            if key is None:
+                return load(cls, name, *args, **kwargs)
+            if key not in tokenizers:
+                tokenizers[key] = _CachedTokenizer(lambda: load(cls, name, *args, **kwargs))
+            return tokenizers[key].copy()
+
+        return classmethod(from_pretrained)
+
+    owners = (AutoTokenizer, PreTrainedTokenizerFast)
+    own = {owner: owner.__dict__.get("from_pretrained") for owner in owners}  # None: inherited
+    for owner in owners:
+        owner.from_pretrained = memoized(owner)
     yield
-    AutoTokenizer.from_pretrained = real_from_pretrained
+    for owner, original in own.items():
+        if original is None:
+            del owner.from_pretrained
+        else:
+            owner.from_pretrained = original
 
 
 @pytest.fixture

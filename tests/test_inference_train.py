@@ -463,18 +463,6 @@ def test_unusable_output_path_or_input_is_one_line(tiny_model_dir, verl_dir, tmp
     assert a_file.read_text() == "x" and not (tmp_path / "o").exists()
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one(reference_run, tiny_model_dir, verl_dir, tmp_path):
-    out = tmp_path / "two"
-    run_script(*accelerate_launch(2), "inference_train_ddp.py",
-               "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(out), *GEN_FLAGS,
-               env=CPU_ONE_THREAD)
-    assert json.loads((out / "manifest.json").read_text())["counts"]["processes"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]  # the lock, taken once by rank 0, is released
-    assert (out / "results.jsonl").read_bytes() == (reference_run / "results.jsonl").read_bytes()
-    assert torch.equal(torch.load(out / "mask.pt"), torch.load(reference_run / "mask.pt"))
-
-
 def test_a_second_run_into_the_folder_is_refused_at_once(tiny_model_dir, verl_dir, tmp_path):
     """Issue 20: two 4a runs into one folder; the second failed after the first deleted partial/."""
     from other_runs import run_holding

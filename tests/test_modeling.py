@@ -95,29 +95,37 @@ def test_tokenizer_identity_rests_on_tokens_and_template_only(tiny_model_dir, tm
     assert tokenizer_files_record(folder)["chat_template_sha256"] != base["chat_template_sha256"]
 
 
-def test_the_vocabulary_digest_is_cached_per_file_content(tiny_model_dir, tmp_path, monkeypatch):
+def test_the_vocabulary_digest_is_cached_per_file_content(tmp_path, monkeypatch):
     """The digest of tokenizer.json is kept under $XDG_CACHE_HOME/siren, named after the sha256 of
     the file's bytes: the same digest from the cache as from parsing; a damaged cache line is
-    recomputed and rewritten; other bytes, other digest; an unwritable cache is skipped."""
+    recomputed and rewritten; other bytes, other digest; an unwritable cache is skipped. (A small
+    tokenizer.json of the same layout: the cache does not depend on the vocabulary's size, and
+    parsing Qwen3's 11 MB file five times took 8 s.)"""
     import hashlib
 
     import siren.tokenizer_identity as identity
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(identity, "_VOCABULARY_DIGESTS", {})
-    raw = (tiny_model_dir / "tokenizer.json").read_bytes()
-    backend = json.loads(raw)
+    model = tmp_path / "model"
+    model.mkdir()
+    backend = {"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]]},
+               "added_tokens": [{"id": 3, "content": "<|im_end|>", "special": True},
+                                {"id": 4, "content": "<think>", "special": False}],
+               "normalizer": None, "pre_tokenizer": {"type": "ByteLevel"}, "post_processor": None, "decoder": None}
+    (model / "tokenizer.json").write_text(json.dumps(backend))
+    raw = (model / "tokenizer.json").read_bytes()
     expected = identity.json_digest({key: backend.get(key) for key in identity._TOKENIZER_JSON_KEYS})
     line = tmp_path / "cache" / "siren" / "vocabulary_sha256" / hashlib.sha256(raw).hexdigest()
 
-    assert identity._vocabulary_sha256(tiny_model_dir) == expected
+    assert identity._vocabulary_sha256(model) == expected
     assert line.read_text() == expected + "\n"
     monkeypatch.setattr(identity, "_VOCABULARY_DIGESTS", {})
     line.write_text("f" * 64 + "\n")  # a cached line is trusted: this proves it is read
-    assert identity._vocabulary_sha256(tiny_model_dir) == "f" * 64
+    assert identity._vocabulary_sha256(model) == "f" * 64
     monkeypatch.setattr(identity, "_VOCABULARY_DIGESTS", {})
     line.write_text("not a digest")
-    assert identity._vocabulary_sha256(tiny_model_dir) == expected
+    assert identity._vocabulary_sha256(model) == expected
     assert line.read_text() == expected + "\n"
 
     folder = tmp_path / "edited"
@@ -129,7 +137,7 @@ def test_the_vocabulary_digest_is_cached_per_file_content(tiny_model_dir, tmp_pa
     monkeypatch.setattr(identity, "_VOCABULARY_DIGESTS", {})
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # a cache that cannot be made
-    assert identity._vocabulary_sha256(tiny_model_dir) == expected
+    assert identity._vocabulary_sha256(model) == expected
     (folder / "tokenizer.json").write_text("[]")  # not an object: the vocabulary files decide
     assert identity._vocabulary_sha256(folder) is None
 
