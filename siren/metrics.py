@@ -95,3 +95,22 @@ def latency_summary(seconds_per_row: Sequence[float], generated_tokens: Sequence
         "n": n,
         **measured,
     }
+
+
+def paired_difference(first: Sequence[float], second: Sequence[float]) -> dict:
+    """The mean of `first[i] - second[i]` over rows scored by both, and its standard error.
+
+    For two models' per-row errors on the same rows: a mean difference within about two standard
+    errors of 0 is not a lead. The standard error is the sample standard deviation of the
+    differences over sqrt(n) (None for fewer than 2 rows)."""
+    if len(first) != len(second):
+        raise ValueError(f"{len(first)} values against {len(second)}")
+    n = len(first)
+    if n == 0:
+        return {"n": 0, "mean": None, "se": None}
+    differences = [a - b for a, b in zip(first, second)]
+    mean = sum(differences) / n
+    if n < 2:
+        return {"n": n, "mean": mean, "se": None}
+    variance = sum((d - mean) ** 2 for d in differences) / (n - 1)
+    return {"n": n, "mean": mean, "se": math.sqrt(variance / n)}
