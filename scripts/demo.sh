@@ -14,7 +14,8 @@
 # Every setting below is an environment variable; the profile only picks the defaults. What lands
 # in $RUN: data/ (the slice), sketch/, verl/ (stage 2), ao_data/ (4c), ckpt/ (warm start, GRPO,
 # the two stage-5 runs), cot_test/ and cot_train/ (4a), hidden/ (4b), ao_zero_shot/, ao_warm/,
-# ao_before/, ao_after/, ao_ce_only/ (stage 6 on each model), baselines/, bench_latency/, the
+# ao_before/, ao_after/, ao_ce_only/ (stage 6 on each model), paired/ (SIREN-AO's per-row errors
+# against AO before alignment and w/o HA: scripts/paired_errors.py), baselines/, bench_latency/, the
 # GRPO and alignment train logs, timings.json, and the tables (tables.md, *.csv, tables.png).
 set -euo pipefail
 
@@ -193,6 +194,9 @@ step "stage 6 on the aligned model (SIREN-AO) and on the ablation"
     --limit "$LIMIT" "${AO[@]}" --output_dir "$RUN/ao_after"
 "$PY" inference_ao_ddp.py --model "$RUN/ckpt/AO_${CATEGORY}_CE/merged" --data_path "$AO_DATA" --split test \
     --limit "$LIMIT" "${AO[@]}" --output_dir "$RUN/ao_ce_only"
+# Is SIREN-AO's lead more than noise? The per-row differences of its errors on the same rows.
+"$PY" scripts/paired_errors.py "$RUN/ao_after" "$RUN/ao_before" --out_json "$RUN/paired/after_vs_before.json"
+"$PY" scripts/paired_errors.py "$RUN/ao_after" "$RUN/ao_ce_only" --out_json "$RUN/paired/after_vs_ce_only.json"
 
 step "baselines (cornac), fitted on the slice's train split, scored on the same test rows"
 "$PY" scripts/baselines.py --category "$CATEGORY" --data_root "$SLICE" --limit "$LIMIT" --output_dir "$RUN/baselines"

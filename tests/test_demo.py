@@ -80,6 +80,13 @@ def test_reduced_demo_end_to_end(tiny_model_dir, synthetic_root, tmp_path):
         for key in ("n", "mean", "p50", "p95", "max"):
             assert float(tokens[label][key]) == pytest.approx(stats[variant][key]), (label, key)
 
+    # SIREN-AO's per-row errors against the model before alignment and the ablation, on the same rows.
+    for name in ("after_vs_before", "after_vs_ce_only"):
+        paired = json.loads((run / "paired" / f"{name}.json").read_text())
+        assert paired["n"] == 30 and set(paired["readouts"]) == {"constrained", "probability-weighted"}
+        assert paired["readouts"]["constrained"]["mae"][0] == pytest.approx(float(
+            accuracy["SIREN-AO: after hidden-state alignment (constrained)"]["mae"]), abs=1e-4)
+
     tables = (run / "tables" / "tables.md").read_text()
     assert "## 3. Latency" in tables and "Benchmark: answer-only, same prompts" in tables
 
