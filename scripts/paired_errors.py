@@ -12,8 +12,6 @@ as JSON too.
 """
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 
@@ -33,24 +31,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def read_predictions(folder: Path) -> dict[int, dict]:
     """predictions.jsonl of a stage-6 folder, by row index; one-line errors for what cannot be paired."""
+    from siren.reading import iter_jsonl
+
     path = folder / "predictions.jsonl"
     if not path.is_file():
         raise SirenError(f"no predictions.jsonl in {folder} (the output folder of inference_ao_ddp.py)")
+
+    def check(row: dict, where: Path, number: int) -> dict:
+        if not all(key in row for key in ("index", "label", *READOUTS.values())):
+            raise SirenError(f"{where}:{number}: a prediction row needs index, label, {', '.join(READOUTS.values())}")
+        return row
+
     rows: dict[int, dict] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise SirenError(f"cannot read {path}: {err}") from None
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise SirenError(f"{path} line {number}: not JSON") from None
-        if not isinstance(row, dict) or not all(key in row for key in ("index", "label", *READOUTS.values())):
-            raise SirenError(f"{path} line {number}: a prediction row needs index, label, "
-                             f"{', '.join(READOUTS.values())}")
+    for number, row in iter_jsonl(path, check):
         if row["index"] in rows:
-            raise SirenError(f"{path} line {number}: row index {row['index']} appears twice")
+            raise SirenError(f"{path}:{number}: row index {row['index']} appears twice")
         rows[row["index"]] = row
     if not rows:
         raise SirenError(f"{path} holds no rows")
@@ -58,7 +53,7 @@ def read_predictions(folder: Path) -> dict[int, dict]:
 
 
 def paired_report(first: dict[int, dict], second: dict[int, dict], names: tuple[str, str]) -> dict:
-    from siren.metrics import paired_difference
+    from siren.metrics import paired_difference, rating_metrics
 
     if first.keys() != second.keys():
         only = sorted(first.keys() ^ second.keys())
@@ -71,16 +66,17 @@ def paired_report(first: dict[int, dict], second: dict[int, dict], names: tuple[
                              f"{second[index]['label']} in {names[1]}: not the same rows")
     report = {"first": names[0], "second": names[1], "n": len(indices), "readouts": {}}
     for readout, key in READOUTS.items():
-        errors = []
+        errors, scores = [], []
         for run, name in ((first, names[0]), (second, names[1])):
             missing = [i for i in indices if not isinstance(run[i][key], (int, float))]
             if missing:
                 raise SirenError(f"{len(missing)} rows of {name} have no {readout} rating ({key}), first row "
                                  f"{missing[0]}: paired errors need a rating on every row")
             errors.append([run[i][key] - run[i]["label"] for i in indices])
+            scores.append(rating_metrics([run[i][key] for i in indices], [run[i]["label"] for i in indices]))
         report["readouts"][readout] = {
-            "mae": [sum(abs(e) for e in run) / len(run) for run in errors],
-            "rmse": [math.sqrt(sum(e * e for e in run) / len(run)) for run in errors],
+            "mae": [score["mae"] for score in scores],
+            "rmse": [score["rmse"] for score in scores],
             "absolute_error_difference": paired_difference([abs(e) for e in errors[0]], [abs(e) for e in errors[1]]),
             "squared_error_difference": paired_difference([e * e for e in errors[0]], [e * e for e in errors[1]]),
         }

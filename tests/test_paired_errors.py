@@ -59,8 +59,8 @@ def test_two_runs_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("case, expected", [
     ("missing", "no predictions.jsonl in"),
-    ("not_json", "line 2: not JSON"),
-    ("no_label", "line 1: a prediction row needs index, label"),
+    ("not_json", "predictions.jsonl:2: not valid JSON"),
+    ("no_label", "predictions.jsonl:1: a prediction row needs index, label"),
     ("other_rows", "scored other rows (2 indices in one only, first 1)"),
     ("other_label", "row 0 has label 5.0 in"),
     ("invalid", "1 rows of"),
