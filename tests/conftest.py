@@ -73,15 +73,33 @@ def pytest_collection_modifyitems(config, items):
 
 # Files of a model folder that no tokenizer reads: left out of the tokenizer cache's key.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npy", ".npz")
+_NOT_READ_BY_TOKENIZERS = ("generation_config.json",)
+# What AutoTokenizer takes from config.json (to pick the tokenizer class): the rest of the file
+# (rope_theta, rms_norm_eps, ...) changes no tokenizer.
+_CONFIG_KEYS_READ = ("model_type", "tokenizer_class", "encoder", "decoder")
+
+
+def _file_key(path: Path) -> tuple:
+    import hashlib
+    import json
+
+    data = path.read_bytes()
+    if path.name == "config.json":
+        try:
+            config = json.loads(data)
+            return (path.name, repr([config.get(key) for key in _CONFIG_KEYS_READ]))
+        except (ValueError, AttributeError):
+            pass  # not a JSON object: keyed on its bytes
+    return (path.name, hashlib.sha256(data).hexdigest())
 
 
 def _folder_contents_key(folder: Path) -> tuple | None:
-    """(name, sha256) of every top-level file of `folder` but the weights: equal keys, equal inputs."""
-    import hashlib
-
+    """What the tokenizer files of `folder` hold (every top-level file but the weights and the
+    generation config; of config.json what AutoTokenizer reads): equal keys, equal tokenizers."""
     try:
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.endswith(_WEIGHT_SUFFIXES))
-        return tuple((p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in files)
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.endswith(_WEIGHT_SUFFIXES)
+                       and p.name not in _NOT_READ_BY_TOKENIZERS)
+        return tuple(_file_key(p) for p in files)
     except OSError:
         return None
 
@@ -141,14 +159,21 @@ class _CachedTokenizer:
         self.backend.encode_special_tokens = self.transient["encode_special_tokens"]
         return True
 
-    def copy(self):
+    def copy(self, name_or_path: str):
+        """A copy for a load from `name_or_path` (a folder of the same content, maybe elsewhere)."""
         import copy
 
         if self.backend is not None and _backend_fingerprint(self.backend) != self.fingerprint:
             self.reload()
         if self.backend is None or not self._restore_transient():
-            return copy.deepcopy(self.tokenizer)
-        return copy.deepcopy(self.tokenizer, {id(self.backend): self.backend})
+            tokenizer = copy.deepcopy(self.tokenizer)
+        else:
+            tokenizer = copy.deepcopy(self.tokenizer, {id(self.backend): self.backend})
+        # The one place a loaded tokenizer keeps the folder it came from.
+        tokenizer.name_or_path = name_or_path
+        if "name_or_path" in getattr(tokenizer, "init_kwargs", {}):
+            tokenizer.init_kwargs["name_or_path"] = name_or_path
+        return tokenizer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -156,10 +181,12 @@ def _tokenizer_loads_once_per_content():
     """Speed only, no behaviour: the tests load the same 11 MB Qwen3 tokenizer (about 2 CPU-seconds)
     in nearly every in-process stage run, through AutoTokenizer (most stages) or
     PreTrainedTokenizerFast (stage 2's token counter). The load is memoized here on the CONTENT of
-    the files it reads (sha256 of each), so a test that edits, damages or removes a file gets a
-    fresh load, and a load that fails is never cached. A cached tokenizer is handed out as a copy
-    (_CachedTokenizer), so what a caller changes on it (pad token, padding side, added tokens)
-    reaches no later caller. Subprocesses are unaffected. (The vocabulary digest keeps its own
+    the files it reads (sha256 of each; of config.json, what AutoTokenizer takes from it), wherever
+    the folder is, so a test that edits, damages or removes such a file gets a fresh load, a copied
+    model folder or an edit of the model's own settings does not, and a load that fails is never
+    cached. A cached tokenizer is handed out as a copy (_CachedTokenizer) naming the folder asked
+    for, so what a caller changes on it (pad token, padding side, added tokens) reaches no later
+    caller. Subprocesses are unaffected. (The vocabulary digest keeps its own
     content-keyed cache: siren.tokenizer_identity.)"""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -179,12 +206,12 @@ def _tokenizer_loads_once_per_content():
             if (cls is owner and folder is not None and not args and "subfolder" not in kwargs and folder.is_dir()
                     and all(isinstance(v, (str, int, float, bool, type(None))) for v in kwargs.values())):
                 contents = _folder_contents_key(folder)
-                key = None if contents is None else (owner.__name__, str(name), tuple(sorted(kwargs.items())), contents)
+                key = None if contents is None else (owner.__name__, tuple(sorted(kwargs.items())), contents)
             if key is None:
                 return load(cls, name, *args, **kwargs)
             if key not in tokenizers:
                 tokenizers[key] = _CachedTokenizer(lambda: load(cls, name, *args, **kwargs))
-            return tokenizers[key].copy()
+            return tokenizers[key].copy(str(name))
 
         return classmethod(from_pretrained)
 
@@ -200,15 +227,25 @@ def _tokenizer_loads_once_per_content():
             owner.from_pretrained = original
 
 
-@pytest.fixture
-def one_thread():
-    """Run a test's in-process torch work on one thread (no oversubscription of the 2 cores)."""
+@contextlib.contextmanager
+def torch_on_one_thread():
+    """In-process torch work on one thread (no oversubscription of the 2 cores; the same reduction
+    order as a one-thread process, so byte-for-byte comparisons hold)."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test's in-process torch work on one thread (`torch_on_one_thread`)."""
+    with torch_on_one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -353,6 +390,16 @@ def run_in_process(*args: str, cwd: Path | None = None, env: dict | None = None,
     if check and returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def in_process_device() -> str:
+    """The device a stage run in this process reports (`run_in_process`, `load_script(...).main`): `cpu`, or
+    `cuda (NAME)` on a machine where torch sees a GPU. `run_script(..., env=CPU_ONLY)` pins a process to the CPU."""
+    import torch
+
+    from siren.modeling import device_name
+
+    return device_name("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 def assert_refused(run: subprocess.CompletedProcess, expected: str | re.Pattern = "", status: int = 2,

@@ -40,13 +40,13 @@ def test_reduced_demo_end_to_end(tiny_model_dir, synthetic_root, tmp_path):
     run = tmp_path / "demo"
     # Every step runs, on fewer rows and steps than `make demo`: 60 train rows for 4a/4b (of the
     # slice's ~190; still several exactly-right teacher rows for stage 5), GRPO on 1 prompt x 2
-    # responses per step with 2 held-out rows, 8 stage-5 steps with 8 held-out rows, a 16-row format
+    # responses per step with 1 held-out row, 8 stage-5 steps with 8 held-out rows, a 16-row format
     # check of the warm start. The warm start keeps its 60 steps (at 30 the random model does not yet
     # write the format and the demo stops there) on 4 rows a step instead of 8 (13 s less).
     proc = demo({"MODEL": str(tiny_model_dir), "RUN": str(run), "DATA_ROOT": str(synthetic_root),
                  "NUM_USERS": "30", "LIMIT": "30", "MAX_NEW_TOKENS": "40", "CACHE_DIR": str(tmp_path / "cache"),
                  "BENCH_SAMPLES": "2", "BENCH_COT_TOKENS": "8", "TRAIN_ROWS": "60", "WARM_CHECK_ROWS": "16", "WARM_BATCH": "4",
-                 "GRPO_PROMPTS": "1", "GRPO_MICRO": "2", "GRPO_EVAL_ROWS": "2", "ALIGN_STEPS": "8",
+                 "GRPO_PROMPTS": "1", "GRPO_MICRO": "2", "GRPO_EVAL_ROWS": "1", "ALIGN_STEPS": "8",
                  "ALIGN_EVAL_ROWS": "8"}, tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[16/16]" in proc.stdout and "tables.md" in proc.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CPU_ONLY, accelerate_launch, load_script, run_script
+from conftest import CPU_ONLY, accelerate_launch, load_script, run_in_process, run_script, torch_on_one_thread
 
 from siren import SirenError
 from siren.cot_results import result_row
@@ -151,10 +151,11 @@ def extract_argv(model: Path, verl_dir: Path, thinking: Path, out: Path, *extra:
 
 @pytest.fixture(scope="module")
 def one_process_run(tiny_model_dir, verl_dir, thinking_dir, tmp_path_factory) -> Path:
-    """One process on the CPU: the reference for the end-to-end checks and the 2-process test."""
+    """One run in this process, in float32 on one thread: the reference for the end-to-end checks."""
     out = tmp_path_factory.mktemp("hidden") / "one"
-    proc = run_script("extract_last_hidden_ddp.py", *extract_argv(tiny_model_dir, verl_dir, thinking_dir, out),
-                      env=CPU_ONE_THREAD)
+    with torch_on_one_thread():
+        proc = run_in_process("extract_last_hidden_ddp.py",
+                              *extract_argv(tiny_model_dir, verl_dir, thinking_dir, out, "--dtype", "float32"))
     assert "1 without reasoning" in proc.stdout
     # The hand-written 4a folder has no manifest: accepted, with a note.
     assert "note: no manifest.json next to" in proc.stdout

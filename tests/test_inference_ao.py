@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CPU_ONLY, assert_refused, load_script, run_in_process, run_script
+from conftest import assert_refused, in_process_device, load_script, run_in_process
 from stage_inputs import build_ao_dataset
 
 from siren import SirenError
@@ -19,8 +19,8 @@ from siren.modeling import constrained_ratings, expected_ratings, rating_probabi
 
 SCRIPT = "inference_ao_ddp.py"
 RATING_IDS = {1: 10, 2: 11, 3: 12, 4: 13, 5: 14}  # a made-up vocabulary of 20 tokens
-# The runs compared with each other (1 process, parquet input, 2 gloo processes) are pinned to the
-# CPU (CPU_ONLY), also on a machine with CUDA; test_end_to_end_on_cuda runs the script there.
+# The script runs compared with each other (datasets folder, parquet input, compiled engine) run in
+# this process, in float32, on its device: the CPU here (test_end_to_end_on_cuda is the GPU's own check).
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,8 +100,8 @@ def _predictions(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def one_process(ao_data, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ao-out") / "one"
-    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
-                      "--batch_size", "4", env=CPU_ONLY)
+    proc = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--out_dir", str(out),
+                          "--batch_size", "4", "--dtype", "float32")
     return out, proc
 
 
@@ -120,7 +120,7 @@ def test_end_to_end_constrained(one_process):
     latency = metrics["latency"]
     assert {"ms_per_sample", "samples_per_s", "generated_tokens_per_sample", "device", "n"} <= set(latency)
     assert latency["generated_tokens_per_sample"] == 1 and latency["n"] == 10
-    assert latency["device"] == "cpu"  # the run was pinned there (CPU_ONLY)
+    assert latency["device"] == in_process_device()
     assert (latency["engine"], latency["batch_size"], latency["dtype"]) == ("eager", 4, "float32")
     assert latency["warmup_seconds"] > 0 and metrics["engine"]["engine"] == "eager"
     assert json.loads((out / "manifest.json").read_text())["counts"]["rows"] == 10
@@ -143,8 +143,8 @@ def test_end_to_end_on_cuda(ao_data, tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_parquet_directory_gives_the_same_predictions(one_process, verl_dir, tiny_model_dir, tmp_path):
     out, _ = one_process
-    run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(tmp_path / "pq"),
-               "--max_samples", "10", "--batch_size", "3", env=CPU_ONLY)
+    run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(verl_dir), "--out_dir", str(tmp_path / "pq"),
+                   "--max_samples", "10", "--batch_size", "3", "--dtype", "float32")
     ours, theirs = _predictions(out), _predictions(tmp_path / "pq")
     assert [p["prediction"] for p in ours] == [p["prediction"] for p in theirs]
     for a, b in zip(ours, theirs, strict=True):  # batches of 4 there, 3 here: other padding
@@ -183,9 +183,9 @@ def test_compiled_engine_gives_the_eager_ratings(one_process, ao_data, tiny_mode
     lengths = sorted(_prompt_lengths(ao_data, tiny_model_dir))
     largest = lengths[-4]  # the 3 longest of the 10 rows do not fit
     assert lengths[-3] > largest
-    proc = run_script(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--output_dir", str(compiled),
-                      "--batch_size", "4", "--engine", "compiled", "--compile_backend", "aot_eager",
-                      "--buckets", "128", str(largest), env=CPU_ONLY)
+    proc = run_in_process(SCRIPT, "--model", str(tiny_model_dir), "--data_path", str(ao_data), "--output_dir",
+                          str(compiled), "--batch_size", "4", "--dtype", "float32", "--engine", "compiled",
+                          "--compile_backend", "aot_eager", "--buckets", "128", str(largest))
     eager, ours = _predictions(out), _predictions(compiled)
     assert [p["prediction"] for p in ours] == [p["prediction"] for p in eager]
     for a, b in zip(eager, ours, strict=True):  # the padded width differs (bucket vs longest row)

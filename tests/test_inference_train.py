@@ -10,15 +10,25 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import CPU_ONLY, accelerate_launch, assert_refused, load_script, run_in_process, run_script
+from conftest import (
+    CPU_ONLY,
+    accelerate_launch,
+    assert_refused,
+    in_process_device,
+    load_script,
+    run_in_process,
+    run_script,
+    torch_on_one_thread,
+)
 
 from siren import SirenError
 from siren.cot_inference import PartWriter, check_resume_settings, merge_parts, read_parts
 from siren.cot_results import RESULT_FIELDS, file_sha256, result_row
 
-GEN_FLAGS = ["--limit", "12", "--max_new_tokens", "8", "--batch_size", "4"]
-# The runs compared byte for byte are pinned to the CPU, also on a machine with CUDA (the 2-process
-# run is gloo on CPU); one thread per process avoids oversubscription of the shared CPU (10x slower).
+GEN_FLAGS = ["--limit", "12", "--max_new_tokens", "8", "--batch_size", "4", "--dtype", "float32"]
+# The runs compared byte for byte run in this process on one thread (the same device and reduction
+# order for all of them); the runs that need a process of their own are pinned to the CPU on one
+# thread (gloo; no oversubscription of the shared CPU, 10x slower).
 CPU_ONE_THREAD = {"OMP_NUM_THREADS": "1", **CPU_ONLY}
 
 
@@ -110,8 +120,9 @@ def test_resume_refuses_parts_made_with_other_settings(tmp_path):
 def reference_run(tiny_model_dir, verl_dir, tmp_path_factory) -> Path:
     """One uninterrupted single-process run, the reference for the resume and 2-process tests."""
     out = tmp_path_factory.mktemp("cot") / "ref"
-    proc = run_script("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
-                      "--out_dir", str(out), *GEN_FLAGS, env=CPU_ONE_THREAD)
+    with torch_on_one_thread():
+        proc = run_in_process("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
+                              "--out_dir", str(out), *GEN_FLAGS)
     assert "12 invalid" in proc.stdout
     return out
 
@@ -141,7 +152,7 @@ def test_end_to_end_single_process(reference_run, tiny_model_dir, verl_dir):
             "batch_size", "dtype", "warmup_seconds", "warmup_rows", "includes_warmup"} == set(latency)
     # The first batch (4 rows) is the warm-up: timed on the other 8, reported apart.
     assert latency["warmup_rows"] == 4 and latency["n"] == 8 and not latency["includes_warmup"]
-    assert latency["device"] == "cpu" and latency["engine"] == "hf-dynamic-cache"
+    assert latency["device"] == in_process_device() and latency["engine"] == "hf-dynamic-cache"
     assert latency["batch_size"] == 4 and latency["dtype"] == "float32"
     manifest = json.loads((reference_run / "manifest.json").read_text())
     assert manifest["counts"]["processes"] == 1 and manifest["category"] == "Movies"
@@ -155,12 +166,12 @@ def test_end_to_end_single_process(reference_run, tiny_model_dir, verl_dir):
 
 
 @pytest.mark.slow
-def test_static_cache_writes_the_same_results(reference_run, tiny_model_dir, verl_dir, tmp_path):
+def test_static_cache_writes_the_same_results(reference_run, tiny_model_dir, verl_dir, tmp_path, one_thread):
     """transformers' static KV cache (compiled decode on a GPU) and the prompt padding it brings
     change how the CoT is computed, not what is written."""
     out = tmp_path / "static"
-    run_script("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
-               "--output_dir", str(out), "--cache_implementation", "static", *GEN_FLAGS, env=CPU_ONE_THREAD)
+    run_in_process("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
+                   "--output_dir", str(out), "--cache_implementation", "static", *GEN_FLAGS)
     assert (out / "results.jsonl").read_bytes() == (reference_run / "results.jsonl").read_bytes()
     # mask.pt holds no temporary file name, so two runs with the same rows give the same bytes.
     assert (out / "mask.pt").read_bytes() == (reference_run / "mask.pt").read_bytes()
@@ -520,7 +531,7 @@ def test_vllm_backend_end_to_end(tiny_model_dir, verl_dir, tmp_path):
     pytest.importorskip("vllm")
     out = tmp_path / "vllm"
     run_in_process("inference_train_ddp.py", "--model", str(tiny_model_dir), "--data_path", str(verl_dir),
-               "--out_dir", str(out), "--backend", "vllm", "--dtype", "float32", *GEN_FLAGS)
+               "--out_dir", str(out), "--backend", "vllm", *GEN_FLAGS)
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["index"] for r in results] == list(range(12))
     assert all(list(r) == list(RESULT_FIELDS) and 1 <= r["generated_tokens"] <= 8 for r in results)

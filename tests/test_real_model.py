@@ -108,7 +108,8 @@ def test_lora_targets_and_dtype_on_llama(real_model_dir):
 @pytest.mark.slow
 def test_stages_2_to_6_run_on_the_real_model(real_model_dir, synthetic_root, tmp_path):
     """Stage 2 with this tokenizer, 4a (real generation), 4b on a 4a-format file whose reasoning and
-    answers are fixed (the untouched model writes no `<think>`), 4c, stage 5 (2 steps) and 6."""
+    answers are fixed (the untouched model writes no `<think>`), 4c, stage 5 (2 steps) and 6; in
+    bf16, as `make demo-real` runs them."""
     from siren.tools.gpu_check import write_synthetic_cot
 
     model = str(real_model_dir)
@@ -117,7 +118,8 @@ def test_stages_2_to_6_run_on_the_real_model(real_model_dir, synthetic_root, tmp
                "--max_history", "10", "--use_long_history", "False", "--tokenizer", model, "--limit", "6",
                "--output_dir", str(verl))
     cot = run_in_process("inference_train_ddp.py", "--model", model, "--data_path", str(verl), "--split", "test",
-                     "--limit", "4", "--max_new_tokens", "8", "--batch_size", "4", "--output_dir", str(tmp_path / "cot"))
+                     "--limit", "4", "--max_new_tokens", "8", "--batch_size", "4", "--dtype", "bfloat16",
+                     "--output_dir", str(tmp_path / "cot"))
     assert "4 test rows" in cot.stdout or (tmp_path / "cot" / "results.jsonl").is_file()
     cot_rows = [json.loads(line) for line in (tmp_path / "cot" / "results.jsonl").read_text().splitlines()]
     assert len(cot_rows) == 4 and all(isinstance(row["response"], str) for row in cot_rows)
@@ -125,7 +127,7 @@ def test_stages_2_to_6_run_on_the_real_model(real_model_dir, synthetic_root, tmp
     write_synthetic_cot(model, str(verl), "train", 6, tmp_path / "teacher_cot")
     run_in_process("extract_last_hidden_ddp.py", "--model", model, "--data_path", str(verl), "--limit", "6",
                "--thinking_path", str(tmp_path / "teacher_cot"), "--output_dir", str(tmp_path / "hidden"),
-               "--only_correct", "--batch_size", "3")
+               "--only_correct", "--batch_size", "3", "--dtype", "bfloat16")
     hidden_manifest = json.loads((tmp_path / "hidden" / "manifest.json").read_text())
     assert hidden_manifest["counts"]["extracted"] == 6 and hidden_manifest["counts"]["unaligned"] == 0
     assert hidden_manifest["counts"]["layers"] == 30 and hidden_manifest["counts"]["hidden_size"] == 576
@@ -135,7 +137,7 @@ def test_stages_2_to_6_run_on_the_real_model(real_model_dir, synthetic_root, tmp
                "--teacher_hidden_path", str(tmp_path / "hidden"), "--teacher_mask_path",
                str(tmp_path / "teacher_cot" / "mask.pt"), "--training_ratio", "1.0", "--max_steps", "2",
                "--per_device_train_batch_size", "2", "--eval_limit", "2", "--eval_steps", "2", "--save_steps", "2",
-               "--warmup_steps", "0", "--logging_steps", "1", "--output_dir", str(tmp_path / "aligned"))
+               "--warmup_steps", "0", "--logging_steps", "1", "--bf16", "true", "--output_dir", str(tmp_path / "aligned"))
     log = [json.loads(line) for line in (tmp_path / "aligned" / "train_log.jsonl").read_text().splitlines()]
     assert any("align_loss" in entry for entry in log)
     from transformers import AutoTokenizer
@@ -143,7 +145,7 @@ def test_stages_2_to_6_run_on_the_real_model(real_model_dir, synthetic_root, tmp
     assert AutoTokenizer.from_pretrained(tmp_path / "aligned" / "merged").eos_token == "<|im_end|>"
 
     run_in_process("inference_ao_ddp.py", "--model", str(tmp_path / "aligned" / "merged"), "--data_path",
-               str(tmp_path / "ao"), "--split", "test", "--limit", "4", "--batch_size", "2",
+               str(tmp_path / "ao"), "--split", "test", "--limit", "4", "--batch_size", "2", "--dtype", "bfloat16",
                "--output_dir", str(tmp_path / "ao_after"))
     metrics = json.loads((tmp_path / "ao_after" / "metrics.json").read_text())
     assert metrics["predictions"]["ao"]["n"] == 4 and metrics["predictions"]["ao"]["n_invalid"] == 0
