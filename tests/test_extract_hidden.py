@@ -19,8 +19,9 @@ from siren.teacher_hidden import NpyRows, encode_left_padded, last_token_hidden,
 from siren.verl_data import load_split_rows
 
 N_ROWS = 14
-# The runs compared with each other and with the in-test CPU model are pinned to the CPU, also on a
-# machine with CUDA; one thread per process avoids oversubscription of the shared CPU.
+# The reference run is compared with the in-test model in float32 (rtol 1e-4): it runs in this process,
+# on its device, on one thread. The 2-process runs are pinned to the CPU, also on a machine with CUDA
+# (gloo), one thread per process (no oversubscription of the shared CPU).
 CPU_ONE_THREAD = {"OMP_NUM_THREADS": "1", **CPU_ONLY}
 
 
