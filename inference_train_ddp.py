@@ -85,13 +85,14 @@ def main(argv: list[str] | None = None) -> None:
     rows, settings, outputs = checked["rows"], checked["settings"], checked["outputs"]
     state = process_state()
     with outputs.claimed(state):
-        tokenizer = load_tokenizer(args.model)
         model = model_record(args.model)
         part_dir = cot_inference.partial_dir(outputs.folder)
         resume_key = cot_inference.resume_settings(model=model, data_file=checked["data_file"],
                                                    backend=args.backend, dtype=args.dtype, seed=args.seed,
                                                    sampling=settings, cache=args.cache_implementation)
+        # Before transformers loads: a machine that cannot see the others' parts stops in seconds.
         finished = cot_inference.prepare_parts(part_dir, resume_key, state, resume=args.resume)
+        tokenizer = load_tokenizer(args.model)
         generator = load_generator(args.backend, args.model, args.dtype, settings, state, args.seed, tokenizer,
                                    args.cache_implementation)
         cot_inference.generate_results(rows, tokenizer, generator, state=state, part_dir=part_dir,
