@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -45,15 +46,26 @@ def _trl_env(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> dict:
     }
 
 
+def launcher_command(env: dict, cwd: Path, *extra: str) -> list[str]:
+    """The grpo_trl.py arguments main_grpo_amazon.sh runs with these settings (its DRY_RUN prints them)."""
+    proc = subprocess.run(["bash", str(LAUNCHER), *extra], cwd=cwd, env={**env, "DRY_RUN": "1"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    command = shlex.split(proc.stdout)
+    assert command[:2] == [sys.executable, str(REPO / "grpo_trl.py")], command[:2]
+    return command[2:]
+
+
 @pytest.mark.slow
 def test_trl_backend_two_steps_on_cpu(tiny_model_dir, short_prompt_dir, tmp_path):
+    """The command the launcher runs with BACKEND=trl, run in this process (the launcher then only
+    execs it; the reduced demo runs it through the launcher for real)."""
     env = _trl_env(tiny_model_dir, short_prompt_dir, tmp_path)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("beta: 0.01\ntemperature: 0.9\n")  # beats grpo_trl.py's defaults (0.001, 1.0)
     extra = ["--val_limit", "1", "--gradient_checkpointing", "false", "--config", str(recipe)]
-    proc = subprocess.run(["bash", str(LAUNCHER), *extra], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    args = launcher_command(env, tmp_path, *extra)
+    proc = run_in_process("grpo_trl.py", *args, cwd=tmp_path)
     out = tmp_path / "ckpt" / output_name("Movies", 2)
     assert "'reward'" in proc.stdout + proc.stderr  # TRL's console log line carries the mean reward
     assert f"wrote {out}" in proc.stdout and "LoRA merged" in proc.stdout
@@ -85,8 +97,8 @@ def test_trl_backend_two_steps_on_cpu(tiny_model_dir, short_prompt_dir, tmp_path
         assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
 
     # finished output is not replaced; the check happens before any model is loaded
-    again = subprocess.run(["bash", str(LAUNCHER)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "already exists" in again.stderr
+    again = run_in_process("grpo_trl.py", *launcher_command(env, tmp_path), cwd=tmp_path, check=False)
+    assert_refused(again, "already exists")
 
 
 def test_dataset_columns_feed_the_reward(short_prompt_dir, tiny_model_dir):
