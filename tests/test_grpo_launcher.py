@@ -593,7 +593,9 @@ def test_an_adapter_that_lost_its_alpha_is_refused(tmp_path):
     assert merge_lora_adapter(tmp_path / "no_adapter_here") is None
 
 
-def _trl_command(env: dict, tmp_path: Path, *args: str) -> list[str]:
+def trl_command(env: dict, tmp_path: Path, *args: str) -> list[str]:
+    """The grpo_trl.py arguments main_grpo_amazon.sh runs with BACKEND=trl and these settings (its
+    DRY_RUN prints the command; no Python is started)."""
     fake_python, marker = _fake_python(tmp_path)
     proc = run_launcher({"PYTHON": fake_python, "BACKEND": "trl", "DRY_RUN": "1", **env}, tmp_path, *args)
     assert proc.returncode == 0, proc.stderr
@@ -606,19 +608,19 @@ def _trl_command(env: dict, tmp_path: Path, *args: str) -> list[str]:
 def test_max_steps_0_runs_the_epochs_with_trl_too(tiny_model_dir, tmp_path):
     """MAX_STEPS=0 means "run the epochs" (verl: total_training_steps null); TRL's --max_steps 0 would
     make zero steps and is refused (siren.bounds), so the launcher passes no flag."""
-    assert _trl_command({"MODEL_PATH": str(tiny_model_dir), "MAX_STEPS": "0"}, tmp_path) == [f"--model={tiny_model_dir}"]
+    assert trl_command({"MODEL_PATH": str(tiny_model_dir), "MAX_STEPS": "0"}, tmp_path) == [f"--model={tiny_model_dir}"]
 
 
 def test_trl_gets_only_the_settings_given(tiny_model_dir, verl_dir, tmp_path):
     """Issue 20: the launcher's defaults, passed as flags, beat a --config recipe. Now only a setting given to
     the launcher becomes a flag (grpo_trl.py's defaults are the launcher's)."""
-    assert _trl_command({"MODEL_PATH": str(tiny_model_dir)}, tmp_path, "--val_limit", "3") == \
+    assert trl_command({"MODEL_PATH": str(tiny_model_dir)}, tmp_path, "--val_limit", "3") == \
         [f"--model={tiny_model_dir}", "--val_limit", "3"]
     env = {"MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "BATCH_SIZE": "4", "MICRO_BATCH_SIZE": "2",
            "ROLLOUT_N": "3", "LR": "2e-6", "KL_COEF": "0", "EPOCHS": "3", "MAX_STEPS": "5", "SAVE_FREQ": "0",
            "TEST_FREQ": "7", "LORA_RANK": "8", "LOGGER": "console,wandb", "CKPT_DIR": "models", "TRAINER_DIR": "raw",
            "OVERWRITE": "1", "NUM_GPUS": "1"}
-    command = _trl_command(env, tmp_path)
+    command = trl_command(env, tmp_path)
     assert command[-3:] == ["--report_to", "wandb", "--overwrite"]
     flags = dict(flag.split("=", 1) for flag in command[:-3])
     assert flags == {"--model": str(tiny_model_dir), "--data_path": str(verl_dir), "--output_dir": "models",
@@ -638,7 +640,7 @@ def test_the_trl_command_parses_into_grpo_config(tiny_model_dir, verl_dir, tmp_p
     env = {"MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(verl_dir), "BATCH_SIZE": "4", "MICRO_BATCH_SIZE": "2",
            "ROLLOUT_N": "2", "LR": "2e-6", "KL_COEF": "0", "EPOCHS": "3", "TEST_FREQ": "5", "LORA_RANK": "4",
            "OVERWRITE": "1", "USE_LONG_HISTORY": "false"}
-    script, config, model = parse_args(_trl_command(env, tmp_path))
+    script, config, model = parse_args(trl_command(env, tmp_path))
     assert (model.model_name_or_path, script.data_path, model.use_peft, model.lora_r, script.overwrite) == \
         (str(tiny_model_dir), str(verl_dir), True, 4, True)
     assert (config.learning_rate, config.beta, config.num_train_epochs, config.eval_steps) == (2e-6, 0.0, 3, 5)
@@ -648,7 +650,7 @@ def test_the_trl_command_parses_into_grpo_config(tiny_model_dir, verl_dir, tmp_p
     from siren.verl_data import default_verl_dir
 
     env.pop("DATA_DIR")
-    script = parse_args(_trl_command({**env, "MAX_HISTORY": "5"}, tmp_path))[0]
+    script = parse_args(trl_command({**env, "MAX_HISTORY": "5"}, tmp_path))[0]
     assert script.data_path == str(default_verl_dir("Movies", 5, False))
 
 
@@ -679,13 +681,13 @@ def test_a_recipe_beats_the_defaults_and_a_setting_given_twice_is_refused(tiny_m
     recipe = tmp_path / "r.yaml"
     recipe.write_text("learning_rate: 5e-3\nbeta: 0.5\n")
     env = {"MODEL_PATH": str(tiny_model_dir)}
-    script, config, _ = parse_args(_trl_command(env, tmp_path, "--config", str(recipe)))
+    script, config, _ = parse_args(trl_command(env, tmp_path, "--config", str(recipe)))
     assert (config.learning_rate, config.beta) == (5e-3, 0.5)
     assert script.user_given["learning_rate"] == f"--config {recipe}"
     with pytest.raises(SirenError, match=r"^learning_rate is given twice: in .*r\.yaml and as --learning_rate"):
-        parse_args(_trl_command({**env, "LR": "1e-5"}, tmp_path, "--config", str(recipe)))
+        parse_args(trl_command({**env, "LR": "1e-5"}, tmp_path, "--config", str(recipe)))
     with pytest.raises(SirenError, match=r"^num_generations is given twice on the command line"):
-        parse_args(_trl_command({**env, "ROLLOUT_N": "4"}, tmp_path, "--num_generations", "2"))
+        parse_args(trl_command({**env, "ROLLOUT_N": "4"}, tmp_path, "--num_generations", "2"))
 
 
 BAD_TRL_SETTINGS = {
@@ -713,7 +715,7 @@ def test_bad_trl_settings_are_one_line_before_anything_loads(case, tiny_model_di
 
     settings, expected = BAD_TRL_SETTINGS[case]
     with pytest.raises(SirenError) as refused:
-        parse_args(_trl_command({"MODEL_PATH": str(tiny_model_dir), **settings}, tmp_path))
+        parse_args(trl_command({"MODEL_PATH": str(tiny_model_dir), **settings}, tmp_path))
     assert expected in str(refused.value) and "\n" not in str(refused.value)
 
 

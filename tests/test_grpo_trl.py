@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO, assert_refused, model_of_the_4b_shape, run_in_process
+from test_grpo_launcher import trl_command
 
 from siren import SirenError
 from siren.grpo_trl import fit_device, load_grpo_split, output_name, parse_args, validate
@@ -38,22 +37,13 @@ def short_prompt_dir(synthetic_root, tmp_path_factory) -> Path:
 
 
 def _trl_env(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> dict:
+    """The launcher's settings of the two-step run (trl_command adds BACKEND=trl)."""
     return {
-        **os.environ, "PYTHON": sys.executable, "BACKEND": "trl", "MODEL_PATH": str(tiny_model_dir),
-        "DATA_DIR": str(data_dir), "DATA_NAME": "Movies", "CKPT_DIR": str(tmp_path / "ckpt"),
+        "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(data_dir), "DATA_NAME": "Movies",
+        "CKPT_DIR": str(tmp_path / "ckpt"),
         "TRAINER_DIR": str(tmp_path / "trainer"), "MAX_STEPS": "2", "ROLLOUT_N": "2", "BATCH_SIZE": "1",
         "MICRO_BATCH_SIZE": "2", "MAX_RESPONSE_LENGTH": "4", "SAVE_FREQ": "2", "TEST_FREQ": "2", "LORA_RANK": "4",
     }
-
-
-def launcher_command(env: dict, cwd: Path, *extra: str) -> list[str]:
-    """The grpo_trl.py arguments main_grpo_amazon.sh runs with these settings (its DRY_RUN prints them)."""
-    proc = subprocess.run(["bash", str(LAUNCHER), *extra], cwd=cwd, env={**env, "DRY_RUN": "1"},
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    command = shlex.split(proc.stdout)
-    assert command[:2] == [sys.executable, str(REPO / "grpo_trl.py")], command[:2]
-    return command[2:]
 
 
 @pytest.mark.slow
@@ -64,7 +54,7 @@ def test_trl_backend_two_steps_on_cpu(tiny_model_dir, short_prompt_dir, tmp_path
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("beta: 0.01\ntemperature: 0.9\n")  # beats grpo_trl.py's defaults (0.001, 1.0)
     extra = ["--val_limit", "1", "--gradient_checkpointing", "false", "--config", str(recipe)]
-    args = launcher_command(env, tmp_path, *extra)
+    args = trl_command(env, tmp_path, *extra)
     proc = run_in_process("grpo_trl.py", *args, cwd=tmp_path)
     out = tmp_path / "ckpt" / output_name("Movies", 2)
     assert "'reward'" in proc.stdout + proc.stderr  # TRL's console log line carries the mean reward
@@ -97,7 +87,7 @@ def test_trl_backend_two_steps_on_cpu(tiny_model_dir, short_prompt_dir, tmp_path
         assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
 
     # finished output is not replaced; the check happens before any model is loaded
-    again = run_in_process("grpo_trl.py", *launcher_command(env, tmp_path), cwd=tmp_path, check=False)
+    again = run_in_process("grpo_trl.py", *trl_command(env, tmp_path), cwd=tmp_path, check=False)
     assert_refused(again, "already exists")
 
 
