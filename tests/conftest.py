@@ -31,8 +31,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The suite is bound by the CPU of its ~100 short processes on two cores. glibc returns every freed
 # block above its mmap threshold (at most 32 MB) to the kernel and faults in fresh zeroed pages for
-# the next one: the tiny model's Qwen vocabulary makes 39 MB embedding gradients and 100 MB+ logits
-# at every training step, so the warm start spent 13 of its 46 CPU-s in the kernel. Serving large
+# the next one: the tiny model's Qwen vocabulary makes 39 MB embedding gradients at every training
+# step, so the reduced demo's warm start spent 13 of its 46 CPU-s in the kernel. Serving large
 # blocks from the heap and never trimming it keeps freed memory in the process (peak RSS instead of
 # current RSS; the processes here are small). Set here, before pytest-xdist starts its workers, so
 # they and every process they start read it at start-up. A test-run setting, not the library's.

@@ -17,8 +17,6 @@ from siren import SirenError
 from siren.grpo_trl import fit_device, load_grpo_split, output_name, parse_args, validate
 from siren.reward import trl_reward
 
-LAUNCHER = REPO / "main_grpo_amazon.sh"
-
 
 @pytest.fixture(scope="module")
 def short_prompt_dir(synthetic_root, tmp_path_factory) -> Path:
