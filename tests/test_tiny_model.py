@@ -23,6 +23,32 @@ def test_qwen3_added_tokens_have_real_ids(tokenizer):
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
 
 
+def test_the_config_lists_the_added_tokens_of_tokenizer_json(tmp_path, tiny_model_dir, tokenizer):
+    # tokenizer_config.json lists every added token (as Qwen3's does) so that a load need not parse
+    # tokenizer.json in Python to find them; the listed tokens are tokenizer.json's, and a folder
+    # without the list loads the same tokenizer.
+    listed = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    in_json = json.loads((tiny_model_dir / "tokenizer.json").read_text())["added_tokens"]
+    assert {int(i): t["content"] for i, t in listed.items()} == {t["id"]: t["content"] for t in in_json}
+    assert {int(i): t["special"] for i, t in listed.items()} == {t["id"]: t["special"] for t in in_json}
+
+    unlisted = tmp_path / "unlisted"
+    unlisted.mkdir()
+    for path in tiny_model_dir.iterdir():
+        if path.name != "model.safetensors":
+            (unlisted / path.name).write_bytes(path.read_bytes())
+    config = json.loads((unlisted / "tokenizer_config.json").read_text())
+    del config["added_tokens_decoder"]
+    (unlisted / "tokenizer_config.json").write_text(json.dumps(config))
+    other = load_tokenizer(unlisted)
+    assert other.added_tokens_decoder == tokenizer.added_tokens_decoder
+    assert (other.eos_token, other.pad_token) == (tokenizer.eos_token, tokenizer.pad_token)
+    assert other.get_vocab() == tokenizer.get_vocab()
+    messages = [{"role": "user", "content": "I rated <think> 4 </think> <answer>5</answer> héllo"}]
+    assert (other.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+            == tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+
+
 def test_the_model_has_an_embedding_for_every_token(tiny_model_dir, tokenizer):
     assert json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"] >= len(tokenizer)
 
