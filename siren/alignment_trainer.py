@@ -58,7 +58,12 @@ class HiddenAlignmentTrainer(Trainer):
             raise SirenError(f"unknown --loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
         if peft_config is not None:
             from peft import get_peft_model
+            from transformers import enable_full_determinism, set_seed
 
+            # PEFT draws the LoRA A matrices at random, and Trainer seeds only in its own __init__,
+            # after this: seed first (as TRL's trainers do), or --seed leaves the adapter's start
+            # to whatever state torch's generator is in, and no two runs train alike.
+            (enable_full_determinism if args.full_determinism else set_seed)(args.seed)
             model = get_peft_model(model, peft_config)
         super().__init__(model=model, args=args, **kwargs)
         self.teacher = teacher

@@ -289,6 +289,21 @@ def test_shuffled_loader_pairs_every_row_with_its_own_teacher(stage5_inputs, tin
             assert torch.all(states[b] == row)  # and its own teacher state
 
 
+def test_the_lora_weights_start_from_the_seed_whatever_state_torch_is_in(stage5_inputs, tiny_model_dir, tmp_path):
+    teacher = TeacherStates(stage5_inputs["teacher"])
+
+    def lora_start(torch_seed: int, **overrides) -> dict[str, torch.Tensor]:
+        torch.manual_seed(torch_seed)  # what another library may have left torch's generator at
+        trainer, _ = _make_trainer(tiny_model_dir, stage5_inputs, tmp_path / f"run{torch_seed}", teacher, [0, 1],
+                                   **overrides)
+        return {name: param.detach().clone() for name, param in trainer.model.named_parameters() if "lora_A" in name}
+
+    first, second, other_seed = lora_start(1), lora_start(2), lora_start(1, seed=4)
+    assert first and list(first) == list(second)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert not any(torch.equal(first[name], other_seed[name]) for name in first)
+
+
 @pytest.mark.slow
 def test_overfitting_one_batch_halves_the_alignment_loss(stage5_inputs, tiny_model_dir, tmp_path):
     teacher = TeacherStates(stage5_inputs["teacher"])
