@@ -23,6 +23,7 @@ def test_qwen3_added_tokens_have_real_ids(tokenizer):
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
 
 
+@pytest.mark.slow
 def test_the_config_lists_the_added_tokens_of_tokenizer_json(tmp_path, tiny_model_dir, tokenizer):
     # tokenizer_config.json lists every added token (as Qwen3's does) so that a load need not parse
     # tokenizer.json in Python to find them; the listed tokens are tokenizer.json's, and a folder
