@@ -7,6 +7,7 @@ import pytest
 
 from siren import SirenError
 from siren.tokenization import load_tokenizer, rating_token_ids
+from siren.tokenizer_identity import copy_tokenizer_files
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,7 @@ def test_the_config_lists_the_added_tokens_of_tokenizer_json(tmp_path, tiny_mode
 
     unlisted = tmp_path / "unlisted"
     unlisted.mkdir()
-    for path in tiny_model_dir.iterdir():
-        if path.name != "model.safetensors":
-            (unlisted / path.name).write_bytes(path.read_bytes())
+    copy_tokenizer_files(tiny_model_dir, unlisted)
     config = json.loads((unlisted / "tokenizer_config.json").read_text())
     del config["added_tokens_decoder"]
     (unlisted / "tokenizer_config.json").write_text(json.dumps(config))
