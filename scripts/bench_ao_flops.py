@@ -13,6 +13,12 @@ prompt). Right after, it times torch.matmul over the model's linear-layer shapes
 per matmul as the forward had (the batch's computed tokens, on average), same dtype and threads, for
 `--matmul_seconds` in all (8 by default: a quarter of a second per shape varied by 15%): the
 ceiling. Writes <output_dir>/flops.json and prints the table (achieved / ceiling = efficiency).
+
+With --breakdown it scores the rows once more under torch.profiler and splits the timed seconds by
+the operators' shares of self time: the linear layers (aten::mm), attention (the scaled-dot-product
+kernel) and the rest (norms, rotary embeddings, activations, copies), each with its GFLOP/s, and
+the efficiency stage 6 would reach if its linear layers ran at the ceiling and the rest kept its
+time (siren.tools.flops.time_breakdown): what faster matrix multiplies alone could give.
 """
 
 import argparse
@@ -35,10 +41,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds the torch.matmul ceiling is timed for, over all shapes (a short window is noisy)")
     parser.add_argument("--layouts", nargs="+", choices=("packed", "padded"), default=["packed", "padded"],
                         help="the eager engine's batch layouts to measure (packed: its default)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="after each measurement, score the rows once more under torch.profiler and report where "
+                             "the time went (linear layers, attention, the rest), each kind's GFLOP/s, and the "
+                             "efficiency if the linear layers ran at the ceiling")
     bench_run.add_flags(parser, "flops.json", "results/bench_ao_flops")
     return parser.parse_args(argv)
 
 
+
+
+def profiled_self_seconds(engine, rows, batches) -> dict[str, float]:
+    """Each operator's self CPU seconds over one more pass of `batches` under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in batches:
+            engine.score([rows[p]["prompt"] for p in batch])
+    return {event.key: event.self_cpu_time_total / 1e6 for event in prof.key_averages()}
 
 
 def measure(args) -> dict:
@@ -50,7 +70,7 @@ def measure(args) -> dict:
     from siren.answer_only_engines import EagerAO
     from siren.modeling import load_causal_lm
     from siren.tokenization import load_tokenizer, rating_token_ids
-    from siren.tools.flops import forward_shape, matmul_rate, useful_flops
+    from siren.tools.flops import forward_shape, matmul_rate, time_breakdown, useful_flops
 
     tokenizer = load_tokenizer(args.model, padding_side="left")
     rows = load_ao_rows(args.data_path, args.split, tokenizer, limit=args.limit)
@@ -72,6 +92,15 @@ def measure(args) -> dict:
             matmul = matmul_rate(shape.linear_shapes, rows=max(1, round(computed / len(batches))), dtype=dtype,
                                  seconds=args.matmul_seconds)
             achieved = flops / seconds / 1e9
+            breakdown = None
+            if args.breakdown:
+                widths = [max(lengths[p] for p in batch) if layout == "padded" else None for batch in batches]
+                breakdown = time_breakdown(
+                    profiled_self_seconds(engine, rows, batches), seconds,
+                    linear_flops=sum(shape.linear_flops(width or lengths[p])
+                                     for batch, width in zip(batches, widths, strict=True) for p in batch),
+                    attention_flops=sum(shape.attention_flops(lengths[p]) for batch in batches for p in batch),
+                    useful=flops, ceiling_gflops=matmul["gflops"])
             results.append({
                 "dtype": dtype_name, "layout": layout, "batch_size": batch_size, "rows": len(rows),
                 "threads": torch.get_num_threads(), "seconds": round(seconds, 3), "warmup_seconds": round(warmup, 3),
@@ -83,6 +112,13 @@ def measure(args) -> dict:
             print(f"{dtype_name:>8} {layout:>6} batch {batch_size:>3}: {row['rows_per_s']:.2f} rows/s, "
                   f"{row['achieved_gflops']:.1f} GFLOP/s achieved vs {matmul['gflops']:.1f} GFLOP/s matmul at "
                   f"{matmul['rows']} rows = {row['efficiency']:.0%} (padding {row['padding_share']:.1%})", flush=True)
+            if breakdown is not None:
+                row["breakdown"] = breakdown
+                shares = breakdown["shares"]
+                print(f"{'':>17} time: linear {shares['linear']:.0%} at {breakdown['linear_gflops']} GFLOP/s, "
+                      f"attention {shares['attention']:.0%} at {breakdown['attention_gflops']} GFLOP/s, "
+                      f"other {shares['other']:.0%}; with the linear layers at the ceiling: "
+                      f"{breakdown['efficiency_if_linear_at_ceiling']:.0%}", flush=True)
         del model
     summary = {"model": args.model, "mean_prompt_tokens": round(sum(lengths) / len(lengths), 1),
                "flops_per_row_mean_gflop": round(useful_flops(shape, lengths) / len(lengths) / 1e9, 2),

@@ -30,12 +30,17 @@ class ForwardShape:
     hidden_size: int
     vocab_size: int
 
+    def linear_flops(self, tokens: int) -> float:
+        """The decoder's linear layers over `tokens` tokens, and the LM head at one position."""
+        return 2.0 * self.linear_weights * tokens + 2.0 * self.hidden_size * self.vocab_size
+
+    def attention_flops(self, tokens: int) -> float:
+        """Causal attention of one prompt of `tokens` tokens, every layer."""
+        return self.num_layers * 2.0 * tokens * tokens * self.attention_width
+
     def row_flops(self, tokens: int) -> float:
         """Useful flops of one row of `tokens` real tokens (logits of the last position only)."""
-        linear = 2.0 * self.linear_weights * tokens
-        attention = self.num_layers * 2.0 * tokens * tokens * self.attention_width
-        head = 2.0 * self.hidden_size * self.vocab_size
-        return linear + attention + head
+        return self.linear_flops(tokens) + self.attention_flops(tokens)
 
 
 def forward_shape(model) -> ForwardShape:
@@ -85,3 +90,44 @@ def matmul_rate(shapes: dict[tuple[int, int], int], rows: int, dtype, seconds: f
         total_flops += flops
         total_seconds += flops / rate
     return {"rows": rows, "gflops": round(total_flops / total_seconds / 1e9, 2), "per_shape_gflops": per_shape}
+
+
+# Where a forward's time goes, from a profiler's self time per operator: `aten::mm`/`aten::addmm` are
+# the linear layers (and the one-position LM head), any scaled-dot-product kernel is attention, and the
+# rest (norms, rotary embeddings, activations, residual adds, copies) is per-token elementwise work.
+LINEAR_OPS = frozenset({"aten::mm", "aten::addmm"})
+
+
+def op_kind(name: str) -> str:
+    """'linear', 'attention' or 'other' for a profiler operator name."""
+    if name in LINEAR_OPS:
+        return "linear"
+    return "attention" if "scaled_dot_product" in name else "other"
+
+
+def time_breakdown(self_seconds: dict[str, float], seconds: float, linear_flops: float, attention_flops: float,
+                   useful: float, ceiling_gflops: float, top: int = 5) -> dict:
+    """Split a timed pass of `seconds` by the operators' shares of the profiled self time
+    (`self_seconds`: name -> seconds, of a second, profiled pass), with each kind's rate, and the
+    efficiency stage 6 would reach if its linear layers ran at the matmul ceiling while attention
+    and the rest kept their measured times: the most that faster matrix multiplies could give."""
+    total = sum(self_seconds.values())
+    if total <= 0 or seconds <= 0 or ceiling_gflops <= 0:
+        raise ValueError("time_breakdown needs positive profiled, timed and ceiling figures")
+    share = {kind: 0.0 for kind in ("linear", "attention", "other")}
+    for name, value in self_seconds.items():
+        share[op_kind(name)] += value / total
+    spent = {kind: share[kind] * seconds for kind in share}
+    others = sorted(((v, n) for n, v in self_seconds.items() if op_kind(n) == "other"), reverse=True)[:top]
+    ceiling = ceiling_gflops * 1e9
+    bound_seconds = linear_flops / ceiling + spent["attention"] + spent["other"]
+
+    def rate(flops: float, kind: str) -> float | None:
+        return round(flops / spent[kind] / 1e9, 2) if spent[kind] > 0 else None
+
+    return {
+        "shares": {kind: round(value, 4) for kind, value in share.items()},
+        "linear_gflops": rate(linear_flops, "linear"), "attention_gflops": rate(attention_flops, "attention"),
+        "top_other_ops": [{"op": n, "share": round(v / total, 4)} for v, n in others],
+        "efficiency_if_linear_at_ceiling": round(useful / bound_seconds / ceiling, 3),
+    }
