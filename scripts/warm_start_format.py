@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from siren.io import RunTimer, atomic_write_jsonl
     from siren.outputs import StageOutputs
-    from siren.tokenization import load_tokenizer
+    from siren.tokenization import load_tokenizer, save_tokenizer
     from siren.verl_data import load_split_rows, parquet_path
 
     timer = RunTimer()
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with outputs.claimed(), outputs.commit(args, timer) as staged:
         trainer.model.save_pretrained(staged.dir)
-        tokenizer.save_pretrained(staged.dir)
+        save_tokenizer(tokenizer, staged.dir)
         atomic_write_jsonl(staged.dir / "generations.jsonl", generations)
         atomic_write_jsonl(staged.dir / "train_log.jsonl", log_history)
         staged.record(counts=counts)

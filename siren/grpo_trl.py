@@ -357,6 +357,7 @@ def train(script_args: GRPOScriptArguments, config, model_args):
 def save_trained(trainer, script_args: GRPOScriptArguments, config, model_args, counts: dict, timer) -> Path:
     """Write GRPO_{data_name}_step{S} (model with LoRA merged, tokenizer, train_log.jsonl, manifest.json)."""
     from siren.io import atomic_write_jsonl
+    from siren.tokenization import save_tokenizer
 
     step = int(trainer.state.global_step)
     outputs = trained_model_outputs(script_args, config, model_args, step).check()
@@ -369,7 +370,7 @@ def save_trained(trainer, script_args: GRPOScriptArguments, config, model_args, 
                 "output_dir": config.output_dir}
     with outputs.claimed(), outputs.commit(settings, timer) as staged:
         trained.save_pretrained(staged.dir)
-        trainer.processing_class.save_pretrained(staged.dir)
+        save_tokenizer(trainer.processing_class, staged.dir)
         atomic_write_jsonl(staged.dir / "train_log.jsonl", log_history)
         staged.record(counts={**counts, "steps": step, "reward_first": rewards[0] if rewards else None,
                               "reward_last": rewards[-1] if rewards else None},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +29,30 @@ def load_tokenizer(path: str | os.PathLike, require_chat_template: bool = True, 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def save_tokenizer(tokenizer, folder: str | os.PathLike) -> None:
+    """`tokenizer.save_pretrained(folder)`, with its added tokens listed in tokenizer_config.json.
+
+    transformers 5 leaves `added_tokens_decoder` out when it saves a tokenizers-backed tokenizer,
+    and every later load without it parses the whole tokenizer.json in Python to find them again:
+    0.65 s more per load for Qwen3's 151k-token vocabulary (2.05 s against 1.40 s on the
+    development box). The tokens are the same either way, and the list is not part of the
+    tokenizer's identity (`siren.tokenizer_identity`)."""
+    from siren.io import atomic_write_json
+
+    tokenizer.save_pretrained(str(folder))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow (Python) tokenizer saves its added tokens itself
+        return
+    config_path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["added_tokens_decoder"] = {
+        str(token_id): {"content": token.content, "lstrip": token.lstrip, "normalized": token.normalized,
+                        "rstrip": token.rstrip, "single_word": token.single_word, "special": token.special}
+        for token_id, token in sorted(backend.get_added_tokens_decoder().items())
+    }
+    atomic_write_json(config_path, config)
 
 
 def single_token_id(tokenizer, text: str) -> int:

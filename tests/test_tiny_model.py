@@ -6,8 +6,8 @@ import json
 import pytest
 
 from siren import SirenError
-from siren.tokenization import load_tokenizer, rating_token_ids
-from siren.tokenizer_identity import copy_tokenizer_files
+from siren.tokenization import load_tokenizer, rating_token_ids, save_tokenizer
+from siren.tokenizer_identity import tokenizer_files_record
 
 
 @pytest.fixture(scope="module")
@@ -26,27 +26,28 @@ def test_qwen3_added_tokens_have_real_ids(tokenizer):
 
 @pytest.mark.slow
 def test_the_config_lists_the_added_tokens_of_tokenizer_json(tmp_path, tiny_model_dir, tokenizer):
-    # tokenizer_config.json lists every added token (as Qwen3's does) so that a load need not parse
-    # tokenizer.json in Python to find them; the listed tokens are tokenizer.json's, and a folder
-    # without the list loads the same tokenizer.
-    listed = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())["added_tokens_decoder"]
-    in_json = json.loads((tiny_model_dir / "tokenizer.json").read_text())["added_tokens"]
-    assert {int(i): t["content"] for i, t in listed.items()} == {t["id"]: t["content"] for t in in_json}
-    assert {int(i): t["special"] for i, t in listed.items()} == {t["id"]: t["special"] for t in in_json}
+    # tokenizer_config.json lists every added token (as Qwen3's does), in the tiny model's folder and in
+    # a folder a stage saves (siren.tokenization.save_tokenizer), so that a load need not parse
+    # tokenizer.json in Python to find them; the listed tokens are tokenizer.json's, and the folder
+    # transformers' own save writes (without the list) loads the same tokenizer.
+    saved, plain = tmp_path / "saved", tmp_path / "plain"
+    save_tokenizer(tokenizer, saved)
+    for folder in (tiny_model_dir, saved):
+        listed = json.loads((folder / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+        in_json = json.loads((folder / "tokenizer.json").read_text())["added_tokens"]
+        assert {int(i): t["content"] for i, t in listed.items()} == {t["id"]: t["content"] for t in in_json}
+        assert {int(i): t["special"] for i, t in listed.items()} == {t["id"]: t["special"] for t in in_json}
 
-    unlisted = tmp_path / "unlisted"
-    unlisted.mkdir()
-    copy_tokenizer_files(tiny_model_dir, unlisted)
-    config = json.loads((unlisted / "tokenizer_config.json").read_text())
-    del config["added_tokens_decoder"]
-    (unlisted / "tokenizer_config.json").write_text(json.dumps(config))
-    other = load_tokenizer(unlisted)
-    assert other.added_tokens_decoder == tokenizer.added_tokens_decoder
-    assert (other.eos_token, other.pad_token) == (tokenizer.eos_token, tokenizer.pad_token)
-    assert other.get_vocab() == tokenizer.get_vocab()
-    messages = [{"role": "user", "content": "I rated <think> 4 </think> <answer>5</answer> héllo"}]
-    assert (other.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-            == tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+    tokenizer.save_pretrained(plain)
+    listed_load, plain_load = load_tokenizer(saved), load_tokenizer(plain)
+    for other in (listed_load, plain_load):
+        assert other.added_tokens_decoder == tokenizer.added_tokens_decoder
+        assert (other.eos_token, other.pad_token) == (tokenizer.eos_token, tokenizer.pad_token)
+        assert other.get_vocab() == tokenizer.get_vocab()
+        messages = [{"role": "user", "content": "I rated <think> 4 </think> <answer>5</answer> héllo"}]
+        assert (other.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+                == tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+    assert tokenizer_files_record(saved) == tokenizer_files_record(plain) == tokenizer_files_record(tiny_model_dir)
 
 
 def test_the_model_has_an_embedding_for_every_token(tiny_model_dir, tokenizer):

@@ -155,7 +155,7 @@ def save_random_model(shape: str, tokenizer_path: str, output_dir: Path, dtype: 
     import torch
 
     from siren.io import atomic_path
-    from siren.tokenization import load_tokenizer
+    from siren.tokenization import load_tokenizer, save_tokenizer
     from siren.tools.latency import build_random_model
 
     if (output_dir / "config.json").is_file():
@@ -166,7 +166,7 @@ def save_random_model(shape: str, tokenizer_path: str, output_dir: Path, dtype: 
     model = build_random_model(shape, tokenizer, device, getattr(torch, dtype), seed)
     with atomic_path(output_dir) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
     print(f"wrote a random-init {shape} ({sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, {dtype}) "
           f"to {output_dir}")
     return output_dir

@@ -174,6 +174,8 @@ def convert(gguf: Path, staging: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from siren.tokenization import save_tokenizer
+
     meta = gguf_metadata(gguf)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     changes = repair_tokenizer(tokenizer, meta)
@@ -183,7 +185,7 @@ def convert(gguf: Path, staging: Path) -> dict:
     model.generation_config.eos_token_id = meta["eos"]
     model.generation_config.pad_token_id = meta["pad"]
     model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    save_tokenizer(tokenizer, staging)
     return {"gguf_metadata": meta, "tokenizer_repairs": changes,
             "parameters": sum(p.numel() for p in model.parameters()), "dtype": "float32"}
 
