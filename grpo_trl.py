@@ -3,7 +3,7 @@ r"""Stage 3 on one device: GRPO with TRL's GRPOTrainer on the stage-2 parquet fi
     python grpo_trl.py --model ckpt/tiny-qwen3 --data_path data/Movies/verl/max@10-long@True \
         --output_dir ckpt --max_steps 2 --num_generations 2 --per_device_train_batch_size 2 \
         --prompts_per_step 1 --max_completion_length 16 --eval_strategy no --save_strategy no
-    python grpo_trl.py --config recipe.yaml --model ckpt/Qwen3-4B     # any setting below from a YAML recipe
+    python grpo_trl.py --config recipes/grpo_trl_lora_bf16.yaml --model ckpt/Qwen3-4B   # settings from a YAML recipe
 
 Parsed as open-r1's grpo.py is, `TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))`: every
 GRPOConfig / TrainingArguments field is a flag under its own name (--learning_rate, --beta,

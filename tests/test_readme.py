@@ -1,5 +1,5 @@
-"""Every command in the code blocks of README.md and docs/*.md names scripts, flags, settings and
-make targets that exist.
+"""Every command in the code blocks of README.md and docs/*.md, and in the docstrings of the Python
+scripts (the command each one opens with), names scripts, flags, settings and make targets that exist.
 
 A Python script's flags are read from its own argument parser: the script runs up to the moment it
 parses its arguments (then stops), so flags added by shared helpers or dataclass parsers count, and
@@ -10,6 +10,7 @@ appear in its source.
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import runpy
 import shlex
@@ -33,6 +34,25 @@ def doc_commands(path: Path) -> list[str]:
     for block in re.findall(r"```(?:bash|sh)\n(.*?)```", path.read_text(), re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"(^|\s)#.*$", "", line).strip()
+            commands += [part.strip() for part in re.split(r"&&|\|\||;|\|", line) if part.strip()]
+    return commands
+
+
+SCRIPTS = sorted([*REPO.glob("*.py"), *(REPO / "scripts").glob("*.py")])
+DOCSTRING_COMMAND = re.compile(r"^(?:[A-Z_]+=\S*\s+)*(?:python3?|accelerate|bash|torchrun)\s")
+
+
+def docstring_commands(path: Path) -> list[str]:
+    """The commands in a script's module docstring: indented lines (its code blocks) that start with
+    python, accelerate, bash or torchrun (after any VAR=value settings), continuation lines joined,
+    comments dropped, runs of spaces made one."""
+    text = ast.get_docstring(ast.parse(path.read_text())) or ""
+    commands = []
+    for line in text.replace("\\\n", " ").splitlines():
+        if not line.startswith("    "):
+            continue  # prose
+        line = " ".join(re.sub(r"(^|\s)#.*$", "", line).split())
+        if DOCSTRING_COMMAND.match(line):
             commands += [part.strip() for part in re.split(r"&&|\|\||;|\|", line) if part.strip()]
     return commands
 
@@ -152,6 +172,17 @@ def test_every_script_flag_setting_and_make_target_exists(doc):
     assert checked > (30 if doc in ("README.md", "docs/pipeline.md") else 0), checked
 
 
+@pytest.mark.parametrize("script", [path.relative_to(REPO).as_posix() for path in SCRIPTS if path.name != "setup.py"])
+def test_every_script_docstring_command_names_what_exists(script):
+    # STYLE.md: a script's docstring holds a complete command that works; its flags are checked
+    # against the script's own parser, as the README's are.
+    commands = docstring_commands(REPO / script)
+    assert commands, f"{script}'s docstring shows no command"
+    assert any(script in shlex.split(command) for command in commands), f"no docstring command runs {script}"
+    for command in commands:
+        check_command(command)
+
+
 def test_core_make_targets_exist():
     targets = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.M))
     assert {"demo", "test", "test-fast", "lint", "install"} <= targets
@@ -169,3 +200,13 @@ def test_the_checker_catches_what_it_should():
     with pytest.raises(AssertionError, match="no make target"):
         check_command("make no-such-target")
     assert doc_commands(REPO / "README.md")  # the parser above read real blocks
+
+
+def test_docstring_commands_are_read_whole(tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text('r"""What it does.\n\n    python stage.py --model m \\\n        --limit 4   # a comment\n'
+                      '    MODEL_PATH=m bash main_grpo_amazon.sh\n\npython is named in prose here too.\n"""\n')
+    assert docstring_commands(script) == ["python stage.py --model m --limit 4",
+                                          "MODEL_PATH=m bash main_grpo_amazon.sh"]
+    with pytest.raises(AssertionError, match="does not accept --no_such_flag"):
+        check_command(docstring_commands(script)[0].replace("stage.py", "inference_ao_ddp.py") + " --no_such_flag 1")
