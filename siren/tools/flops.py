@@ -95,6 +95,8 @@ def matmul_rate(shapes: dict[tuple[int, int], int], rows: int, dtype, seconds: f
 # Where a forward's time goes, from a profiler's self time per operator: `aten::mm`/`aten::addmm` are
 # the linear layers (and the one-position LM head), any scaled-dot-product kernel is attention, and the
 # rest (norms, rotary embeddings, activations, residual adds, copies) is per-token elementwise work.
+# Attention that runs as separate matmuls and a softmax (a model's "eager" attention) has no such
+# kernel, and its time counts under the rest; stage 6's engines call SDPA.
 LINEAR_OPS = frozenset({"aten::mm", "aten::addmm"})
 
 
