@@ -49,8 +49,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-
-
 def profiled_self_seconds(engine, rows, batches) -> dict[str, float]:
     """Each operator's self CPU seconds over one more pass of `batches` under torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
