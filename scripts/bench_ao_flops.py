@@ -85,18 +85,18 @@ def measure(args) -> dict:
                                          show_progress=False)
             # predict's timed loop scores every batch once (its warm-up batch is run before, untimed)
             flops = useful_flops(shape, [lengths[p] for batch in batches for p in batch])
-            computed = sum((max(lengths[p] for p in batch) * len(batch) if layout == "padded"
-                            else sum(lengths[p] for p in batch)) for batch in batches)
+            # the tokens each row is computed over: its own when packed, the batch's longest when padded
+            computed_tokens = [max(lengths[p] for p in batch) if layout == "padded" else lengths[p]
+                               for batch in batches for p in batch]
+            computed = sum(computed_tokens)
             matmul = matmul_rate(shape.linear_shapes, rows=max(1, round(computed / len(batches))), dtype=dtype,
                                  seconds=args.matmul_seconds)
             achieved = flops / seconds / 1e9
             breakdown = None
             if args.breakdown:
-                widths = [max(lengths[p] for p in batch) if layout == "padded" else None for batch in batches]
                 breakdown = time_breakdown(
                     profiled_self_seconds(engine, rows, batches), seconds,
-                    linear_flops=sum(shape.linear_flops(width or lengths[p])
-                                     for batch, width in zip(batches, widths, strict=True) for p in batch),
+                    linear_flops=sum(shape.linear_flops(tokens) for tokens in computed_tokens),
                     attention_flops=sum(shape.attention_flops(lengths[p]) for batch in batches for p in batch),
                     useful=flops, ceiling_gflops=matmul["gflops"])
             results.append({
